@@ -1,0 +1,293 @@
+"""The `transfer` command line: options -> one config dataclass -> pipeline.run(cfg)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import click  # noqa: E402
+
+from transfer import builtins  # noqa: E402
+from transfer.config import (  # noqa: E402
+    CompareConfig,
+    DemoConfig,
+    FineTuneConfig,
+    PredictConfig,
+    PretrainConfig,
+    field_defaults,
+    load_toml,
+)
+from transfer.errors import TransferError  # noqa: E402
+from transfer.architectures import PRESETS, READOUTS  # noqa: E402
+
+OBJECTIVES = ("autoencoder",)
+
+
+class UserError(click.ClickException):
+    """One line on stderr, exit code 2, no traceback."""
+
+    exit_code = 2
+
+
+class IntList(click.ParamType):
+    name = "N[,N...]"
+
+    def __init__(self, minimum: int = 1):
+        self.minimum = minimum
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(int(v) for v in value)
+        try:
+            items = tuple(int(v) for v in str(value).split(",") if v.strip())
+        except ValueError:
+            self.fail(f"expected comma-separated integers. Received: {value!r}", param, ctx)
+        if not items or min(items) < self.minimum:
+            self.fail(f"expected integers >= {self.minimum}. Received: {value!r}", param, ctx)
+        return items
+
+
+class LabelBudget(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value, param, ctx):
+        if value is None or str(value).lower() == "all":
+            return None
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"expected a whole number or 'all'. Received: {value!r}", param, ctx)
+        if n < 1:
+            self.fail(f"labels_per_class must be >= 1. Received: labels_per_class={n}", param, ctx)
+        return n
+
+
+def _config_callback(cls):
+    allowed = {f.name for f in dataclasses.fields(cls)}
+
+    def callback(ctx, param, value):
+        if value:
+            try:
+                ctx.default_map = {**(ctx.default_map or {}), **load_toml(value, allowed)}
+            except TransferError as exc:
+                raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
+        return value
+
+    return callback
+
+
+def config_option(cls):
+    """Decorator: a `--config` option plus `opt` helpers defaulting to cls's field defaults."""
+
+    def decorate(fn):
+        return click.option(
+            "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+            callback=_config_callback(cls),
+            help="TOML file of option values (keys as option names); the command line wins.",
+        )(fn)
+
+    return decorate
+
+
+def opt(cls, name, *args, **kwargs):
+    """click.option whose default comes from the dataclass field `name` (dashes -> underscores)."""
+    default = field_defaults(cls)[name.split("/")[0].replace("-", "_")]
+    kwargs.setdefault("default", default)
+    kwargs.setdefault("show_default", default not in (None, "", ()))
+    return click.option(f"--{name}", *args, **kwargs)
+
+
+def arch_options(cls):
+    def decorate(fn):
+        for o in reversed([
+            opt(cls, "arch", type=click.Choice(sorted(PRESETS)),
+                help="Encoder preset: small (3 conv+BN+max-pool blocks), lenet5, vgg (2 convs per block), "
+                     "resnet (residual units)."),
+            opt(cls, "filters", type=IntList(), help="Filters per block, e.g. 32,64,128 (sets the number of blocks)."),
+            opt(cls, "kernel-size", type=click.IntRange(1), help="Kernel size of every conv (preset's if unset)."),
+            opt(cls, "strides", type=click.IntRange(1), help="Stride of each block's first conv."),
+            opt(cls, "padding", type=click.Choice(["same", "valid"]), help="Conv padding."),
+            opt(cls, "pool", type=click.Choice(["max", "avg", "none"]), help="Pooling after each block."),
+            opt(cls, "batch-norm/--no-batch-norm", "batch_norm", help="BatchNorm after each conv."),
+            opt(cls, "activation", type=str, help="Activation, e.g. relu, tanh, gelu."),
+        ]):
+            fn = o(fn)
+        return fn
+
+    return decorate
+
+
+def _split(value) -> tuple[str, ...]:
+    if isinstance(value, (tuple, list)):
+        return tuple(value)
+    return tuple(x.strip() for x in str(value).split(",") if x.strip())
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with its C++ start-up lines (printed before logging is set up) hidden.
+
+    If the import fails, what it printed is shown after all.
+    """
+    import sys
+    import tempfile
+
+    if "tensorflow" in sys.modules:
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # device probing prints too (e.g. no CUDA driver)
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+def _run(pipeline, cls, params: dict):
+    """Build the config and run; user errors become one line and exit code 2."""
+    try:
+        cfg = cls(**params)
+        return pipeline.run(cfg, log=click.echo)
+    except TransferError as exc:
+        raise UserError(str(exc)) from None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="transfer")
+def main():
+    """Pretrain convolutional layers on unlabeled images, reuse them on labeled tasks, compare runs.
+
+    Typical use: `transfer pretrain --data UNLABELED --out runs/enc`, then
+    `transfer fine-tune --data LABELED --encoder runs/enc --labels-per-class 10`
+    (and the baselines `--encoder random --freeze all|none`), then `transfer compare`.
+    Every run appends one row to the results table (default experiments/results.csv).
+
+    SRC is a directory of images (for labeled data: one subfolder per class), a CSV
+    manifest with columns path[,label], or a built-in name: """
+
+
+main.help += ", ".join(builtins.names()) + "."
+
+
+@main.command()
+@config_option(PretrainConfig)
+@opt(PretrainConfig, "data", required=True, help="Unlabeled images: directory, CSV manifest or built-in name.")
+@opt(PretrainConfig, "out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
+@opt(PretrainConfig, "objective", type=click.Choice(OBJECTIVES), help="Pretraining objective.")
+@arch_options(PretrainConfig)
+@opt(PretrainConfig, "image-size", type=click.IntRange(1), help="Images are resized to this square size.")
+@opt(PretrainConfig, "channels", type=click.IntRange(1), help="Channels (default: 1 if all images are gray, else 3).")
+@opt(PretrainConfig, "epochs", type=click.IntRange(1))
+@opt(PretrainConfig, "batch-size", type=click.IntRange(1))
+@opt(PretrainConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True))
+@opt(PretrainConfig, "seed", type=int)
+@opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
+@opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
+@opt(PretrainConfig, "plots/--no-plots", "plots", help="Write reconstructions.png.")
+def pretrain(**params):
+    """Pretrain an encoder on unlabeled images (SRC labels are ignored).
+
+    Writes RUN_DIR with encoder.keras, manifest.json, history.csv, config.json and
+    reconstructions.png, and reports the reconstruction error next to trivial baselines.
+    """
+    _import_tensorflow_quietly()
+    from pipelines import pretrain as pipeline
+
+    _run(pipeline, PretrainConfig, params)
+
+
+@main.command("fine-tune")
+@config_option(FineTuneConfig)
+@opt(FineTuneConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
+@opt(FineTuneConfig, "encoder", help="A pretrain run directory, or 'random' for the baselines.")
+@opt(FineTuneConfig, "freeze", type=click.Choice(["all", "none"]),
+     help="all: train only the head on the frozen encoder; none: train everything "
+          "(with --encoder random: from scratch).")
+@opt(FineTuneConfig, "labels-per-class", type=LabelBudget(), help="Labeled training images per class, or 'all'.")
+@opt(FineTuneConfig, "test-data", help="Separate labeled test set (default: a fixed split of --data).")
+@opt(FineTuneConfig, "test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+     help="Fraction of each class held out for testing; the split depends only on image content.")
+@opt(FineTuneConfig, "readout", type=click.Choice(READOUTS),
+     help="Features fed to the head: avg (global average pool of the last block), flatten, "
+          "multi (average pool of every block).")
+@opt(FineTuneConfig, "head", type=IntList(), help="Hidden units of the dense head, e.g. 128 or 256,64.")
+@opt(FineTuneConfig, "dropout", type=click.FloatRange(0, 1, max_open=True))
+@opt(FineTuneConfig, "epochs", type=click.IntRange(1))
+@opt(FineTuneConfig, "batch-size", type=click.IntRange(1))
+@opt(FineTuneConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True))
+@opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")
+@arch_options(FineTuneConfig)
+@opt(FineTuneConfig, "image-size", type=click.IntRange(1), help="With --encoder random only.")
+@opt(FineTuneConfig, "channels", type=click.IntRange(1), help="With --encoder random only (default: from data).")
+@opt(FineTuneConfig, "out", type=click.Path(file_okay=False), help="Run directory (default runs/RUN_ID).")
+@opt(FineTuneConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
+@opt(FineTuneConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
+def fine_tune(**params):
+    """Fit a dense head on an encoder for a labeled task; log one row.
+
+    With a pretrained encoder its image size, channels and preprocessing are
+    used (the --arch/--image-size options apply to --encoder random only).
+    """
+    _import_tensorflow_quietly()
+    from pipelines import fine_tune as pipeline
+
+    _run(pipeline, FineTuneConfig, params)
+
+
+@main.command()
+@config_option(CompareConfig)
+@opt(CompareConfig, "results", type=click.Path(dir_okay=False))
+@opt(CompareConfig, "by", type=str, default=",".join(CompareConfig.by), callback=lambda c, p, v: _split(v),
+     help="Columns to group runs by (comma-separated).")
+@opt(CompareConfig, "metric")
+@opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv"]))
+def compare(**params):
+    """Mean ± std over seeds per group, and the difference from the baselines."""
+    _import_tensorflow_quietly()
+    from pipelines import compare as pipeline
+
+    _run(pipeline, CompareConfig, params)
+
+
+@main.command()
+@config_option(PredictConfig)
+@opt(PredictConfig, "model", required=True, help="A fine-tune run directory.")
+@opt(PredictConfig, "data", required=True, help="Images to classify: directory, CSV with a path column, or built-in.")
+@opt(PredictConfig, "out", type=click.Path(dir_okay=False), help="CSV to write.")
+@opt(PredictConfig, "batch-size", type=click.IntRange(1))
+@opt(PredictConfig, "overwrite", is_flag=True, help="Replace an existing output file.")
+def predict(**params):
+    """Classify images with a fine-tuned model: path, predicted class, probability of each class."""
+    _import_tensorflow_quietly()
+    from pipelines import predict as pipeline
+
+    _run(pipeline, PredictConfig, params)
+
+
+@main.command()
+@opt(DemoConfig, "out", type=click.Path(file_okay=False), help="Directory for everything (default runs/demo-TIME).")
+@opt(DemoConfig, "pretrain-epochs", type=click.IntRange(1))
+@opt(DemoConfig, "fine-tune-epochs", type=click.IntRange(1))
+@opt(DemoConfig, "seeds", type=IntList(minimum=0), help="Seeds to repeat each fine-tune with.",
+     default=",".join(map(str, DemoConfig.seeds)))
+def demo(**params):
+    """Pretrain on built-in digits, fine-tune three ways at two label budgets, print the comparison."""
+    _import_tensorflow_quietly()
+    from pipelines import demo as pipeline
+
+    _run(pipeline, DemoConfig, params)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+"""Turn the experiment table into the answer: did pretraining help, by how much, at which label budget?"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from transfer import results
+from transfer.config import CompareConfig
+from transfer.errors import TransferError
+
+BASELINES = ("scratch", "random-frozen", "pixels-logreg")
+
+
+def _budget_key(value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.inf  # "all" sorts last
+
+
+def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Mean, std and count of `metric` per group, plus differences from the baselines.
+
+    With `method` among `by`, each group gets `vs_scratch` (its mean minus the
+    scratch mean in the otherwise same group) and `vs_best_baseline` (minus
+    the best baseline mean), and `significant` is true when that difference
+    exceeds the combined spread sqrt(std_a^2 + std_b^2) of the two groups.
+    """
+    table = (
+        df.groupby(by, dropna=False)[metric]
+        .agg(mean="mean", std="std", n="count")
+        .reset_index()
+    )
+    table["std"] = table["std"].fillna(0.0)
+    if "method" in by:
+        context = [c for c in by if c != "method"]
+        table["vs_scratch"] = np.nan
+        table["vs_best_baseline"] = np.nan
+        table["significant"] = False
+        groups = table.groupby(context, dropna=False) if context else [((), table)]
+        for _, group in groups:
+            base = group[group["method"].isin(BASELINES)]
+            scratch = group[group["method"] == "scratch"]
+            if not scratch.empty:
+                table.loc[group.index, "vs_scratch"] = group["mean"] - scratch["mean"].iloc[0]
+            if not base.empty:
+                best = base.loc[base["mean"].idxmax()]
+                diff = group["mean"] - best["mean"]
+                spread = np.sqrt(group["std"] ** 2 + best["std"] ** 2)
+                table.loc[group.index, "vs_best_baseline"] = diff
+                table.loc[group.index, "significant"] = (diff.abs() > spread) & ~group["method"].isin(BASELINES)
+    sort_cols = [c for c in by if c != "labels_per_class"]
+    if "labels_per_class" in by:
+        table["_budget"] = table["labels_per_class"].map(_budget_key)
+        sort_cols = [c for c in by if c not in ("labels_per_class", "method")] + ["_budget"]
+        sort_cols += ["method"] if "method" in by else []
+    table = table.sort_values(sort_cols, kind="stable").drop(columns=["_budget"], errors="ignore")
+    return table.reset_index(drop=True)
+
+
+def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
+    """Render a summary as text, markdown or csv (csv keeps raw numbers)."""
+    if fmt == "csv":
+        return table.to_csv(index=False)
+    pct = "accuracy" in metric
+    scale, digits = (100.0, 1) if pct else (1.0, 4)
+
+    def num(v, signed=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v * scale:+.{digits}f}" if signed else f"{v * scale:.{digits}f}"
+
+    shown = pd.DataFrame({c: table[c].astype(str) for c in table.columns
+                          if c not in ("mean", "std", "n", "vs_scratch", "vs_best_baseline", "significant")})
+    shown["seeds"] = table["n"].astype(int).astype(str)
+    shown[metric + (" %" if pct else "")] = [f"{num(m)} ± {num(s)}" for m, s in zip(table["mean"], table["std"])]
+    if "vs_scratch" in table:
+        shown["vs scratch"] = [num(v, True) for v in table["vs_scratch"]]
+        shown["vs best baseline"] = [
+            num(v, True) + (" *" if sig else "") for v, sig in zip(table["vs_best_baseline"], table["significant"])
+        ]
+    if fmt == "markdown":
+        header = "| " + " | ".join(shown.columns) + " |"
+        rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+        rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+        return "\n".join([header, rule, *rows])
+    return shown.to_string(index=False)
+
+
+def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
+    df = results.read_results(cfg.results)
+    if "command" in df:
+        df = df[df["command"] == "fine-tune"]
+    if "status" in df:
+        df = df[df["status"].fillna("ok") == "ok"]
+    if df.empty:
+        raise TransferError(f"{cfg.results} has no finished fine-tune runs to compare")
+    by = list(cfg.by)
+    unknown = [c for c in [*by, cfg.metric] if c not in df.columns]
+    if unknown:
+        raise TransferError(f"unknown column(s) {unknown}. Available: {', '.join(df.columns)}")
+    if not pd.api.types.is_numeric_dtype(df[cfg.metric]):
+        raise TransferError(f"metric column '{cfg.metric}' is not numeric")
+    table = summarize(df, by, cfg.metric)
+    log(format_table(table, cfg.metric, cfg.format))
+    if cfg.format != "csv" and "vs_best_baseline" in table:
+        log("* difference from the best baseline (scratch, random-frozen, pixels-logreg) exceeds the spread over seeds")
+    return table

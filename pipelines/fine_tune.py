@@ -1,0 +1,166 @@
+"""Fit a dense head on a (pretrained or random) encoder for a labeled task; log one row."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from pipelines.common import config_dict, encoder_blocks, report_skipped
+from transfer import architectures, artifacts, data, models, results, training
+from transfer.config import FineTuneConfig
+from transfer.errors import TransferError
+
+
+def method_name(objective: str | None, freeze: str) -> str:
+    """The label compare groups by: random-frozen, scratch, <objective>-frozen, <objective>-finetuned."""
+    if objective is None:
+        return "random-frozen" if freeze == "all" else "scratch"
+    return f"{objective}-frozen" if freeze == "all" else f"{objective}-finetuned"
+
+
+def _resolve_encoder(cfg: FineTuneConfig):
+    """(encoder or None, manifest or None, image_size, channels or None, blocks or None)."""
+    if cfg.encoder == "random":
+        blocks = encoder_blocks(cfg)
+        architectures.block_shapes(blocks, cfg.image_size, cfg.arch)
+        return None, None, cfg.image_size, cfg.channels, blocks
+    encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
+    pre = manifest["preprocessing"]
+    if cfg.channels is not None and cfg.channels != pre["channels"]:
+        raise TransferError(
+            f"the encoder takes {pre['channels']}-channel images; --channels {cfg.channels} cannot serve it"
+        )
+    return encoder, manifest, int(pre["image_size"]), int(pre["channels"]), None
+
+
+def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
+    dataset = data.load_labeled(cfg.data, image_size, channels)
+    report_skipped(dataset, log)
+    data.check_classes(dataset, cfg.data)
+    if cfg.test_data:
+        test = data.load_labeled(cfg.test_data, image_size, dataset.images.shape[-1], dataset.class_names)
+        report_skipped(test, log)
+        pool = np.arange(len(dataset))
+    else:
+        pool, test_idx = data.split_test(dataset.labels, dataset.ids, cfg.test_fraction)
+        test = dataset.subset(test_idx)
+    chosen = data.sample_per_class(dataset.labels, pool, cfg.labels_per_class, cfg.seed, dataset.class_names)
+    if len(test) == 0:
+        raise TransferError(f"{cfg.data}: the test split is empty; give --test-data or more images")
+    return dataset, dataset.subset(chosen), test
+
+
+def run(cfg: FineTuneConfig, log=print) -> dict:
+    """Fine-tune, save the classifier run directory, append and return the results row."""
+    start = time.perf_counter()
+    run_id = results.new_run_id("fine-tune")
+    out = Path(cfg.out) if cfg.out else Path("runs") / run_id
+    encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
+    dataset, train, test = _load_splits(cfg, image_size, channels, log)
+    channels = train.images.shape[-1]
+    objective = manifest["objective"] if manifest else None
+    method = method_name(objective, cfg.freeze)
+    leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
+    if leaked:
+        log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
+    staging = artifacts.start_run_dir(out, cfg.overwrite)
+    try:
+        training.set_seed(cfg.seed)
+        if encoder is None:
+            encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
+        log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
+            f"testing on {len(test)}")
+        fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
+        classifier, metrics = fit(cfg, encoder, train, test, staging / "history.csv", log)
+        digest = artifacts.save_model(classifier, staging / "classifier.keras")
+        artifacts.write_json(staging / "config.json", config_dict(cfg))
+        artifacts.write_json(staging / artifacts.MANIFEST, {
+            "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
+            "run_id": run_id, "created": results.now(),
+            "model_file": "classifier.keras", "model_sha256": digest,
+            "class_names": train.class_names,
+            "input_shape": [image_size, image_size, channels],
+            "preprocessing": data.preprocessing_contract(image_size, channels),
+            "encoder": {"source": cfg.encoder, "objective": objective,
+                        "sha256": manifest["model_sha256"] if manifest else None},
+            "method": method, "freeze": cfg.freeze, "readout": cfg.readout,
+            "data": {"source": cfg.data, "fingerprint": dataset.fingerprint()},
+            "metrics": metrics, "versions": artifacts.versions(),
+        })
+        out = artifacts.finish_run_dir(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+
+    row = {
+        "run_id": run_id, "timestamp": results.now(), "command": "fine-tune", "status": "ok",
+        "data": cfg.data, "test_data": cfg.test_data, "encoder": cfg.encoder,
+        "objective": objective or "random", "method": method,
+        "arch": manifest["arch"]["preset"] if manifest else cfg.arch,
+        "image_size": image_size, "channels": channels, "freeze": cfg.freeze, "readout": cfg.readout,
+        "head": cfg.head, "labels_per_class": cfg.labels_per_class or "all",
+        "n_train": len(train), "n_test": len(test), "seed": cfg.seed, "epochs": cfg.epochs,
+        "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
+        "test_in_pretraining": leaked, "skipped_files": len(dataset.skipped),
+        "seconds": round(time.perf_counter() - start, 2),
+        "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out), **metrics,
+    }
+    results.append_row(cfg.results, row)
+    log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
+    return row
+
+
+def _compile(model, learning_rate):
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss="sparse_categorical_crossentropy",
+        metrics=["accuracy"],
+    )
+
+
+def _fit_frozen(cfg, encoder, train, test, history_path, log):
+    """Frozen encoder: compute features once, fit only the head on them."""
+    models.freeze(encoder)
+    features = models.build_features(encoder, cfg.readout, frozen=True)
+    before = training.snapshot_weights(encoder)
+    f_train = features.predict(train.images, batch_size=256, verbose=0)
+    f_test = features.predict(test.images, batch_size=256, verbose=0)
+    head = models.build_head(f_train.shape[1], len(train.class_names), cfg.head, cfg.dropout)
+    head.get_layer("head_norm").adapt(f_train)
+    _compile(head, cfg.learning_rate)
+    fit_start = time.perf_counter()
+    training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                 history_path=history_path, log=log, log_prefix="head ")
+    seconds = time.perf_counter() - fit_start
+    test_loss, test_acc = head.evaluate(f_test, test.labels, verbose=0)
+    _, train_acc = head.evaluate(f_train, train.labels, verbose=0)
+    classifier = models.build_classifier(features, head)
+    return classifier, {
+        "test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc),
+        "encoder_unchanged": training.weights_identical(encoder, before),
+        "images_per_second": round(len(train) * cfg.epochs / seconds, 1),
+    }
+
+
+def _fit_end_to_end(cfg, encoder, train, test, history_path, log):
+    """Encoder and head trained together (from scratch when the encoder is random)."""
+    features = models.build_features(encoder, cfg.readout, frozen=False)
+    head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout,
+                             normalize=False)
+    classifier = models.build_classifier(features, head)
+    _compile(classifier, cfg.learning_rate)
+    fit_start = time.perf_counter()
+    training.fit(classifier, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                 history_path=history_path, log=log, log_prefix="train ")
+    seconds = time.perf_counter() - fit_start
+    training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size)
+    test_loss, test_acc = classifier.evaluate(test.images, test.labels, batch_size=256, verbose=0)
+    _, train_acc = classifier.evaluate(train.images, train.labels, batch_size=256, verbose=0)
+    return classifier, {
+        "test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc),
+        "images_per_second": round(len(train) * cfg.epochs / seconds, 1),
+    }

@@ -1,0 +1,3 @@
+"""transfer: pretrain convolutional bottom layers on unlabeled images, reuse them on labeled tasks."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,163 @@
+"""Run directories: save and load models with their manifests, safely.
+
+A run directory is built under `<out>.partial` and renamed into place only
+when complete, so `<out>` is either a whole run (model, manifest, history,
+config) or absent. `manifest.json` records the SHA-256 of the model file;
+loading checks it and uses Keras's `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import uuid
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from transfer.errors import TransferError
+
+MANIFEST = "manifest.json"
+FORMAT = "transfer-run"
+FORMAT_VERSION = 1
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def versions() -> dict:
+    import keras
+    import tensorflow as tf
+
+    from transfer import __version__
+
+    return {"transfer": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "numpy": np.__version__, "python": platform.python_version()}
+
+
+def start_run_dir(out: str | os.PathLike, overwrite: bool) -> Path:
+    """Check that `out` may be written and return an empty staging directory for it.
+
+    Raises:
+        TransferError: `out` exists (as a run or anything non-empty) and overwrite is False.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        if not out.is_dir():
+            raise TransferError(f"{out} exists and is not a directory")
+        if any(out.iterdir()):
+            raise TransferError(f"run directory {out} already exists; pass --overwrite to replace it")
+    staging = out.with_name(out.name + ".partial")
+    if staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True)
+    return staging
+
+
+def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:
+    """Move a complete staging directory into place, replacing an old `out` last."""
+    out = Path(out)
+    old = None
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+        os.replace(out, old)
+    os.replace(staging, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def write_json(path: str | os.PathLike, obj) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray, tuple, set)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
+
+
+def save_model(model, path: str | os.PathLike) -> str:
+    """Save a Keras model atomically; returns the file's SHA-256."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
+    model.save(tmp)
+    digest = sha256_file(tmp)
+    os.replace(tmp, path)
+    return digest
+
+
+def read_manifest(run_dir: str | os.PathLike, kind: str) -> dict:
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise TransferError(f"{kind} run directory not found: {run_dir}")
+    path = run_dir / MANIFEST
+    if not path.is_file():
+        raise TransferError(f"{run_dir} has no {MANIFEST}; it is not a complete {kind} run directory")
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise TransferError(f"{path} is not valid JSON ({exc})") from None
+    if manifest.get("format") != FORMAT or manifest.get("kind") != kind:
+        raise TransferError(f"{run_dir} is not a {kind} run directory (its manifest says kind={manifest.get('kind')!r})")
+    return manifest
+
+
+def load_model_run(run_dir: str | os.PathLike, kind: str):
+    """Load (model, manifest) from a run directory written by `save_model` + manifest.
+
+    Raises:
+        TransferError: missing/invalid manifest, checksum mismatch, not a Keras
+            archive, or a model that safe_mode refuses.
+    """
+    import keras
+
+    manifest = read_manifest(run_dir, kind)
+    filename = manifest.get("model_file", "")
+    path = Path(run_dir) / filename
+    if not filename or not path.is_file():
+        raise TransferError(f"{run_dir}: model file {filename!r} named by the manifest is missing")
+    expected = manifest.get("model_sha256")
+    if sha256_file(path) != expected:
+        raise TransferError(f"{path}: SHA-256 does not match the manifest; the file was changed or damaged")
+    if not zipfile.is_zipfile(path):
+        raise TransferError(f"{path} is not a Keras .keras archive")
+    try:
+        model = keras.models.load_model(path, compile=False, safe_mode=True)
+    except Exception as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TransferError(f"{path}: cannot be loaded safely ({reason})") from None
+    return model, manifest
+
+
+def save_pretrain_ids(run_dir: Path, ids: np.ndarray) -> None:
+    """Content ids of the pretraining images, as sorted uint64, to detect test leakage later."""
+    np.save(run_dir / "pretrain_ids.npy", np.sort(np.array([int(i, 16) for i in ids], dtype=np.uint64)))
+
+
+def count_leaked(run_dir: str | os.PathLike, ids: np.ndarray) -> int | None:
+    """How many of `ids` were among an encoder's pretraining images (None if unknown)."""
+    path = Path(run_dir) / "pretrain_ids.npy"
+    if not path.is_file():
+        return None
+    seen = np.load(path, allow_pickle=False)
+    probe = np.array([int(i, 16) for i in ids], dtype=np.uint64)
+    return int(np.isin(probe, seen).sum())

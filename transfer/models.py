@@ -1,0 +1,159 @@
+"""Encoders (the pretrained "bottom layers"), decoders, autoencoders, classifiers.
+
+Encoders are built from `transfer.architectures.Block` lists. Every layer is named `block{i}_...`; the last layer of block i is
+`block{i}_out`, so readouts can tap any block. Only built-in Keras layers are
+used, so saved models load with `safe_mode=True`.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from transfer.architectures import READOUTS, Block, block_shapes
+from transfer.errors import TransferError
+
+BN_MOMENTUM = 0.9  # 0.99 needs thousands of steps to settle; few-label runs take hundreds
+
+
+def conv_block(x, block: Block, name: str):
+    """Apply one block to tensor x; every layer is named `{name}_...`, the last `{name}_out`."""
+    shortcut = x
+    for j in range(1, block.convs + 1):
+        x = layers.Conv2D(
+            block.filters,
+            block.kernel_size,
+            strides=block.strides if j == 1 else 1,
+            padding=block.padding,
+            use_bias=not block.batch_norm,
+            kernel_initializer="he_normal" if block.activation == "relu" else "glorot_uniform",
+            name=f"{name}_conv{j}",
+        )(x)
+        if block.batch_norm:
+            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{j}")(x)
+        if not (block.residual and j == block.convs):
+            x = layers.Activation(block.activation, name=f"{name}_act{j}")(x)
+    if block.residual:
+        if shortcut.shape[1:] != x.shape[1:]:
+            shortcut = layers.Conv2D(
+                block.filters, 1, strides=block.strides, padding="same", use_bias=not block.batch_norm,
+                name=f"{name}_proj",
+            )(shortcut)
+            if block.batch_norm:
+                shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
+            if shortcut.shape[1:] != x.shape[1:]:
+                raise TransferError(f"{name}: a residual block needs padding='same'")
+        x = layers.Add(name=f"{name}_add")([x, shortcut])
+        x = layers.Activation(block.activation, name=f"{name}_act{block.convs}")(x)
+    if block.pool == "max":
+        x = layers.MaxPooling2D(block.pool_size, name=f"{name}_pool")(x)
+    elif block.pool == "avg":
+        x = layers.AveragePooling2D(block.pool_size, name=f"{name}_pool")(x)
+    return layers.Identity(name=f"{name}_out")(x)
+
+
+def build_encoder(input_shape: tuple[int, int, int], blocks: list[Block], arch: str = "custom") -> keras.Model:
+    """The conv blocks as a named model `encoder`: image -> last block's feature map."""
+    if input_shape[0] != input_shape[1]:
+        raise TransferError(f"encoders take square images. Received: input_shape={input_shape}")
+    block_shapes(blocks, input_shape[0], arch)
+    inputs = keras.Input(input_shape, name="image")
+    x = inputs
+    for i, block in enumerate(blocks, start=1):
+        x = conv_block(x, block, f"block{i}")
+    return keras.Model(inputs, x, name="encoder")
+
+
+def encoder_blocks(encoder: keras.Model) -> int:
+    return sum(1 for layer in encoder.layers if layer.name.endswith("_out") and layer.name.startswith("block"))
+
+
+def build_decoder(encoder: keras.Model, blocks: list[Block], channels: int) -> keras.Model:
+    """Mirror of the encoder: transposed convs undo each block's downsampling.
+
+    A final `Resizing` absorbs what `valid` padding removed, and a sigmoid conv
+    gives images in [0, 1].
+    """
+    feature_shape = tuple(encoder.output.shape[1:])
+    height = encoder.input.shape[1]
+    inputs = keras.Input(feature_shape, name="features")
+    x = inputs
+    widths = [b.filters for b in blocks[:-1]][::-1] + [max(blocks[0].filters // 2, 8)]
+    for i, (block, width) in enumerate(zip(reversed(blocks), widths), start=1):
+        factor = block.strides * (block.pool_size if block.pool != "none" else 1)
+        x = layers.Conv2DTranspose(
+            width, 3, strides=factor, padding="same", use_bias=False, name=f"up{i}_deconv"
+        )(x)
+        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
+        x = layers.Activation("relu", name=f"up{i}_act")(x)
+    if x.shape[1] != height:
+        x = layers.Resizing(height, height, interpolation="bilinear", name="resize")(x)
+    outputs = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction")(x)
+    return keras.Model(inputs, outputs, name="decoder")
+
+
+def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model:
+    inputs = keras.Input(encoder.input.shape[1:], name="image")
+    return keras.Model(inputs, decoder(encoder(inputs)), name="autoencoder")
+
+
+def build_features(encoder: keras.Model, readout: str, frozen: bool) -> keras.Model:
+    """Image -> feature vector: the encoder plus a weightless readout.
+
+    Readouts:
+        flatten: the last block's map, flattened (keeps spatial layout).
+        avg: global average pooling of the last block.
+        multi: global average pooling of every block, concatenated, so that
+            low-level features learned by pretraining reach the head too.
+    A frozen encoder is called with training=False: BatchNorm stays in
+    inference mode and its moving statistics never change.
+    """
+    if readout not in READOUTS:
+        raise TransferError(f"readout must be one of {READOUTS}. Received: readout={readout!r}")
+    inputs = keras.Input(encoder.input.shape[1:], name="image")
+    call_kwargs = {"training": False} if frozen else {}
+    if readout == "multi":
+        taps = [encoder.get_layer(f"block{i}_out").output for i in range(1, encoder_blocks(encoder) + 1)]
+        tapped = keras.Model(encoder.input, taps, name="encoder_taps")
+        maps = tapped(inputs, **call_kwargs)
+        pooled = [layers.GlobalAveragePooling2D(name=f"gap{i}")(m) for i, m in enumerate(maps, start=1)]
+        x = layers.Concatenate(name="readout")(pooled)
+    else:
+        x = encoder(inputs, **call_kwargs)
+        if readout == "flatten":
+            x = layers.Flatten(name="readout")(x)
+        else:
+            x = layers.GlobalAveragePooling2D(name="readout")(x)
+    return keras.Model(inputs, x, name="features")
+
+
+def build_head(
+    feature_dim: int, num_classes: int, units: tuple[int, ...], dropout: float, normalize: bool = True
+) -> keras.Model:
+    """Dense head: optional normalization (call `adapt` on the training features), hidden layers, softmax.
+
+    Normalization puts frozen features of any scale (pretrained or random) on
+    an equal footing; a head trained end to end with its encoder skips it.
+    """
+    inputs = keras.Input((feature_dim,), name="features")
+    x = layers.Normalization(name="head_norm")(inputs) if normalize else inputs
+    for i, u in enumerate(units, start=1):
+        if dropout:
+            x = layers.Dropout(dropout, name=f"head_dropout{i}")(x)
+        x = layers.Dense(u, activation="relu", name=f"head_dense{i}")(x)
+    if dropout:
+        x = layers.Dropout(dropout, name="head_dropout_out")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="head_out")(x)
+    return keras.Model(inputs, outputs, name="head")
+
+
+def build_classifier(features: keras.Model, head: keras.Model) -> keras.Model:
+    inputs = keras.Input(features.input.shape[1:], name="image")
+    return keras.Model(inputs, head(features(inputs)), name="classifier")
+
+
+def freeze(model: keras.Model) -> None:
+    """Make every layer untrainable (BatchNorm included). Recompile afterwards."""
+    model.trainable = False
+    for layer in model.layers:
+        layer.trainable = False

@@ -1,0 +1,39 @@
+"""Unsupervised pretraining objectives.
+
+Each objective is a module exposing `NAME` and
+
+    train(encoder, blocks, train_images, val_images, *, epochs, batch_size,
+          learning_rate, history_path, log) -> ObjectiveResult
+
+which trains `encoder` in place. New objectives (denoising, masked,
+contrastive, adversarial) slot in beside `autoencoder` by registering here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from transfer.errors import TransferError
+
+
+@dataclass
+class ObjectiveResult:
+    """What an objective reports: metrics for the manifest and the results row."""
+
+    metrics: dict
+    preview: np.ndarray | None = None  # e.g. reconstructions of val_images[:n]
+    warnings: list[str] = field(default_factory=list)
+
+
+def get(name: str):
+    from transfer.objectives import autoencoder
+
+    registry = {autoencoder.NAME: autoencoder}
+    if name not in registry:
+        raise TransferError(f"unknown objective '{name}'. Available: {sorted(registry)}")
+    return registry[name]
+
+
+NAMES = ("autoencoder",)

@@ -1,0 +1,103 @@
+"""The experiment table: one CSV row per run, append-only, safe under concurrent appends.
+
+Columns are stable snake_case; new ones may be added (old rows get empty
+values), none renamed. A value that does not apply is left empty.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+
+from filelock import FileLock
+
+from transfer.errors import TransferError
+
+COLUMNS = [
+    "run_id", "timestamp", "command", "status", "data", "test_data", "encoder", "objective",
+    "method", "arch", "image_size", "channels", "freeze", "readout", "head", "labels_per_class",
+    "n_train", "n_test", "seed", "epochs", "batch_size", "learning_rate", "test_accuracy",
+    "test_loss", "train_accuracy", "recon_mse", "baseline_zeros_mse", "baseline_mean_mse",
+    "test_in_pretraining", "encoder_unchanged", "skipped_files", "seconds", "images_per_second", "peak_memory_mb", "run_dir",
+]
+
+
+def new_run_id(command: str) -> str:
+    return f"{datetime.now(timezone.utc):%Y%m%d-%H%M%S}-{command}-{uuid.uuid4().hex[:6]}"
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _format(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(str(v) for v in value)
+    return str(value)
+
+
+def append_row(path: str | os.PathLike, row: dict) -> None:
+    """Append one row under a file lock; widen the header if the row brings new columns."""
+    path = Path(path)
+    unknown = [k for k in row if k not in COLUMNS]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(path) + ".lock", timeout=60):
+        header = _read_header(path)
+        if header is None:
+            header = COLUMNS + unknown
+            text = _csv_line(header) + _csv_line([_format(row.get(c)) for c in header])
+            with open(path, "a", encoding="utf-8", newline="") as f:
+                f.write(text)
+            return
+        missing = [c for c in list(COLUMNS) + unknown if c not in header]
+        if missing:
+            _widen(path, header, header + missing)
+            header = header + missing
+        with open(path, "a", encoding="utf-8", newline="") as f:
+            f.write(_csv_line([_format(row.get(c)) for c in header]))
+
+
+def _csv_line(values) -> str:
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerow(values)
+    return buf.getvalue()
+
+
+def _read_header(path: Path) -> list[str] | None:
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, encoding="utf-8", newline="") as f:
+        return next(csv.reader(f), None)
+
+
+def _widen(path: Path, old: list[str], new: list[str]) -> None:
+    """Rewrite the table with more columns (atomically; called under the lock)."""
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f))
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    with open(tmp, "w", encoding="utf-8", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=new, lineterminator="\n", extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def read_results(path: str | os.PathLike):
+    """The table as a pandas DataFrame."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise TransferError(f"results table not found: {path}")
+    try:
+        return pd.read_csv(path, dtype={"run_id": str, "labels_per_class": str})
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise TransferError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None

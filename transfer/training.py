@@ -1,0 +1,111 @@
+"""Compile/fit helpers and callbacks shared by the pipelines."""
+
+from __future__ import annotations
+
+import resource
+import sys
+import time
+from typing import Callable
+
+import keras
+import numpy as np
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python, NumPy and the backend, so a run is repeatable."""
+    keras.utils.set_random_seed(int(seed))
+
+
+def peak_memory_mb() -> float:
+    """Peak resident memory of this process so far, in MiB."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+class EpochLog(keras.callbacks.Callback):
+    """Reports a line every `every` epochs (and the last) through `log`."""
+
+    def __init__(self, log: Callable[[str], None], epochs: int, prefix: str = "", every: int | None = None):
+        super().__init__()
+        self.log, self.epochs, self.prefix = log, epochs, prefix
+        self.every = every or max(1, epochs // 5)
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        n = epoch + 1
+        if n % self.every == 0 or n == self.epochs:
+            metrics = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
+            self.log(f"{self.prefix}epoch {n}/{self.epochs} {metrics} ({time.perf_counter() - self._start:.1f}s)")
+
+
+def fit(
+    model: keras.Model,
+    x,
+    y,
+    *,
+    epochs: int,
+    batch_size: int,
+    history_path=None,
+    log: Callable[[str], None] | None = None,
+    log_prefix: str = "",
+    validation_data=None,
+):
+    """model.fit with a CSV history and progress lines; returns the History."""
+    callbacks = [keras.callbacks.TerminateOnNaN()]
+    if history_path is not None:
+        callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
+    if log is not None:
+        callbacks.append(EpochLog(log, epochs, log_prefix))
+    return model.fit(
+        x,
+        y,
+        epochs=epochs,
+        batch_size=batch_size,
+        shuffle=True,
+        verbose=0,
+        callbacks=callbacks,
+        validation_data=validation_data,
+    )
+
+
+def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, passes: int = 3) -> None:
+    """Re-estimate BatchNorm moving statistics on x (no weight updates).
+
+    Few-label training takes too few steps for the moving averages to reach
+    the statistics the trained weights produce; evaluating with stale
+    statistics is the classic cause of a from-scratch CNN "collapsing" at test
+    time. Running forward passes in training mode refreshes them.
+    """
+    bns = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
+    if not bns:
+        return
+    saved = [b.momentum for b in bns]
+    try:
+        for b in bns:
+            b.momentum = 0.5
+        for _ in range(passes):
+            for start in range(0, len(x), batch_size):
+                model(x[start : start + batch_size], training=True)
+    finally:
+        for b, m in zip(bns, saved):
+            b.momentum = m
+
+
+def _all_layers(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _all_layers(layer)
+        else:
+            yield layer
+
+
+def snapshot_weights(model: keras.Model) -> list[np.ndarray]:
+    """A copy of every variable (trainable or not, BatchNorm statistics included)."""
+    return [np.array(v) for v in model.weights]
+
+
+def weights_identical(model: keras.Model, snapshot: list[np.ndarray]) -> bool:
+    current = model.weights
+    return len(current) == len(snapshot) and all(
+        np.array_equal(np.array(v), s) for v, s in zip(current, snapshot)
+    )
