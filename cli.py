@@ -32,6 +32,21 @@ class UserError(click.ClickException):
     exit_code = 2
 
 
+class OneLineCommand(click.Command):
+    """Usage errors print just `Error: ...` (one line); `--help` shows the usage."""
+
+    def make_context(self, info_name, args, parent=None, **extra):
+        try:
+            return super().make_context(info_name, args, parent=parent, **extra)
+        except click.UsageError as exc:
+            exc.ctx = None
+            raise
+
+
+class TransferGroup(click.Group):
+    command_class = OneLineCommand
+
+
 class IntList(click.ParamType):
     name = "N[,N...]"
 
@@ -144,6 +159,7 @@ def _import_tensorflow_quietly() -> None:
             import tensorflow
 
             tensorflow.config.list_physical_devices()  # device probing prints too (e.g. no CUDA driver)
+            tensorflow.get_logger().setLevel("ERROR")  # retracing notices are not the user's concern
         except BaseException:
             os.dup2(saved, 2)
             sink.seek(0)
@@ -163,7 +179,7 @@ def _run(pipeline, cls, params: dict):
         raise UserError(str(exc)) from None
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=TransferGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
 def main():
     """Pretrain convolutional layers on unlabeled images, reuse them on labeled tasks, compare runs.
@@ -254,7 +270,6 @@ def fine_tune(**params):
 @opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv"]))
 def compare(**params):
     """Mean ± std over seeds per group, and the difference from the baselines."""
-    _import_tensorflow_quietly()
     from pipelines import compare as pipeline
 
     _run(pipeline, CompareConfig, params)
@@ -279,6 +294,8 @@ def predict(**params):
 @opt(DemoConfig, "out", type=click.Path(file_okay=False), help="Directory for everything (default runs/demo-TIME).")
 @opt(DemoConfig, "pretrain-epochs", type=click.IntRange(1))
 @opt(DemoConfig, "fine-tune-epochs", type=click.IntRange(1))
+@opt(DemoConfig, "labels-per-class", type=IntList(), default=",".join(map(str, DemoConfig.labels_per_class)),
+     help="Label budgets to compare.")
 @opt(DemoConfig, "seeds", type=IntList(minimum=0), help="Seeds to repeat each fine-tune with.",
      default=",".join(map(str, DemoConfig.seeds)))
 def demo(**params):

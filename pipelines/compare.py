@@ -51,7 +51,8 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
                 diff = group["mean"] - best["mean"]
                 spread = np.sqrt(group["std"] ** 2 + best["std"] ** 2)
                 table.loc[group.index, "vs_best_baseline"] = diff
-                table.loc[group.index, "significant"] = (diff.abs() > spread) & ~group["method"].isin(BASELINES)
+                enough = (group["n"] >= 2) & (best["n"] >= 2)  # one run has no spread to exceed
+                table.loc[group.index, "significant"] = (diff.abs() > spread) & enough & ~group["method"].isin(BASELINES)
     sort_cols = [c for c in by if c != "labels_per_class"]
     if "labels_per_class" in by:
         table["_budget"] = table["labels_per_class"].map(_budget_key)

@@ -1,0 +1,50 @@
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from PIL import Image  # noqa: E402
+
+
+def stripes(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
+    """A noisy striped pattern in [0, 255]: 'h' horizontal, 'v' vertical, 'd' diagonal stripes."""
+    yy, xx = np.mgrid[0:size, 0:size]
+    period = rng.integers(3, 6)
+    phase = rng.integers(0, period)
+    coord = {"h": yy, "v": xx, "d": xx + yy}[kind]
+    img = ((coord + phase) % period < period / 2).astype(np.float32)
+    img = 0.8 * img + 0.2 * rng.random((size, size))
+    return (img * 255).astype(np.uint8)
+
+
+def write_image(path, arr: np.ndarray, mode: str = "L") -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = Image.fromarray(arr, mode="L")
+    if mode != "L":
+        img = img.convert(mode)
+    img.save(path)
+
+
+def make_labeled_dir(root, per_class=12, classes=("h", "v"), size=16, mode="L", seed=0, ext="png"):
+    """root/<class>/<i>.png with class-specific stripe patterns."""
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        for i in range(per_class):
+            write_image(root / c / f"{i}.{ext}", stripes(c, size, rng), mode)
+    return root
+
+
+@pytest.fixture
+def labeled_dir(tmp_path):
+    return make_labeled_dir(tmp_path / "labeled")
+
+
+@pytest.fixture
+def unlabeled_dir(tmp_path):
+    root = tmp_path / "unlabeled"
+    rng = np.random.default_rng(1)
+    for i in range(24):
+        write_image(root / ("nested" if i % 2 else "") / f"u{i}.png", stripes("hvd"[i % 3], 16, rng))
+    return root

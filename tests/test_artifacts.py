@@ -1,0 +1,65 @@
+import json
+import numpy as np
+import pytest
+
+from transfer import artifacts, models
+from transfer.architectures import preset_blocks
+from transfer.errors import TransferError
+
+
+def _save_run(tmp_path, name="enc"):
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
+    staging = artifacts.start_run_dir(tmp_path / name, overwrite=False)
+    digest = artifacts.save_model(enc, staging / "encoder.keras")
+    artifacts.write_json(staging / "manifest.json", {
+        "format": artifacts.FORMAT, "kind": "encoder", "model_file": "encoder.keras", "model_sha256": digest,
+        "preprocessing": {"image_size": 8, "channels": 1},
+    })
+    return enc, artifacts.finish_run_dir(staging, tmp_path / name)
+
+
+def test_encoder_round_trip_is_identical(tmp_path):
+    enc, run = _save_run(tmp_path)
+    loaded, manifest = artifacts.load_model_run(run, "encoder")
+    x = np.random.rand(2, 8, 8, 1).astype("float32")
+    np.testing.assert_array_equal(enc.predict(x, verbose=0), loaded.predict(x, verbose=0))
+    assert manifest["preprocessing"]["image_size"] == 8
+    assert not (tmp_path / "enc.partial").exists()
+
+
+def test_existing_run_dir_is_not_overwritten_without_flag(tmp_path):
+    _, run = _save_run(tmp_path)
+    before = (run / "encoder.keras").read_bytes()
+    with pytest.raises(TransferError, match="already exists; pass --overwrite"):
+        artifacts.start_run_dir(run, overwrite=False)
+    assert (run / "encoder.keras").read_bytes() == before
+
+
+def test_tampered_model_and_missing_manifest_are_refused(tmp_path):
+    _, run = _save_run(tmp_path)
+    with open(run / "encoder.keras", "ab") as f:
+        f.write(b"x")
+    with pytest.raises(TransferError, match="SHA-256 does not match"):
+        artifacts.load_model_run(run, "encoder")
+    (run / "manifest.json").unlink()
+    with pytest.raises(TransferError, match="no manifest.json"):
+        artifacts.load_model_run(run, "encoder")
+    with pytest.raises(TransferError, match="not found"):
+        artifacts.load_model_run(tmp_path / "nope", "encoder")
+
+
+def test_wrong_kind_is_refused(tmp_path):
+    _, run = _save_run(tmp_path)
+    with pytest.raises(TransferError, match="not a classifier run directory"):
+        artifacts.load_model_run(run, "classifier")
+
+
+def test_leak_count(tmp_path):
+    artifacts.save_pretrain_ids(tmp_path, np.array(["00000000000000ff", "0000000000000001"]))
+    assert artifacts.count_leaked(tmp_path, np.array(["00000000000000ff", "0000000000000002"])) == 1
+    assert artifacts.count_leaked(tmp_path / "none", np.array(["00"])) is None
+
+
+def test_write_json_is_valid(tmp_path):
+    artifacts.write_json(tmp_path / "m.json", {"a": np.float32(1.5), "b": (1, 2)})
+    assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1.5, "b": [1, 2]}

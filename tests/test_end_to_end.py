@@ -1,0 +1,28 @@
+"""One end-to-end run on real data (scikit-learn's digits), few epochs."""
+
+import pandas as pd
+from click.testing import CliRunner
+
+from cli import main
+
+
+def test_demo_on_digits_runs_every_method_and_prints_the_table(tmp_path):
+    out = tmp_path / "demo"
+    result = CliRunner().invoke(
+        main,
+        ["demo", "--out", str(out), "--pretrain-epochs", "2", "--fine-tune-epochs", "20",
+         "--labels-per-class", "5,10", "--seeds", "0"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(out / "results.csv")
+    ft = df[df["command"] == "fine-tune"]
+    assert sorted(ft["method"].unique()) == ["autoencoder-frozen", "random-frozen", "scratch"]
+    assert sorted(ft["labels_per_class"].astype(int).unique()) == [5, 10]
+    assert len(ft) == 6 and ft["encoder_unchanged"].dropna().all()
+    # digits is a real task: every method must be far above the 10% of guessing
+    assert (ft["test_accuracy"] > 0.5).all(), ft[["method", "test_accuracy"]]
+    assert (ft["test_in_pretraining"].dropna() == 0).all()  # the test split never reached pretraining
+    for method in ("autoencoder-frozen", "random-frozen", "scratch"):
+        assert method in result.output
+    assert "time: pretrain" in result.output

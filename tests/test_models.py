@@ -1,0 +1,97 @@
+import keras
+import numpy as np
+import pytest
+
+from transfer import models, training
+from transfer.architectures import PRESETS, Block, block_shapes, preset_blocks
+from transfer.errors import TransferError
+
+
+@pytest.mark.parametrize(
+    "arch,size,expected",
+    [("small", 32, (4, 4, 128)), ("vgg", 32, (4, 4, 128)), ("resnet", 32, (8, 8, 128)), ("lenet5", 32, (1, 1, 120))],
+)
+def test_preset_output_shapes(arch, size, expected):
+    enc = models.build_encoder((size, size, 3), preset_blocks(arch), arch)
+    assert tuple(enc.output.shape[1:]) == expected
+    assert enc.name == "encoder"
+
+
+def test_valid_padding_and_strides_shape():
+    blocks = [Block(8, 3, strides=2, padding="valid", pool="none"), Block(4, 3, padding="valid", pool="avg")]
+    enc = models.build_encoder((17, 17, 1), blocks)
+    # 17 -> (17-3)//2+1 = 8 -> 8-3+1 = 6 -> pool 3
+    assert tuple(enc.output.shape[1:]) == (3, 3, 4)
+    assert block_shapes(blocks, 17) == [8, 3]
+
+
+def test_overrides_and_filters_change_blocks():
+    blocks = preset_blocks("small", (8, 16, 32, 64), pool="avg", batch_norm=False, kernel_size=5)
+    assert [b.filters for b in blocks] == [8, 16, 32, 64]
+    assert all(b.pool == "avg" and not b.batch_norm and b.kernel_size == 5 for b in blocks)
+    assert preset_blocks("lenet5")[0] == PRESETS["lenet5"][0]
+
+
+def test_resnet_has_skip_connections():
+    enc = models.build_encoder((16, 16, 1), preset_blocks("resnet"), "resnet")
+    adds = [layer for layer in enc.layers if isinstance(layer, keras.layers.Add)]
+    assert len(adds) == 3
+    assert any(layer.name.endswith("_proj") for layer in enc.layers)
+
+
+def test_too_small_image_is_refused_with_advice():
+    with pytest.raises(TransferError, match="too small for arch lenet5"):
+        models.build_encoder((16, 16, 1), preset_blocks("lenet5"), "lenet5")
+    with pytest.raises(TransferError, match="unknown arch"):
+        preset_blocks("alexnet")
+
+
+@pytest.mark.parametrize("arch,size", [("small", 16), ("lenet5", 32), ("resnet", 12)])
+def test_autoencoder_reconstructs_input_shape(arch, size):
+    blocks = preset_blocks(arch)
+    enc = models.build_encoder((size, size, 2), blocks, arch)
+    ae = models.build_autoencoder(enc, models.build_decoder(enc, blocks, 2))
+    out = ae.predict(np.random.rand(3, size, size, 2).astype("float32"), verbose=0)
+    assert out.shape == (3, size, size, 2)
+    assert 0.0 <= out.min() and out.max() <= 1.0
+
+
+@pytest.mark.parametrize("readout,dim", [("avg", 16), ("flatten", 4 * 16), ("multi", 8 + 16)])
+def test_readouts(readout, dim):
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (8, 16)))
+    feats = models.build_features(enc, readout, frozen=True)
+    assert feats.output.shape[1] == dim
+
+
+def test_frozen_encoder_weights_and_bn_statistics_unchanged_by_head_training():
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
+    models.freeze(enc)
+    feats = models.build_features(enc, "multi", frozen=True)
+    head = models.build_head(feats.output.shape[1], 2, (8,), 0.0, normalize=False)
+    clf = models.build_classifier(feats, head)
+    clf.compile("adam", "sparse_categorical_crossentropy")
+    before = training.snapshot_weights(enc)
+    head_before = training.snapshot_weights(head)
+    bn_before = np.array(enc.get_layer("block1_bn1").moving_mean)
+    x = np.random.rand(32, 8, 8, 1).astype("float32") * 5 + 3  # far from the initial BN statistics
+    clf.fit(x, np.arange(32) % 2, epochs=2, verbose=0)
+    assert training.weights_identical(enc, before)
+    np.testing.assert_array_equal(np.array(enc.get_layer("block1_bn1").moving_mean), bn_before)
+    assert not training.weights_identical(head, head_before)  # the head did train
+
+
+def test_weights_identical_reports_a_violation():
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4,)))
+    before = training.snapshot_weights(enc)
+    enc.get_layer("block1_bn1").moving_mean.assign(np.ones(4, dtype="float32"))
+    assert not training.weights_identical(enc, before)
+
+
+def test_recalibrate_batchnorm_moves_statistics_toward_data():
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4,), activation="linear"))
+    x = np.random.rand(64, 8, 8, 1).astype("float32") + 10.0
+    training.recalibrate_batchnorm(enc, x, 16)
+    conv_out = keras.Model(enc.input, enc.get_layer("block1_conv1").output).predict(x, verbose=0)
+    np.testing.assert_allclose(
+        np.array(enc.get_layer("block1_bn1").moving_mean), conv_out.mean(axis=(0, 1, 2)), rtol=0.05, atol=0.05
+    )

@@ -1,0 +1,42 @@
+"""Results-table tests (no TensorFlow import here: the 8 spawned workers import this module)."""
+
+import multiprocessing
+
+import pandas as pd
+
+from transfer import results
+
+
+def test_results_append_and_read(tmp_path):
+    path = tmp_path / "r.csv"
+    results.append_row(path, {"run_id": "a", "command": "fine-tune", "test_accuracy": 0.5, "head": (64, 32)})
+    results.append_row(path, {"run_id": "b", "command": "fine-tune", "test_accuracy": 0.75})
+    df = results.read_results(path)
+    assert df["run_id"].tolist() == ["a", "b"]
+    assert df["test_accuracy"].tolist() == [0.5, 0.75]
+    assert df.loc[0, "head"] == "64,32"
+    assert pd.isna(df.loc[1, "test_loss"])  # not applicable -> empty, not a made-up number
+
+
+def test_results_new_column_keeps_old_rows(tmp_path):
+    path = tmp_path / "r.csv"
+    path.write_text("run_id,test_accuracy\nold,0.1\n")
+    results.append_row(path, {"run_id": "new", "test_accuracy": 0.2, "brand_new": 7})
+    df = results.read_results(path)
+    assert df["run_id"].tolist() == ["old", "new"]
+    assert "brand_new" in df and "command" in df
+    assert pd.isna(df.loc[0, "brand_new"]) and df.loc[1, "brand_new"] == 7
+
+
+def _append_many(args):
+    path, worker = args
+    for i in range(10):
+        results.append_row(path, {"run_id": f"{worker}-{i}", "command": "fine-tune", "test_accuracy": i / 10})
+
+
+def test_concurrent_appends_lose_no_row(tmp_path):
+    path = str(tmp_path / "r.csv")
+    with multiprocessing.get_context("spawn").Pool(8) as pool:
+        pool.map(_append_many, [(path, w) for w in range(8)])
+    df = results.read_results(path)
+    assert len(df) == 80 and df["run_id"].nunique() == 80
