@@ -23,7 +23,7 @@ from transfer.config import (  # noqa: E402
 from transfer.errors import TransferError  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 
-OBJECTIVES = ("autoencoder",)
+from transfer.objectives import NAMES as OBJECTIVES  # noqa: E402
 
 
 class UserError(click.ClickException):
@@ -63,6 +63,15 @@ class IntList(click.ParamType):
         if not items or min(items) < self.minimum:
             self.fail(f"expected integers >= {self.minimum}. Received: {value!r}", param, ctx)
         return items
+
+
+class HeadType(IntList):
+    name = "linear|N[,N...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)) and not value or str(value).strip().lower() in ("linear", "", "0"):
+            return ()
+        return super().convert(value, param, ctx)
 
 
 class LabelBudget(click.ParamType):
@@ -226,7 +235,7 @@ def pretrain(**params):
 @main.command("fine-tune")
 @config_option(FineTuneConfig)
 @opt(FineTuneConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
-@opt(FineTuneConfig, "encoder", help="A pretrain run directory, or 'random' for the baselines.")
+@opt(FineTuneConfig, "encoder", help="A pretrain run directory, or a baseline: random (with --freeze all|none), pixels (logistic regression on raw pixels).")
 @opt(FineTuneConfig, "freeze", type=click.Choice(["all", "none"]),
      help="all: train only the head on the frozen encoder; none: train everything "
           "(with --encoder random: from scratch).")
@@ -237,8 +246,15 @@ def pretrain(**params):
 @opt(FineTuneConfig, "readout", type=click.Choice(READOUTS),
      help="Features fed to the head: avg (global average pool of the last block), flatten, "
           "multi (average pool of every block).")
-@opt(FineTuneConfig, "head", type=IntList(), help="Hidden units of the dense head, e.g. 128 or 256,64.")
-@opt(FineTuneConfig, "dropout", type=click.FloatRange(0, 1, max_open=True))
+@opt(FineTuneConfig, "head", type=HeadType(), default="linear", show_default=True,
+     help="linear: a softmax layer on standardized features, solved exactly (L-BFGS, L2) when the encoder "
+          "is frozen; or hidden units, e.g. 128 or 256,64, trained by Adam for --epochs.")
+@opt(FineTuneConfig, "dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout in a head with hidden layers.")
+@opt(FineTuneConfig, "unfreeze-top", type=click.IntRange(0),
+     help="With --freeze all: after the head is fit, train the top K conv blocks further "
+          "(BatchNorm stays frozen) at --fine-tune-learning-rate for --fine-tune-epochs.")
+@opt(FineTuneConfig, "fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True))
+@opt(FineTuneConfig, "fine-tune-epochs", type=click.IntRange(1))
 @opt(FineTuneConfig, "epochs", type=click.IntRange(1))
 @opt(FineTuneConfig, "batch-size", type=click.IntRange(1))
 @opt(FineTuneConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True))

@@ -10,20 +10,29 @@ import keras
 import numpy as np
 
 from pipelines.common import config_dict, encoder_blocks, report_skipped
-from transfer import architectures, artifacts, data, models, results, training
+from transfer import architectures, artifacts, data, heads, models, results, training
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
 
 
-def method_name(objective: str | None, freeze: str) -> str:
-    """The label compare groups by: random-frozen, scratch, <objective>-frozen, <objective>-finetuned."""
+def method_name(objective: str | None, freeze: str, unfreeze_top: int = 0) -> str:
+    """The label compare groups by: pixels-logreg, random-frozen, scratch,
+    <objective>-frozen, <objective>-top<K> (top K blocks unfrozen), <objective>-finetuned."""
+    if objective == "pixels":
+        return "pixels-logreg"
     if objective is None:
-        return "random-frozen" if freeze == "all" else "scratch"
-    return f"{objective}-frozen" if freeze == "all" else f"{objective}-finetuned"
+        if freeze == "none":
+            return "scratch"
+        return f"random-top{unfreeze_top}" if unfreeze_top else "random-frozen"
+    if freeze == "none":
+        return f"{objective}-finetuned"
+    return f"{objective}-top{unfreeze_top}" if unfreeze_top else f"{objective}-frozen"
 
 
 def _resolve_encoder(cfg: FineTuneConfig):
     """(encoder or None, manifest or None, image_size, channels or None, blocks or None)."""
+    if cfg.encoder == "pixels":
+        return None, None, cfg.image_size, cfg.channels, None
     if cfg.encoder == "random":
         blocks = encoder_blocks(cfg)
         architectures.block_shapes(blocks, cfg.image_size, cfg.arch)
@@ -62,19 +71,22 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
     dataset, train, test = _load_splits(cfg, image_size, channels, log)
     channels = train.images.shape[-1]
-    objective = manifest["objective"] if manifest else None
-    method = method_name(objective, cfg.freeze)
+    objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
+    method = method_name(objective, cfg.freeze, cfg.unfreeze_top)
     leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
     staging = artifacts.start_run_dir(out, cfg.overwrite)
     try:
         training.set_seed(cfg.seed)
-        if encoder is None:
+        if encoder is None and blocks is not None:
             encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
         log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
             f"testing on {len(test)}")
-        fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
+        if encoder is None:
+            fit = _fit_pixels
+        else:
+            fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
         classifier, metrics = fit(cfg, encoder, train, test, staging / "history.csv", log)
         digest = artifacts.save_model(classifier, staging / "classifier.keras")
         artifacts.write_json(staging / "config.json", config_dict(cfg))
@@ -100,9 +112,13 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         "run_id": run_id, "timestamp": results.now(), "command": "fine-tune", "status": "ok",
         "data": cfg.data, "test_data": cfg.test_data, "encoder": cfg.encoder,
         "objective": objective or "random", "method": method,
-        "arch": manifest["arch"]["preset"] if manifest else cfg.arch,
-        "image_size": image_size, "channels": channels, "freeze": cfg.freeze, "readout": cfg.readout,
-        "head": cfg.head, "labels_per_class": cfg.labels_per_class or "all",
+        "arch": manifest["arch"]["preset"] if manifest else (None if encoder is None else cfg.arch),
+        "image_size": image_size, "channels": channels,
+        "freeze": cfg.freeze if encoder is not None else None,
+        "readout": cfg.readout if encoder is not None else None,
+        "head": (",".join(map(str, cfg.head)) or "linear") if encoder is not None else None,
+        "unfreeze_top": cfg.unfreeze_top if encoder is not None and cfg.freeze == "all" else None,
+        "labels_per_class": cfg.labels_per_class or "all",
         "n_train": len(train), "n_test": len(test), "seed": cfg.seed, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
         "test_in_pretraining": leaked, "skipped_files": len(dataset.skipped),
@@ -123,34 +139,63 @@ def _compile(model, learning_rate):
 
 
 def _fit_frozen(cfg, encoder, train, test, history_path, log):
-    """Frozen encoder: compute features once, fit only the head on them."""
+    """Frozen encoder: features computed once, the head fit on them; then optionally
+    the top `unfreeze_top` blocks trained further at a low learning rate."""
     models.freeze(encoder)
     features = models.build_features(encoder, cfg.readout, frozen=True)
     before = training.snapshot_weights(encoder)
     f_train = features.predict(train.images, batch_size=256, verbose=0)
-    f_test = features.predict(test.images, batch_size=256, verbose=0)
-    head = models.build_head(f_train.shape[1], len(train.class_names), cfg.head, cfg.dropout)
-    head.get_layer("head_norm").adapt(f_train)
-    _compile(head, cfg.learning_rate)
     fit_start = time.perf_counter()
+    head = _fit_head(cfg, f_train, train, history_path, log)
+    seconds = time.perf_counter() - fit_start
+    classifier = models.build_classifier(features, head)
+    _compile(classifier, cfg.learning_rate)
+    metrics = {"encoder_unchanged": training.weights_identical(encoder, before)}
+    if cfg.unfreeze_top:
+        unfrozen = models.unfreeze_top(encoder, cfg.unfreeze_top)
+        log(f"unfreezing {len(unfrozen)} layer(s) of the top {cfg.unfreeze_top} block(s), BatchNorm kept frozen")
+        _compile(classifier, cfg.fine_tune_learning_rate)
+        fit_start = time.perf_counter()
+        training.fit(classifier, train.images, train.labels, epochs=cfg.fine_tune_epochs,
+                     batch_size=cfg.batch_size, history_path=history_path, log=log, log_prefix="fine-tune ")
+        seconds = time.perf_counter() - fit_start
+        metrics["encoder_unchanged"] = None  # by design it changed; the column audits frozen runs
+    metrics.update(_evaluate(classifier, train, test))
+    metrics["images_per_second"] = round(len(train) * max(cfg.epochs, 1) / max(seconds, 1e-9), 1)
+    return classifier, metrics
+
+
+def _fit_head(cfg, f_train, train, history_path, log):
+    """The head on cached features: an exact logistic-regression solve when it is linear,
+    else Adam for `epochs` (cheap: no encoder pass per epoch)."""
+    mean, var = heads.standardization(f_train)
+    n_classes = len(train.class_names)
+    head = models.build_head(f_train.shape[1], n_classes, cfg.head, cfg.dropout, mean, var)
+    if not cfg.head:
+        z = (f_train - mean) / np.sqrt(var + models.VARIANCE_FLOOR)
+        weights, bias = heads.fit_logistic(z, train.labels, n_classes)
+        head.get_layer("head_out").set_weights([weights, bias])
+        _compile(head, cfg.learning_rate)
+        loss, acc = head.evaluate(f_train, train.labels, verbose=0)
+        history_path.write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
+        log(f"linear head solved: train accuracy {acc:.4f}")
+        return head
+    _compile(head, cfg.learning_rate)
     training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
                  history_path=history_path, log=log, log_prefix="head ")
-    seconds = time.perf_counter() - fit_start
-    test_loss, test_acc = head.evaluate(f_test, test.labels, verbose=0)
-    _, train_acc = head.evaluate(f_train, train.labels, verbose=0)
-    classifier = models.build_classifier(features, head)
-    return classifier, {
-        "test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc),
-        "encoder_unchanged": training.weights_identical(encoder, before),
-        "images_per_second": round(len(train) * cfg.epochs / seconds, 1),
-    }
+    return head
+
+
+def _evaluate(classifier, train, test) -> dict:
+    test_loss, test_acc = classifier.evaluate(test.images, test.labels, batch_size=256, verbose=0)
+    _, train_acc = classifier.evaluate(train.images, train.labels, batch_size=256, verbose=0)
+    return {"test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc)}
 
 
 def _fit_end_to_end(cfg, encoder, train, test, history_path, log):
     """Encoder and head trained together (from scratch when the encoder is random)."""
     features = models.build_features(encoder, cfg.readout, frozen=False)
-    head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout,
-                             normalize=False)
+    head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout)
     classifier = models.build_classifier(features, head)
     _compile(classifier, cfg.learning_rate)
     fit_start = time.perf_counter()
@@ -158,9 +203,22 @@ def _fit_end_to_end(cfg, encoder, train, test, history_path, log):
                  history_path=history_path, log=log, log_prefix="train ")
     seconds = time.perf_counter() - fit_start
     training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size)
-    test_loss, test_acc = classifier.evaluate(test.images, test.labels, batch_size=256, verbose=0)
-    _, train_acc = classifier.evaluate(train.images, train.labels, batch_size=256, verbose=0)
-    return classifier, {
-        "test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc),
-        "images_per_second": round(len(train) * cfg.epochs / seconds, 1),
-    }
+    return classifier, {**_evaluate(classifier, train, test),
+                        "images_per_second": round(len(train) * cfg.epochs / seconds, 1)}
+
+
+def _fit_pixels(cfg, encoder, train, test, history_path, log):
+    """Baseline: multinomial logistic regression on standardized raw pixels, its L2
+    strength chosen by cross-validation on the labeled training images only."""
+    x_train = train.images.reshape(len(train), -1)
+    mean, var = heads.standardization(x_train)
+    n_classes = len(train.class_names)
+    z = (x_train - mean) / np.sqrt(var + models.VARIANCE_FLOOR)
+    weights, bias = heads.fit_logistic(z, train.labels, n_classes, cross_validate=True)
+    head = models.build_head(x_train.shape[1], n_classes, (), 0.0, mean, var)
+    head.get_layer("head_out").set_weights([weights, bias])
+    inputs = keras.Input(train.images.shape[1:], name="image")
+    classifier = keras.Model(inputs, head(keras.layers.Flatten(name="pixels")(inputs)), name="classifier")
+    _compile(classifier, cfg.learning_rate)
+    history_path.write_text("epoch\n0\n")
+    return classifier, _evaluate(classifier, train, test)

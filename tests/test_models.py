@@ -67,7 +67,7 @@ def test_frozen_encoder_weights_and_bn_statistics_unchanged_by_head_training():
     enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
     models.freeze(enc)
     feats = models.build_features(enc, "multi", frozen=True)
-    head = models.build_head(feats.output.shape[1], 2, (8,), 0.0, normalize=False)
+    head = models.build_head(feats.output.shape[1], 2, (8,), 0.0)
     clf = models.build_classifier(feats, head)
     clf.compile("adam", "sparse_categorical_crossentropy")
     before = training.snapshot_weights(enc)

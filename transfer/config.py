@@ -75,8 +75,11 @@ class FineTuneConfig(ArchConfig):
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
     readout: str = "avg"
-    head: tuple[int, ...] = (128,)
+    head: tuple[int, ...] = ()  # (): linear softmax solved exactly; else hidden units trained by Adam
     dropout: float = 0.3
+    unfreeze_top: int = 0
+    fine_tune_learning_rate: float = 1e-4
+    fine_tune_epochs: int = 30
     epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
@@ -88,8 +91,11 @@ class FineTuneConfig(ArchConfig):
     overwrite: bool = False
 
     def __post_init__(self):
-        for name in ("labels_per_class", "epochs", "batch_size", "image_size", "channels"):
+        for name in ("labels_per_class", "epochs", "batch_size", "image_size", "channels", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
+        _positive("unfreeze_top", self.unfreeze_top, minimum=0)
+        if self.unfreeze_top and self.freeze != "all":
+            raise TransferError(f"unfreeze_top applies to freeze='all' (then unfreezes the top blocks). Received: freeze={self.freeze!r}")
         if self.freeze not in ("all", "none"):
             raise TransferError(f"freeze must be 'all' or 'none'. Received: freeze={self.freeze!r}")
         if not 0.0 <= self.dropout < 1.0:

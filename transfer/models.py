@@ -14,6 +14,7 @@ from transfer.architectures import READOUTS, Block, block_shapes
 from transfer.errors import TransferError
 
 BN_MOMENTUM = 0.9  # 0.99 needs thousands of steps to settle; few-label runs take hundreds
+VARIANCE_FLOOR = 1e-3  # features (or pixels) constant on the few training images must not blow up
 
 
 def conv_block(x, block: Block, name: str):
@@ -128,20 +129,29 @@ def build_features(encoder: keras.Model, readout: str, frozen: bool) -> keras.Mo
 
 
 def build_head(
-    feature_dim: int, num_classes: int, units: tuple[int, ...], dropout: float, normalize: bool = True
+    feature_dim: int,
+    num_classes: int,
+    units: tuple[int, ...],
+    dropout: float,
+    mean=None,
+    variance=None,
 ) -> keras.Model:
-    """Dense head: optional normalization (call `adapt` on the training features), hidden layers, softmax.
+    """Dense head: optional standardization, hidden layers (none: a linear softmax), softmax.
 
-    Normalization puts frozen features of any scale (pretrained or random) on
-    an equal footing; a head trained end to end with its encoder skips it.
+    With `mean`/`variance` (of the training features) the head first
+    standardizes its input, which puts frozen features of any scale,
+    pretrained or random, on an equal footing; a head trained end to end with
+    its encoder passes None.
     """
     inputs = keras.Input((feature_dim,), name="features")
-    x = layers.Normalization(name="head_norm")(inputs) if normalize else inputs
+    x = inputs
+    if mean is not None:
+        x = layers.Normalization(mean=mean, variance=variance + VARIANCE_FLOOR, name="head_norm")(x)
     for i, u in enumerate(units, start=1):
         if dropout:
             x = layers.Dropout(dropout, name=f"head_dropout{i}")(x)
         x = layers.Dense(u, activation="relu", name=f"head_dense{i}")(x)
-    if dropout:
+    if dropout and units:
         x = layers.Dropout(dropout, name="head_dropout_out")(x)
     outputs = layers.Dense(num_classes, activation="softmax", name="head_out")(x)
     return keras.Model(inputs, outputs, name="head")
@@ -150,6 +160,27 @@ def build_head(
 def build_classifier(features: keras.Model, head: keras.Model) -> keras.Model:
     inputs = keras.Input(features.input.shape[1:], name="image")
     return keras.Model(inputs, head(features(inputs)), name="classifier")
+
+
+def unfreeze_top(encoder: keras.Model, k: int) -> list[str]:
+    """Make the conv (and projection) layers of the top k blocks trainable; BatchNorm stays frozen.
+
+    BatchNorm layers keep trainable=False so that their moving statistics,
+    learned on many images, are not re-estimated from a few labeled ones.
+    Recompile afterwards. Returns the names of the layers made trainable.
+    """
+    n = encoder_blocks(encoder)
+    if not 0 <= k <= n:
+        raise TransferError(f"unfreeze_top must be between 0 and the encoder's {n} blocks. Received: unfreeze_top={k}")
+    encoder.trainable = True
+    names = []
+    top = {f"block{i}_" for i in range(n - k + 1, n + 1)}
+    for layer in encoder.layers:
+        wanted = any(layer.name.startswith(p) for p in top) and not isinstance(layer, layers.BatchNormalization)
+        layer.trainable = wanted
+        if wanted and layer.weights:
+            names.append(layer.name)
+    return names
 
 
 def freeze(model: keras.Model) -> None:

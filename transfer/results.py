@@ -19,7 +19,7 @@ from transfer.errors import TransferError
 
 COLUMNS = [
     "run_id", "timestamp", "command", "status", "data", "test_data", "encoder", "objective",
-    "method", "arch", "image_size", "channels", "freeze", "readout", "head", "labels_per_class",
+    "method", "arch", "image_size", "channels", "freeze", "unfreeze_top", "readout", "head", "labels_per_class",
     "n_train", "n_test", "seed", "epochs", "batch_size", "learning_rate", "test_accuracy",
     "test_loss", "train_accuracy", "recon_mse", "baseline_zeros_mse", "baseline_mean_mse",
     "test_in_pretraining", "encoder_unchanged", "skipped_files", "seconds", "images_per_second", "peak_memory_mb", "run_dir",

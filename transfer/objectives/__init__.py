@@ -28,12 +28,12 @@ class ObjectiveResult:
 
 
 def get(name: str):
-    from transfer.objectives import autoencoder
+    from transfer.objectives import autoencoder, contrastive
 
-    registry = {autoencoder.NAME: autoencoder}
+    registry = {m.NAME: m for m in (autoencoder, contrastive)}
     if name not in registry:
         raise TransferError(f"unknown objective '{name}'. Available: {sorted(registry)}")
     return registry[name]
 
 
-NAMES = ("autoencoder",)
+NAMES = ("autoencoder", "contrastive")

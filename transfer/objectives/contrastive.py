@@ -1,0 +1,118 @@
+"""Contrastive pretraining (SimCLR, Chen et al. 2020): two random views of each image are
+pulled together, and apart from the other images of the batch, by the NT-Xent loss
+through a small projection head that is dropped afterwards.
+
+The augmentations are those that keep an image's identity in most domains:
+shifts, small rotations and zooms, brightness/contrast jitter and noise. No
+flips (they change digits and text).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers, ops
+
+from transfer import training
+from transfer.objectives import ObjectiveResult
+
+NAME = "contrastive"
+TEMPERATURE = 0.2
+PROJECTION = (128, 64)
+
+
+def build_augment(channels: int, strength: float = 1.0) -> keras.Sequential:
+    """The random view generator (only built-in layers)."""
+    return keras.Sequential(
+        [
+            layers.RandomTranslation(0.15 * strength, 0.15 * strength, fill_mode="constant"),
+            layers.RandomRotation(0.04 * strength, fill_mode="constant"),
+            layers.RandomZoom((-0.2 * strength, 0.1 * strength), fill_mode="constant"),
+            layers.RandomContrast(0.4 * strength),
+            layers.RandomBrightness(0.2 * strength, value_range=(0.0, 1.0)),
+            layers.GaussianNoise(0.05 * strength),
+        ],
+        name="augment",
+    )
+
+
+def nt_xent(z1, z2, temperature: float = TEMPERATURE):
+    """Normalized-temperature cross-entropy over the 2N views of a batch."""
+    z = ops.concatenate([z1, z2], axis=0)
+    z = z / (ops.norm(z, axis=1, keepdims=True) + 1e-8)
+    n2 = ops.shape(z)[0]
+    logits = ops.matmul(z, ops.transpose(z)) / temperature
+    logits = logits - 1e9 * ops.eye(n2)
+    half = n2 // 2
+    targets = ops.concatenate([ops.arange(half, n2), ops.arange(0, half)], axis=0)
+    return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
+
+
+class SimCLR(keras.Model):
+    """Training wrapper: augment twice, encode, project, NT-Xent. Only the encoder is kept."""
+
+    def __init__(self, encoder, augment, projection=PROJECTION, temperature=TEMPERATURE, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder, self.augment, self.temperature = encoder, augment, temperature
+        self.pool = layers.GlobalAveragePooling2D()
+        self.projector = keras.Sequential(
+            [layers.Dense(projection[0], activation="relu"), layers.Dense(projection[1])], name="projector"
+        )
+        self.loss_tracker = keras.metrics.Mean(name="loss")
+
+    @property
+    def metrics(self):
+        return [self.loss_tracker]
+
+    def embed(self, x, training):
+        return self.projector(self.pool(self.encoder(x, training=training)), training=training)
+
+    def train_step(self, data):
+        x = data[0] if isinstance(data, tuple) else data
+        v1 = self.augment(x, training=True)
+        v2 = self.augment(x, training=True)
+        with tf.GradientTape() as tape:
+            loss = nt_xent(self.embed(v1, True), self.embed(v2, True), self.temperature)
+        variables = self.encoder.trainable_variables + self.projector.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+    def test_step(self, data):
+        x = data[0] if isinstance(data, tuple) else data
+        loss = nt_xent(self.embed(self.augment(x, training=True), False),
+                       self.embed(self.augment(x, training=True), False), self.temperature)
+        self.loss_tracker.update_state(loss)
+        return {"loss": self.loss_tracker.result()}
+
+
+def view_agreement(model: SimCLR, images: np.ndarray, batch_size: int) -> float:
+    """Top-1 accuracy of finding each image's other view among the batch (a sanity metric)."""
+    hits, total = 0, 0
+    for start in range(0, len(images) - 1, batch_size):
+        x = images[start : start + batch_size]
+        if len(x) < 2:
+            break
+        z1 = np.array(model.embed(model.augment(x, training=True), False))
+        z2 = np.array(model.embed(model.augment(x, training=True), False))
+        z1 /= np.linalg.norm(z1, axis=1, keepdims=True) + 1e-8
+        z2 /= np.linalg.norm(z2, axis=1, keepdims=True) + 1e-8
+        hits += int((np.argmax(z1 @ z2.T, axis=1) == np.arange(len(x))).sum())
+        total += len(x)
+    return hits / max(total, 1)
+
+
+def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log):
+    model = SimCLR(encoder, build_augment(train_images.shape[-1]))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    batch = min(batch_size, len(train_images))
+    training.fit(model, train_images, None, epochs=epochs, batch_size=batch, history_path=history_path,
+                 log=log, log_prefix="pretrain ", validation_data=(val_images,) if len(val_images) > 1 else None)
+    chance = 1.0 / max(min(batch, len(val_images)), 1)
+    agreement = view_agreement(model, val_images, batch)
+    warnings = []
+    if agreement < 2 * chance:
+        warnings.append(f"views of the same held-out image are matched only {agreement:.1%} of the time "
+                        f"(chance {chance:.1%}); the features may be weak")
+    return ObjectiveResult(metrics={"view_agreement": agreement, "chance_agreement": chance}, warnings=warnings)
