@@ -307,6 +307,22 @@ def predict(**params):
 
 
 @main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="List what would run; train nothing.")
+def experiment(file, dry_run):
+    """Run the experiment FILE (TOML): methods x label budgets x seeds into one table.
+
+    Each objective is pretrained once and reused; runs already in the table are
+    skipped, so an interrupted experiment continues where it stopped. Ends with
+    the compare table. See experiments/*.toml for examples.
+    """
+    _import_tensorflow_quietly()
+    from pipelines import experiment as pipeline
+
+    _run(pipeline, pipeline.ExperimentConfig, {"file": file, "dry_run": dry_run})
+
+
+@main.command()
 @opt(DemoConfig, "out", type=click.Path(file_okay=False), help="Directory for everything (default runs/demo-TIME).")
 @opt(DemoConfig, "pretrain-epochs", type=click.IntRange(1))
 @opt(DemoConfig, "fine-tune-epochs", type=click.IntRange(1))

@@ -54,6 +54,9 @@ def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log
         test = data.load_labeled(cfg.test_data, image_size, dataset.images.shape[-1], dataset.class_names)
         report_skipped(test, log)
         pool = np.arange(len(dataset))
+    elif dataset.test_mask is not None:
+        pool, test_idx = np.flatnonzero(~dataset.test_mask), np.flatnonzero(dataset.test_mask)
+        test = dataset.subset(test_idx)
     else:
         pool, test_idx = data.split_test(dataset.labels, dataset.ids, cfg.test_fraction)
         test = dataset.subset(test_idx)
@@ -109,7 +112,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         raise
 
     row = {
-        "run_id": run_id, "timestamp": results.now(), "command": "fine-tune", "status": "ok",
+        "run_id": run_id, "timestamp": results.now(), "command": "fine-tune", "status": "ok", "experiment": cfg.experiment,
         "data": cfg.data, "test_data": cfg.test_data, "encoder": cfg.encoder,
         "objective": objective or "random", "method": method,
         "arch": manifest["arch"]["preset"] if manifest else (None if encoder is None else cfg.arch),

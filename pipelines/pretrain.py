@@ -12,7 +12,8 @@ from transfer.config import PretrainConfig
 
 def run(cfg: PretrainConfig, log=print) -> dict:
     """Train, save `cfg.out` (encoder.keras, manifest.json, history.csv, config.json,
-    reconstructions.png, pretrain_ids.npy), append a row to the results table.
+    pretrain_ids.npy, and a preview PNG: reconstructions.png for the autoencoder,
+    views.png of augmented views for contrastive), append a row to the results table.
 
     Returns the results row.
     """
@@ -46,7 +47,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         digest = artifacts.save_model(encoder, staging / "encoder.keras")
         artifacts.save_pretrain_ids(staging, dataset.ids)
         if outcome.preview is not None and cfg.plots:
-            save_preview(staging / "reconstructions.png", val_images[: len(outcome.preview)], outcome.preview)
+            save_preview(staging / outcome.preview_name, val_images[: len(outcome.preview)], outcome.preview)
         artifacts.write_json(staging / "config.json", config_dict(cfg))
         manifest = {
             "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "encoder",
@@ -70,7 +71,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         raise
 
     row = {
-        "run_id": run_id, "timestamp": results.now(), "command": "pretrain", "status": "ok",
+        "run_id": run_id, "timestamp": results.now(), "command": "pretrain", "status": "ok", "experiment": cfg.experiment,
         "data": cfg.data, "objective": cfg.objective, "method": cfg.objective, "arch": cfg.arch,
         "image_size": cfg.image_size, "channels": channels, "n_train": len(train_idx), "seed": cfg.seed,
         "epochs": cfg.epochs, "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,

@@ -31,7 +31,7 @@ def workspace(tmp_path_factory):
     root = tmp_path_factory.mktemp("ws")
     make_labeled_dir(root / "labeled", per_class=10, classes=("h", "v", "d"))
     result = invoke("pretrain", "--data", root / "labeled", "--out", root / "enc", "--epochs", "2",
-                    "--results", root / "results.csv", *TINY)
+                    "--objective", "autoencoder", "--results", root / "results.csv", *TINY)
     assert result.exit_code == 0, result.output
     return root
 
@@ -47,6 +47,19 @@ def test_pretrain_writes_a_complete_run_dir_and_a_row(workspace):
     df = pd.read_csv(workspace / "results.csv")
     row = df[df["command"] == "pretrain"].iloc[-1]
     assert row["run_dir"] == str(enc) and row["n_train"] == 27 and row["recon_mse"] > 0
+
+
+def test_contrastive_pretrain_writes_views_and_agreement(workspace, tmp_path):
+    result = invoke("pretrain", "--data", workspace / "labeled", "--out", tmp_path / "c", "--epochs", "2",
+                    "--objective", "contrastive", "--results", tmp_path / "r.csv", *TINY)
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
+    assert manifest["objective"] == "contrastive" and 0 <= manifest["metrics"]["view_agreement"] <= 1
+    assert (tmp_path / "c" / "views.png").is_file() and not (tmp_path / "c" / "projector").exists()
+    from transfer import artifacts
+
+    enc, _ = artifacts.load_model_run(tmp_path / "c", "encoder")
+    assert enc.name == "encoder" and enc.output.shape[-1] == 8  # the projection head was dropped
 
 
 @pytest.mark.parametrize("encoder,freeze,method", [("enc", "all", "autoencoder-frozen"),
@@ -203,3 +216,80 @@ def test_compare_errors(tmp_path):
     assert_user_error(invoke("compare", "--results", tmp_path / "none.csv"), "results table not found")
     (tmp_path / "r.csv").write_text("run_id,command,test_accuracy\na,pretrain,\n")
     assert_user_error(invoke("compare", "--results", tmp_path / "r.csv"), "no finished fine-tune runs")
+
+
+def test_unfreeze_top_trains_top_block_only_and_keeps_batchnorm(workspace, tmp_path):
+    out = tmp_path / "top1"
+    result = ft(workspace, "--data", workspace / "labeled", "--encoder", workspace / "enc", "--labels-per-class", "3",
+                "--unfreeze-top", "1", "--fine-tune-epochs", "2", "--out", out, "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["method"] == "autoencoder-top1" and row["unfreeze_top"] == 1
+    import keras
+
+    from transfer import artifacts
+
+    original, _ = artifacts.load_model_run(workspace / "enc", "encoder")
+    tuned, _ = artifacts.load_model_run(out, "classifier")
+    layers = {w.path: np.array(w) for w in tuned.weights}
+
+    def tuned_weight(layer, name):
+        return [v for k, v in layers.items() if k.endswith(f"{layer}/{name}")][0]
+
+    top, bottom = "block2_conv1", "block1_conv1"
+    assert not np.array_equal(tuned_weight(top, "kernel"), np.array(original.get_layer(top).kernel))
+    np.testing.assert_array_equal(tuned_weight(bottom, "kernel"), np.array(original.get_layer(bottom).kernel))
+    np.testing.assert_array_equal(tuned_weight("block2_bn1", "moving_mean"),
+                                  np.array(original.get_layer("block2_bn1").moving_mean))
+    assert keras.backend.backend() == "tensorflow"
+
+
+def test_pixels_baseline_row_and_predict(workspace, tmp_path):
+    out = tmp_path / "px"
+    result = ft(workspace, "--data", workspace / "labeled", "--encoder", "pixels", "--labels-per-class", "4",
+                "--out", out, "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["method"] == "pixels-logreg" and pd.isna(row["arch"]) and row["test_accuracy"] > 0.5
+    assert invoke("predict", "--model", out, "--data", workspace / "labeled" / "v", "--out",
+                  tmp_path / "p.csv").exit_code == 0
+    assert len(pd.read_csv(tmp_path / "p.csv")) == 10
+
+
+def test_experiment_runs_grid_then_skips_done_rows(workspace, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "exp.toml").write_text(f'''
+name = "tiny"
+seeds = [0, 1]
+labels_per_class = [2]
+methods = ["autoencoder", "random-frozen", "scratch", "pixels-logreg"]
+[pretrain]
+data = "{workspace / 'labeled'}"
+image_size = 8
+filters = [4, 8]
+epochs = 1
+batch_size = 8
+[fine_tune]
+data = "{workspace / 'labeled'}"
+image_size = 8
+filters = [4, 8]
+epochs = 2
+''')
+    result = invoke("experiment", "exp.toml")
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(tmp_path / "experiments" / "tiny.csv")
+    ft_rows = df[df["command"] == "fine-tune"]
+    assert len(ft_rows) == 8 and (df["experiment"] == "tiny").all()
+    assert sorted(ft_rows["method"].unique()) == ["autoencoder-frozen", "pixels-logreg", "random-frozen", "scratch"]
+    assert (df["command"] == "pretrain").sum() == 1
+    again = invoke("experiment", "exp.toml")
+    assert again.exit_code == 0 and "8 of 8 fine-tunes already in" in again.output
+    assert "reusing the autoencoder encoder" in again.output
+    assert len(pd.read_csv(tmp_path / "experiments" / "tiny.csv")) == len(df)
+
+
+def test_experiment_file_errors(tmp_path):
+    (tmp_path / "bad.toml").write_text('name = "x"\nseeds = [0]\nlabels_per_class = [1]\nmethods = ["magic"]\n')
+    assert_user_error(invoke("experiment", tmp_path / "bad.toml"), "unknown method 'magic'")
+    (tmp_path / "esc.toml").write_text('name = "../x"\nseeds = [0]\nlabels_per_class = [1]\nmethods = ["scratch"]\n')
+    assert_user_error(invoke("experiment", tmp_path / "esc.toml"), "name may use letters")

@@ -155,3 +155,20 @@ def test_single_class_is_refused(tmp_path):
     ds = data.load_labeled(str(tmp_path / "one"), 8)
     with pytest.raises(TransferError, match="at least 2 classes"):
         data.check_classes(ds, "one")
+
+
+def test_textures_builtin_has_a_fixed_top_bottom_split():
+    ds = data.load_labeled("textures", 16)
+    assert ds.class_names == ["brick", "grass", "gravel"]
+    assert ds.test_mask is not None and ds.test_mask.sum() == 3 * 128
+    pool = data.load_unlabeled("textures", 16)
+    assert not set(ds.ids[ds.test_mask]) & set(pool.ids)
+
+
+def test_photos_and_faces_builtins():
+    photos = data.load_unlabeled("photos", 16)
+    assert photos.images.shape == (4000, 16, 16, 1) and photos.labels is None
+    with pytest.raises(TransferError, match="has no labels"):
+        data.load_labeled("photos", 16)
+    faces = data.load_labeled("faces", 16)
+    assert faces.class_names == ["face", "non-face"] and np.bincount(faces.labels).tolist() == [100, 100]

@@ -1,13 +1,24 @@
 """Built-in data that ships inside installed packages (no internet needed).
 
 - `digits`: scikit-learn's 1,797 handwritten digits (8x8 gray, 10 classes).
+- `photos`: about 4,000 unlabeled 32x32 gray patches cut from scikit-image's
+  sample photographs (camera, astronaut, coffee, chelsea, rocket, ...), for
+  pretraining; the texture photographs are left out.
+- `textures`: labeled 32x32 patches of scikit-image's brick, grass and gravel
+  photographs (3 classes). Training patches come from the top half of each
+  photograph, test patches from the bottom half: a fixed test split.
+- `faces`: scikit-image's `lfw_subset`, 200 25x25 gray images, face vs non-face.
 
 A built-in used as a *pretraining* source gives only the images outside its
-held-out test split (`DEFAULT_TEST_FRACTION`, the same rule `fine-tune` uses),
-so that pretraining never sees the images a later fine-tune is tested on.
+test split (the fixed one, or else the content-hash split with
+`DEFAULT_TEST_FRACTION`, the same rule `fine-tune` uses), so pretraining never
+sees the images a later fine-tune is tested on.
 """
 
 from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -15,18 +26,100 @@ from transfer.data import ImageSet, _resize, content_id, convert_channels, split
 from transfer.errors import TransferError
 
 DEFAULT_TEST_FRACTION = 0.2
+PATCH = 32
 
 
-def _digits():
+@dataclass
+class _Raw:
+    images: list[np.ndarray]  # each (h, w, c) float32 in [0, 1]
+    ids: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: tuple[str, ...] = ()
+    test_mask: np.ndarray | None = None  # a fixed test split, if the set defines one
+
+
+def _ids(arrays) -> np.ndarray:
+    return np.array([content_id(np.ascontiguousarray(a).tobytes()) for a in arrays])
+
+
+@functools.lru_cache(maxsize=None)
+def _digits() -> _Raw:
     from sklearn.datasets import load_digits
 
     d = load_digits()
-    raw = (d.images / 16.0).astype(np.float32)[..., None]
-    ids = np.array([content_id(d.images[i].astype(np.uint8).tobytes()) for i in range(len(raw))])
-    return raw, d.target.astype(np.int64), [str(c) for c in d.target_names], ids
+    images = [(im / 16.0).astype(np.float32)[..., None] for im in d.images]
+    return _Raw(images, _ids(d.images.astype(np.uint8)), d.target.astype(np.int64),
+                tuple(str(c) for c in d.target_names))
 
 
-_SOURCES = {"digits": _digits}
+def _gray(img: np.ndarray) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype == np.bool_:
+        img = img.astype(np.float32)
+    elif img.dtype == np.uint8:
+        img = img.astype(np.float32) / 255.0
+    if img.ndim == 3:
+        img = img[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    return img.astype(np.float32)
+
+
+def _patches(img: np.ndarray, stride: int, rows: slice = slice(None)) -> list[np.ndarray]:
+    img = img[rows]
+    return [img[y : y + PATCH, x : x + PATCH, None]
+            for y in range(0, img.shape[0] - PATCH + 1, stride)
+            for x in range(0, img.shape[1] - PATCH + 1, stride)]
+
+
+PHOTOS = ("astronaut", "camera", "coffee", "chelsea", "rocket", "coins", "moon", "page", "clock",
+          "hubble_deep_field", "immunohistochemistry", "cell", "text", "horse", "colorwheel", "logo")
+
+
+@functools.lru_cache(maxsize=None)
+def _photos() -> _Raw:
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    images = []
+    for name in PHOTOS:
+        img = _gray(getattr(skimage.data, name)())
+        if min(img.shape) >= 4 * PATCH:  # halve large photographs so patches hold whole shapes
+            img = img[: img.shape[0] // 2 * 2, : img.shape[1] // 2 * 2]
+            img = img.reshape(img.shape[0] // 2, 2, img.shape[1] // 2, 2).mean(axis=(1, 3))
+        for _ in range(250):
+            y = rng.integers(0, img.shape[0] - PATCH + 1)
+            x = rng.integers(0, img.shape[1] - PATCH + 1)
+            images.append(img[y : y + PATCH, x : x + PATCH, None].copy())
+    return _Raw(images, _ids(images))
+
+
+@functools.lru_cache(maxsize=None)
+def _textures() -> _Raw:
+    import skimage.data
+
+    images, labels, test = [], [], []
+    names = ("brick", "grass", "gravel")
+    for c, name in enumerate(names):
+        img = _gray(getattr(skimage.data, name)())
+        half = img.shape[0] // 2
+        top = _patches(img, 16, slice(0, half))
+        bottom = _patches(img, 32, slice(half, None))
+        images += top + bottom
+        labels += [c] * (len(top) + len(bottom))
+        test += [False] * len(top) + [True] * len(bottom)
+    return _Raw(images, _ids(images), np.array(labels, dtype=np.int64), names, np.array(test))
+
+
+@functools.lru_cache(maxsize=None)
+def _faces() -> _Raw:
+    import skimage.data
+
+    raw = skimage.data.lfw_subset().astype(np.float32)  # first 100 faces, then 100 non-faces
+    images = [im[..., None] for im in raw]
+    labels = np.array([0] * 100 + [1] * 100, dtype=np.int64)
+    return _Raw(images, _ids(raw), labels, ("face", "non-face"))
+
+
+_SOURCES = {"digits": _digits, "photos": _photos, "textures": _textures, "faces": _faces}
 
 
 def names() -> list[str]:
@@ -41,21 +134,27 @@ def load(name: str, image_size: int, channels: int | None, labeled: bool, split:
     """Load a built-in set.
 
     Args:
-        split: "all", or "pretrain" (everything but the held-out test split).
+        split: "all", or "pretrain" (everything but the test split).
     """
     if name not in _SOURCES:
         raise TransferError(f"unknown built-in data '{name}'. Available: {names()}")
-    raw, labels, class_names, ids = _SOURCES[name]()
-    index = np.arange(len(raw))
+    raw = _SOURCES[name]()
+    if labeled and raw.labels is None:
+        raise TransferError(f"built-in '{name}' has no labels; it is for pretraining")
+    index = np.arange(len(raw.images))
     if split == "pretrain":
-        index, _ = split_test(labels, ids, DEFAULT_TEST_FRACTION)
-    images = np.stack([_resize(raw[i], image_size) for i in index])
+        if raw.test_mask is not None:
+            index = np.flatnonzero(~raw.test_mask)
+        elif raw.labels is not None:
+            index, _ = split_test(raw.labels, raw.ids, DEFAULT_TEST_FRACTION)
+    images = np.stack([_resize(raw.images[i], image_size) for i in index])
     if channels is not None:
         images = convert_channels(images, channels, name)
     return ImageSet(
         images=images.astype(np.float32),
-        ids=ids[index],
+        ids=raw.ids[index],
         names=[f"{name}[{i}]" for i in index],
-        labels=labels[index] if labeled else None,
-        class_names=class_names if labeled else [],
+        labels=raw.labels[index] if labeled else None,
+        class_names=list(raw.class_names) if labeled else [],
+        test_mask=raw.test_mask[index] if (labeled and raw.test_mask is not None) else None,
     )

@@ -48,16 +48,17 @@ class ArchConfig:
 class PretrainConfig(ArchConfig):
     data: str = ""
     out: str = ""
-    objective: str = "autoencoder"
+    objective: str = "contrastive"
     image_size: int = 32
     channels: int | None = None
-    epochs: int = 30
-    batch_size: int = 64
+    epochs: int = 100
+    batch_size: int = 256
     learning_rate: float = 1e-3
     seed: int = 0
     results: str = "experiments/results.csv"
     overwrite: bool = False
     plots: bool = True
+    experiment: str | None = None  # tag recorded in the row
 
     def __post_init__(self):
         for name in ("image_size", "epochs", "batch_size", "channels"):
@@ -89,6 +90,7 @@ class FineTuneConfig(ArchConfig):
     out: str | None = None
     results: str = "experiments/results.csv"
     overwrite: bool = False
+    experiment: str | None = None  # tag recorded in the row
 
     def __post_init__(self):
         for name in ("labels_per_class", "epochs", "batch_size", "image_size", "channels", "fine_tune_epochs"):

@@ -61,6 +61,8 @@ class ImageSet:
         labels: int64 class indices, or None for unlabeled sources.
         class_names: class names in index order.
         skipped: (path, reason) for every file that could not be read.
+        test_mask: True for the images of a test split the source defines
+            (e.g. a built-in's); None when the split is left to `split_test`.
     """
 
     images: np.ndarray
@@ -69,6 +71,7 @@ class ImageSet:
     labels: np.ndarray | None = None
     class_names: list[str] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    test_mask: np.ndarray | None = None  # a fixed test split defined by the source itself
 
     def __len__(self) -> int:
         return len(self.images)
@@ -82,6 +85,7 @@ class ImageSet:
             labels=None if self.labels is None else self.labels[index],
             class_names=list(self.class_names),
             skipped=list(self.skipped),
+            test_mask=None if self.test_mask is None else self.test_mask[index],
         )
 
     def fingerprint(self) -> str:

@@ -18,7 +18,7 @@ from filelock import FileLock
 from transfer.errors import TransferError
 
 COLUMNS = [
-    "run_id", "timestamp", "command", "status", "data", "test_data", "encoder", "objective",
+    "run_id", "timestamp", "command", "status", "experiment", "data", "test_data", "encoder", "objective",
     "method", "arch", "image_size", "channels", "freeze", "unfreeze_top", "readout", "head", "labels_per_class",
     "n_train", "n_test", "seed", "epochs", "batch_size", "learning_rate", "test_accuracy",
     "test_loss", "train_accuracy", "recon_mse", "baseline_zeros_mse", "baseline_mean_mse",

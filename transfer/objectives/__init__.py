@@ -23,7 +23,8 @@ class ObjectiveResult:
     """What an objective reports: metrics for the manifest and the results row."""
 
     metrics: dict
-    preview: np.ndarray | None = None  # e.g. reconstructions of val_images[:n]
+    preview: np.ndarray | None = None  # images shown under val_images[:n], e.g. reconstructions
+    preview_name: str = "reconstructions.png"
     warnings: list[str] = field(default_factory=list)
 
 

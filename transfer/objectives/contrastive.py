@@ -115,4 +115,6 @@ def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, lear
     if agreement < 2 * chance:
         warnings.append(f"views of the same held-out image are matched only {agreement:.1%} of the time "
                         f"(chance {chance:.1%}); the features may be weak")
-    return ObjectiveResult(metrics={"view_agreement": agreement, "chance_agreement": chance}, warnings=warnings)
+    views = np.clip(np.array(model.augment(val_images[:8], training=True)), 0.0, 1.0)
+    return ObjectiveResult(metrics={"view_agreement": agreement, "chance_agreement": chance}, preview=views,
+                           preview_name="views.png", warnings=warnings)
