@@ -324,8 +324,8 @@ def experiment(file, dry_run):
 
 @main.command()
 @opt(DemoConfig, "out", type=click.Path(file_okay=False), help="Directory for everything (default runs/demo-TIME).")
-@opt(DemoConfig, "pretrain-epochs", type=click.IntRange(1))
-@opt(DemoConfig, "fine-tune-epochs", type=click.IntRange(1))
+@opt(DemoConfig, "pretrain-epochs", type=click.IntRange(1), help="Default: pretrain's default.")
+@opt(DemoConfig, "fine-tune-epochs", type=click.IntRange(1), help="Default: fine-tune's default.")
 @opt(DemoConfig, "labels-per-class", type=IntList(), default=",".join(map(str, DemoConfig.labels_per_class)),
      help="Label budgets to compare.")
 @opt(DemoConfig, "seeds", type=IntList(minimum=0), help="Seeds to repeat each fine-tune with.",

@@ -13,35 +13,36 @@ from transfer.config import CompareConfig, DemoConfig, FineTuneConfig, PretrainC
 
 
 def run(cfg: DemoConfig, log=print):
-    """Pretrain on `digits` (its held-out test images excluded), then fine-tune
-    pretrained-frozen, random-frozen and from-scratch at each label budget and
-    seed, and print the compare table. Everything goes under one new directory."""
+    """Pretrain on `digits` (its held-out test images excluded), then fine-tune the
+    pretrained encoder with the default recipe, the random-frozen and the
+    from-scratch baselines at each label budget and seed, and print the compare
+    table. Everything goes under one new directory."""
     out = Path(cfg.out or f"runs/demo-{datetime.now():%Y%m%d-%H%M%S}")
     table_path = out / "results.csv"
     timings = {}
 
     t = time.perf_counter()
-    log(f"[1/3] pretraining an autoencoder on digits -> {out / 'encoder'}")
+    log(f"[1/3] pretraining an encoder on digits (default objective) -> {out / 'encoder'}")
     pretrain.run(PretrainConfig(data="digits", out=str(out / "encoder"), arch=cfg.arch,
-                                image_size=cfg.image_size, epochs=cfg.pretrain_epochs,
-                                results=str(table_path)), log=_indent(log))
+                                image_size=cfg.image_size, results=str(table_path),
+                                **_given(epochs=cfg.pretrain_epochs)), log=_indent(log))
     timings["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    variants = [(str(out / "encoder"), "all"), ("random", "all"), ("random", "none")]
+    variants = [(str(out / "encoder"), "all", {}), ("random", "all", {"unfreeze_top": 0}), ("random", "none", {})]
     total = len(variants) * len(cfg.labels_per_class) * len(cfg.seeds)
     done = 0
     log(f"[2/3] {total} fine-tunes: pretrained-frozen, random-frozen, scratch x "
         f"labels per class {list(cfg.labels_per_class)} x seeds {list(cfg.seeds)}")
     for budget in cfg.labels_per_class:
         for seed in cfg.seeds:
-            for encoder, freeze in variants:
+            for encoder, freeze, extra in variants:
                 done += 1
                 keras.backend.clear_session()  # fit in a loop leaks graph state otherwise
                 row = fine_tune.run(
                     FineTuneConfig(data="digits", encoder=encoder, freeze=freeze, labels_per_class=budget,
                                    seed=seed, arch=cfg.arch, image_size=cfg.image_size,
-                                   epochs=cfg.fine_tune_epochs, results=str(table_path),
+                                   results=str(table_path), **_given(epochs=cfg.fine_tune_epochs), **extra,
                                    out=str(out / "fine-tune" / f"{budget}-{seed}-{_short(encoder)}-{freeze}")),
                     log=lambda _msg: None,
                 )
@@ -55,6 +56,10 @@ def run(cfg: DemoConfig, log=print):
     timings["compare"] = time.perf_counter() - t
     log("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
     return table, timings
+
+
+def _given(**kwargs) -> dict:
+    return {k: v for k, v in kwargs.items() if v is not None}
 
 
 def _short(encoder: str) -> str:

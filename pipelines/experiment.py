@@ -45,7 +45,8 @@ class ExperimentConfig:
 
 def parse_method(method: str) -> tuple[str | None, dict]:
     """(objective or None, FineTuneConfig overrides) for a method name."""
-    baselines = {"pixels-logreg": {"encoder": "pixels"}, "random-frozen": {"encoder": "random", "freeze": "all"},
+    baselines = {"pixels-logreg": {"encoder": "pixels"},
+                 "random-frozen": {"encoder": "random", "freeze": "all", "unfreeze_top": 0},
                  "scratch": {"encoder": "random", "freeze": "none"}}
     if method in baselines:
         return None, baselines[method]

@@ -78,7 +78,7 @@ class FineTuneConfig(ArchConfig):
     readout: str = "avg"
     head: tuple[int, ...] = ()  # (): linear softmax solved exactly; else hidden units trained by Adam
     dropout: float = 0.3
-    unfreeze_top: int = 0
+    unfreeze_top: int = 1
     fine_tune_learning_rate: float = 1e-4
     fine_tune_epochs: int = 30
     epochs: int = 100
@@ -96,8 +96,6 @@ class FineTuneConfig(ArchConfig):
         for name in ("labels_per_class", "epochs", "batch_size", "image_size", "channels", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
-        if self.unfreeze_top and self.freeze != "all":
-            raise TransferError(f"unfreeze_top applies to freeze='all' (then unfreezes the top blocks). Received: freeze={self.freeze!r}")
         if self.freeze not in ("all", "none"):
             raise TransferError(f"freeze must be 'all' or 'none'. Received: freeze={self.freeze!r}")
         if not 0.0 <= self.dropout < 1.0:
@@ -132,8 +130,8 @@ class DemoConfig:
     out: str | None = None  # None: runs/demo-<timestamp>
     arch: str = "small"
     image_size: int = 16
-    pretrain_epochs: int = 30
-    fine_tune_epochs: int = 100
+    pretrain_epochs: int | None = None  # None: PretrainConfig's default
+    fine_tune_epochs: int | None = None  # None: FineTuneConfig's default
     labels_per_class: tuple[int, ...] = (5, 20)
     seeds: tuple[int, ...] = (0, 1, 2)
 

@@ -44,13 +44,16 @@ def fit(
     y,
     *,
     epochs: int,
-    batch_size: int,
+    batch_size: int | None,
     history_path=None,
     log: Callable[[str], None] | None = None,
     log_prefix: str = "",
     validation_data=None,
 ):
-    """model.fit with a CSV history and progress lines; returns the History."""
+    """model.fit with a CSV history and progress lines; returns the History.
+
+    x may be a `tf.data.Dataset` (then y and batch_size are None).
+    """
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
@@ -61,7 +64,7 @@ def fit(
         y,
         epochs=epochs,
         batch_size=batch_size,
-        shuffle=True,
+        shuffle=batch_size is not None,
         verbose=0,
         callbacks=callbacks,
         validation_data=validation_data,

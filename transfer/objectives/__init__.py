@@ -29,12 +29,12 @@ class ObjectiveResult:
 
 
 def get(name: str):
-    from transfer.objectives import autoencoder, contrastive
+    from transfer.objectives import autoencoder, contrastive, denoising, masked
 
-    registry = {m.NAME: m for m in (autoencoder, contrastive)}
+    registry = {m.NAME: m for m in (autoencoder, contrastive, denoising, masked)}
     if name not in registry:
         raise TransferError(f"unknown objective '{name}'. Available: {sorted(registry)}")
     return registry[name]
 
 
-NAMES = ("autoencoder", "contrastive")
+NAMES = ("contrastive", "autoencoder", "denoising", "masked")

@@ -1,7 +1,14 @@
-"""Convolutional autoencoder: encoder + mirrored decoder trained to reproduce the input.
+"""Convolutional autoencoders: encoder + mirrored decoder trained to reproduce the input.
 
-Its reconstruction error on held-out images is reported next to two trivial
-baselines, an all-zeros output and the mean training image, because an
+Three objectives share this module:
+- `autoencoder`: reconstruct the image from itself;
+- `denoising`: reconstruct it from a copy with Gaussian noise added (Vincent et al. 2008);
+- `masked`: reconstruct it from a copy with random square patches hidden (in the spirit
+  of MAE, He et al. 2021, with a convolutional encoder).
+Corruption is drawn afresh for every batch by a `tf.data` map.
+
+The reconstruction error on held-out clean images is reported next to two
+trivial baselines, an all-zeros output and the mean training image, because an
 autoencoder that collapses to one of them is a common and silent failure.
 """
 
@@ -9,12 +16,16 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from transfer import models, training
 from transfer.objectives import ObjectiveResult
 
 NAME = "autoencoder"
 PREVIEW = 8
+NOISE_STD = 0.2
+MASK_GRID = 8  # images are split into MASK_GRID x MASK_GRID patches
+MASK_RATIO = 0.5
 
 
 def reconstruction_baselines(train_images: np.ndarray, val_images: np.ndarray) -> dict:
@@ -26,23 +37,50 @@ def reconstruction_baselines(train_images: np.ndarray, val_images: np.ndarray) -
     }
 
 
-def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log):
+def add_noise(x):
+    return tf.clip_by_value(x + tf.random.normal(tf.shape(x), stddev=NOISE_STD), 0.0, 1.0)
+
+
+def mask_patches(x):
+    """Zero a random MASK_RATIO of the cells of a MASK_GRID x MASK_GRID grid, per image."""
+    shape = tf.shape(x)
+    keep = tf.cast(tf.random.uniform([shape[0], MASK_GRID, MASK_GRID, 1]) >= MASK_RATIO, x.dtype)
+    keep = tf.image.resize(keep, shape[1:3], method="nearest")
+    return x * keep
+
+
+CORRUPTIONS = {"autoencoder": None, "denoising": add_noise, "masked": mask_patches}
+
+
+def _dataset(images, batch_size, corrupt, shuffle, seed=0):
+    ds = tf.data.Dataset.from_tensor_slices(images)
+    if shuffle:
+        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size)
+    ds = ds.map(lambda b: ((corrupt(b) if corrupt else b), b), num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
+
+
+def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epochs, batch_size,
+                         learning_rate, history_path, log):
+    corrupt = CORRUPTIONS[name]
     channels = train_images.shape[-1]
     decoder = models.build_decoder(encoder, blocks, channels)
     autoencoder = models.build_autoencoder(encoder, decoder)
     autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     training.fit(
         autoencoder,
-        train_images,
-        train_images,
+        _dataset(train_images, batch_size, corrupt, shuffle=True),
+        None,
         epochs=epochs,
-        batch_size=batch_size,
+        batch_size=None,
         history_path=history_path,
         log=log,
         log_prefix="pretrain ",
-        validation_data=(val_images, val_images),
+        validation_data=_dataset(val_images, batch_size, corrupt, shuffle=False),
     )
-    recon = autoencoder.predict(val_images, batch_size=batch_size, verbose=0)
+    shown = val_images if corrupt is None else np.asarray(corrupt(tf.constant(val_images)))
+    recon = autoencoder.predict(shown, batch_size=batch_size, verbose=0)
     mse = float(np.mean((recon - val_images) ** 2))
     metrics = {"recon_mse": mse, **reconstruction_baselines(train_images, val_images)}
     best_trivial = min(metrics["baseline_zeros_mse"], metrics["baseline_mean_mse"])
@@ -54,3 +92,7 @@ def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, lear
             f"{best_trivial:.5f} for the best of all-zeros/mean-image; its features are likely useless"
         )
     return ObjectiveResult(metrics=metrics, preview=recon[:PREVIEW], warnings=warnings)
+
+
+def train(encoder, blocks, train_images, val_images, **kwargs):
+    return train_reconstruction(NAME, encoder, blocks, train_images, val_images, **kwargs)

@@ -1,0 +1,9 @@
+"""Denoising autoencoder: reconstruct each image from a copy with Gaussian noise added."""
+
+from transfer.objectives.autoencoder import train_reconstruction
+
+NAME = "denoising"
+
+
+def train(encoder, blocks, train_images, val_images, **kwargs):
+    return train_reconstruction(NAME, encoder, blocks, train_images, val_images, **kwargs)
