@@ -25,12 +25,11 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-import tomllib
 from pathlib import Path
 
 from pipelines import compare, fine_tune, pretrain
 from transfer import artifacts, objectives, results
-from transfer.config import CompareConfig, FineTuneConfig, PretrainConfig
+from transfer.config import CompareConfig, FineTuneConfig, PretrainConfig, read_toml
 from transfer.errors import TransferError
 
 _TOP = re.compile(r"^(?P<base>.+)-top(?P<k>\d+)$")
@@ -76,13 +75,7 @@ def _section(spec: dict, key: str, cls, path) -> dict:
 
 
 def load(path: str) -> dict:
-    try:
-        with open(path, "rb") as f:
-            spec = tomllib.load(f)
-    except FileNotFoundError:
-        raise TransferError(f"experiment file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TransferError(f"{path}: not valid TOML ({exc})") from None
+    spec = read_toml(path, "experiment file")
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise TransferError(f"{path}: unknown key(s) {unknown}. Known: {sorted(KEYS)}")

@@ -140,19 +140,24 @@ def field_defaults(cls) -> dict:
     return {f.name: f.default for f in dataclasses.fields(cls)}
 
 
+def read_toml(path: str | Path, what: str = "config file") -> dict:
+    """Parse a TOML file; a missing file or invalid TOML is a TransferError."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except FileNotFoundError:
+        raise TransferError(f"{what} not found: {path}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TransferError(f"{path}: not valid TOML ({exc})") from None
+
+
 def load_toml(path: str | Path, allowed: set[str]) -> dict:
     """Read a TOML config file into {option_name: value}; keys may use - or _.
 
     Raises:
         TransferError: unreadable file, invalid TOML, or a key that names no option.
     """
-    try:
-        with open(path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise TransferError(f"config file not found: {path}") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise TransferError(f"{path}: not valid TOML ({exc})") from None
+    raw = read_toml(path)
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
