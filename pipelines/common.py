@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from transfer import data as data_lib
-from transfer import architectures
+from transfer import architectures, results
 from transfer.errors import TransferError
 
 
@@ -47,3 +47,8 @@ def save_preview(path: Path, originals: np.ndarray, reconstructions: np.ndarray,
     grid = np.clip(grid * 255.0 + 0.5, 0, 255).astype(np.uint8)
     grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
     Image.fromarray(grid[..., 0] if c == 1 else grid[..., :3]).save(path)
+
+
+def record_failure(results_path: str, row: dict, error: Exception) -> None:
+    """Append a `status=failed` row (no metrics: a failed run is not a result)."""
+    results.append_row(results_path, {**row, "timestamp": results.now(), "status": "failed", "error": str(error)})

@@ -92,7 +92,7 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
 
 
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
-    df = results.read_results(cfg.results)
+    df = results.read_results(cfg.results, warn=lambda m: log(f"warning: {m}"))
     if "command" in df:
         df = df[df["command"] == "fine-tune"]
     if "status" in df:

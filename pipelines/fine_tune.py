@@ -9,10 +9,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipelines.common import config_dict, encoder_blocks, report_skipped
+from pipelines.common import config_dict, encoder_blocks, record_failure, report_skipped
 from transfer import architectures, artifacts, data, heads, models, results, training
 from transfer.config import FineTuneConfig
-from transfer.errors import TransferError
+from transfer.errors import TrainingDiverged, TransferError
 
 
 def method_name(objective: str | None, freeze: str, unfreeze_top: int = 0) -> str:
@@ -107,6 +107,14 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             "metrics": metrics, "versions": artifacts.versions(),
         })
         out = artifacts.finish_run_dir(staging, out)
+    except TrainingDiverged as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        record_failure(cfg.results, {"run_id": run_id, "command": "fine-tune", "experiment": cfg.experiment,
+                                     "data": cfg.data, "encoder": cfg.encoder, "method": method,
+                                     "labels_per_class": cfg.labels_per_class or "all", "seed": cfg.seed,
+                                     "epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
+                                     "run_dir": str(out)}, exc)
+        raise
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from pathlib import Path
 
-from pipelines.common import config_dict, encoder_blocks, holdout_split, report_skipped, save_preview
+from pipelines.common import config_dict, encoder_blocks, holdout_split, record_failure, report_skipped, save_preview
 from transfer import architectures, artifacts, data, models, objectives, results, training
 from transfer.config import PretrainConfig
+from transfer.errors import TrainingDiverged
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
@@ -64,9 +66,14 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         }
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
         out = artifacts.finish_run_dir(staging, cfg.out)
+    except TrainingDiverged as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        record_failure(cfg.results, {"run_id": run_id, "command": "pretrain", "experiment": cfg.experiment,
+                                     "data": cfg.data, "objective": cfg.objective, "method": cfg.objective,
+                                     "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
+                                     "learning_rate": cfg.learning_rate, "run_dir": str(cfg.out)}, exc)
+        raise
     except BaseException:
-        import shutil
-
         shutil.rmtree(staging, ignore_errors=True)
         raise
 

@@ -63,3 +63,35 @@ def test_leak_count(tmp_path):
 def test_write_json_is_valid(tmp_path):
     artifacts.write_json(tmp_path / "m.json", {"a": np.float32(1.5), "b": (1, 2)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1.5, "b": [1, 2]}
+
+
+def _manifest_for(run, filename):
+    manifest = json.loads((run / "manifest.json").read_text())
+    manifest["model_file"] = filename
+    if (run / filename).is_file():
+        manifest["model_sha256"] = artifacts.sha256_file(run / filename)
+    (run / "manifest.json").write_text(json.dumps(manifest))
+
+
+def test_lambda_layer_model_is_refused_by_safe_mode(tmp_path):
+    import keras
+
+    _, run = _save_run(tmp_path)
+    inputs = keras.Input((8, 8, 1))
+    model = keras.Model(inputs, keras.layers.Lambda(lambda t: t * 2)(inputs), name="encoder")
+    model.save(run / "lambda.keras")
+    _manifest_for(run, "lambda.keras")
+    with pytest.raises(TransferError, match="cannot be loaded safely"):
+        artifacts.load_model_run(run, "encoder")
+
+
+@pytest.mark.parametrize("filename,message", [("encoder.h5", "legacy formats"),
+                                               ("../../outside.keras", "must be a file name"),
+                                               ("notzip.keras", "not a Keras .keras archive")])
+def test_bad_model_files_are_refused(tmp_path, filename, message):
+    _, run = _save_run(tmp_path)
+    if filename == "notzip.keras":
+        (run / filename).write_text("plain text, not a zip archive")
+    _manifest_for(run, filename)
+    with pytest.raises(TransferError, match=message):
+        artifacts.load_model_run(run, "encoder")

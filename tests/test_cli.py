@@ -293,3 +293,14 @@ def test_experiment_file_errors(tmp_path):
     assert_user_error(invoke("experiment", tmp_path / "bad.toml"), "unknown method 'magic'")
     (tmp_path / "esc.toml").write_text('name = "../x"\nseeds = [0]\nlabels_per_class = [1]\nmethods = ["scratch"]\n')
     assert_user_error(invoke("experiment", tmp_path / "esc.toml"), "name may use letters")
+
+
+def test_divergence_stops_the_run_and_marks_it_failed(workspace, tmp_path):
+    result = ft(workspace, "--data", workspace / "labeled", "--encoder", "random", "--freeze", "none",
+                "--learning-rate", "1e30", "--epochs", "3", "--labels-per-class", "3", "--out", tmp_path / "run",
+                "--results", tmp_path / "r.csv")
+    assert_user_error(result, "training diverged")
+    df = pd.read_csv(tmp_path / "r.csv")
+    assert df["status"].tolist() == ["failed"] and pd.isna(df.loc[0, "test_accuracy"])
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+    assert_user_error(invoke("compare", "--results", tmp_path / "r.csv"), "no finished fine-tune runs")

@@ -172,3 +172,48 @@ def test_photos_and_faces_builtins():
         data.load_labeled("photos", 16)
     faces = data.load_labeled("faces", 16)
     assert faces.class_names == ["face", "non-face"] and np.bincount(faces.labels).tolist() == [100, 100]
+
+
+def test_odd_but_valid_images_load(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(np.array([[200]], dtype=np.uint8)).save(tmp_path / "one_pixel.png")
+    Image.fromarray(stripes("h", 16, rng)).convert("RGB").quantize(8).save(tmp_path / "palette.png")
+    Image.fromarray(stripes("v", 16, rng)).convert("CMYK").save(tmp_path / "cmyk.jpg")
+    Image.fromarray(stripes("d", 16, rng)).save(tmp_path / "зображення ñ 图.png")
+    Image.new("L", (8000, 8000), 128).save(tmp_path / "huge.png")
+    ds = data.load_unlabeled(str(tmp_path), 8)
+    assert len(ds) == 5 and not ds.skipped
+    assert ds.images.shape == (5, 8, 8, 3)  # palette and CMYK are color, so all become RGB
+    huge = ds.images[[i for i, n in enumerate(ds.names) if n.endswith("huge.png")][0]]
+    np.testing.assert_allclose(huge, 128 / 255, atol=1e-3)
+    assert any("图" in n for n in ds.names)
+
+
+def test_truncated_and_fake_images_are_skipped(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    write_image(tmp_path / "good.png", stripes("h", 16, rng))
+    Image.fromarray(stripes("v", 64, rng)).save(tmp_path / "whole.jpg")
+    (tmp_path / "cut.jpg").write_bytes((tmp_path / "whole.jpg").read_bytes()[:200])
+    (tmp_path / "whole.jpg").unlink()
+    (tmp_path / "cut.png").write_bytes((tmp_path / "good.png").read_bytes()[:60])
+    (tmp_path / "text.png").write_text("I am a text file")
+    ds = data.load_unlabeled(str(tmp_path), 8)
+    assert len(ds) == 1 and sorted(p.rsplit("/", 1)[-1] for p, _ in ds.skipped) == ["cut.jpg", "cut.png", "text.png"]
+
+
+def test_class_folders_with_zero_or_one_image(tmp_path):
+    make_labeled_dir(tmp_path / "d", per_class=5)
+    (tmp_path / "d" / "empty").mkdir()
+    ds = data.load_labeled(str(tmp_path / "d"), 8)
+    with pytest.raises(TransferError, match=r"class\(es\) \['empty'\] have no readable images"):
+        data.check_classes(ds, "d")
+    make_labeled_dir(tmp_path / "one", per_class=5)
+    make_labeled_dir(tmp_path / "one", per_class=1, classes=("d",))
+    ds = data.load_labeled(str(tmp_path / "one"), 8)
+    train, test = data.split_test(ds.labels, ds.ids, 0.2)
+    d = ds.class_names.index("d")
+    assert (ds.labels[train] == d).sum() == 1 and (ds.labels[test] == d).sum() == 0

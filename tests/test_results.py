@@ -40,3 +40,17 @@ def test_concurrent_appends_lose_no_row(tmp_path):
         pool.map(_append_many, [(path, w) for w in range(8)])
     df = results.read_results(path)
     assert len(df) == 80 and df["run_id"].nunique() == 80
+
+
+def test_half_written_last_line_is_skipped_on_read_and_cut_before_append(tmp_path):
+    path = tmp_path / "r.csv"
+    results.append_row(path, {"run_id": "a", "command": "fine-tune", "test_accuracy": 0.5})
+    with open(path, "a") as f:
+        f.write("b,2026-11-22,fine-t")  # a crash mid-append
+    warned = []
+    df = results.read_results(path, warn=warned.append)
+    assert df["run_id"].tolist() == ["a"] and "half-written" in warned[0]
+    results.append_row(path, {"run_id": "c", "command": "fine-tune", "test_accuracy": 0.7})
+    df = results.read_results(path, warn=warned.append)
+    assert df["run_id"].tolist() == ["a", "c"] and len(warned) == 1
+    assert df["test_accuracy"].tolist() == [0.5, 0.7]

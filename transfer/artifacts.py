@@ -131,9 +131,13 @@ def load_model_run(run_dir: str | os.PathLike, kind: str):
     import keras
 
     manifest = read_manifest(run_dir, kind)
-    filename = manifest.get("model_file", "")
+    filename = str(manifest.get("model_file", ""))
+    if Path(filename).name != filename or filename in ("", ".", ".."):
+        raise TransferError(f"{run_dir}: the manifest's model_file {filename!r} must be a file name inside the run directory")
+    if not filename.endswith(".keras"):
+        raise TransferError(f"{run_dir}: {filename!r} is not a .keras file; legacy formats (.h5, SavedModel) are refused")
     path = Path(run_dir) / filename
-    if not filename or not path.is_file():
+    if not path.is_file():
         raise TransferError(f"{run_dir}: model file {filename!r} named by the manifest is missing")
     expected = manifest.get("model_sha256")
     if sha256_file(path) != expected:

@@ -7,3 +7,7 @@ class TransferError(Exception):
     The CLI prints the message (no traceback) and exits with code 2. Messages
     say what was wrong and what was received.
     """
+
+
+class TrainingDiverged(TransferError):
+    """The loss became NaN or infinite; the run is recorded as failed."""

@@ -22,7 +22,7 @@ COLUMNS = [
     "method", "arch", "image_size", "channels", "freeze", "unfreeze_top", "readout", "head", "labels_per_class",
     "n_train", "n_test", "seed", "epochs", "batch_size", "learning_rate", "test_accuracy",
     "test_loss", "train_accuracy", "recon_mse", "baseline_zeros_mse", "baseline_mean_mse",
-    "test_in_pretraining", "encoder_unchanged", "skipped_files", "seconds", "images_per_second", "peak_memory_mb", "run_dir",
+    "test_in_pretraining", "encoder_unchanged", "skipped_files", "seconds", "images_per_second", "peak_memory_mb", "run_dir", "error",
 ]
 
 
@@ -50,6 +50,7 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     unknown = [k for k in row if k not in COLUMNS]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=60):
+        _drop_torn_tail(path)
         header = _read_header(path)
         if header is None:
             header = COLUMNS + unknown
@@ -63,6 +64,19 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
             header = header + missing
         with open(path, "a", encoding="utf-8", newline="") as f:
             f.write(_csv_line([_format(row.get(c)) for c in header]))
+
+
+def _drop_torn_tail(path: Path) -> str | None:
+    """Cut a half-written last line (a crash mid-append); returns what was cut. Call under the lock."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, "rb+") as f:
+        data = f.read()
+        if data.endswith(b"\n"):
+            return None
+        keep = data.rfind(b"\n") + 1
+        f.truncate(keep)
+    return data[keep:].decode("utf-8", errors="replace")
 
 
 def _csv_line(values) -> str:
@@ -90,14 +104,30 @@ def _widen(path: Path, old: list[str], new: list[str]) -> None:
     os.replace(tmp, path)
 
 
-def read_results(path: str | os.PathLike):
-    """The table as a pandas DataFrame."""
+def read_results(path: str | os.PathLike, warn=None):
+    """The table as a pandas DataFrame.
+
+    A half-written last line (no final newline: a process died mid-append) is
+    left out, and `warn` (default: warnings.warn) is told; the file itself is
+    not changed by reading.
+    """
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise TransferError(f"results table not found: {path}")
     try:
-        return pd.read_csv(path, dtype={"run_id": str, "labels_per_class": str})
+        text = path.read_text(encoding="utf-8")
+        if text and not text.endswith("\n"):
+            cut = text.rfind("\n") + 1
+            (warn or _warn)(f"{path}: skipped a half-written last line: {text[cut:][:60]!r}")
+            text = text[:cut]
+        return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "labels_per_class": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise TransferError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None
+
+
+def _warn(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, stacklevel=3)

@@ -10,6 +10,8 @@ from typing import Callable
 import keras
 import numpy as np
 
+from transfer.errors import TrainingDiverged
+
 
 def set_seed(seed: int) -> None:
     """Seed Python, NumPy and the backend, so a run is repeatable."""
@@ -59,7 +61,7 @@ def fit(
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
     if log is not None:
         callbacks.append(EpochLog(log, epochs, log_prefix))
-    return model.fit(
+    history = model.fit(
         x,
         y,
         epochs=epochs,
@@ -69,6 +71,13 @@ def fit(
         callbacks=callbacks,
         validation_data=validation_data,
     )
+    losses = history.history.get("loss", [])
+    if losses and not np.isfinite(losses[-1]):
+        raise TrainingDiverged(
+            f"training diverged: the loss became {losses[-1]} in epoch {len(losses)}; "
+            "try a lower --learning-rate"
+        )
+    return history
 
 
 def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, passes: int = 3) -> None:
