@@ -20,7 +20,7 @@ from transfer.config import (  # noqa: E402
     field_defaults,
     load_toml,
 )
-from transfer.errors import TransferError  # noqa: E402
+from transfer.errors import RunComplete, TransferError  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 
 from transfer.objectives import NAMES as OBJECTIVES  # noqa: E402
@@ -184,6 +184,9 @@ def _run(pipeline, cls, params: dict):
     try:
         cfg = cls(**params)
         return pipeline.run(cfg, log=click.echo)
+    except RunComplete as exc:
+        click.echo(str(exc))
+        return None
     except TransferError as exc:
         raise UserError(str(exc)) from None
 

@@ -23,7 +23,10 @@ def encoder_blocks(cfg) -> list[architectures.Block]:
 
 
 def config_dict(cfg) -> dict:
-    return {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
+    """The run's configuration as saved in config.json (and matched to resume a run)."""
+    d = {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
+    d.pop("overwrite", None)
+    return d
 
 
 def holdout_split(ids: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:

@@ -121,7 +121,7 @@ def run(cfg: ExperimentConfig, log=print):
             if not cfg.dry_run:
                 keras.backend.clear_session()
                 pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
-                                               "results": results_path, "experiment": name, "overwrite": True}),
+                                               "results": results_path, "experiment": name}),
                              log=lambda m: log("  " + m))
         encoders[objective] = str(out)
 

@@ -79,7 +79,9 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
-    staging = artifacts.start_run_dir(out, cfg.overwrite)
+    staging, resumed = artifacts.start_run_dir(out, cfg.overwrite, config_dict(cfg))
+    if resumed:
+        log(f"resuming the interrupted run in {staging}")
     try:
         training.set_seed(cfg.seed)
         if encoder is None and blocks is not None:
@@ -90,9 +92,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             fit = _fit_pixels
         else:
             fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
-        classifier, metrics = fit(cfg, encoder, train, test, staging / "history.csv", log)
+        classifier, metrics = fit(cfg, encoder, train, test, staging, log)
         digest = artifacts.save_model(classifier, staging / "classifier.keras")
-        artifacts.write_json(staging / "config.json", config_dict(cfg))
         artifacts.write_json(staging / artifacts.MANIFEST, {
             "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
             "run_id": run_id, "created": results.now(),
@@ -115,8 +116,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                                      "epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
                                      "run_dir": str(out)}, exc)
         raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except TransferError:
+        shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
         raise
 
     row = {
@@ -149,7 +150,7 @@ def _compile(model, learning_rate):
     )
 
 
-def _fit_frozen(cfg, encoder, train, test, history_path, log):
+def _fit_frozen(cfg, encoder, train, test, staging, log):
     """Frozen encoder: features computed once, the head fit on them; then optionally
     the top `unfreeze_top` blocks trained further at a low learning rate."""
     models.freeze(encoder)
@@ -157,7 +158,7 @@ def _fit_frozen(cfg, encoder, train, test, history_path, log):
     before = training.snapshot_weights(encoder)
     f_train = features.predict(train.images, batch_size=256, verbose=0)
     fit_start = time.perf_counter()
-    head = _fit_head(cfg, f_train, train, history_path, log)
+    head = _fit_head(cfg, f_train, train, staging, log)
     seconds = time.perf_counter() - fit_start
     classifier = models.build_classifier(features, head)
     _compile(classifier, cfg.learning_rate)
@@ -168,7 +169,8 @@ def _fit_frozen(cfg, encoder, train, test, history_path, log):
         _compile(classifier, cfg.fine_tune_learning_rate)
         fit_start = time.perf_counter()
         training.fit(classifier, train.images, train.labels, epochs=cfg.fine_tune_epochs,
-                     batch_size=cfg.batch_size, history_path=history_path, log=log, log_prefix="fine-tune ")
+                     batch_size=cfg.batch_size, history_path=staging / "history-unfreeze.csv",
+                     backup_dir=staging / "backup-unfreeze", log=log, log_prefix="fine-tune ")
         seconds = time.perf_counter() - fit_start
         metrics["encoder_unchanged"] = None  # by design it changed; the column audits frozen runs
     metrics.update(_evaluate(classifier, train, test))
@@ -176,7 +178,7 @@ def _fit_frozen(cfg, encoder, train, test, history_path, log):
     return classifier, metrics
 
 
-def _fit_head(cfg, f_train, train, history_path, log):
+def _fit_head(cfg, f_train, train, staging, log):
     """The head on cached features: an exact logistic-regression solve when it is linear,
     else Adam for `epochs` (cheap: no encoder pass per epoch)."""
     mean, var = heads.standardization(f_train)
@@ -188,12 +190,12 @@ def _fit_head(cfg, f_train, train, history_path, log):
         head.get_layer("head_out").set_weights([weights, bias])
         _compile(head, cfg.learning_rate)
         loss, acc = head.evaluate(f_train, train.labels, verbose=0)
-        history_path.write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
+        (staging / "history.csv").write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
         log(f"linear head solved: train accuracy {acc:.4f}")
         return head
     _compile(head, cfg.learning_rate)
     training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=history_path, log=log, log_prefix="head ")
+                 history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, log_prefix="head ")
     return head
 
 
@@ -203,7 +205,7 @@ def _evaluate(classifier, train, test) -> dict:
     return {"test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc)}
 
 
-def _fit_end_to_end(cfg, encoder, train, test, history_path, log):
+def _fit_end_to_end(cfg, encoder, train, test, staging, log):
     """Encoder and head trained together (from scratch when the encoder is random)."""
     features = models.build_features(encoder, cfg.readout, frozen=False)
     head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout)
@@ -211,14 +213,14 @@ def _fit_end_to_end(cfg, encoder, train, test, history_path, log):
     _compile(classifier, cfg.learning_rate)
     fit_start = time.perf_counter()
     training.fit(classifier, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=history_path, log=log, log_prefix="train ")
+                 history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, log_prefix="train ")
     seconds = time.perf_counter() - fit_start
     training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size)
     return classifier, {**_evaluate(classifier, train, test),
                         "images_per_second": round(len(train) * cfg.epochs / seconds, 1)}
 
 
-def _fit_pixels(cfg, encoder, train, test, history_path, log):
+def _fit_pixels(cfg, encoder, train, test, staging, log):
     """Baseline: multinomial logistic regression on standardized raw pixels, its L2
     strength chosen by cross-validation on the labeled training images only."""
     x_train = train.images.reshape(len(train), -1)
@@ -231,5 +233,5 @@ def _fit_pixels(cfg, encoder, train, test, history_path, log):
     inputs = keras.Input(train.images.shape[1:], name="image")
     classifier = keras.Model(inputs, head(keras.layers.Flatten(name="pixels")(inputs)), name="classifier")
     _compile(classifier, cfg.learning_rate)
-    history_path.write_text("epoch\n0\n")
+    (staging / "history.csv").write_text("epoch\n0\n")
     return classifier, _evaluate(classifier, train, test)

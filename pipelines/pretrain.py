@@ -9,7 +9,7 @@ from pathlib import Path
 from pipelines.common import config_dict, encoder_blocks, holdout_split, record_failure, report_skipped, save_preview
 from transfer import architectures, artifacts, data, models, objectives, results, training
 from transfer.config import PretrainConfig
-from transfer.errors import TrainingDiverged
+from transfer.errors import TrainingDiverged, TransferError
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
@@ -24,7 +24,9 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     objective = objectives.get(cfg.objective)
     blocks = encoder_blocks(cfg)
     architectures.block_shapes(blocks, cfg.image_size, cfg.arch)  # refuse a bad size before loading data
-    staging = artifacts.start_run_dir(cfg.out, cfg.overwrite)
+    staging, resumed = artifacts.start_run_dir(cfg.out, cfg.overwrite, config_dict(cfg))
+    if resumed:
+        log(f"resuming the interrupted run in {staging}")
     try:
         dataset = data.load_unlabeled(cfg.data, cfg.image_size, cfg.channels)
         report_skipped(dataset, log)
@@ -40,7 +42,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         outcome = objective.train(
             encoder, blocks, train_images, val_images,
             epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            history_path=staging / "history.csv", log=log,
+            history_path=staging / "history.csv", backup_dir=staging / "backup", log=log,
         )
         fit_seconds = time.perf_counter() - fit_start
         for w in outcome.warnings:
@@ -50,7 +52,6 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         artifacts.save_pretrain_ids(staging, dataset.ids)
         if outcome.preview is not None and cfg.plots:
             save_preview(staging / outcome.preview_name, val_images[: len(outcome.preview)], outcome.preview)
-        artifacts.write_json(staging / "config.json", config_dict(cfg))
         manifest = {
             "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "encoder",
             "run_id": run_id, "created": results.now(),
@@ -73,8 +74,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
                                      "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
                                      "learning_rate": cfg.learning_rate, "run_dir": str(cfg.out)}, exc)
         raise
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+    except TransferError:
+        shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
         raise
 
     row = {

@@ -69,7 +69,7 @@ def test_fine_tune_writes_the_row_it_claims(workspace, encoder, freeze, method):
     enc = workspace / "enc" if encoder == "enc" else "random"
     out = workspace / f"ft-{method}"
     result = invoke("fine-tune", "--data", workspace / "labeled", "--encoder", enc, "--freeze", freeze,
-                    "--labels-per-class", "3", "--epochs", "3", "--seed", "1", "--out", out,
+                    "--unfreeze-top", "0", "--labels-per-class", "3", "--epochs", "3", "--seed", "1", "--out", out,
                     "--results", workspace / "results.csv", *TINY)
     assert result.exit_code == 0, result.output
     df = pd.read_csv(workspace / "results.csv")
@@ -101,7 +101,7 @@ def test_compare_shows_mean_std_and_difference(workspace):
     row = [line for line in lines if ",scratch," in line][0].split(",")
     assert float(row[3]) == pytest.approx(scratch.mean()) and int(row[5]) == 2
     md = invoke("compare", "--results", workspace / "cmp.csv", "--format", "markdown").output
-    assert "| autoencoder-frozen | 2 | 2 |" in md
+    assert "| autoencoder-top1 | 2 | 2 |" in md
 
 
 def test_predict_writes_one_row_per_image(workspace):
@@ -189,9 +189,15 @@ def test_error_encoder_channels_cannot_serve_data(guarded, tmp_path):
                       "takes 1-channel images")
 
 
-def test_error_existing_run_dir_kept(guarded):
-    assert_user_error(invoke("pretrain", "--data", guarded / "labeled", "--out", guarded / "enc", "--epochs", "1",
-                             "--results", guarded / "results.csv", *TINY), "already exists; pass --overwrite")
+def test_finished_run_is_not_retrained_and_other_dirs_are_refused(guarded, tmp_path):
+    again = invoke("pretrain", "--data", guarded / "labeled", "--out", guarded / "enc", "--epochs", "1",
+                   "--objective", "autoencoder", "--results", guarded / "results.csv", *TINY)
+    assert again.exit_code == 0 and "is complete; pass --overwrite to start it over" in again.output
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert_user_error(invoke("pretrain", "--data", guarded / "labeled", "--out", tmp_path / "other",
+                             "--results", guarded / "results.csv", *TINY), "is not a run directory")
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
 
 
 def test_error_bad_config_files(guarded, tmp_path):
@@ -280,7 +286,7 @@ epochs = 2
     df = pd.read_csv(tmp_path / "experiments" / "tiny.csv")
     ft_rows = df[df["command"] == "fine-tune"]
     assert len(ft_rows) == 8 and (df["experiment"] == "tiny").all()
-    assert sorted(ft_rows["method"].unique()) == ["autoencoder-frozen", "pixels-logreg", "random-frozen", "scratch"]
+    assert sorted(ft_rows["method"].unique()) == ["autoencoder-top1", "pixels-logreg", "random-frozen", "scratch"]
     assert (df["command"] == "pretrain").sum() == 1
     again = invoke("experiment", "exp.toml")
     assert again.exit_code == 0 and "8 of 8 fine-tunes already in" in again.output

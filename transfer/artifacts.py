@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer.errors import TransferError
+from transfer.errors import RunComplete, TransferError
 
 MANIFEST = "manifest.json"
 FORMAT = "transfer-run"
@@ -44,23 +44,41 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
-def start_run_dir(out: str | os.PathLike, overwrite: bool) -> Path:
-    """Check that `out` may be written and return an empty staging directory for it.
+def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None = None) -> tuple[Path, bool]:
+    """Check that `out` may be written; return (staging directory, resumed).
+
+    The staging directory `<out>.partial` is kept, and the run resumed, when
+    it was left by an interrupted run of the same configuration (its
+    `config.json` equals `config`); otherwise it starts empty. `config` is
+    written there first, so an interrupted run can always be matched.
 
     Raises:
-        TransferError: `out` exists (as a run or anything non-empty) and overwrite is False.
+        RunComplete: `out` is a finished run and overwrite is False.
+        TransferError: `out` exists and is not a finished run, and overwrite is False.
     """
     out = Path(out)
     if out.exists() and not overwrite:
         if not out.is_dir():
             raise TransferError(f"{out} exists and is not a directory")
+        if (out / MANIFEST).is_file():
+            raise RunComplete(f"run directory {out} is complete; pass --overwrite to start it over")
         if any(out.iterdir()):
-            raise TransferError(f"run directory {out} already exists; pass --overwrite to replace it")
+            raise TransferError(f"{out} exists and is not a run directory; choose another --out or pass --overwrite")
     staging = out.with_name(out.name + ".partial")
+    resumed = False
     if staging.exists():
-        shutil.rmtree(staging)
-    staging.mkdir(parents=True)
-    return staging
+        try:
+            resumed = not overwrite and config is not None and json.loads(
+                (staging / "config.json").read_text(encoding="utf-8")) == json.loads(
+                json.dumps(config, default=_json_default))
+        except (OSError, ValueError):
+            resumed = False
+        if not resumed:
+            shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    if config is not None:
+        write_json(staging / "config.json", config)
+    return staging, resumed
 
 
 def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:

@@ -11,3 +11,7 @@ class TransferError(Exception):
 
 class TrainingDiverged(TransferError):
     """The loss became NaN or infinite; the run is recorded as failed."""
+
+
+class RunComplete(TransferError):
+    """The run directory already holds a finished run: nothing to do (exit code 0)."""

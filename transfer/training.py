@@ -24,6 +24,24 @@ def peak_memory_mb() -> float:
     return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
+class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that survives a kill during its own write.
+
+    With `double_checkpoint`, a torn latest backup falls back to the one
+    before; if no usable backup is left (killed while writing the first), the
+    fit starts over instead of failing.
+    """
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except OSError:  # h5py's error for a torn file
+            import shutil
+
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            self._current_epoch = 0
+
+
 class EpochLog(keras.callbacks.Callback):
     """Reports a line every `every` epochs (and the last) through `log`."""
 
@@ -48,17 +66,24 @@ def fit(
     epochs: int,
     batch_size: int | None,
     history_path=None,
+    backup_dir=None,
     log: Callable[[str], None] | None = None,
     log_prefix: str = "",
     validation_data=None,
 ):
     """model.fit with a CSV history and progress lines; returns the History.
 
-    x may be a `tf.data.Dataset` (then y and batch_size are None).
+    x may be a `tf.data.Dataset` (then y and batch_size are None). With
+    `backup_dir`, training state is saved after every epoch and a fit started
+    again (after a crash or kill) continues from the last finished epoch; the
+    history then holds every epoch once.
     """
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
+    if backup_dir is not None:
+        # After the CSVLogger: a kill between the two repeats an epoch's row (dropped below), never loses one.
+        callbacks.append(SafeBackupAndRestore(str(backup_dir), delete_checkpoint=True, double_checkpoint=True))
     if log is not None:
         callbacks.append(EpochLog(log, epochs, log_prefix))
     history = model.fit(
@@ -71,6 +96,8 @@ def fit(
         callbacks=callbacks,
         validation_data=validation_data,
     )
+    if history_path is not None:
+        dedupe_history(history_path)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(
@@ -121,3 +148,29 @@ def weights_identical(model: keras.Model, snapshot: list[np.ndarray]) -> bool:
     return len(current) == len(snapshot) and all(
         np.array_equal(np.array(v), s) for v, s in zip(current, snapshot)
     )
+
+
+def dedupe_history(path) -> None:
+    """Keep the last row of each epoch in a CSVLogger file (a resumed fit repeats at most one)."""
+    import csv
+    import os
+
+    if not os.path.exists(path):
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if len(rows) < 2 or rows[0][:1] != ["epoch"]:
+        return
+    last = {}
+    for row in rows[1:]:
+        if row:
+            last[row[0]] = row
+    ordered = sorted(last.values(), key=lambda r: int(r[0]))
+    if len(ordered) == len(rows) - 1:
+        return
+    tmp = f"{path}.tmp"
+    with open(tmp, "w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(rows[0])
+        writer.writerows(ordered)
+    os.replace(tmp, path)

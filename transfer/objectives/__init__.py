@@ -3,9 +3,10 @@
 Each objective is a module exposing `NAME` and
 
     train(encoder, blocks, train_images, val_images, *, epochs, batch_size,
-          learning_rate, history_path, log) -> ObjectiveResult
+          learning_rate, history_path, log, backup_dir=None) -> ObjectiveResult
 
-which trains `encoder` in place. New objectives (denoising, masked,
+which trains `encoder` in place (resuming from `backup_dir` when it holds a
+backup of an interrupted fit). New objectives (denoising, masked,
 contrastive, adversarial) slot in beside `autoencoder` by registering here.
 """
 

@@ -62,7 +62,7 @@ def _dataset(images, batch_size, corrupt, shuffle, seed=0):
 
 
 def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epochs, batch_size,
-                         learning_rate, history_path, log):
+                         learning_rate, history_path, log, backup_dir=None):
     corrupt = CORRUPTIONS[name]
     channels = train_images.shape[-1]
     decoder = models.build_decoder(encoder, blocks, channels)
@@ -75,6 +75,7 @@ def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epo
         epochs=epochs,
         batch_size=None,
         history_path=history_path,
+        backup_dir=backup_dir,
         log=log,
         log_prefix="pretrain ",
         validation_data=_dataset(val_images, batch_size, corrupt, shuffle=False),

@@ -65,6 +65,9 @@ class SimCLR(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
+    def call(self, inputs, training=False):
+        return self.embed(inputs, training)
+
     def embed(self, x, training):
         return self.projector(self.pool(self.encoder(x, training=training)), training=training)
 
@@ -103,12 +106,15 @@ def view_agreement(model: SimCLR, images: np.ndarray, batch_size: int) -> float:
     return hits / max(total, 1)
 
 
-def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log):
+def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log,
+          backup_dir=None):
     model = SimCLR(encoder, build_augment(train_images.shape[-1]))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
+    model(train_images[:2])  # build, so that a backup can be restored into it
     batch = min(batch_size, len(train_images))
     training.fit(model, train_images, None, epochs=epochs, batch_size=batch, history_path=history_path,
-                 log=log, log_prefix="pretrain ", validation_data=(val_images,) if len(val_images) > 1 else None)
+                 backup_dir=backup_dir, log=log, log_prefix="pretrain ",
+                 validation_data=(val_images,) if len(val_images) > 1 else None)
     chance = 1.0 / max(min(batch, len(val_images)), 1)
     agreement = view_agreement(model, val_images, batch)
     warnings = []
