@@ -29,11 +29,10 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     the best baseline mean), and `significant` is true when that difference
     exceeds the combined spread sqrt(std_a^2 + std_b^2) of the two groups.
     """
-    table = (
-        df.groupby(by, dropna=False)[metric]
-        .agg(mean="mean", std="std", n="count")
-        .reset_index()
-    )
+    grouped = df.groupby(by, dropna=False)
+    table = grouped[metric].agg(mean="mean", std="std", n="count").reset_index()
+    if "seconds" in df:
+        table["seconds"] = grouped["seconds"].mean().to_numpy()
     table["std"] = table["std"].fillna(0.0)
     if "method" in by:
         context = [c for c in by if c != "method"]
@@ -75,7 +74,7 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
         return f"{v * scale:+.{digits}f}" if signed else f"{v * scale:.{digits}f}"
 
     shown = pd.DataFrame({c: table[c].astype(str) for c in table.columns
-                          if c not in ("mean", "std", "n", "vs_scratch", "vs_best_baseline", "significant")})
+                          if c not in ("mean", "std", "n", "vs_scratch", "vs_best_baseline", "significant", "seconds")})
     shown["seeds"] = table["n"].astype(int).astype(str)
     shown[metric + (" %" if pct else "")] = [f"{num(m)} ± {num(s)}" for m, s in zip(table["mean"], table["std"])]
     if "vs_scratch" in table:
@@ -83,6 +82,8 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
         shown["vs best baseline"] = [
             num(v, True) + (" *" if sig else "") for v, sig in zip(table["vs_best_baseline"], table["significant"])
         ]
+    if "seconds" in table:
+        shown["s/run"] = [f"{v:.1f}" if v == v else "" for v in table["seconds"]]
     if fmt == "markdown":
         header = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
@@ -91,8 +92,18 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
     return shown.to_string(index=False)
 
 
+def pretraining_cost(df: pd.DataFrame) -> list[str]:
+    """One line per finished pretraining: the one-off cost every fine-tune of its encoder reuses."""
+    if "command" not in df:
+        return []
+    done = df[(df["command"] == "pretrain") & (df["status"].fillna("ok") == "ok")]
+    return [f"pretraining {r.objective} on {r.data}: {r.seconds:.0f}s ({r.images_per_second:.0f} images/s), "
+            f"reused by every fine-tune of its encoder" for r in done.itertuples()]
+
+
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
-    df = results.read_results(cfg.results, warn=lambda m: log(f"warning: {m}"))
+    everything = results.read_results(cfg.results, warn=lambda m: log(f"warning: {m}"))
+    df = everything
     if "command" in df:
         df = df[df["command"] == "fine-tune"]
     if "status" in df:
@@ -109,4 +120,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     log(format_table(table, cfg.metric, cfg.format))
     if cfg.format != "csv" and "vs_best_baseline" in table:
         log("* difference from the best baseline (scratch, random-frozen, pixels-logreg) exceeds the spread over seeds")
+    if cfg.format != "csv":
+        for line in pretraining_cost(everything):
+            log(line)
     return table

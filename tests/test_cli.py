@@ -94,12 +94,18 @@ def test_compare_shows_mean_std_and_difference(workspace):
                           *TINY).exit_code == 0
     result = invoke("compare", "--results", workspace / "cmp.csv", "--format", "csv")
     assert result.exit_code == 0, result.output
-    lines = result.output.strip().splitlines()
-    assert lines[0].startswith("data,method,labels_per_class,mean,std,n,vs_scratch")
+    import io
+
+    table = pd.read_csv(io.StringIO(result.output))
+    assert list(table.columns[:6]) == ["data", "method", "labels_per_class", "mean", "std", "n"]
+    assert {"vs_scratch", "vs_best_baseline", "significant", "seconds"} <= set(table.columns)
     df = pd.read_csv(workspace / "cmp.csv")
-    scratch = df[df["method"] == "scratch"]["test_accuracy"]
-    row = [line for line in lines if ",scratch," in line][0].split(",")
-    assert float(row[3]) == pytest.approx(scratch.mean()) and int(row[5]) == 2
+    scratch = df[df["method"] == "scratch"]
+    row = table[table["method"] == "scratch"].iloc[0]
+    assert row["mean"] == pytest.approx(scratch["test_accuracy"].mean()) and row["n"] == 2
+    assert row["seconds"] == pytest.approx(scratch["seconds"].mean())
+    other = table[table["method"] != "scratch"].iloc[0]
+    assert other["vs_scratch"] == pytest.approx(other["mean"] - row["mean"])
     md = invoke("compare", "--results", workspace / "cmp.csv", "--format", "markdown").output
     assert "| autoencoder-top1 | 2 | 2 |" in md
 
