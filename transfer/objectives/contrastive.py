@@ -65,6 +65,11 @@ class SimCLR(keras.Model):
     def metrics(self):
         return [self.loss_tracker]
 
+    def build(self, input_shape):
+        features = self.encoder.compute_output_shape(tuple(input_shape))
+        self.projector.build((input_shape[0], features[-1]))
+        self.built = True
+
     def call(self, inputs, training=False):
         return self.embed(inputs, training)
 
@@ -110,7 +115,7 @@ def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, lear
           backup_dir=None):
     model = SimCLR(encoder, build_augment(train_images.shape[-1]))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    model(train_images[:2])  # build, so that a backup can be restored into it
+    model.build((None, *train_images.shape[1:]))  # built, so that a backup can be restored into it
     batch = min(batch_size, len(train_images))
     training.fit(model, train_images, None, epochs=epochs, batch_size=batch, history_path=history_path,
                  backup_dir=backup_dir, log=log, log_prefix="pretrain ",
