@@ -42,7 +42,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         outcome = objective.train(
             encoder, blocks, train_images, val_images,
             epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            history_path=staging / "history.csv", backup_dir=staging / "backup", log=log,
+            history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, seed=cfg.seed,
         )
         fit_seconds = time.perf_counter() - fit_start
         for w in outcome.warnings:

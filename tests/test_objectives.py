@@ -50,3 +50,30 @@ def test_unknown_objective():
 
     with pytest.raises(TransferError, match="unknown objective"):
         objectives.get("telepathy")
+
+
+def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
+    from transfer import training
+    from transfer.objectives import gan
+
+    def run(folder):
+        training.set_seed(3)
+        blocks = preset_blocks("small", (4, 8))
+        enc = models.build_encoder((8, 8, 1), blocks)
+        folder.mkdir()
+        result = gan.train(enc, blocks, images[:32], images[32:], epochs=3, batch_size=16, learning_rate=1e-3,
+                           history_path=folder / "h.csv", log=lambda m: None, seed=3)
+        return result, [np.array(w) for w in enc.weights]
+
+    first, weights1 = run(tmp_path / "a")
+    second, weights2 = run(tmp_path / "b")
+    assert np.isfinite(first.metrics["d_loss"]) and np.isfinite(first.metrics["g_loss"])
+    assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == [
+        "epoch_001.png", "epoch_002.png", "epoch_003.png"]
+    import pandas as pd
+
+    history = pd.read_csv(tmp_path / "a" / "h.csv")
+    assert {"d_loss", "g_loss"} <= set(history.columns) and len(history) == 3
+    assert first.metrics["d_loss"] == pytest.approx(second.metrics["d_loss"], rel=1e-4)
+    for w1, w2 in zip(weights1, weights2):
+        np.testing.assert_allclose(w1, w2, rtol=1e-4, atol=1e-5)

@@ -70,6 +70,7 @@ def fit(
     log: Callable[[str], None] | None = None,
     log_prefix: str = "",
     validation_data=None,
+    extra_callbacks=(),
 ):
     """model.fit with a CSV history and progress lines; returns the History.
 
@@ -86,6 +87,7 @@ def fit(
         callbacks.append(SafeBackupAndRestore(str(backup_dir), delete_checkpoint=True, double_checkpoint=True))
     if log is not None:
         callbacks.append(EpochLog(log, epochs, log_prefix))
+    callbacks.extend(extra_callbacks)
     history = model.fit(
         x,
         y,

@@ -3,7 +3,7 @@
 Each objective is a module exposing `NAME` and
 
     train(encoder, blocks, train_images, val_images, *, epochs, batch_size,
-          learning_rate, history_path, log, backup_dir=None) -> ObjectiveResult
+          learning_rate, history_path, log, backup_dir=None, seed=0) -> ObjectiveResult
 
 which trains `encoder` in place (resuming from `backup_dir` when it holds a
 backup of an interrupted fit). New objectives (denoising, masked,
@@ -30,12 +30,12 @@ class ObjectiveResult:
 
 
 def get(name: str):
-    from transfer.objectives import autoencoder, contrastive, denoising, masked
+    from transfer.objectives import autoencoder, contrastive, denoising, gan, masked
 
-    registry = {m.NAME: m for m in (autoencoder, contrastive, denoising, masked)}
+    registry = {m.NAME: m for m in (autoencoder, contrastive, denoising, gan, masked)}
     if name not in registry:
         raise TransferError(f"unknown objective '{name}'. Available: {sorted(registry)}")
     return registry[name]
 
 
-NAMES = ("contrastive", "autoencoder", "denoising", "masked")
+NAMES = ("contrastive", "autoencoder", "denoising", "masked", "gan")

@@ -62,7 +62,7 @@ def _dataset(images, batch_size, corrupt, shuffle, seed=0):
 
 
 def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epochs, batch_size,
-                         learning_rate, history_path, log, backup_dir=None):
+                         learning_rate, history_path, log, backup_dir=None, seed=0):
     corrupt = CORRUPTIONS[name]
     channels = train_images.shape[-1]
     decoder = models.build_decoder(encoder, blocks, channels)
@@ -70,7 +70,7 @@ def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epo
     autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     training.fit(
         autoencoder,
-        _dataset(train_images, batch_size, corrupt, shuffle=True),
+        _dataset(train_images, batch_size, corrupt, shuffle=True, seed=seed),
         None,
         epochs=epochs,
         batch_size=None,

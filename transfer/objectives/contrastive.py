@@ -112,7 +112,7 @@ def view_agreement(model: SimCLR, images: np.ndarray, batch_size: int) -> float:
 
 
 def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log,
-          backup_dir=None):
+          backup_dir=None, seed=0):
     model = SimCLR(encoder, build_augment(train_images.shape[-1]))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
     model.build((None, *train_images.shape[1:]))  # built, so that a backup can be restored into it
