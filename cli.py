@@ -17,6 +17,7 @@ from transfer.config import (  # noqa: E402
     FineTuneConfig,
     PredictConfig,
     PretrainConfig,
+    VisualizeConfig,
     field_defaults,
     load_toml,
 )
@@ -287,6 +288,8 @@ def fine_tune(**params):
      help="Columns to group runs by (comma-separated).")
 @opt(CompareConfig, "metric")
 @opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv"]))
+@opt(CompareConfig, "plot", type=click.Path(dir_okay=False),
+     help="Also draw the label-efficiency plot (metric against labels per class, spread over seeds shaded) to this PNG.")
 def compare(**params):
     """Mean ± std over seeds per group, and the difference from the baselines."""
     from pipelines import compare as pipeline
@@ -307,6 +310,22 @@ def predict(**params):
     from pipelines import predict as pipeline
 
     _run(pipeline, PredictConfig, params)
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@opt(VisualizeConfig, "out", type=click.Path(file_okay=False), help="Folder for the PNGs and index.html (default RUN_DIR/visualize).")
+@opt(VisualizeConfig, "layer", help="Layer whose units to visualize (default: the top block's last activation).")
+@opt(VisualizeConfig, "units", type=IntList(minimum=0), help="Channels of --layer to generate images for "
+     "(default: the first 8).")
+@opt(VisualizeConfig, "image", type=click.Path(dir_okay=False), help="Image for the feature maps (default: the first pretraining image).")
+def visualize(**params):
+    """Show what a pretrained encoder learned: filters, images that activate chosen units,
+    feature maps, and the run's reconstructions or samples, in RUN_DIR/visualize/index.html."""
+    _import_tensorflow_quietly()
+    from pipelines import visualize as pipeline
+
+    _run(pipeline, VisualizeConfig, params)
 
 
 @main.command()

@@ -92,6 +92,42 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
     return shown.to_string(index=False)
 
 
+def plot(df: pd.DataFrame, metric: str, path: str) -> None:
+    """Label efficiency: `metric` against labels per class (log scale), one line per method,
+    the spread over seeds (mean ± std) shaded; one panel per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(df["data"].dropna().unique()) if "data" in df else [None]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        part = df if name is None else df[df["data"] == name]
+        budgets = sorted({_budget_key(b) for b in part["labels_per_class"]})
+        finite = [b for b in budgets if b != math.inf]
+        at_all = (max(finite) * 2 if finite else 1.0)  # where "all" is drawn
+        for method, runs in sorted(part.groupby("method"), key=lambda kv: kv[0]):
+            stats = runs.assign(x=runs["labels_per_class"].map(lambda b: min(_budget_key(b), at_all))).groupby("x")[
+                metric].agg(["mean", "std"]).fillna(0.0).sort_index()
+            scale = 100.0 if "accuracy" in metric else 1.0
+            line, = ax.plot(stats.index, stats["mean"] * scale, marker="o", label=method,
+                            linestyle="--" if method in BASELINES else "-")
+            ax.fill_between(stats.index, (stats["mean"] - stats["std"]) * scale,
+                            (stats["mean"] + stats["std"]) * scale, color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log")
+        ticks = finite + ([at_all] if math.inf in budgets else [])
+        ax.set_xticks(ticks, [f"{t:g}" for t in finite] + (["all"] if math.inf in budgets else []))
+        ax.set_xlabel("labeled images per class")
+        ax.set_ylabel(metric + (" (%)" if "accuracy" in metric else ""))
+        ax.set_title(str(name) if name is not None else "")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def pretraining_cost(df: pd.DataFrame) -> list[str]:
     """One line per finished pretraining: the one-off cost every fine-tune of its encoder reuses."""
     if "command" not in df:
@@ -118,6 +154,11 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         raise TransferError(f"metric column '{cfg.metric}' is not numeric")
     table = summarize(df, by, cfg.metric)
     log(format_table(table, cfg.metric, cfg.format))
+    if cfg.plot:
+        if not {"method", "labels_per_class"} <= set(df.columns):
+            raise TransferError("--plot needs the columns method and labels_per_class")
+        plot(df, cfg.metric, cfg.plot)
+        log(f"wrote {cfg.plot}")
     if cfg.format != "csv" and "vs_best_baseline" in table:
         log("* difference from the best baseline (scratch, random-frozen, pixels-logreg) exceeds the spread over seeds")
     if cfg.format != "csv":

@@ -6,6 +6,7 @@ import shutil
 import time
 from pathlib import Path
 
+from pipelines import visualize
 from pipelines.common import config_dict, encoder_blocks, holdout_split, record_failure, report_skipped, save_preview
 from transfer import architectures, artifacts, data, models, objectives, results, training
 from transfer.config import PretrainConfig
@@ -65,6 +66,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             "metrics": outcome.metrics,
             "versions": artifacts.versions(),
         }
+        if cfg.plots:
+            visualize.write_report(encoder, staging / "visualize", image=val_images[0], layer=None,
+                                   units=None, run_dir=staging, seed=cfg.seed,
+                                   title=f"{cfg.objective} encoder, {cfg.arch} ({Path(cfg.out).name})")
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
         out = artifacts.finish_run_dir(staging, cfg.out)
     except TrainingDiverged as exc:

@@ -114,6 +114,7 @@ class CompareConfig:
     by: tuple[str, ...] = ("data", "method", "labels_per_class")
     metric: str = "test_accuracy"
     format: str = "text"
+    plot: str | None = None  # a PNG path: accuracy against labels per class
 
 
 @dataclass(frozen=True)
@@ -123,6 +124,15 @@ class PredictConfig:
     out: str = "predictions.csv"
     batch_size: int = 256
     overwrite: bool = False
+
+
+@dataclass(frozen=True)
+class VisualizeConfig:
+    run_dir: str = ""
+    out: str | None = None  # None: RUN_DIR/visualize
+    layer: str | None = None  # None: the top block's last activation
+    units: tuple[int, ...] | None = None  # None: the first 8 channels (or all, if fewer)
+    image: str | None = None  # None: the first image of the pretraining data
 
 
 @dataclass(frozen=True)

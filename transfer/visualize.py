@@ -1,0 +1,172 @@
+"""Seeing what an encoder learned: first-layer filters, images that activate chosen
+units most, and feature maps of one image through every block.
+
+All functions return float arrays in [0, 1] shaped (H, W, C) ready for `save_png`;
+`html_report` gathers PNGs into one self-contained page.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+from pathlib import Path
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from transfer.errors import TransferError
+
+
+def _tile(tiles: list[np.ndarray], columns: int, pad: int = 1) -> np.ndarray:
+    """Arrange equally sized (h, w, c) tiles in a grid with `pad` pixels of white between them."""
+    h, w, c = tiles[0].shape
+    rows = -(-len(tiles) // columns)
+    grid = np.ones((rows * (h + pad) + pad, columns * (w + pad) + pad, c), dtype=np.float32)
+    for i, t in enumerate(tiles):
+        r, col = divmod(i, columns)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + col * (w + pad) : pad + col * (w + pad) + w] = t
+    return grid
+
+
+def _unit_range(a: np.ndarray) -> np.ndarray:
+    lo, hi = float(a.min()), float(a.max())
+    return np.zeros_like(a, dtype=np.float32) if hi - lo < 1e-12 else ((a - lo) / (hi - lo)).astype(np.float32)
+
+
+def first_conv(encoder: keras.Model):
+    for layer in encoder.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            return layer
+    raise TransferError(f"{encoder.name} has no Conv2D layer")
+
+
+def filter_grid(encoder: keras.Model) -> np.ndarray:
+    """The first conv layer's kernels, each scaled to [0, 1]: RGB tiles when it sees 3
+    channels, otherwise one row of gray tiles per input channel."""
+    kernel = np.array(first_conv(encoder).kernel)  # (kh, kw, in, out)
+    kh, kw, cin, cout = kernel.shape
+    if cin == 3:
+        return _tile([_unit_range(kernel[:, :, :, o]) for o in range(cout)], columns=min(cout, 16))
+    tiles = [_unit_range(kernel[:, :, i, o])[..., None] for i in range(cin) for o in range(cout)]
+    return _tile(tiles, columns=cout)
+
+
+def _blur(x):
+    k = np.outer([1, 2, 1], [1, 2, 1]).astype("float32") / 16.0
+    channels = x.shape[-1]
+    kernel = tf.constant(np.tile(k[:, :, None, None], (1, 1, channels, 1)))
+    return tf.nn.depthwise_conv2d(x, kernel, [1, 1, 1, 1], "SAME")
+
+
+def maximize_activation(
+    encoder: keras.Model, layer: str, units: list[int], steps: int = 128, step_size: float = 0.05,
+    l2: float = 1e-3, jitter: int = 1, blur_every: int = 4, seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images generated to activate each of `units` of `layer` most (gradient ascent from noise).
+
+    Regularizers keep the result a pattern rather than noise: a small L2
+    penalty, random jitter (the image is shifted a pixel each step) and a
+    light blur every `blur_every` steps; pixels stay in [0, 1].
+
+    Returns:
+        (images (n, H, W, C), mean activation of each unit on its starting
+        noise, mean activation on the final image), activations as the layer
+        outputs them.
+    """
+    target = find_layer(encoder, layer)
+    # Ascend the pre-activation when the layer is an activation: a ReLU unit that the
+    # starting noise leaves at zero has no gradient, its input always has one.
+    pre = target.input if isinstance(target, keras.layers.Activation) else target.output
+    probe = keras.Model(encoder.input, [pre, target.output])
+    channels = target.output.shape[-1]
+    bad = [u for u in units if not 0 <= u < channels]
+    if bad:
+        raise TransferError(f"units {bad} are out of range: layer {layer} has {channels} channels (0..{channels - 1})")
+    rng = np.random.default_rng(seed)
+    shape = (len(units), *encoder.input.shape[1:])
+    x = tf.Variable(np.clip(0.5 + 0.1 * rng.standard_normal(shape), 0, 1).astype("float32"))
+    select = tf.constant(np.eye(channels, dtype="float32")[units])  # (n, channels)
+
+    def unit_means(images, which=0):
+        act = probe(images, training=False)[which]
+        return tf.reduce_sum(tf.reduce_mean(act, axis=(1, 2)) * select, axis=1)
+
+    start = unit_means(x, 1).numpy()
+    for step in range(steps):
+        dy, dx = (int(v) for v in rng.integers(-jitter, jitter + 1, size=2))
+        with tf.GradientTape() as tape:
+            shifted = tf.roll(x, shift=[dy, dx], axis=[1, 2])
+            objective = tf.reduce_sum(unit_means(shifted)) - l2 * tf.reduce_sum(tf.square(x - 0.5))
+        grad = tape.gradient(objective, x)
+        grad = grad / (tf.math.reduce_std(grad, axis=(1, 2, 3), keepdims=True) + 1e-8)
+        x.assign(tf.clip_by_value(x + step_size * grad, 0.0, 1.0))
+        if blur_every and (step + 1) % blur_every == 0 and step + 1 < steps:
+            x.assign(_blur(x))
+    return x.numpy(), start, unit_means(x, 1).numpy()
+
+
+def find_layer(encoder: keras.Model, name: str):
+    try:
+        return encoder.get_layer(name)
+    except ValueError:
+        names = [l.name for l in encoder.layers if "conv" in l.name or "act" in l.name or l.name.endswith("_out")]
+        raise TransferError(f"no layer {name!r} in the encoder. Conv-related layers: {', '.join(names)}") from None
+
+
+def default_layer(encoder: keras.Model) -> str:
+    """The last activation layer of the top block (what the head reads, before pooling)."""
+    acts = [l.name for l in encoder.layers if l.name.startswith("block") and "_act" in l.name]
+    if not acts:
+        raise TransferError("the encoder has no block activation layers; name one with --layer")
+    return acts[-1]
+
+
+def activation_grid(images: np.ndarray) -> np.ndarray:
+    tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in images]
+    return _tile(tiles, columns=min(len(tiles), 8))
+
+
+def feature_maps(encoder: keras.Model, image: np.ndarray, per_block: int = 16) -> np.ndarray:
+    """One row per block: the first `per_block` channels of its output for `image`,
+    each scaled to [0, 1] and resized to the input's size."""
+    outs = [l.output for l in encoder.layers if l.name.startswith("block") and l.name.endswith("_out")]
+    maps = keras.Model(encoder.input, outs)(image[None], training=False)
+    maps = maps if isinstance(maps, (list, tuple)) else [maps]
+    size = image.shape[:2]
+    rows = []
+    for m in maps:
+        m = np.array(m)[0]
+        tiles = [np.array(tf.image.resize(_unit_range(m[..., c])[..., None], size, method="nearest"))
+                 for c in range(min(per_block, m.shape[-1]))]
+        tiles += [np.ones_like(tiles[0])] * (per_block - len(tiles))
+        rows.append(_tile(tiles, columns=per_block))
+    source = _tile([image if image.shape[-1] in (1, 3) else image[..., :3]], columns=1)
+    width = max(r.shape[1] for r in rows)
+    pad = lambda a, c: np.pad(a if a.shape[-1] == c else np.repeat(a[..., :1], c, -1),  # noqa: E731
+                              ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=1.0)
+    c = 3 if source.shape[-1] == 3 else 1
+    return np.concatenate([pad(source, c)] + [pad(r, c) for r in rows], axis=0)
+
+
+def save_png(image: np.ndarray, path: str | Path, min_px: int = 256) -> None:
+    """Save a [0, 1] (H, W, C) array, enlarged by a whole factor so it is at least `min_px` wide."""
+    from PIL import Image
+
+    scale = max(1, -(-min_px // image.shape[1]))
+    arr = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
+    arr = np.kron(arr, np.ones((scale, scale, 1), dtype=np.uint8))
+    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3]).save(path)
+
+
+def html_report(title: str, sections: list[tuple[str, str, Path]]) -> str:
+    """A self-contained page: each (heading, caption, png path) embedded as base64."""
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1000px;margin:2em auto}"
+             "img{image-rendering:pixelated;max-width:100%;border:1px solid #ccc}</style>",
+             f"<h1>{html.escape(title)}</h1>"]
+    for heading, caption, path in sections:
+        data = base64.b64encode(Path(path).read_bytes()).decode()
+        parts.append(f"<h2>{html.escape(heading)}</h2><p>{html.escape(caption)}</p>"
+                     f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
+    return "\n".join(parts) + "\n"
