@@ -9,7 +9,8 @@ from transfer.errors import TransferError
 
 def _save_run(tmp_path, name="enc"):
     enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
-    staging = artifacts.start_run_dir(tmp_path / name, overwrite=False)
+    staging, resumed = artifacts.start_run_dir(tmp_path / name, overwrite=False)
+    assert not resumed
     digest = artifacts.save_model(enc, staging / "encoder.keras")
     artifacts.write_json(staging / "manifest.json", {
         "format": artifacts.FORMAT, "kind": "encoder", "model_file": "encoder.keras", "model_sha256": digest,
@@ -30,7 +31,7 @@ def test_encoder_round_trip_is_identical(tmp_path):
 def test_existing_run_dir_is_not_overwritten_without_flag(tmp_path):
     _, run = _save_run(tmp_path)
     before = (run / "encoder.keras").read_bytes()
-    with pytest.raises(TransferError, match="already exists; pass --overwrite"):
+    with pytest.raises(TransferError, match="is complete; pass --overwrite"):
         artifacts.start_run_dir(run, overwrite=False)
     assert (run / "encoder.keras").read_bytes() == before
 

@@ -142,11 +142,14 @@ def test_config_file_fills_options_and_command_line_wins(workspace, tmp_path):
 @pytest.fixture
 def guarded(workspace):
     """Snapshot results and the encoder dir; assert they are untouched after the test."""
+    def files(folder):
+        return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
     results_before = (workspace / "results.csv").read_bytes()
-    enc_before = {p.name: p.read_bytes() for p in (workspace / "enc").iterdir()}
+    enc_before = files(workspace / "enc")
     yield workspace
     assert (workspace / "results.csv").read_bytes() == results_before
-    assert {p.name: p.read_bytes() for p in (workspace / "enc").iterdir()} == enc_before
+    assert files(workspace / "enc") == enc_before
 
 
 def ft(ws, *extra):
