@@ -218,7 +218,7 @@ def _fit_end_to_end(cfg, encoder, train, test, staging, log):
     training.fit(classifier, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
                  history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, log_prefix="train ")
     seconds = time.perf_counter() - fit_start
-    training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size)
+    training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size, seed=cfg.seed)
     return classifier, {**_evaluate(classifier, train, test),
                         "images_per_second": round(len(train) * cfg.epochs / seconds, 1)}
 

@@ -87,6 +87,16 @@ def test_weights_identical_reports_a_violation():
     assert not training.weights_identical(enc, before)
 
 
+def test_recalibrate_batchnorm_gives_population_statistics_even_for_class_sorted_data():
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4,), activation="linear"))
+    x = np.concatenate([np.zeros((64, 8, 8, 1)), np.ones((64, 8, 8, 1)) * 4]).astype("float32")  # sorted
+    training.recalibrate_batchnorm(enc, x, 16)
+    conv_out = keras.Model(enc.input, enc.get_layer("block1_conv1").output).predict(x, verbose=0)
+    np.testing.assert_allclose(
+        np.array(enc.get_layer("block1_bn1").moving_mean), conv_out.mean(axis=(0, 1, 2)), rtol=0.02, atol=0.02
+    )
+
+
 def test_recalibrate_batchnorm_moves_statistics_toward_data():
     enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4,), activation="linear"))
     x = np.random.rand(64, 8, 8, 1).astype("float32") + 10.0

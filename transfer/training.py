@@ -109,24 +109,26 @@ def fit(
     return history
 
 
-def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, passes: int = 3) -> None:
-    """Re-estimate BatchNorm moving statistics on x (no weight updates).
+def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, seed: int = 0) -> None:
+    """Set BatchNorm moving statistics to their average over one shuffled pass of x.
 
     Few-label training takes too few steps for the moving averages to reach
     the statistics the trained weights produce; evaluating with stale
     statistics is the classic cause of a from-scratch CNN "collapsing" at test
-    time. Running forward passes in training mode refreshes them.
+    time. The pass runs in training mode with no weight updates; batch k
+    enters with momentum (k-1)/k, so the result is the plain mean over all
+    batches. Shuffling matters: class-sorted batches would skew it.
     """
     bns = [l for l in _all_layers(model) if isinstance(l, keras.layers.BatchNormalization) and l.trainable]
     if not bns:
         return
     saved = [b.momentum for b in bns]
+    order = np.random.default_rng(seed).permutation(len(x))
     try:
-        for b in bns:
-            b.momentum = 0.5
-        for _ in range(passes):
-            for start in range(0, len(x), batch_size):
-                model(x[start : start + batch_size], training=True)
+        for k, start in enumerate(range(0, len(x), batch_size), start=1):
+            for b in bns:
+                b.momentum = (k - 1) / k
+            model(x[order[start : start + batch_size]], training=True)
     finally:
         for b, m in zip(bns, saved):
             b.momentum = m
