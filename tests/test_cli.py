@@ -319,3 +319,21 @@ def test_divergence_stops_the_run_and_marks_it_failed(workspace, tmp_path):
     assert df["status"].tolist() == ["failed"] and pd.isna(df.loc[0, "test_accuracy"])
     assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
     assert_user_error(invoke("compare", "--results", tmp_path / "r.csv"), "no finished fine-tune runs")
+
+
+def test_freeze_audit_column_reports_a_violation(workspace, tmp_path, monkeypatch):
+    """If anything touches the frozen encoder while the head is fit, the row says so."""
+    from pipelines import fine_tune as pipeline
+
+    original = pipeline.models.build_classifier
+
+    def touching_build_classifier(features, head):
+        bn = features.get_layer("encoder").get_layer("block1_bn1")
+        bn.moving_mean.assign(bn.moving_mean + 1.0)  # a stand-in for a bug that updates BN statistics
+        return original(features, head)
+
+    monkeypatch.setattr(pipeline.models, "build_classifier", touching_build_classifier)
+    result = ft(workspace, "--data", workspace / "labeled", "--encoder", workspace / "enc", "--unfreeze-top", "0",
+                "--labels-per-class", "3", "--out", tmp_path / "run", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    assert not pd.read_csv(tmp_path / "r.csv").iloc[0]["encoder_unchanged"]
