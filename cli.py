@@ -217,13 +217,15 @@ main.help += ", ".join(builtins.names()) + "."
 @arch_options(PretrainConfig)
 @opt(PretrainConfig, "image-size", type=click.IntRange(1), help="Images are resized to this square size.")
 @opt(PretrainConfig, "channels", type=click.IntRange(1), help="Channels (default: 1 if all images are gray, else 3).")
-@opt(PretrainConfig, "epochs", type=click.IntRange(1))
-@opt(PretrainConfig, "batch-size", type=click.IntRange(1))
-@opt(PretrainConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True))
-@opt(PretrainConfig, "seed", type=int)
+@opt(PretrainConfig, "epochs", type=click.IntRange(1), help="Passes over the unlabeled images.")
+@opt(PretrainConfig, "batch-size", type=click.IntRange(1),
+     help="Images per step (contrastive: also the number of negatives each image is contrasted with).")
+@opt(PretrainConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True), help="Adam's learning rate (gan: 2e-4 fixed).")
+@opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
-@opt(PretrainConfig, "plots/--no-plots", "plots", help="Write reconstructions.png.")
+@opt(PretrainConfig, "plots/--no-plots", "plots",
+     help="Write the preview PNG (reconstructions, views or samples) and the visualize/ report.")
 def pretrain(**params):
     """Pretrain an encoder on unlabeled images (SRC labels are ignored).
 
@@ -257,11 +259,14 @@ def pretrain(**params):
 @opt(FineTuneConfig, "unfreeze-top", type=click.IntRange(0),
      help="With --freeze all: after the head is fit, train the top K conv blocks further "
           "(BatchNorm stays frozen) at --fine-tune-learning-rate for --fine-tune-epochs.")
-@opt(FineTuneConfig, "fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True))
-@opt(FineTuneConfig, "fine-tune-epochs", type=click.IntRange(1))
-@opt(FineTuneConfig, "epochs", type=click.IntRange(1))
-@opt(FineTuneConfig, "batch-size", type=click.IntRange(1))
-@opt(FineTuneConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True))
+@opt(FineTuneConfig, "fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True),
+     help="Learning rate while the top blocks are unfrozen.")
+@opt(FineTuneConfig, "fine-tune-epochs", type=click.IntRange(1), help="Epochs while the top blocks are unfrozen.")
+@opt(FineTuneConfig, "epochs", type=click.IntRange(1),
+     help="Epochs of a hidden-layer head, or of training with --freeze none (a linear head needs none).")
+@opt(FineTuneConfig, "batch-size", type=click.IntRange(1), help="Labeled images per step.")
+@opt(FineTuneConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True),
+     help="Adam's learning rate for the head, or for everything with --freeze none.")
 @opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")
 @arch_options(FineTuneConfig)
 @opt(FineTuneConfig, "image-size", type=click.IntRange(1), help="With --encoder random only.")
@@ -283,11 +288,11 @@ def fine_tune(**params):
 
 @main.command()
 @config_option(CompareConfig)
-@opt(CompareConfig, "results", type=click.Path(dir_okay=False))
+@opt(CompareConfig, "results", type=click.Path(dir_okay=False), help="The results table to read.")
 @opt(CompareConfig, "by", type=str, default=",".join(CompareConfig.by), callback=lambda c, p, v: _split(v),
      help="Columns to group runs by (comma-separated).")
-@opt(CompareConfig, "metric")
-@opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv"]))
+@opt(CompareConfig, "metric", help="Numeric column to compare.")
+@opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv"]), help="Output format (csv keeps raw numbers).")
 @opt(CompareConfig, "plot", type=click.Path(dir_okay=False),
      help="Also draw the label-efficiency plot (metric against labels per class, spread over seeds shaded) to this PNG.")
 def compare(**params):
@@ -302,7 +307,7 @@ def compare(**params):
 @opt(PredictConfig, "model", required=True, help="A fine-tune run directory.")
 @opt(PredictConfig, "data", required=True, help="Images to classify: directory, CSV with a path column, or built-in.")
 @opt(PredictConfig, "out", type=click.Path(dir_okay=False), help="CSV to write.")
-@opt(PredictConfig, "batch-size", type=click.IntRange(1))
+@opt(PredictConfig, "batch-size", type=click.IntRange(1), help="Images per prediction batch.")
 @opt(PredictConfig, "overwrite", is_flag=True, help="Replace an existing output file.")
 def predict(**params):
     """Classify images with a fine-tuned model: path, predicted class, probability of each class."""

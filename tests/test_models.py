@@ -44,6 +44,8 @@ def test_too_small_image_is_refused_with_advice():
         models.build_encoder((16, 16, 1), preset_blocks("lenet5"), "lenet5")
     with pytest.raises(TransferError, match="unknown arch"):
         preset_blocks("alexnet")
+    with pytest.raises(TransferError, match="unknown activation 'sparkle'"):
+        models.build_encoder((8, 8, 1), preset_blocks("small", activation="sparkle"))
 
 
 @pytest.mark.parametrize("arch,size", [("small", 16), ("lenet5", 32), ("resnet", 12)])

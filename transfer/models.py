@@ -58,6 +58,12 @@ def build_encoder(input_shape: tuple[int, int, int], blocks: list[Block], arch: 
     if input_shape[0] != input_shape[1]:
         raise TransferError(f"encoders take square images. Received: input_shape={input_shape}")
     block_shapes(blocks, input_shape[0], arch)
+    for block in blocks:
+        try:
+            keras.activations.get(block.activation)
+        except ValueError:
+            raise TransferError(f"unknown activation {block.activation!r}; use a Keras name such as relu, "
+                                "tanh, gelu, elu, leaky_relu") from None
     inputs = keras.Input(input_shape, name="image")
     x = inputs
     for i, block in enumerate(blocks, start=1):
