@@ -32,7 +32,7 @@ def run(cfg: DemoConfig, log=print):
     variants = [(str(out / "encoder"), "all", {}), ("random", "all", {"unfreeze_top": 0}), ("random", "none", {})]
     total = len(variants) * len(cfg.labels_per_class) * len(cfg.seeds)
     done = 0
-    log(f"[2/3] {total} fine-tunes: pretrained-frozen, random-frozen, scratch x "
+    log(f"[2/3] {total} fine-tunes: pretrained (default recipe), random-frozen, scratch x "
         f"labels per class {list(cfg.labels_per_class)} x seeds {list(cfg.seeds)}")
     for budget in cfg.labels_per_class:
         for seed in cfg.seeds:

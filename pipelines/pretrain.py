@@ -100,4 +100,6 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     if "recon_mse" in m:
         log(f"reconstruction MSE {m['recon_mse']:.5f} (all-zeros {m['baseline_zeros_mse']:.5f}, "
             f"mean image {m['baseline_mean_mse']:.5f}) -> {Path(out)}")
+    else:
+        log(", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)) + f" -> {Path(out)}")
     return row
