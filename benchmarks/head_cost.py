@@ -43,8 +43,6 @@ def worker(mode: str, epochs: int, image_size: int, out_dir: str) -> dict:
 
 def recomputed(cfg) -> dict:
     """The naive way: the frozen encoder runs inside every training step."""
-    import numpy as np
-
     from transfer import data, heads, models, training
     from transfer.architectures import preset_blocks
 
@@ -96,8 +94,8 @@ def main() -> None:
 
     print(f"\nHead fitting on a frozen vgg encoder, {LABELS_PER_CLASS * 10} labeled digits at "
           f"{args.image_size}x{args.image_size}; whole-process wall time\n")
-    print(f"| features   | head epochs | wall s | test accuracy |")
-    print(f"|---|---:|---:|---:|")
+    print("| features   | head epochs | wall s | test accuracy |")
+    print("|---|---:|---:|---:|")
     for mode, n, wall, acc in rows:
         print(f"| {mode:<10} | {n:>11} | {wall:6.1f} | {100 * acc:12.1f} |")
     by = {(m, n): (w, a) for m, n, w, a in rows}

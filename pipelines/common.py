@@ -14,7 +14,7 @@ from transfer.errors import TransferError
 
 def report_skipped(dataset: data_lib.ImageSet, log) -> None:
     if dataset.skipped:
-        path, reason = dataset.skipped[0]
+        _, reason = dataset.skipped[0]
         log(f"skipped {len(dataset.skipped)} unreadable file(s); first: {reason}")
 
 
