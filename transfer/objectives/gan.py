@@ -1,7 +1,7 @@
 """Adversarial pretraining (DCGAN, Radford et al. 2015): the encoder is the discriminator.
 
-A generator (latent noise -> Dense -> the decoder that mirrors the encoder)
-makes images like the training data; the discriminator (the encoder's conv
+A DCGAN generator (latent noise -> Dense -> kernel-4 transposed convs) makes
+images like the training data; the discriminator (the encoder's conv
 blocks, flattened, plus the batch's feature spread, and one logit) learns to
 tell them from real ones. Radford et al. showed that discriminator features transfer to
 classification. After training, the discriminator's conv blocks are saved as
@@ -40,13 +40,26 @@ GRID = 8
 
 
 def build_generator(encoder, blocks, channels: int, latent: int = LATENT) -> keras.Model:
-    feature_shape = tuple(encoder.output.shape[1:])
+    """DCGAN generator: noise -> Dense to a 4x4-ish map -> kernel-4, stride-2 transposed
+    convs (kernel divisible by stride: no checkerboard), BatchNorm, ReLU -> sigmoid image.
+    `blocks` is unused: the generator need not mirror the encoder."""
+    size = encoder.input.shape[1]
+    steps = max(1, int(np.floor(np.log2(max(size, 8) / 4))))
+    start = -(-size // 2**steps)
+    width = min(256, 32 * 2**steps)
     z = keras.Input((latent,), name="noise")
-    x = layers.Dense(int(np.prod(feature_shape)), use_bias=False, name="project")(z)
+    x = layers.Dense(start * start * width, use_bias=False, name="project")(z)
     x = layers.BatchNormalization(momentum=models.BN_MOMENTUM, name="project_bn")(x)
     x = layers.Activation("relu", name="project_act")(x)
-    x = layers.Reshape(feature_shape, name="to_maps")(x)
-    images = models.build_decoder(encoder, blocks, channels)(x)
+    x = layers.Reshape((start, start, width), name="to_maps")(x)
+    for i in range(1, steps + 1):
+        width = max(width // 2, 32)
+        x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"g{i}_deconv")(x)
+        x = layers.BatchNormalization(momentum=models.BN_MOMENTUM, name=f"g{i}_bn")(x)
+        x = layers.Activation("relu", name=f"g{i}_act")(x)
+    if x.shape[1] != size:
+        x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
+    images = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="image")(x)
     return keras.Model(z, images, name="generator")
 
 
