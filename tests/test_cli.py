@@ -337,3 +337,17 @@ def test_freeze_audit_column_reports_a_violation(workspace, tmp_path, monkeypatc
                 "--labels-per-class", "3", "--out", tmp_path / "run", "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert not pd.read_csv(tmp_path / "r.csv").iloc[0]["encoder_unchanged"]
+
+
+def test_gan_encoder_fine_tunes_through_the_normal_cli(workspace, tmp_path):
+    result = invoke("pretrain", "--data", workspace / "labeled", "--out", tmp_path / "gan", "--epochs", "2",
+                    "--objective", "gan", "--results", tmp_path / "r.csv", "--no-plots", *TINY)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "gan" / "samples" / "epoch_002.png").is_file()
+    history = pd.read_csv(tmp_path / "gan" / "history.csv")
+    assert {"d_loss", "g_loss"} <= set(history.columns) and np.isfinite(history[["d_loss", "g_loss"]]).all().all()
+    result = ft(workspace, "--data", workspace / "labeled", "--encoder", tmp_path / "gan", "--labels-per-class", "3",
+                "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
+    assert row["method"] == "gan-top1" and row["objective"] == "gan"
