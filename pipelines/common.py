@@ -36,20 +36,12 @@ def holdout_split(ids: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, n
     return data_lib.split_test(np.zeros(len(ids), dtype=np.int64), ids, fraction)
 
 
-def save_preview(path: Path, originals: np.ndarray, reconstructions: np.ndarray, min_px: int = 64) -> None:
-    """A PNG with originals in the top row and their reconstructions below."""
-    from PIL import Image
+def save_preview(path: Path, originals: np.ndarray, reconstructions: np.ndarray) -> None:
+    """A PNG with originals in the top row and their reconstructions (or views, samples) below."""
+    from transfer import visualize
 
-    n, h, w, c = originals.shape
-    scale = max(1, -(-min_px // h))
-    grid = np.ones((2 * h + 2, n * (w + 2), c), dtype=np.float32)
-    for i in range(n):
-        x0 = i * (w + 2) + 1
-        grid[:h, x0 : x0 + w] = originals[i]
-        grid[h + 2 :, x0 : x0 + w] = reconstructions[i]
-    grid = np.clip(grid * 255.0 + 0.5, 0, 255).astype(np.uint8)
-    grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
-    Image.fromarray(grid[..., 0] if c == 1 else grid[..., :3]).save(path)
+    tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in [*originals, *reconstructions]]
+    visualize.save_png(visualize.tile(tiles, columns=len(originals)), path, min_px=512)
 
 
 def record_failure(results_path: str, row: dict, error: Exception) -> None:

@@ -71,18 +71,19 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     start = time.perf_counter()
     run_id = results.new_run_id("fine-tune")
     out = Path(cfg.out) if cfg.out else Path("runs") / run_id
-    encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
-    dataset, train, test = _load_splits(cfg, image_size, channels, log)
-    channels = train.images.shape[-1]
-    objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
-    method = method_name(objective, cfg.freeze, cfg.unfreeze_top)
-    leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
-    if leaked:
-        log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
+    # First: a finished run is reported before any model or data is loaded.
     staging, resumed = artifacts.start_run_dir(out, cfg.overwrite, config_dict(cfg))
     if resumed:
         log(f"resuming the interrupted run in {staging}")
     try:
+        encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
+        dataset, train, test = _load_splits(cfg, image_size, channels, log)
+        channels = train.images.shape[-1]
+        objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
+        method = method_name(objective, cfg.freeze, cfg.unfreeze_top)
+        leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
+        if leaked:
+            log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
         training.set_seed(cfg.seed)
         if encoder is None and blocks is not None:
             encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)

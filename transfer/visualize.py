@@ -18,7 +18,7 @@ import tensorflow as tf
 from transfer.errors import TransferError
 
 
-def _tile(tiles: list[np.ndarray], columns: int, pad: int = 1) -> np.ndarray:
+def tile(tiles: list[np.ndarray], columns: int, pad: int = 1) -> np.ndarray:
     """Arrange equally sized (h, w, c) tiles in a grid with `pad` pixels of white between them."""
     h, w, c = tiles[0].shape
     rows = -(-len(tiles) // columns)
@@ -47,9 +47,9 @@ def filter_grid(encoder: keras.Model) -> np.ndarray:
     kernel = np.array(first_conv(encoder).kernel)  # (kh, kw, in, out)
     kh, kw, cin, cout = kernel.shape
     if cin == 3:
-        return _tile([_unit_range(kernel[:, :, :, o]) for o in range(cout)], columns=min(cout, 16))
+        return tile([_unit_range(kernel[:, :, :, o]) for o in range(cout)], columns=min(cout, 16))
     tiles = [_unit_range(kernel[:, :, i, o])[..., None] for i in range(cin) for o in range(cout)]
-    return _tile(tiles, columns=cout)
+    return tile(tiles, columns=cout)
 
 
 def _blur(x):
@@ -124,7 +124,7 @@ def default_layer(encoder: keras.Model) -> str:
 
 def activation_grid(images: np.ndarray) -> np.ndarray:
     tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in images]
-    return _tile(tiles, columns=min(len(tiles), 8))
+    return tile(tiles, columns=min(len(tiles), 8))
 
 
 def feature_maps(encoder: keras.Model, image: np.ndarray, per_block: int = 16) -> np.ndarray:
@@ -140,8 +140,8 @@ def feature_maps(encoder: keras.Model, image: np.ndarray, per_block: int = 16) -
         tiles = [np.array(tf.image.resize(_unit_range(m[..., c])[..., None], size, method="nearest"))
                  for c in range(min(per_block, m.shape[-1]))]
         tiles += [np.ones_like(tiles[0])] * (per_block - len(tiles))
-        rows.append(_tile(tiles, columns=per_block))
-    source = _tile([image if image.shape[-1] in (1, 3) else image[..., :3]], columns=1)
+        rows.append(tile(tiles, columns=per_block))
+    source = tile([image if image.shape[-1] in (1, 3) else image[..., :3]], columns=1)
     width = max(r.shape[1] for r in rows)
     pad = lambda a, c: np.pad(a if a.shape[-1] == c else np.repeat(a[..., :1], c, -1),  # noqa: E731
                               ((0, 0), (0, width - a.shape[1]), (0, 0)), constant_values=1.0)

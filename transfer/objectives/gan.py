@@ -145,18 +145,11 @@ class SampleGrid(keras.callbacks.Callback):
         save_grid(self.generator.predict(self.noise, verbose=0), self.folder / f"epoch_{epoch + 1:03d}.png")
 
 
-def save_grid(images: np.ndarray, path: Path, min_px: int = 32) -> None:
-    from PIL import Image
+def save_grid(images: np.ndarray, path: Path) -> None:
+    from transfer import visualize
 
-    n, h, w, c = images.shape
-    side = int(np.ceil(np.sqrt(n)))
-    grid = np.zeros((side * h, side * w, c), dtype=np.float32)
-    for i, img in enumerate(images):
-        r, col = divmod(i, side)
-        grid[r * h : (r + 1) * h, col * w : (col + 1) * w] = img
-    scale = max(1, -(-min_px // h))
-    grid = np.kron(np.clip(grid * 255 + 0.5, 0, 255).astype(np.uint8), np.ones((scale, scale, 1), dtype=np.uint8))
-    Image.fromarray(grid[..., 0] if c == 1 else grid[..., :3]).save(path)
+    tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in images]
+    visualize.save_png(visualize.tile(tiles, columns=int(np.ceil(np.sqrt(len(tiles)))), pad=0), path)
 
 
 def diversity(images: np.ndarray) -> float:
