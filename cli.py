@@ -16,11 +16,13 @@ from transfer.config import (  # noqa: E402
     DemoConfig,
     FineTuneConfig,
     PredictConfig,
+    PrepareConfig,
     PretrainConfig,
     VisualizeConfig,
     field_defaults,
     load_toml,
 )
+from transfer.distribute import STRATEGIES, WorkerFailed  # noqa: E402
 from transfer.errors import RunComplete, TransferError  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 
@@ -31,6 +33,12 @@ class UserError(click.ClickException):
     """One line on stderr, exit code 2, no traceback."""
 
     exit_code = 2
+
+
+class RunFailed(click.ClickException):
+    """A run that failed for a reason other than its input (e.g. a lost worker): one line, exit code 1."""
+
+    exit_code = 1
 
 
 class OneLineCommand(click.Command):
@@ -190,6 +198,8 @@ def _run(pipeline, cls, params: dict):
         return None
     except TransferError as exc:
         raise UserError(str(exc)) from None
+    except WorkerFailed as exc:
+        raise RunFailed(str(exc)) from None
 
 
 @click.group(cls=TransferGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -226,6 +236,10 @@ main.help += ", ".join(builtins.names()) + "."
 @opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
 @opt(PretrainConfig, "plots/--no-plots", "plots",
      help="Write the preview PNG (reconstructions, views or samples) and the visualize/ report.")
+@opt(PretrainConfig, "strategy", type=click.Choice(STRATEGIES),
+     help="tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines "
+          "listed in TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several "
+          "workers, mirrored if several GPUs, else one).")
 def pretrain(**params):
     """Pretrain an encoder on unlabeled images (SRC labels are ignored).
 
@@ -274,6 +288,10 @@ def pretrain(**params):
 @opt(FineTuneConfig, "out", type=click.Path(file_okay=False), help="Run directory (default runs/RUN_ID).")
 @opt(FineTuneConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(FineTuneConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
+@opt(FineTuneConfig, "strategy", type=click.Choice(STRATEGIES),
+     help="tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines "
+          "listed in TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several "
+          "workers, mirrored if several GPUs, else one).")
 def fine_tune(**params):
     """Fit a dense head on an encoder for a labeled task; log one row.
 
@@ -284,6 +302,24 @@ def fine_tune(**params):
     from pipelines import fine_tune as pipeline
 
     _run(pipeline, FineTuneConfig, params)
+
+
+@main.command()
+@click.argument("src")
+@opt(PrepareConfig, "out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
+@opt(PrepareConfig, "image-size", type=click.IntRange(1), help="Images are resized to this square size once.")
+@opt(PrepareConfig, "channels", type=click.IntRange(1), help="Channels (default: 1 if all images are gray, else 3).")
+@opt(PrepareConfig, "labeled", is_flag=True, help="Keep labels (class subfolders or the CSV's label column).")
+def prepare(**params):
+    """Decode and resize SRC (a directory or CSV manifest) once into sharded TFRecord files.
+
+    The prepared directory is a source for pretrain and fine-tune (same --image-size):
+    no image is decoded again, and multiworker runs split its shards between workers.
+    """
+    _import_tensorflow_quietly()
+    from pipelines import prepare as pipeline
+
+    _run(pipeline, PrepareConfig, params)
 
 
 @main.command()

@@ -12,10 +12,10 @@ from transfer import architectures, results
 from transfer.errors import TransferError
 
 
-def report_skipped(dataset: data_lib.ImageSet, log) -> None:
-    if dataset.skipped:
-        _, reason = dataset.skipped[0]
-        log(f"skipped {len(dataset.skipped)} unreadable file(s); first: {reason}")
+def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
+    """One line for the files skipped as unreadable (`skipped` holds (path, reason) pairs)."""
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable file(s){' ' + when if when else ''}; first: {skipped[0][1]}")
 
 
 def encoder_blocks(cfg) -> list[architectures.Block]:
@@ -29,10 +29,15 @@ def config_dict(cfg) -> dict:
     return d
 
 
-def holdout_split(ids: np.ndarray, fraction: float = 0.1) -> tuple[np.ndarray, np.ndarray]:
-    """Deterministic (train, held-out) split of unlabeled images by content id."""
+HOLDOUT_FRACTION = 0.1
+HOLDOUT_MAX = 1024  # held-out images are kept in memory for metrics and previews
+
+
+def holdout_split(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic (train, held-out) split of unlabeled images by content id: 10%, at most 1,024."""
     if len(ids) < 2:
         raise TransferError(f"pretraining needs at least 2 images. Received: {len(ids)}")
+    fraction = min(HOLDOUT_FRACTION, HOLDOUT_MAX / len(ids))
     return data_lib.split_test(np.zeros(len(ids), dtype=np.int64), ids, fraction)
 
 

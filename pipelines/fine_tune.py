@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import keras
 import numpy as np
 
 from pipelines.common import config_dict, encoder_blocks, record_failure, report_skipped
-from transfer import architectures, artifacts, data, heads, models, results, training
+from transfer import architectures, artifacts, data, distribute, heads, models, results, stream, training
 from transfer.config import FineTuneConfig
 from transfer.errors import TrainingDiverged, TransferError
 
@@ -46,24 +48,45 @@ def _resolve_encoder(cfg: FineTuneConfig):
     return encoder, manifest, int(pre["image_size"]), int(pre["channels"]), None
 
 
+@dataclass
+class TestSplit:
+    """The test images: listed, streamed through the model at evaluation, never all in memory."""
+
+    source: stream.Listing
+    index: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.source.ids[self.index]
+
+    def batches(self, image_size: int, batch_size: int = 256):
+        return stream.dataset(self.source, self.index, image_size, batch_size=batch_size, with_labels=True)
+
+
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
-    dataset = data.load_labeled(cfg.data, image_size, channels)
-    report_skipped(dataset, log)
-    data.check_classes(dataset, cfg.data)
+    """(source, labeled training images in memory, TestSplit)."""
+    source = stream.open_source(cfg.data, True, image_size, channels)
+    report_skipped(source.skipped, log)
+    data.check_classes(source, cfg.data)
     if cfg.test_data:
-        test = data.load_labeled(cfg.test_data, image_size, dataset.images.shape[-1], dataset.class_names)
-        report_skipped(test, log)
-        pool = np.arange(len(dataset))
-    elif dataset.test_mask is not None:
-        pool, test_idx = np.flatnonzero(~dataset.test_mask), np.flatnonzero(dataset.test_mask)
-        test = dataset.subset(test_idx)
+        test_source = stream.open_source(cfg.test_data, True, image_size, source.channels, source.class_names)
+        report_skipped(test_source.skipped, log)
+        pool, test = np.arange(len(source)), TestSplit(test_source, np.arange(len(test_source)))
+    elif source.test_mask is not None:
+        pool, test = np.flatnonzero(~source.test_mask), TestSplit(source, np.flatnonzero(source.test_mask))
     else:
-        pool, test_idx = data.split_test(dataset.labels, dataset.ids, cfg.test_fraction)
-        test = dataset.subset(test_idx)
-    chosen = data.sample_per_class(dataset.labels, pool, cfg.labels_per_class, cfg.seed, dataset.class_names)
+        pool, test_idx = data.split_test(source.labels, source.ids, cfg.test_fraction)
+        test = TestSplit(source, test_idx)
+    chosen = data.sample_per_class(source.labels, pool, cfg.labels_per_class, cfg.seed, source.class_names)
     if len(test) == 0:
         raise TransferError(f"{cfg.data}: the test split is empty; give --test-data or more images")
-    return dataset, dataset.subset(chosen), test
+    # The labeled budget is decoded into memory (few labels is the point); the test split streams.
+    train = stream.load(source, chosen, image_size)
+    report_skipped(train.skipped[len(source.skipped):], log, "while decoding")
+    return source, train, test
 
 
 def run(cfg: FineTuneConfig, log=print) -> dict:
@@ -71,44 +94,58 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     start = time.perf_counter()
     run_id = results.new_run_id("fine-tune")
     out = Path(cfg.out) if cfg.out else Path("runs") / run_id
+    strategy = distribute.make_strategy(cfg.strategy)
+    chief = distribute.cluster()["chief"] if distribute.is_multiworker(strategy) else True
     # First: a finished run is reported before any model or data is loaded.
-    staging, resumed = artifacts.start_run_dir(out, cfg.overwrite, config_dict(cfg))
-    if resumed:
-        log(f"resuming the interrupted run in {staging}")
+    if chief:
+        staging, resumed = artifacts.start_run_dir(out, cfg.overwrite, config_dict(cfg))
+        if resumed:
+            log(f"resuming the interrupted run in {staging}")
+    else:  # only the chief writes; a worker's files go to a scratch directory
+        staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
     try:
-        encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
-        dataset, train, test = _load_splits(cfg, image_size, channels, log)
-        channels = train.images.shape[-1]
-        objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
-        method = method_name(objective, cfg.freeze, cfg.unfreeze_top)
-        leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
-        if leaked:
-            log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
-        training.set_seed(cfg.seed)
-        if encoder is None and blocks is not None:
-            encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
-        log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
-            f"testing on {len(test)}")
-        if encoder is None:
-            fit = _fit_pixels
-        else:
-            fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
-        classifier, metrics = fit(cfg, encoder, train, test, staging, log)
-        digest = artifacts.save_model(classifier, staging / "classifier.keras")
-        artifacts.write_json(staging / artifacts.MANIFEST, {
-            "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
-            "run_id": run_id, "created": results.now(),
-            "model_file": "classifier.keras", "model_sha256": digest,
-            "class_names": train.class_names,
-            "input_shape": [image_size, image_size, channels],
-            "preprocessing": data.preprocessing_contract(image_size, channels),
-            "encoder": {"source": cfg.encoder, "objective": objective,
-                        "sha256": manifest["model_sha256"] if manifest else None},
-            "method": method, "freeze": cfg.freeze, "readout": cfg.readout,
-            "data": {"source": cfg.data, "fingerprint": dataset.fingerprint()},
-            "metrics": metrics, "versions": artifacts.versions(),
-        })
-        out = artifacts.finish_run_dir(staging, out)
+        with strategy.scope():  # models built and trained under the tf.distribute strategy
+            encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
+            dataset, train, test = _load_splits(cfg, image_size, channels, log)
+            channels = train.images.shape[-1]
+            objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
+            method = method_name(objective, cfg.freeze, cfg.unfreeze_top)
+            leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
+            if leaked:
+                log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
+            training.set_seed(cfg.seed)
+            if encoder is None and blocks is not None:
+                encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
+            log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
+                f"testing on {len(test)}")
+            if encoder is None:
+                fit = _fit_pixels
+            else:
+                fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
+            try:
+                classifier, metrics = fit(cfg, encoder, train, test, staging, log)
+            except distribute.PEER_ERRORS as exc:
+                raise distribute.WorkerFailed(f"distributed training failed: {distribute.describe(exc)}") from None
+            n_test = metrics.pop("n_test")
+            if not chief:
+                shutil.rmtree(staging, ignore_errors=True)
+                log(f"worker finished (test accuracy {metrics['test_accuracy']:.4f}); the chief writes the run")
+                return {}
+            digest = artifacts.save_model(classifier, staging / "classifier.keras")
+            artifacts.write_json(staging / artifacts.MANIFEST, {
+                "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
+                "run_id": run_id, "created": results.now(),
+                "model_file": "classifier.keras", "model_sha256": digest,
+                "class_names": train.class_names,
+                "input_shape": [image_size, image_size, channels],
+                "preprocessing": data.preprocessing_contract(image_size, channels),
+                "encoder": {"source": cfg.encoder, "objective": objective,
+                            "sha256": manifest["model_sha256"] if manifest else None},
+                "method": method, "freeze": cfg.freeze, "readout": cfg.readout,
+                "data": {"source": cfg.data, "fingerprint": dataset.fingerprint()},
+                "metrics": metrics, "versions": artifacts.versions(),
+            })
+            out = artifacts.finish_run_dir(staging, out)
     except TrainingDiverged as exc:
         shutil.rmtree(staging, ignore_errors=True)
         record_failure(cfg.results, {"run_id": run_id, "command": "fine-tune", "experiment": cfg.experiment,
@@ -119,6 +156,10 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         raise
     except TransferError:
         shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
+        raise
+    except distribute.WorkerFailed:
+        if not chief:
+            shutil.rmtree(staging, ignore_errors=True)
         raise
 
     row = {
@@ -132,15 +173,22 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         "head": (",".join(map(str, cfg.head)) or "linear") if encoder is not None else None,
         "unfreeze_top": cfg.unfreeze_top if encoder is not None and cfg.freeze == "all" else None,
         "labels_per_class": cfg.labels_per_class or "all",
-        "n_train": len(train), "n_test": len(test), "seed": cfg.seed, "epochs": cfg.epochs,
+        "n_train": len(train), "n_test": n_test, "seed": cfg.seed, "epochs": cfg.epochs,
         "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
-        "test_in_pretraining": leaked, "skipped_files": len(dataset.skipped),
+        "test_in_pretraining": leaked, "skipped_files": _skipped_count(dataset, test.source),
+        "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync,
         "seconds": round(time.perf_counter() - start, 2),
         "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out), **metrics,
     }
     results.append_row(cfg.results, row)
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
+
+
+def _skipped_count(*sources) -> int:
+    """Unreadable files of the distinct sources (listing and streaming alike)."""
+    unique = {id(s): s for s in sources}.values()
+    return sum(len(s.skipped) + len(s.failed) for s in unique)
 
 
 def _compile(model, learning_rate, steps_per_execution: int = 1):
@@ -203,10 +251,14 @@ def _fit_head(cfg, f_train, train, staging, log):
     return head
 
 
-def _evaluate(classifier, train, test) -> dict:
-    test_loss, test_acc = classifier.evaluate(test.images, test.labels, batch_size=256, verbose=0)
+def _evaluate(classifier, train, test: TestSplit) -> dict:
+    """Accuracy and loss on the streamed test split (images that fail to decode are not counted)."""
+    before = len(test.source.failed)
+    result = classifier.evaluate(test.batches(classifier.input.shape[1]), verbose=0, return_dict=True)
+    n_test = len(test) - (len(test.source.failed) - before)
     _, train_acc = classifier.evaluate(train.images, train.labels, batch_size=256, verbose=0)
-    return {"test_accuracy": float(test_acc), "test_loss": float(test_loss), "train_accuracy": float(train_acc)}
+    return {"test_accuracy": float(result["accuracy"]), "test_loss": float(result["loss"]),
+            "train_accuracy": float(train_acc), "n_test": n_test}
 
 
 def _fit_end_to_end(cfg, encoder, train, test, staging, log):

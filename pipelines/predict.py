@@ -22,7 +22,7 @@ def run(cfg: PredictConfig, log=print) -> Path:
     model, manifest = artifacts.load_model_run(cfg.model, "classifier")
     pre = manifest["preprocessing"]
     images = data.load_images_for_prediction(cfg.data, int(pre["image_size"]), int(pre["channels"]))
-    report_skipped(images, log)
+    report_skipped(images.skipped, log)
     probs = model.predict(images.images, batch_size=cfg.batch_size, verbose=0)
     classes = manifest["class_names"]
     if probs.shape[1] != len(classes):

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import shutil
+import tempfile
 import time
 from pathlib import Path
 
 from pipelines import visualize
 from pipelines.common import config_dict, encoder_blocks, holdout_split, record_failure, report_skipped, save_preview
-from transfer import architectures, artifacts, data, models, objectives, results, training
+from transfer import architectures, artifacts, data, distribute, models, objectives, results, stream, training
 from transfer.config import PretrainConfig
 from transfer.errors import TrainingDiverged, TransferError
 
@@ -25,32 +26,49 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     objective = objectives.get(cfg.objective)
     blocks = encoder_blocks(cfg)
     architectures.block_shapes(blocks, cfg.image_size, cfg.arch)  # refuse a bad size before loading data
-    staging, resumed = artifacts.start_run_dir(cfg.out, cfg.overwrite, config_dict(cfg))
-    if resumed:
-        log(f"resuming the interrupted run in {staging}")
+    strategy = distribute.make_strategy(cfg.strategy)
+    chief = distribute.cluster()["chief"] if distribute.is_multiworker(strategy) else True
+    if chief:
+        staging, resumed = artifacts.start_run_dir(cfg.out, cfg.overwrite, config_dict(cfg))
+        if resumed:
+            log(f"resuming the interrupted run in {staging}")
+    else:  # only the chief writes artifacts; a worker's files go to a scratch directory
+        staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
     try:
-        dataset = data.load_unlabeled(cfg.data, cfg.image_size, cfg.channels)
-        report_skipped(dataset, log)
-        train_idx, val_idx = holdout_split(dataset.ids)
-        train_images, val_images = dataset.images[train_idx], dataset.images[val_idx]
-        channels = dataset.images.shape[-1]
-        log(f"pretraining {cfg.objective} on {len(train_idx)} images ({len(val_idx)} held out), "
-            f"{cfg.image_size}x{cfg.image_size}x{channels}, arch {cfg.arch}")
+        source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
+        report_skipped(source.skipped, log)
+        train_idx, val_idx = holdout_split(source.ids)
+        val_images = stream.load(source, val_idx, cfg.image_size).images
+        train = stream.train_images(source, train_idx, cfg.image_size)
+        channels = source.channels
+        where = "in memory" if source.images is not None else "streamed"
+        log(f"pretraining {cfg.objective} on {len(train_idx)} images ({where}; {len(val_idx)} held out), "
+            f"{cfg.image_size}x{cfg.image_size}x{channels}, arch {cfg.arch}, "
+            f"{strategy.num_replicas_in_sync} replica(s)")
 
-        training.set_seed(cfg.seed)
-        encoder = models.build_encoder((cfg.image_size, cfg.image_size, channels), blocks, cfg.arch)
-        fit_start = time.perf_counter()
-        outcome = objective.train(
-            encoder, blocks, train_images, val_images,
-            epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
-            history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, seed=cfg.seed,
-        )
+        with strategy.scope():
+            training.set_seed(cfg.seed)
+            encoder = models.build_encoder((cfg.image_size, cfg.image_size, channels), blocks, cfg.arch)
+            fit_start = time.perf_counter()
+            try:
+                outcome = objective.train(
+                    encoder, blocks, train, val_images,
+                    epochs=cfg.epochs, batch_size=cfg.batch_size, learning_rate=cfg.learning_rate,
+                    history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, seed=cfg.seed,
+                )
+            except distribute.PEER_ERRORS as exc:
+                raise distribute.WorkerFailed(f"distributed training failed: {distribute.describe(exc)}") from None
         fit_seconds = time.perf_counter() - fit_start
+        report_skipped(source.failed, log, "while streaming")
         for w in outcome.warnings:
             log(f"warning: {w}")
+        if not chief:
+            shutil.rmtree(staging, ignore_errors=True)
+            log("worker finished; the chief writes the run directory and the results row")
+            return {}
 
         digest = artifacts.save_model(encoder, staging / "encoder.keras")
-        artifacts.save_pretrain_ids(staging, dataset.ids)
+        artifacts.save_pretrain_ids(staging, source.ids)
         if outcome.preview is not None and cfg.plots:
             save_preview(staging / outcome.preview_name, val_images[: len(outcome.preview)], outcome.preview)
         manifest = {
@@ -61,8 +79,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             "preprocessing": data.preprocessing_contract(cfg.image_size, channels),
             "arch": {"preset": cfg.arch, "blocks": [vars(b) for b in blocks]},
             "objective": cfg.objective,
-            "data": {"source": cfg.data, "images": len(dataset), "skipped": len(dataset.skipped),
-                     "fingerprint": dataset.fingerprint()},
+            "data": {"source": cfg.data, "images": len(source), "skipped": len(source.skipped) + len(source.failed),
+                     "fingerprint": source.fingerprint()},
             "metrics": outcome.metrics,
             "versions": artifacts.versions(),
         }
@@ -82,7 +100,13 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     except TransferError:
         shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
         raise
+    except distribute.WorkerFailed:
+        if not chief:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
+    images_per_second = len(train_idx) * cfg.epochs / fit_seconds
+    flops = outcome.metrics.get("train_flops_per_image")
     row = {
         "run_id": run_id, "timestamp": results.now(), "command": "pretrain", "status": "ok", "experiment": cfg.experiment,
         "data": cfg.data, "objective": cfg.objective, "method": cfg.objective, "arch": cfg.arch,
@@ -91,8 +115,11 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         "recon_mse": outcome.metrics.get("recon_mse"),
         "baseline_zeros_mse": outcome.metrics.get("baseline_zeros_mse"),
         "baseline_mean_mse": outcome.metrics.get("baseline_mean_mse"),
-        "skipped_files": len(dataset.skipped), "seconds": round(time.perf_counter() - start, 2),
-        "images_per_second": round(len(train_idx) * cfg.epochs / fit_seconds, 1),
+        "skipped_files": len(source.skipped) + len(source.failed), "seconds": round(time.perf_counter() - start, 2),
+        "images_per_second": round(images_per_second, 1),
+        "gflops_per_second": round(flops * images_per_second / 1e9, 2) if flops else None,
+        "train_flops_per_image": flops, "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync,
+        "workers": distribute.cluster()["workers"] if distribute.is_multiworker(strategy) else 1,
         "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out),
     }
     results.append_row(cfg.results, row)

@@ -19,7 +19,7 @@ def test_every_objective_trains_the_encoder_in_place(images, name, tmp_path):
     blocks = preset_blocks("small", (4, 8))
     enc = models.build_encoder((8, 8, 1), blocks)
     before = [np.array(w) for w in enc.trainable_weights]
-    result = objectives.get(name).train(enc, blocks, images[:32], images[32:], epochs=2, batch_size=16,
+    result = objectives.get(name).train(enc, blocks, objectives.in_memory(images[:32]), images[32:], epochs=2, batch_size=16,
                                         learning_rate=1e-2, history_path=tmp_path / "h.csv", log=lambda m: None)
     after = [np.array(w) for w in enc.trainable_weights]
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
@@ -61,7 +61,7 @@ def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
         blocks = preset_blocks("small", (4, 8))
         enc = models.build_encoder((8, 8, 1), blocks)
         folder.mkdir()
-        result = gan.train(enc, blocks, images[:32], images[32:], epochs=3, batch_size=16, learning_rate=1e-3,
+        result = gan.train(enc, blocks, objectives.in_memory(images[:32]), images[32:], epochs=3, batch_size=16, learning_rate=1e-3,
                            history_path=folder / "h.csv", log=lambda m: None, seed=3)
         return result, [np.array(w) for w in enc.weights]
 

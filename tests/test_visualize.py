@@ -4,7 +4,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from transfer import models
+from transfer import models, objectives
 from transfer import visualize as vis
 from transfer.architectures import preset_blocks
 from transfer.errors import TransferError
@@ -25,7 +25,7 @@ def encoder(tmp_path_factory):
     images = np.stack([gray, gray[::-1], 1 - gray], axis=-1)
     blocks = preset_blocks("small", (6, 8))
     enc = models.build_encoder((12, 12, 3), blocks)
-    autoencoder.train(enc, blocks, images[:80], images[80:], epochs=8, batch_size=16, learning_rate=3e-3,
+    autoencoder.train(enc, blocks, objectives.in_memory(images[:80]), images[80:], epochs=8, batch_size=16, learning_rate=3e-3,
                       history_path=tmp_path_factory.mktemp("ae") / "h.csv", log=lambda m: None)
     return enc
 

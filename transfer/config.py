@@ -59,6 +59,7 @@ class PretrainConfig(ArchConfig):
     overwrite: bool = False
     plots: bool = True
     experiment: str | None = None  # tag recorded in the row
+    strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
 
     def __post_init__(self):
         for name in ("image_size", "epochs", "batch_size", "channels"):
@@ -91,6 +92,7 @@ class FineTuneConfig(ArchConfig):
     results: str = "experiments/results.csv"
     overwrite: bool = False
     experiment: str | None = None  # tag recorded in the row
+    strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
 
     def __post_init__(self):
         for name in ("labels_per_class", "epochs", "batch_size", "image_size", "channels", "fine_tune_epochs"):
@@ -106,6 +108,19 @@ class FineTuneConfig(ArchConfig):
             raise TransferError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
         for u in self.head:
             _positive("head units", u)
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    src: str = ""
+    out: str = ""
+    image_size: int = 32
+    channels: int | None = None
+    labeled: bool = False
+
+    def __post_init__(self):
+        for name in ("image_size", "channels"):
+            _positive(name, getattr(self, name))
 
 
 @dataclass(frozen=True)

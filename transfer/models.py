@@ -194,3 +194,25 @@ def freeze(model: keras.Model) -> None:
     model.trainable = False
     for layer in model.layers:
         layer.trainable = False
+
+
+def forward_flops(model: keras.Model) -> int:
+    """Floating-point operations (a multiply-add counts 2) of one image's forward pass through
+    the model's convolutions and dense layers, nested models included. Normalization,
+    activations and pooling are left out: they are a few percent of a conv net's work."""
+    total = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, (layers.Conv2DTranspose,)):
+            h, w = layer.input.shape[1:3]
+            kh, kw = layer.kernel_size
+            total += 2 * kh * kw * layer.input.shape[-1] * layer.filters * h * w
+        elif isinstance(layer, layers.Conv2D):
+            h, w = layer.output.shape[1:3]
+            kh, kw = layer.kernel_size
+            total += 2 * kh * kw * (layer.input.shape[-1] // layer.groups) * layer.filters * h * w
+        elif isinstance(layer, layers.Dense):
+            positions = 1
+            for d in layer.input.shape[1:-1]:
+                positions *= d
+            total += 2 * layer.input.shape[-1] * layer.units * positions
+    return int(total)

@@ -79,6 +79,12 @@ def fit(
     again (after a crash or kill) continues from the last finished epoch; the
     history then holds every epoch once.
     """
+    from transfer import distribute
+
+    strategy = distribute.current()
+    if distribute.is_multiworker(strategy):
+        distribute.prepare_model(model, distribute.local_batch(x, y))
+        backup_dir = None  # each worker would restore its own epoch: resuming needs a shared file system
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
@@ -88,16 +94,8 @@ def fit(
     if log is not None:
         callbacks.append(EpochLog(log, epochs, log_prefix))
     callbacks.extend(extra_callbacks)
-    history = model.fit(
-        x,
-        y,
-        epochs=epochs,
-        batch_size=batch_size,
-        shuffle=batch_size is not None,
-        verbose=0,
-        callbacks=callbacks,
-        validation_data=validation_data,
-    )
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
+                        callbacks=callbacks, validation_data=validation_data)
     if history_path is not None:
         dedupe_history(history_path)
     losses = history.history.get("loss", [])

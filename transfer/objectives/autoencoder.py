@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import models, training
+from transfer import models, objectives, training
 from transfer.objectives import ObjectiveResult
 
 NAME = "autoencoder"
@@ -26,6 +26,9 @@ PREVIEW = 8
 NOISE_STD = 0.2
 MASK_GRID = 8  # images are split into MASK_GRID x MASK_GRID patches
 MASK_RATIO = 0.5
+
+
+MEAN_SAMPLE = 4096  # training images averaged for the mean-image baseline
 
 
 def reconstruction_baselines(train_images: np.ndarray, val_images: np.ndarray) -> dict:
@@ -52,25 +55,25 @@ def mask_patches(x):
 CORRUPTIONS = {"autoencoder": None, "denoising": add_noise, "masked": mask_patches}
 
 
-def _dataset(images, batch_size, corrupt, shuffle, seed=0):
-    ds = tf.data.Dataset.from_tensor_slices(images)
-    if shuffle:
-        ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    ds = ds.batch(batch_size)
-    ds = ds.map(lambda b: ((corrupt(b) if corrupt else b), b), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.prefetch(tf.data.AUTOTUNE)
+def _pair(corrupt):
+    """batch -> (input, target): the target is the clean image, the input a corrupted copy."""
+
+    def pair(batch):
+        return (corrupt(batch) if corrupt else batch), batch
+
+    return pair
 
 
-def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epochs, batch_size,
+def train_reconstruction(name, encoder, blocks, train, val_images, *, epochs, batch_size,
                          learning_rate, history_path, log, backup_dir=None, seed=0):
     corrupt = CORRUPTIONS[name]
-    channels = train_images.shape[-1]
+    channels = train.shape[-1]
     decoder = models.build_decoder(encoder, blocks, channels)
     autoencoder = models.build_autoencoder(encoder, decoder)
     autoencoder.compile(optimizer=keras.optimizers.Adam(learning_rate), loss="mse")
     training.fit(
         autoencoder,
-        _dataset(train_images, batch_size, corrupt, shuffle=True, seed=seed),
+        train.batches(batch_size, True, seed, transform=_pair(corrupt)),
         None,
         epochs=epochs,
         batch_size=None,
@@ -78,12 +81,14 @@ def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epo
         backup_dir=backup_dir,
         log=log,
         log_prefix="pretrain ",
-        validation_data=_dataset(val_images, batch_size, corrupt, shuffle=False),
+        validation_data=objectives.in_memory(val_images).batches(batch_size, False, transform=_pair(corrupt)),
     )
     shown = val_images if corrupt is None else np.asarray(corrupt(tf.constant(val_images)))
     recon = autoencoder.predict(shown, batch_size=batch_size, verbose=0)
     mse = float(np.mean((recon - val_images) ** 2))
-    metrics = {"recon_mse": mse, **reconstruction_baselines(train_images, val_images)}
+    metrics = {"recon_mse": mse, **reconstruction_baselines(train.sample(MEAN_SAMPLE), val_images),
+               # forward + backward ~ 3 forward passes (the usual rule for conv nets)
+               "train_flops_per_image": 3 * models.forward_flops(autoencoder)}
     best_trivial = min(metrics["baseline_zeros_mse"], metrics["baseline_mean_mse"])
     metrics["collapsed"] = bool(not np.isfinite(mse) or mse >= 0.9 * best_trivial)
     warnings = []
@@ -95,5 +100,5 @@ def train_reconstruction(name, encoder, blocks, train_images, val_images, *, epo
     return ObjectiveResult(metrics=metrics, preview=recon[:PREVIEW], warnings=warnings)
 
 
-def train(encoder, blocks, train_images, val_images, **kwargs):
-    return train_reconstruction(NAME, encoder, blocks, train_images, val_images, **kwargs)
+def train(encoder, blocks, train, val_images, **kwargs):
+    return train_reconstruction(NAME, encoder, blocks, train, val_images, **kwargs)

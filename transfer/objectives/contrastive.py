@@ -14,7 +14,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from transfer import training
+from transfer import distribute, models, objectives, training
 from transfer.objectives import ObjectiveResult
 
 NAME = "contrastive"
@@ -83,7 +83,8 @@ class SimCLR(keras.Model):
         with tf.GradientTape() as tape:
             loss = nt_xent(self.embed(v1, True), self.embed(v2, True), self.temperature)
         variables = self.encoder.trainable_variables + self.projector.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+        grads = tape.gradient(distribute.scale_loss(loss), variables)
+        self.optimizer.apply_gradients(zip(grads, variables))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
@@ -111,15 +112,16 @@ def view_agreement(model: SimCLR, images: np.ndarray, batch_size: int) -> float:
     return hits / max(total, 1)
 
 
-def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log,
+def train(encoder, blocks, train, val_images, *, epochs, batch_size, learning_rate, history_path, log,
           backup_dir=None, seed=0):
-    model = SimCLR(encoder, build_augment(train_images.shape[-1]))
+    model = SimCLR(encoder, build_augment(train.shape[-1]))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    model.build((None, *train_images.shape[1:]))  # built, so that a backup can be restored into it
-    batch = min(batch_size, len(train_images))
-    training.fit(model, train_images, None, epochs=epochs, batch_size=batch, history_path=history_path,
+    model.build((None, *train.shape))  # built, so that a backup can be restored into it
+    batch = min(batch_size, train.count)
+    training.fit(model, train.batches(batch, True, seed), None, epochs=epochs, batch_size=None,
+                 history_path=history_path,
                  backup_dir=backup_dir, log=log, log_prefix="pretrain ",
-                 validation_data=(val_images,) if len(val_images) > 1 else None)
+                 validation_data=objectives.in_memory(val_images).batches(batch, False) if len(val_images) > 1 else None)
     chance = 1.0 / max(min(batch, len(val_images)), 1)
     agreement = view_agreement(model, val_images, batch)
     warnings = []
@@ -127,5 +129,8 @@ def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, lear
         warnings.append(f"views of the same held-out image are matched only {agreement:.1%} of the time "
                         f"(chance {chance:.1%}); the features may be weak")
     views = np.clip(np.array(model.augment(val_images[:8], training=True)), 0.0, 1.0)
-    return ObjectiveResult(metrics={"view_agreement": agreement, "chance_agreement": chance}, preview=views,
+    return ObjectiveResult(metrics={"view_agreement": agreement, "chance_agreement": chance,
+                                    # two views, each forward + backward (~3 forward passes)
+                                    "train_flops_per_image": 6 * (models.forward_flops(encoder)
+                                                                  + models.forward_flops(model.projector))}, preview=views,
                            preview_name="views.png", warnings=warnings)

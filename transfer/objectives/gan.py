@@ -27,7 +27,7 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from transfer import models, training
+from transfer import distribute, models, training
 from transfer.objectives import ObjectiveResult
 
 NAME = "gan"
@@ -36,6 +36,7 @@ LEARNING_RATE = 2e-4
 D_LEARNING_RATE = 2e-4
 REAL_LABEL = 0.9
 INSTANCE_NOISE = 0.1  # std of Gaussian noise on the discriminator's inputs, real and fake alike
+R1_GAMMA = 0.0  # weight of the R1 gradient penalty on real images (Mescheder et al. 2018)
 GRID = 8
 
 
@@ -64,14 +65,21 @@ def build_generator(encoder, blocks, channels: int, latent: int = LATENT) -> ker
 
 
 class MinibatchStd(layers.Layer):
-    """Appends the batch's mean feature standard deviation to every example (Karras et al. 2018):
+    """Appends a batch's mean feature standard deviation to its examples (Karras et al. 2018):
     a discriminator that sees how varied a batch is penalizes a generator that collapses.
-    Used only while training; it is not part of the saved encoder."""
+
+    The discriminator sees real and fake images in one batch (real first, then as many
+    fake), so the spread is computed per half: over the whole mixed batch it would be
+    the same number for real and fake and tell the discriminator nothing. Used only
+    while training; it is not part of the saved encoder.
+    """
 
     def call(self, x):
-        _, variance = tf.nn.moments(x, axes=[0])
-        std = tf.reduce_mean(tf.sqrt(variance + 1e-8))  # the epsilon keeps the gradient finite at zero spread
-        return tf.concat([x, tf.fill([tf.shape(x)[0], 1], std)], axis=1)
+        halves = tf.reshape(x, [2, -1, x.shape[-1]])
+        _, variance = tf.nn.moments(halves, axes=[1])
+        std = tf.reduce_mean(tf.sqrt(variance + 1e-8), axis=1)  # the epsilon keeps the gradient finite at zero spread
+        per_example = tf.repeat(std, tf.shape(x)[0] // 2)
+        return tf.concat([x, per_example[:, None]], axis=1)
 
 
 def build_discriminator(encoder) -> keras.Model:
@@ -102,6 +110,9 @@ class GAN(keras.Model):
         super().compile(**kwargs)
         self.d_optimizer = keras.optimizers.Adam(D_LEARNING_RATE, beta_1=0.5)
         self.g_optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=0.5)
+        # Built now, in the strategy's scope: built lazily inside a replica's step they could not be mirrored.
+        self.d_optimizer.build(self.discriminator.trainable_variables)
+        self.g_optimizer.build(self.generator.trainable_variables)
 
     @property
     def metrics(self):
@@ -115,19 +126,26 @@ class GAN(keras.Model):
             fake = self.generator(z, training=True)
             # One batch of real and fake together: with two batches, BatchNorm's per-batch
             # statistics alone would tell them apart, and the discriminator wins outright.
-            logits = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
-            real_logits, fake_logits = logits[:n], logits[n:]
+            inputs = self._blur(tf.concat([real, fake], axis=0))
+            with tf.GradientTape() as r1_tape:
+                r1_tape.watch(inputs)
+                logits = self.discriminator(inputs, training=True)
+                real_logits, fake_logits = logits[:n], logits[n:]
+                real_score = tf.reduce_sum(real_logits)
             d_loss = self.bce(tf.fill(tf.shape(real_logits), REAL_LABEL), real_logits) + self.bce(
                 tf.zeros_like(fake_logits), fake_logits)
+            if R1_GAMMA:
+                slopes = r1_tape.gradient(real_score, inputs)[:n]
+                d_loss += 0.5 * R1_GAMMA * tf.reduce_mean(tf.reduce_sum(tf.square(slopes), axis=[1, 2, 3]))
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(d_loss, d_vars), d_vars))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(distribute.scale_loss(d_loss), d_vars), d_vars))
         z = keras.random.normal((n, self.latent), seed=self.noise)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
             logits = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)[n:]
             g_loss = self.bce(tf.ones_like(logits), logits)
         g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(g_loss, g_vars), g_vars))
+        self.g_optimizer.apply_gradients(zip(tape.gradient(distribute.scale_loss(g_loss), g_vars), g_vars))
         for key, value in (("loss", d_loss + g_loss), ("d_loss", d_loss), ("g_loss", g_loss)):
             self.trackers[key].update_state(value)
         return {k: t.result() for k, t in self.trackers.items()}
@@ -158,16 +176,16 @@ def diversity(images: np.ndarray) -> float:
     return float(d[np.triu_indices(len(flat), 1)].mean())
 
 
-def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, learning_rate, history_path, log,
+def train(encoder, blocks, train, val_images, *, epochs, batch_size, learning_rate, history_path, log,
           backup_dir=None, seed=0):
     """Trains the encoder as the discriminator. `learning_rate` is not used: DCGAN's 2e-4 is."""
-    generator = build_generator(encoder, blocks, train_images.shape[-1])
+    generator = build_generator(encoder, blocks, train.shape[-1])
     gan = GAN(encoder, generator, seed=seed)
     gan.compile()
     gan.build(None)
     noise = np.random.default_rng(seed).normal(size=(GRID * GRID, generator.input.shape[-1])).astype("float32")
     samples_dir = Path(history_path).parent / "samples"
-    training.fit(gan, train_images, None, epochs=epochs, batch_size=min(batch_size, len(train_images)),
+    training.fit(gan, train.batches(min(batch_size, train.count), True, seed), None, epochs=epochs, batch_size=None,
                  history_path=history_path, backup_dir=backup_dir, log=log, log_prefix="pretrain ",
                  extra_callbacks=[SampleGrid(generator, noise, samples_dir)])
     samples = generator.predict(noise, verbose=0)
@@ -175,7 +193,10 @@ def train(encoder, blocks, train_images, val_images, *, epochs, batch_size, lear
     ratio = diversity(samples) / max(diversity(real), 1e-8) if len(real) > 1 else float("nan")
     last = gan.history.history if gan.history else {}
     metrics = {"d_loss": float(last["d_loss"][-1]), "g_loss": float(last["g_loss"][-1]),
-               "sample_diversity": ratio}
+               "sample_diversity": ratio,
+               # per real image and step: two updates, each a generator pass and a discriminator pass over
+               # real + fake, forward + backward (~3 forward passes); the R1 penalty's double backward not counted
+               "train_flops_per_image": 6 * (models.forward_flops(generator) + 2 * models.forward_flops(gan.discriminator))}
     warnings = []
     if ratio < 0.3:
         warnings.append(f"generated samples vary {ratio:.2f}x as much as real images: the generator may have "

@@ -5,5 +5,5 @@ from transfer.objectives.autoencoder import train_reconstruction
 NAME = "masked"
 
 
-def train(encoder, blocks, train_images, val_images, **kwargs):
-    return train_reconstruction(NAME, encoder, blocks, train_images, val_images, **kwargs)
+def train(encoder, blocks, train, val_images, **kwargs):
+    return train_reconstruction(NAME, encoder, blocks, train, val_images, **kwargs)

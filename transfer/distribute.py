@@ -1,0 +1,275 @@
+"""Training past one device or one machine, through TensorFlow's own `tf.distribute`.
+
+`--strategy` picks one of:
+- `one`: TensorFlow's default strategy (one device);
+- `mirrored`: `tf.distribute.MirroredStrategy`, synchronous data parallelism over this
+  machine's GPUs (or the devices given);
+- `multiworker`: `tf.distribute.MultiWorkerMirroredStrategy`, the same over several
+  machines; each process reads its role from the `TF_CONFIG` environment variable
+  (`{"cluster": {"worker": ["host:port", ...]}, "task": {"type": "worker", "index": i}}`);
+- `auto`: `multiworker` when `TF_CONFIG` lists more than one worker, `mirrored` when
+  this machine has more than one GPU, else `one`.
+
+With `multiworker`, each worker streams a disjoint shard of the input (files or
+TFRecord shards are divided before decoding), every worker runs the same number
+of steps per epoch, and only the chief (worker 0) writes artifacts and result
+rows. Collectives time out after `COLLECTIVE_TIMEOUT` seconds, so a worker that
+dies ends the others with an error instead of a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from transfer.errors import TransferError
+
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+# Seconds a worker waits for all workers to join, and a collective op for its peers, before failing;
+# TRANSFER_WORKER_TIMEOUT overrides both (cluster schedulers may start workers minutes apart).
+JOIN_TIMEOUT = 600
+COLLECTIVE_TIMEOUT = 300
+HEARTBEAT_TIMEOUT = 30  # seconds without a peer's heartbeat before it is declared lost
+
+
+class WorkerFailed(Exception):
+    """A distributed run lost a peer or timed out (a run failure, not a bad input)."""
+
+
+def _peer_errors():
+    import tensorflow as tf
+
+    return (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.AbortedError,
+            tf.errors.CancelledError, tf.errors.InternalError, tf.errors.UnknownError)
+
+
+def __getattr__(name: str):
+    """`distribute.PEER_ERRORS`: the TensorFlow errors of a lost peer, without importing
+    TensorFlow when this module loads."""
+    if name == "PEER_ERRORS":
+        return _peer_errors()
+    raise AttributeError(name)
+
+
+def describe(exc: BaseException) -> str:
+    """One line for a failed collective: which peer, and the cause."""
+    import re
+
+    full, text = str(exc), _first_line(exc)
+    lost = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", full.split("unhealthy", 1)[-1])))
+    if "heartbeat" in full.lower() or "preempted" in full.lower() or isinstance(exc, _peer_errors()[0]):
+        who = ", ".join(f"{job} {task}" for job, task in lost) or "a worker"
+        return f"{who} stopped responding (crashed, killed or unreachable); the run was not saved"
+    if isinstance(exc, _peer_errors()[1]):
+        return f"timed out waiting for a worker ({text[:200]})"
+    return text[:300]
+
+
+def cluster() -> dict:
+    """This process's place in the cluster, from TF_CONFIG: workers, index, chief."""
+    raw = os.environ.get("TF_CONFIG", "")
+    if not raw.strip():
+        return {"workers": 1, "index": 0, "chief": True}
+    try:
+        config = json.loads(raw)
+        workers = list(config.get("cluster", {}).get("worker", []))
+        task = config.get("task", {})
+        index = int(task.get("index", 0))
+        kind = task.get("type", "worker")
+    except (ValueError, TypeError, AttributeError) as exc:
+        raise TransferError(f"TF_CONFIG is not valid JSON of the tf.distribute form ({exc})") from None
+    chief_listed = bool(config.get("cluster", {}).get("chief"))
+    return {"workers": max(len(workers), 1), "index": index,
+            "chief": (kind == "chief") or (not chief_listed and kind == "worker" and index == 0)}
+
+
+def make_strategy(name: str):
+    """The `tf.distribute.Strategy` for `--strategy NAME`."""
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise TransferError(f"strategy must be one of {', '.join(STRATEGIES)}. Received: strategy={name!r}")
+    workers = cluster()["workers"]
+    if name == "auto":
+        if workers > 1:
+            name = "multiworker"
+        elif len(tf.config.list_logical_devices("GPU")) > 1:
+            name = "mirrored"
+        else:
+            name = "one"
+    if name == "one":
+        return tf.distribute.get_strategy()
+    if name == "mirrored":
+        gpus = tf.config.list_logical_devices("GPU")
+        return tf.distribute.MirroredStrategy([d.name for d in gpus] or None)
+    if not os.environ.get("TF_CONFIG", "").strip():
+        raise TransferError("--strategy multiworker needs TF_CONFIG describing the cluster and this worker's task")
+    join, collective = _timeouts()
+    options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective)
+    message = (f"Error: not all {cluster()['workers']} workers of TF_CONFIG joined within {join}s "
+               "(is every worker started, and are the addresses and ports right?)")
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(join), message],
+                                stdin=subprocess.PIPE)
+    try:
+        _configure_coordination(join)
+        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    except (tf.errors.OpError, RuntimeError, ValueError) as exc:
+        raise WorkerFailed(f"could not join the cluster in TF_CONFIG: {_first_line(exc)}") from None
+    finally:
+        watchdog.stdin.close()  # joined (or failed): the watchdog exits
+        watchdog.wait()
+
+
+# Ends this process if the cluster has not formed in time. TensorFlow waits for absent workers
+# inside C++, holding the GIL, with no deadline and no reaction to SIGTERM, so the watchdog is a
+# separate process. Nothing has been written before the cluster forms, so the kill is safe.
+_WATCHDOG = """
+import os, select, signal, sys
+pid, seconds, message = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+ready, _, _ = select.select([sys.stdin], [], [], seconds)
+if not ready:
+    sys.stderr.write(message + "\\n")
+    sys.stderr.flush()
+    os.kill(pid, signal.SIGKILL)
+"""
+
+
+def _timeouts() -> tuple[int, int]:
+    raw = os.environ.get("TRANSFER_WORKER_TIMEOUT", "").strip()
+    if not raw:
+        return JOIN_TIMEOUT, COLLECTIVE_TIMEOUT
+    try:
+        seconds = int(raw)
+        if seconds < 1:
+            raise ValueError
+    except ValueError:
+        raise TransferError(f"TRANSFER_WORKER_TIMEOUT must be a whole number of seconds >= 1. Received: {raw!r}") from None
+    return seconds, seconds
+
+
+def _configure_coordination(join_timeout: int) -> None:
+    """Set up TensorFlow's coordination service as MultiWorkerMirroredStrategy would, but with
+    deadlines: by default a worker waits forever for a peer that never starts (and ignores
+    SIGTERM while it waits)."""
+    import tensorflow as tf
+    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
+    from tensorflow.python.eager import context
+
+    if context.context().coordination_service is not None:
+        return
+    spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
+    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
+            for job in ("chief", "worker") if job in spec.jobs]
+    leader = "chief" if "chief" in spec.jobs else "worker"
+    context.context().configure_coordination_service(
+        service_type="standalone", service_leader=f"/job:{leader}/replica:0/task:0", coordinated_jobs=jobs,
+        cluster_register_timeout_in_ms=join_timeout * 1000, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT * 1000)
+
+
+def is_multiworker(strategy) -> bool:
+    import tensorflow as tf
+
+    return isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
+
+
+def current():
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy()
+
+
+def local_batch(x, y=None):
+    """A batch like those `fit` will see, as local tensors: from arrays, or this worker's
+    first batch of a (distributed) dataset."""
+    import numpy as np
+    import tensorflow as tf
+
+    if isinstance(x, np.ndarray):
+        return (x[:2], y[:2]) if y is not None else x[:2]
+    strategy = tf.distribute.get_strategy()
+    first = next(iter(x))
+    return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], first)
+
+
+def replicas() -> int:
+    """Replicas in sync under the current strategy (1 outside any)."""
+    import tensorflow as tf
+
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def scale_loss(loss):
+    """Divide a per-replica mean loss by the replica count: gradients are summed across replicas,
+    so the update equals that of one device on the whole global batch. For custom train steps."""
+    n = replicas()
+    return loss / n if n > 1 else loss
+
+
+def batches(make, global_batch: int, count: int, transform=None):
+    """Batches for `fit` under the current strategy.
+
+    Args:
+        make: make(batch_size, shard) -> a `tf.data.Dataset` of batches; `shard` is
+            (num_shards, index) or None.
+        global_batch: examples per step, over all replicas.
+        count: examples in one epoch, over all workers.
+        transform: optional function applied to every batch (e.g. corruption).
+
+    One worker gets `make(global_batch, None)`. Several workers each stream their own
+    shard with the per-replica batch size, the same number of steps per epoch
+    (`count // global_batch`; a shard's leftover images wait for a later epoch).
+    """
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if not is_multiworker(strategy):
+        ds = make(global_batch, None)
+        return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE) if transform else ds
+    steps = max(1, count // global_batch)
+
+    def per_worker(context):
+        per_replica = context.get_per_replica_batch_size(global_batch)
+        local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
+        ds = make(per_replica, (context.num_input_pipelines, context.input_pipeline_id))
+        ds = ds.repeat().take(steps * local_replicas)
+        return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE) if transform else ds
+
+    return strategy.distribute_datasets_from_function(per_worker)
+
+
+def prepare_model(model, sample_batch) -> None:
+    """Work around Keras 3 under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+
+    `fit` reduces a first distributed batch across workers eagerly to build the
+    model, and reduces scalar logs with `axis=0`; both fail with several
+    workers. The model is built here from a local batch instead, and its step
+    logs are given a leading axis of 1 so that their cross-worker mean works.
+    No-op outside multiworker.
+    """
+    import tensorflow as tf
+
+    strategy = tf.distribute.get_strategy()
+    if not is_multiworker(strategy):
+        return
+    with strategy.scope():
+        model._symbolic_build(data_batch=sample_batch)
+    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    for step in ("train_step", "test_step"):
+        original = getattr(model, step)
+        setattr(model, step, _with_leading_axis(original))
+
+
+def _with_leading_axis(step):
+    import tensorflow as tf
+
+    def wrapped(data):
+        return {k: tf.reshape(v, [1]) for k, v in step(data).items()}
+
+    return wrapped
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
