@@ -117,7 +117,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         "baseline_mean_mse": outcome.metrics.get("baseline_mean_mse"),
         "skipped_files": len(source.skipped) + len(source.failed), "seconds": round(time.perf_counter() - start, 2),
         "images_per_second": round(images_per_second, 1),
-        "gflops_per_second": round(flops * images_per_second / 1e9, 2) if flops else None,
+        "gflops_per_second": float(f"{flops * images_per_second / 1e9:.3g}") if flops else None,
         "train_flops_per_image": flops, "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync,
         "workers": distribute.cluster()["workers"] if distribute.is_multiworker(strategy) else 1,
         "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out),

@@ -165,7 +165,8 @@ def _configure_coordination(join_timeout: int) -> None:
     leader = "chief" if "chief" in spec.jobs else "worker"
     context.context().configure_coordination_service(
         service_type="standalone", service_leader=f"/job:{leader}/replica:0/task:0", coordinated_jobs=jobs,
-        cluster_register_timeout_in_ms=join_timeout * 1000, heartbeat_timeout_in_ms=HEARTBEAT_TIMEOUT * 1000)
+        cluster_register_timeout_in_ms=join_timeout * 1000,
+        heartbeat_timeout_in_ms=min(HEARTBEAT_TIMEOUT, join_timeout) * 1000)
 
 
 def is_multiworker(strategy) -> bool:

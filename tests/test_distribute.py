@@ -1,0 +1,123 @@
+"""tf.distribute: two worker processes on 127.0.0.1 pretrain together; lost workers end the job."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import stripes, write_image
+
+from cli import main
+from transfer import distribute
+
+PRETRAIN = ["pretrain", "--objective", "autoencoder", "--image-size", "8", "--filters", "4,8",
+            "--batch-size", "16", "--no-plots", "--strategy", "multiworker"]
+
+
+def free_ports(n):
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start_workers(tmp_path, args, count=2, only=None, timeout="60"):
+    ports = free_ports(count)
+    procs = []
+    for i in range(count) if only is None else [only]:
+        env = {**os.environ, "TRANSFER_WORKER_TIMEOUT": timeout, "TF_CONFIG": json.dumps({
+            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}})}
+        log = open(tmp_path / f"worker{i}.log", "w")
+        procs.append(subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *map(str, args)],
+                                      env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
+    return procs
+
+
+@pytest.fixture
+def images(tmp_path):
+    rng = np.random.default_rng(0)
+    for i in range(96):
+        write_image(tmp_path / "imgs" / f"{i}.png", stripes("hvd"[i % 3], 12, rng))
+    return tmp_path / "imgs"
+
+
+def test_two_workers_pretrain_together_and_only_the_chief_writes(tmp_path, images):
+    args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "3",
+            "--results", tmp_path / "results.csv"]
+    procs = start_workers(tmp_path, args)
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert len(rows) == 1 and rows.iloc[0]["workers"] == 2 and rows.iloc[0]["replicas"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("enc")) == ["enc"]
+    assert "the chief writes" in logs[1]
+    # Both workers applied the same all-reduced updates: their logged losses agree.
+    losses = [[line for line in log.splitlines() if "epoch 3/3" in line][0].split("(")[0] for log in logs]
+    assert losses[0] == losses[1]
+    labeled = tmp_path / "labeled"
+    rng = np.random.default_rng(1)
+    for c in "hv":
+        for i in range(8):
+            write_image(labeled / c / f"{i}.png", stripes(c, 12, rng))
+    ft = CliRunner().invoke(main, ["fine-tune", "--data", str(labeled), "--encoder", str(tmp_path / "enc"),
+                                   "--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "ft")],
+                            catch_exceptions=False)
+    assert ft.exit_code == 0, ft.output
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 2
+
+
+def test_a_worker_that_never_joins_ends_the_other_with_a_message(tmp_path, images):
+    args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "3",
+            "--results", tmp_path / "results.csv"]
+    (proc,) = start_workers(tmp_path, args, only=0, timeout="5")
+    assert proc.wait(timeout=120) != 0
+    assert "not all 2 workers of TF_CONFIG joined within 5s" in (tmp_path / "worker0.log").read_text()
+    assert not (tmp_path / "results.csv").exists()
+    assert not any(p.name.startswith("enc") for p in tmp_path.iterdir())
+
+
+def test_a_worker_lost_mid_run_ends_the_job_with_a_message(tmp_path, images):
+    args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "100000",
+            "--results", tmp_path / "results.csv"]
+    procs = start_workers(tmp_path, args, timeout="10")
+    deadline = time.time() + 120
+    while "pretraining autoencoder" not in (tmp_path / "worker1.log").read_text():
+        assert time.time() < deadline and procs[1].poll() is None, (tmp_path / "worker1.log").read_text()
+        time.sleep(0.5)
+    time.sleep(3)
+    procs[1].kill()
+    code = procs[0].wait(timeout=120)
+    log = (tmp_path / "worker0.log").read_text()
+    assert code == 1, log
+    assert "Error: distributed training failed: worker 1 stopped responding" in log
+    assert not (tmp_path / "results.csv").exists() and not (tmp_path / "enc").exists()
+
+
+def test_cluster_roles_from_tf_config(monkeypatch):
+    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["a:1", "b:2", "c:3"]},
+                                                "task": {"type": "worker", "index": 2}}))
+    assert distribute.cluster() == {"workers": 3, "index": 2, "chief": False}
+    monkeypatch.setenv("TF_CONFIG", "{not json")
+    with pytest.raises(distribute.TransferError, match="TF_CONFIG"):
+        distribute.cluster()
+    monkeypatch.delenv("TF_CONFIG")
+    assert distribute.cluster()["chief"] is True
+
+
+def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
+    result = CliRunner().invoke(main, [*PRETRAIN[:-1], "mirrored", "--data", str(images), "--epochs", "2",
+                                       "--out", str(tmp_path / "enc"), "--results", str(tmp_path / "r.csv")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["strategy"] == "mirrored" and row["replicas"] >= 1 and row["images_per_second"] > 0
