@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, data
+from transfer import artifacts, stream
 from transfer.config import PredictConfig
 from transfer.errors import TransferError
 
@@ -21,19 +21,29 @@ def run(cfg: PredictConfig, log=print) -> Path:
         raise TransferError(f"{out} already exists; pass --overwrite to replace it")
     model, manifest = artifacts.load_model_run(cfg.model, "classifier")
     pre = manifest["preprocessing"]
-    images = data.load_images_for_prediction(cfg.data, int(pre["image_size"]), int(pre["channels"]))
-    report_skipped(images.skipped, log)
-    probs = model.predict(images.images, batch_size=cfg.batch_size, verbose=0)
+    size = int(pre["image_size"])
+    source = stream.open_for_prediction(cfg.data, size, int(pre["channels"]))
+    report_skipped(source.skipped, log)
     classes = manifest["class_names"]
-    if probs.shape[1] != len(classes):
-        raise TransferError(f"{cfg.model}: the model has {probs.shape[1]} outputs but the manifest names {len(classes)} classes")
+    if model.output.shape[-1] != len(classes):
+        raise TransferError(f"{cfg.model}: the model has {model.output.shape[-1]} outputs but the manifest "
+                            f"names {len(classes)} classes")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["path", "predicted", *[f"prob_{c}" for c in classes]])
-        for name, p in zip(images.names, probs):
-            writer.writerow([name, classes[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
-    os.replace(tmp, out)
-    log(f"wrote {len(images)} prediction(s) to {out}")
+    written = 0
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:  # rows written batch by batch: bounded memory
+            writer = csv.writer(f, lineterminator="\n")
+            writer.writerow(["path", "predicted", *[f"prob_{c}" for c in classes]])
+            batches = stream.records(source, np.arange(len(source)), size).batch(cfg.batch_size)
+            for positions, images, _ in batches.as_numpy_iterator():
+                for i, p in zip(positions, np.asarray(model.predict_on_batch(images))):
+                    writer.writerow([stream.name_of(source, int(i)), classes[int(np.argmax(p))],
+                                     *[f"{v:.6f}" for v in p]])
+                    written += 1
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    report_skipped(source.failed, log, "while decoding")
+    log(f"wrote {written} prediction(s) to {out}")
     return out

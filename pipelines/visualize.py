@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import artifacts, data
+from transfer import artifacts, data, stream
 from transfer import visualize as vis
 from transfer.config import VisualizeConfig
 from transfer.errors import TransferError
@@ -61,7 +61,7 @@ def _sample_image(cfg: VisualizeConfig, manifest: dict) -> np.ndarray | None:
         return data.decode_image(cfg.image, size, channels)
     source = manifest.get("data", {}).get("source")
     try:
-        return data.load_images_for_prediction(source, size, channels).images[0]
+        return stream.load(stream.open_for_prediction(source, size, channels), [0], size).images[0]
     except TransferError:
         return None  # the pretraining data moved; feature maps need --image then
 

@@ -88,7 +88,8 @@ class Listing:
 
 def from_imageset(src: str, images: data.ImageSet) -> Listing:
     """A Listing over images already in memory (built-in data)."""
-    return Listing(src=src, paths=[], ids=images.ids, labels=images.labels, class_names=list(images.class_names),
+    return Listing(src=src, paths=list(images.names), ids=images.ids, labels=images.labels,
+                   class_names=list(images.class_names),
                    channels=int(images.images.shape[-1]), skipped=list(images.skipped),
                    images=images.images, test_mask=images.test_mask)
 
@@ -106,6 +107,21 @@ def open_source(src: str, labeled: bool, image_size: int, channels: int | None =
     listing = list_source(src, labeled, channels, class_names)
     listing.image_size(image_size)
     return listing
+
+
+def open_for_prediction(src: str, image_size: int, channels: int) -> Listing:
+    """Every image of SRC (a built-in's test split included), to classify."""
+    from transfer import builtins
+
+    if builtins.is_builtin(src):
+        return from_imageset(src, data.load_images_for_prediction(src, image_size, channels))
+    listing = list_source(src, labeled=False, channels=channels)
+    listing.image_size(image_size)
+    return listing
+
+
+def name_of(listing: Listing, position: int) -> str:
+    return listing.paths[position] if listing.paths else f"{listing.src}[{position}]"
 
 
 def is_prepared(src: str) -> bool:
@@ -387,7 +403,7 @@ def load(listing: Listing, index: np.ndarray, image_size: int) -> data.ImageSet:
     if listing.images is not None:
         index = np.sort(np.asarray(index, dtype=np.int64))
         return data.ImageSet(images=listing.images[index], ids=listing.ids[index],
-                             names=[f"{listing.src}[{i}]" for i in index],
+                             names=[name_of(listing, i) for i in index],
                              labels=None if listing.labels is None else listing.labels[index],
                              class_names=list(listing.class_names))
     before = len(listing.failed)
@@ -401,7 +417,7 @@ def load(listing: Listing, index: np.ndarray, image_size: int) -> data.ImageSet:
     return data.ImageSet(
         images=np.concatenate(images) if images else np.zeros(shape, np.float32),
         ids=listing.ids[kept],
-        names=[listing.paths[i] for i in kept] if listing.paths else [f"{listing.src}[{i}]" for i in kept],
+        names=[name_of(listing, i) for i in kept],
         labels=np.concatenate(labels).astype(np.int64) if listing.labels is not None and labels else None,
         class_names=list(listing.class_names),
         skipped=list(listing.skipped) + listing.failed[before:],
