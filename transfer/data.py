@@ -287,13 +287,15 @@ def _decode_many(paths: list[Path], image_size: int, channels: int | None):
     if not arrays:
         detail = f" (first: {skipped[0][1]})" if skipped else ""
         raise TransferError(f"no readable images among {len(paths)} file(s){detail}")
-    target = channels if channels is not None else _auto_channels(arrays)
+    target = channels if channels is not None else auto_channels([a.shape[-1] for a in arrays])
     arrays = [convert_channels(a, target, str(paths[i])) for a, i in zip(arrays, kept)]
     return np.stack(arrays).astype(np.float32), kept, np.array(ids), skipped
 
 
-def _auto_channels(arrays: list[np.ndarray]) -> int:
-    counts = {a.shape[-1] for a in arrays}
+def auto_channels(channel_counts: list[int]) -> int:
+    """The channel count a source gets by default: 1 if all images are gray, 3 if all are
+    gray or RGB, else the one count all images share (multispectral `.npy`)."""
+    counts = set(channel_counts)
     if counts <= {1}:
         return 1
     if counts <= {1, 3}:
@@ -310,6 +312,36 @@ def _check_source(src: str) -> Path:
     return path
 
 
+def list_files(src: str, labeled: bool) -> tuple[list[Path], list[str] | None, list[str]]:
+    """(image paths, their label names or None, sorted class names) of a directory or CSV manifest.
+
+    Unlabeled: every image file below a directory. Labeled: one subfolder per class.
+    """
+    path = _check_source(src)
+    if not path.is_dir():
+        paths, labels = _read_manifest(path, labeled=labeled)
+        return paths, labels, sorted(set(labels)) if labeled else []
+    if not labeled:
+        paths = _walk_images(path)
+        if not paths:
+            raise TransferError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {src}")
+        return paths, None, []
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise TransferError(
+            f"{src} has no class subfolders; labeled data needs one subfolder per class "
+            "(or a CSV manifest with path,label)"
+        )
+    paths, labels = [], []
+    for name in classes:
+        files = _walk_images(path / name)
+        paths += files
+        labels += [name] * len(files)
+    if not paths:
+        raise TransferError(f"no image files found in the class subfolders of {src}")
+    return paths, labels, classes
+
+
 def load_unlabeled(src: str, image_size: int, channels: int | None = None) -> ImageSet:
     """Load every image of SRC, ignoring labels.
 
@@ -323,13 +355,7 @@ def load_unlabeled(src: str, image_size: int, channels: int | None = None) -> Im
 
     if builtins.is_builtin(src):
         return builtins.load(src, image_size, channels, labeled=False, split="pretrain")
-    path = _check_source(src)
-    if path.is_dir():
-        paths = _walk_images(path)
-        if not paths:
-            raise TransferError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {src}")
-    else:
-        paths, _ = _read_manifest(path, labeled=False)
+    paths, _, _ = list_files(src, labeled=False)
     images, kept, ids, skipped = _decode_many(paths, image_size, channels)
     return ImageSet(images=images, ids=ids, names=[str(paths[i]) for i in kept], skipped=skipped)
 
@@ -348,24 +374,7 @@ def load_labeled(
     if builtins.is_builtin(src):
         data = builtins.load(src, image_size, channels, labeled=True, split="all")
         return _relabel(data, class_names, src)
-    path = _check_source(src)
-    if path.is_dir():
-        classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
-            raise TransferError(
-                f"{src} has no class subfolders; labeled data needs one subfolder per class "
-                "(or a CSV manifest with path,label)"
-            )
-        paths, labels = [], []
-        for name in classes:
-            files = _walk_images(path / name)
-            paths += files
-            labels += [name] * len(files)
-        if not paths:
-            raise TransferError(f"no image files found in the class subfolders of {src}")
-    else:
-        paths, labels = _read_manifest(path, labeled=True)
-        classes = sorted(set(labels))
+    paths, labels, classes = list_files(src, labeled=True)
     images, kept, ids, skipped = _decode_many(paths, image_size, channels)
     kept_labels = [labels[i] for i in kept]
     order = class_names if class_names is not None else classes

@@ -184,49 +184,14 @@ def _list_files(paths: list[Path]):
     return kept, index, np.array(ids), chans, skipped
 
 
-def _target_channels(counts: list[int], channels: int | None) -> int:
-    if channels is not None:
-        return int(channels)
-    found = set(counts)
-    if found <= {1}:
-        return 1
-    if found <= {1, 3}:
-        return 3
-    if len(found) == 1:
-        return found.pop()
-    raise TransferError(f"images have mixed channel counts {sorted(found)}; convert them to one count first")
-
-
 def list_source(src: str, labeled: bool, channels: int | None = None,
                 class_names: list[str] | None = None) -> Listing:
     """List a directory, CSV manifest or prepared directory (see `transfer.data` for the layouts)."""
     if is_prepared(src):
         return _list_prepared(src, labeled, channels, class_names)
-    path = data._check_source(src)
-    labels = None
-    if path.is_dir() and labeled:
-        classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
-        if not classes:
-            raise TransferError(
-                f"{src} has no class subfolders; labeled data needs one subfolder per class "
-                "(or a CSV manifest with path,label)")
-        paths, labels = [], []
-        for name in classes:
-            files = data._walk_images(path / name)
-            paths += files
-            labels += [name] * len(files)
-        if not paths:
-            raise TransferError(f"no image files found in the class subfolders of {src}")
-    elif path.is_dir():
-        paths = data._walk_images(path)
-        if not paths:
-            raise TransferError(f"no image files ({', '.join(data.IMAGE_EXTENSIONS)}) found below {src}")
-        classes = []
-    else:
-        paths, labels = data._read_manifest(path, labeled=labeled)
-        classes = sorted(set(labels)) if labeled else []
+    paths, labels, classes = data.list_files(src, labeled)
     kept, index, ids, chans, skipped = _list_files(paths)
-    target = _target_channels(chans, channels)
+    target = int(channels) if channels is not None else data.auto_channels(chans)
     if target not in (1, 3) and set(chans) != {target}:
         raise TransferError(f"{src}: images have {sorted(set(chans))} channels and cannot all be converted to {target}")
     encoded = None

@@ -36,6 +36,7 @@ LEARNING_RATE = 2e-4
 D_LEARNING_RATE = 2e-4
 REAL_LABEL = 0.9
 INSTANCE_NOISE = 0.1  # std of Gaussian noise on the discriminator's inputs, real and fake alike
+FEATURE_MATCHING = True  # generator loss: match the mean encoder features of real images (Salimans et al. 2016)
 R1_GAMMA = 0.0  # weight of the R1 gradient penalty on real images (Mescheder et al. 2018)
 GRID = 8
 
@@ -83,10 +84,11 @@ class MinibatchStd(layers.Layer):
 
 
 def build_discriminator(encoder) -> keras.Model:
+    """image -> (real/fake logit, the encoder's flattened features)."""
     image = keras.Input(encoder.input.shape[1:], name="image")
-    x = layers.Flatten(name="d_flatten")(encoder(image))
-    x = MinibatchStd(name="d_batch_std")(x)
-    return keras.Model(image, layers.Dense(1, name="d_logit")(x), name="discriminator")
+    features = layers.Flatten(name="d_flatten")(encoder(image))
+    x = MinibatchStd(name="d_batch_std")(features)
+    return keras.Model(image, [layers.Dense(1, name="d_logit")(x), features], name="discriminator")
 
 
 class GAN(keras.Model):
@@ -129,7 +131,7 @@ class GAN(keras.Model):
             inputs = self._blur(tf.concat([real, fake], axis=0))
             with tf.GradientTape() as r1_tape:
                 r1_tape.watch(inputs)
-                logits = self.discriminator(inputs, training=True)
+                logits, _ = self.discriminator(inputs, training=True)
                 real_logits, fake_logits = logits[:n], logits[n:]
                 real_score = tf.reduce_sum(real_logits)
             d_loss = self.bce(tf.fill(tf.shape(real_logits), REAL_LABEL), real_logits) + self.bce(
@@ -142,8 +144,12 @@ class GAN(keras.Model):
         z = keras.random.normal((n, self.latent), seed=self.noise)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
-            logits = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)[n:]
-            g_loss = self.bce(tf.ones_like(logits), logits)
+            logits, features = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
+            if FEATURE_MATCHING:
+                real_mean = tf.stop_gradient(tf.reduce_mean(features[:n], axis=0))
+                g_loss = tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0)))
+            else:
+                g_loss = self.bce(tf.ones_like(logits[n:]), logits[n:])
         g_vars = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(distribute.scale_loss(g_loss), g_vars), g_vars))
         for key, value in (("loss", d_loss + g_loss), ("d_loss", d_loss), ("g_loss", g_loss)):
@@ -160,7 +166,14 @@ class SampleGrid(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.folder.mkdir(parents=True, exist_ok=True)
-        save_grid(self.generator.predict(self.noise, verbose=0), self.folder / f"epoch_{epoch + 1:03d}.png")
+        save_grid(sample(self.generator, self.noise), self.folder / f"epoch_{epoch + 1:03d}.png")
+
+
+def sample(generator, noise: np.ndarray) -> np.ndarray:
+    """Images for fixed noise, generated the way training generates them: BatchNorm with the
+    batch's own statistics. The moving averages lag a generator that changes every step, and
+    sampling with them gives saturated, near-identical images that look like mode collapse."""
+    return np.asarray(generator(noise, training=True))
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:
@@ -188,7 +201,7 @@ def train(encoder, blocks, train, val_images, *, epochs, batch_size, learning_ra
     training.fit(gan, train.batches(min(batch_size, train.count), True, seed), None, epochs=epochs, batch_size=None,
                  history_path=history_path, backup_dir=backup_dir, log=log, log_prefix="pretrain ",
                  extra_callbacks=[SampleGrid(generator, noise, samples_dir)])
-    samples = generator.predict(noise, verbose=0)
+    samples = sample(generator, noise)
     real = val_images[: GRID * GRID]
     ratio = diversity(samples) / max(diversity(real), 1e-8) if len(real) > 1 else float("nan")
     last = gan.history.history if gan.history else {}
