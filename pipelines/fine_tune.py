@@ -131,21 +131,23 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                 shutil.rmtree(staging, ignore_errors=True)
                 log(f"worker finished (test accuracy {metrics['test_accuracy']:.4f}); the chief writes the run")
                 return {}
-            digest = artifacts.save_model(classifier, staging / "classifier.keras")
-            artifacts.write_json(staging / artifacts.MANIFEST, {
-                "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
-                "run_id": run_id, "created": results.now(),
-                "model_file": "classifier.keras", "model_sha256": digest,
-                "class_names": train.class_names,
-                "input_shape": [image_size, image_size, channels],
-                "preprocessing": data.preprocessing_contract(image_size, channels),
-                "encoder": {"source": cfg.encoder, "objective": objective,
-                            "sha256": manifest["model_sha256"] if manifest else None},
-                "method": method, "freeze": cfg.freeze, "readout": cfg.readout,
-                "data": {"source": cfg.data, "fingerprint": dataset.fingerprint()},
-                "metrics": metrics, "versions": artifacts.versions(),
-            })
-            out = artifacts.finish_run_dir(staging, out)
+        # Saved outside the strategy's scope: inside it, reading mirrored variables is a collective
+        # that the other workers, already finished, would never join.
+        digest = artifacts.save_model(classifier, staging / "classifier.keras")
+        artifacts.write_json(staging / artifacts.MANIFEST, {
+            "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
+            "run_id": run_id, "created": results.now(),
+            "model_file": "classifier.keras", "model_sha256": digest,
+            "class_names": train.class_names,
+            "input_shape": [image_size, image_size, channels],
+            "preprocessing": data.preprocessing_contract(image_size, channels),
+            "encoder": {"source": cfg.encoder, "objective": objective,
+                        "sha256": manifest["model_sha256"] if manifest else None},
+            "method": method, "freeze": cfg.freeze, "readout": cfg.readout,
+            "data": {"source": cfg.data, "fingerprint": dataset.fingerprint()},
+            "metrics": metrics, "versions": artifacts.versions(),
+        })
+        out = artifacts.finish_run_dir(staging, out)
     except TrainingDiverged as exc:
         shutil.rmtree(staging, ignore_errors=True)
         record_failure(cfg.results, {"run_id": run_id, "command": "fine-tune", "experiment": cfg.experiment,
@@ -177,6 +179,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
         "test_in_pretraining": leaked, "skipped_files": _skipped_count(dataset, test.source),
         "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync,
+        "workers": distribute.workers(strategy),
         "seconds": round(time.perf_counter() - start, 2),
         "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out), **metrics,
     }
@@ -200,6 +203,13 @@ def _compile(model, learning_rate, steps_per_execution: int = 1):
         metrics=["accuracy"],
         steps_per_execution=steps_per_execution,
     )
+    distribute.prepare_model(model, _example_batch(model, labels=True))
+
+
+def _example_batch(model, labels: bool = False):
+    """Two blank examples shaped like the model's input (and labels), to build it under multiworker."""
+    x = np.zeros((2, *model.input.shape[1:]), np.float32)
+    return (x, np.zeros((2,), np.int64)) if labels else x
 
 
 def _fit_frozen(cfg, encoder, train, test, staging, log):
@@ -208,6 +218,7 @@ def _fit_frozen(cfg, encoder, train, test, staging, log):
     models.freeze(encoder)
     features = models.build_features(encoder, cfg.readout, frozen=True)
     before = training.snapshot_weights(encoder)
+    distribute.prepare_model(features, _example_batch(features))
     f_train = features.predict(train.images, batch_size=256, verbose=0)
     fit_start = time.perf_counter()
     head = _fit_head(cfg, f_train, train, staging, log)

@@ -119,7 +119,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         "images_per_second": round(images_per_second, 1),
         "gflops_per_second": float(f"{flops * images_per_second / 1e9:.3g}") if flops else None,
         "train_flops_per_image": flops, "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync,
-        "workers": distribute.cluster()["workers"] if distribute.is_multiworker(strategy) else 1,
+        "workers": distribute.workers(strategy),
         "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out),
     }
     results.append_row(cfg.results, row)

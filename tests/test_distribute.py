@@ -74,6 +74,15 @@ def test_two_workers_pretrain_together_and_only_the_chief_writes(tmp_path, image
                             catch_exceptions=False)
     assert ft.exit_code == 0, ft.output
     assert len(pd.read_csv(tmp_path / "results.csv")) == 2
+    # Fine-tuning under the same strategy: both workers train, the chief alone saves and appends.
+    procs = start_workers(tmp_path, ["fine-tune", "--data", labeled, "--encoder", tmp_path / "enc", "--strategy",
+                                     "multiworker", "--fine-tune-epochs", "2", "--labels-per-class", "5",
+                                     "--out", tmp_path / "ft-mw", "--results", tmp_path / "results.csv"])
+    codes = [p.wait(timeout=300) for p in procs]
+    assert codes == [0, 0], [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    rows = pd.read_csv(tmp_path / "results.csv")
+    assert len(rows) == 3 and rows.iloc[2]["workers"] == 2 and rows.iloc[2]["replicas"] == 2
+    assert (tmp_path / "ft-mw" / "classifier.keras").is_file()
 
 
 def test_a_worker_that_never_joins_ends_the_other_with_a_message(tmp_path, images):

@@ -169,6 +169,11 @@ def _configure_coordination(join_timeout: int) -> None:
         heartbeat_timeout_in_ms=min(HEARTBEAT_TIMEOUT, join_timeout) * 1000)
 
 
+def workers(strategy) -> int:
+    """Machines taking part in the run."""
+    return cluster()["workers"] if is_multiworker(strategy) else 1
+
+
 def is_multiworker(strategy) -> bool:
     import tensorflow as tf
 
@@ -254,8 +259,9 @@ def prepare_model(model, sample_batch) -> None:
     strategy = tf.distribute.get_strategy()
     if not is_multiworker(strategy):
         return
-    with strategy.scope():
-        model._symbolic_build(data_batch=sample_batch)
+    if getattr(model, "compiled", False):  # an uncompiled model (predict only) has nothing more to build
+        with strategy.scope():
+            model._symbolic_build(data_batch=sample_batch)
     model._maybe_symbolic_build = lambda *args, **kwargs: None
     for step in ("train_step", "test_step"):
         original = getattr(model, step)
