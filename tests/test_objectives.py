@@ -77,3 +77,4 @@ def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
     assert first.metrics["d_loss"] == pytest.approx(second.metrics["d_loss"], rel=1e-3)
     for w1, w2 in zip(weights1, weights2):  # CPU reductions may differ in the last bits between runs
         np.testing.assert_allclose(w1, w2, rtol=1e-3, atol=1e-4)
+
