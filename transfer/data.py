@@ -89,8 +89,12 @@ class ImageSet:
         )
 
     def fingerprint(self) -> str:
-        """SHA-256 over the sorted content ids: the same images give the same value."""
-        return hashlib.sha256("\n".join(sorted(self.ids.tolist())).encode()).hexdigest()
+        return fingerprint(self.ids)
+
+
+def fingerprint(ids: np.ndarray) -> str:
+    """SHA-256 over the sorted content ids: the same images give the same value."""
+    return hashlib.sha256("\n".join(sorted(np.asarray(ids).tolist())).encode()).hexdigest()
 
 
 def content_id(data: bytes) -> str:

@@ -74,7 +74,7 @@ class Listing:
         return len(self.ids)
 
     def fingerprint(self) -> str:
-        return data.ImageSet(np.zeros((0,)), self.ids, []).fingerprint()
+        return data.fingerprint(self.ids)
 
     def image_size(self, requested: int) -> int:
         """The size images will have: a prepared source has one, and refuses another."""
@@ -126,13 +126,6 @@ def name_of(listing: Listing, position: int) -> str:
 
 def is_prepared(src: str) -> bool:
     return (Path(src) / PREPARED).is_file()
-
-
-def is_streamable(src: str) -> bool:
-    """Directories, CSV manifests and prepared directories stream; built-in data stays in memory."""
-    from transfer import builtins
-
-    return not builtins.is_builtin(src)
 
 
 # --------------------------------------------------------------------------- listing
