@@ -228,12 +228,37 @@ def dataset(listing: Listing, index: np.ndarray, image_size: int, *, batch_size:
     """
     import tensorflow as tf
 
-    ds = records(listing, index, image_size, shuffle=shuffle, seed=seed, shard=shard)
-    ds = ds.map(_image_label if with_labels else _image_only)
-    ds = ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    if listing.images is not None:
+        ds = _in_memory_batches(listing, index, batch_size, shuffle, seed, shard, with_labels)
+    else:
+        ds = records(listing, index, image_size, shuffle=shuffle, seed=seed, shard=shard)
+        ds = ds.map(_image_label if with_labels else _image_only)
+        ds = ds.batch(batch_size)
+    ds = ds.prefetch(tf.data.AUTOTUNE)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded above
     return ds.with_options(options)
+
+
+def _in_memory_batches(listing, index, batch_size, shuffle, seed, shard, with_labels):
+    """Images already in memory: shuffle and batch positions, then gather whole batches
+    (one gather per batch, not one dataset element per image)."""
+    import tensorflow as tf
+
+    index = np.sort(np.asarray(index, dtype=np.int64))
+    images = tf.constant(listing.images)
+    labels = tf.constant(listing.labels if listing.labels is not None else np.full(len(listing), -1, np.int64))
+    ds = tf.data.Dataset.from_tensor_slices(index)
+    if shard:
+        ds = ds.shard(*shard)
+    if shuffle:
+        ds = ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True)
+
+    def gather(positions):
+        batch = tf.gather(images, positions)
+        return (batch, tf.gather(labels, positions)) if with_labels else batch
+
+    return ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
 
 
 def _image_label(position, image, label):
