@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import shutil
 from pathlib import Path
 
 import numpy as np
 
 from transfer import data as data_lib
 from transfer import architectures, results
-from transfer.errors import TransferError
+from transfer.errors import TrainingDiverged, TransferError
 
 
 def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
@@ -47,6 +49,29 @@ def save_preview(path: Path, originals: np.ndarray, reconstructions: np.ndarray)
 
     tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in [*originals, *reconstructions]]
     visualize.save_png(visualize.tile(tiles, columns=len(originals)), path, min_px=512)
+
+
+@contextlib.contextmanager
+def staged_run(staging: Path, chief: bool, results_path: str, failure_row):
+    """What a run does when it fails inside its staging directory: divergence is recorded as a
+    `status=failed` row (`failure_row()` gives its fields) and the staging is removed; bad input
+    removes the staging (nothing worth resuming); a lost worker removes only a non-chief's scratch
+    directory (the chief's staging is kept, as after a kill)."""
+    from transfer import distribute
+
+    try:
+        yield
+    except TrainingDiverged as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        record_failure(results_path, failure_row(), exc)
+        raise
+    except TransferError:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    except distribute.WorkerFailed:
+        if not chief:
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def record_failure(results_path: str, row: dict, error: Exception) -> None:

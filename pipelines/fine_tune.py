@@ -11,10 +11,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipelines.common import config_dict, encoder_blocks, record_failure, report_skipped
+from pipelines.common import config_dict, encoder_blocks, report_skipped, staged_run
 from transfer import architectures, artifacts, data, distribute, heads, models, results, stream, training
 from transfer.config import FineTuneConfig
-from transfer.errors import TrainingDiverged, TransferError
+from transfer.errors import TransferError
 
 
 def method_name(objective: str | None, freeze: str, unfreeze_top: int = 0) -> str:
@@ -103,7 +103,10 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"resuming the interrupted run in {staging}")
     else:  # only the chief writes; a worker's files go to a scratch directory
         staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
-    try:
+    with staged_run(staging, chief, cfg.results, lambda: {
+            "run_id": run_id, "command": "fine-tune", "experiment": cfg.experiment, "data": cfg.data,
+            "encoder": cfg.encoder, "method": method, "labels_per_class": cfg.labels_per_class or "all",
+            "seed": cfg.seed, "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "run_dir": str(out)}):
         with strategy.scope():  # models built and trained under the tf.distribute strategy
             encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
             dataset, train, test = _load_splits(cfg, image_size, channels, log)
@@ -148,21 +151,6 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             "metrics": metrics, "versions": artifacts.versions(),
         })
         out = artifacts.finish_run_dir(staging, out)
-    except TrainingDiverged as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        record_failure(cfg.results, {"run_id": run_id, "command": "fine-tune", "experiment": cfg.experiment,
-                                     "data": cfg.data, "encoder": cfg.encoder, "method": method,
-                                     "labels_per_class": cfg.labels_per_class or "all", "seed": cfg.seed,
-                                     "epochs": cfg.epochs, "learning_rate": cfg.learning_rate,
-                                     "run_dir": str(out)}, exc)
-        raise
-    except TransferError:
-        shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
-        raise
-    except distribute.WorkerFailed:
-        if not chief:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     row = {
         "run_id": run_id, "timestamp": results.now(), "command": "fine-tune", "status": "ok", "experiment": cfg.experiment,

@@ -8,10 +8,9 @@ import time
 from pathlib import Path
 
 from pipelines import visualize
-from pipelines.common import config_dict, encoder_blocks, holdout_split, record_failure, report_skipped, save_preview
+from pipelines.common import config_dict, encoder_blocks, holdout_split, report_skipped, staged_run, save_preview
 from transfer import architectures, artifacts, data, distribute, models, objectives, results, stream, training
 from transfer.config import PretrainConfig
-from transfer.errors import TrainingDiverged, TransferError
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
@@ -34,7 +33,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             log(f"resuming the interrupted run in {staging}")
     else:  # only the chief writes artifacts; a worker's files go to a scratch directory
         staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
-    try:
+    with staged_run(staging, chief, cfg.results, lambda: {
+            "run_id": run_id, "command": "pretrain", "experiment": cfg.experiment, "data": cfg.data,
+            "objective": cfg.objective, "method": cfg.objective, "arch": cfg.arch, "seed": cfg.seed,
+            "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "run_dir": str(cfg.out)}):
         source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
         report_skipped(source.skipped, log)
         train_idx, val_idx = holdout_split(source.ids)
@@ -90,20 +92,6 @@ def run(cfg: PretrainConfig, log=print) -> dict:
                                    title=f"{cfg.objective} encoder, {cfg.arch} ({Path(cfg.out).name})")
         artifacts.write_json(staging / artifacts.MANIFEST, manifest)
         out = artifacts.finish_run_dir(staging, cfg.out)
-    except TrainingDiverged as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        record_failure(cfg.results, {"run_id": run_id, "command": "pretrain", "experiment": cfg.experiment,
-                                     "data": cfg.data, "objective": cfg.objective, "method": cfg.objective,
-                                     "arch": cfg.arch, "seed": cfg.seed, "epochs": cfg.epochs,
-                                     "learning_rate": cfg.learning_rate, "run_dir": str(cfg.out)}, exc)
-        raise
-    except TransferError:
-        shutil.rmtree(staging, ignore_errors=True)  # bad input: nothing worth resuming
-        raise
-    except distribute.WorkerFailed:
-        if not chief:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
 
     images_per_second = len(train_idx) * cfg.epochs / fit_seconds
     flops = outcome.metrics.get("train_flops_per_image")
