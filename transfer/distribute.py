@@ -154,8 +154,10 @@ def _configure_coordination(join_timeout: int) -> None:
     deadlines: by default a worker waits forever for a peer that never starts (and ignores
     SIGTERM while it waits)."""
     import tensorflow as tf
-    from tensorflow.compiler.xla.tsl.protobuf import coordination_config_pb2
     from tensorflow.python.eager import context
+
+    # The protobuf module the strategy itself uses (its location moves between TensorFlow releases).
+    from tensorflow.python.distribute.collective_all_reduce_strategy import coordination_config_pb2
 
     if context.context().coordination_service is not None:
         return
