@@ -108,7 +108,9 @@ def test_a_worker_lost_mid_run_ends_the_job_with_a_message(tmp_path, images):
     code = procs[0].wait(timeout=120)
     log = (tmp_path / "worker0.log").read_text()
     assert code == 1, log
-    assert "Error: distributed training failed: worker 1 stopped responding" in log
+    # Found by the lost heartbeat (usually) or by a collective's deadline, whichever comes first.
+    assert ("Error: distributed training failed: worker 1 stopped responding" in log
+            or "Error: distributed training failed: timed out waiting for a worker" in log), log
     assert not (tmp_path / "results.csv").exists() and not (tmp_path / "enc").exists()
 
 
