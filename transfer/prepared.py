@@ -46,7 +46,6 @@ def list_prepared(src: str, labeled: bool, channels: int | None, class_names) ->
                    skipped=[], prepared=info)
 
 
-
 def records(listing, index, image_size, shuffle, seed, shard):
     import tensorflow as tf
 
@@ -55,7 +54,7 @@ def records(listing, index, image_size, shuffle, seed, shard):
     keep = np.zeros(len(listing), dtype=bool)
     keep[index] = True
     keep_t = tf.constant(keep)
-    labels_t = tf.constant(listing.labels if listing.labels is not None else np.full(len(listing), -1), tf.int64)
+    labels_t = tf.constant(listing.label_array())
     files = [str(Path(listing.src) / name) for name in info["shards"]]
     size, have, want = int(info["image_size"]), int(info["channels"]), listing.channels
     per_image = size * size * have * 2
@@ -90,7 +89,6 @@ def records(listing, index, image_size, shuffle, seed, shard):
     return ds.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
 
-
 # --------------------------------------------------------------------------- prepare
 
 
@@ -98,9 +96,13 @@ def _position_image(position, image, label):
     return position, image
 
 
-def prepare(src: str, out: str, image_size: int, channels: int | None, labeled: bool, log=print) -> dict:
+def prepare(src: str, out: str, image_size: int, channels: int | None, labeled: bool) -> tuple[dict, list]:
     """Decode and resize SRC once into sharded TFRecord files under `out` (written to
-    `out.partial` and renamed when complete). Returns the description saved as prepared.json."""
+    `out.partial` and renamed when complete).
+
+    Returns:
+        (the description saved as prepared.json, (path, reason) of every unreadable file).
+    """
     import shutil
 
     import tensorflow as tf
@@ -157,8 +159,5 @@ def prepare(src: str, out: str, image_size: int, channels: int | None, labeled: 
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if listing.skipped or listing.failed:
-        first = (listing.skipped + listing.failed)[0][1]
-        log(f"skipped {len(listing.skipped) + len(listing.failed)} unreadable file(s); first: {first}")
-    return info
+    return info, listing.skipped + listing.failed
 

@@ -34,7 +34,6 @@ from transfer.errors import TransferError
 warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 
-
 @dataclass
 class Listing:
     """A source's images, listed but not decoded.
@@ -68,6 +67,10 @@ class Listing:
 
     def fingerprint(self) -> str:
         return data.fingerprint(self.ids)
+
+    def label_array(self) -> np.ndarray:
+        """int64 labels, or -1 for every image of an unlabeled source."""
+        return self.labels.astype(np.int64) if self.labels is not None else np.full(len(self), -1, np.int64)
 
     def image_size(self, requested: int) -> int:
         """The size images will have: a prepared source has one, and refuses another."""
@@ -225,7 +228,7 @@ def _in_memory_batches(listing, index, batch_size, shuffle, seed, shard, with_la
 
     index = np.sort(np.asarray(index, dtype=np.int64))
     images = tf.constant(listing.images)
-    labels = tf.constant(listing.labels if listing.labels is not None else np.full(len(listing), -1, np.int64))
+    labels = tf.constant(listing.label_array())
     ds = tf.data.Dataset.from_tensor_slices(index)
     if shard:
         ds = ds.shard(*shard)
@@ -261,8 +264,7 @@ def records(listing: Listing, index, image_size: int, *, shuffle: bool = False, 
 
     index = np.sort(np.asarray(index, dtype=np.int64))
     if listing.images is not None:
-        labels = listing.labels[index] if listing.labels is not None else np.full(len(index), -1, np.int64)
-        ds = tf.data.Dataset.from_tensor_slices((index, listing.images[index], labels))
+        ds = tf.data.Dataset.from_tensor_slices((index, listing.images[index], listing.label_array()[index]))
         if shard:
             ds = ds.shard(*shard)
         return ds.shuffle(len(index), seed=seed, reshuffle_each_iteration=True) if shuffle else ds
@@ -277,8 +279,7 @@ def _file_records(listing, index, image_size, shuffle, seed, shard):
     import tensorflow as tf
 
     paths = np.array(listing.paths, dtype=object)[index].astype(str)
-    labels = (listing.labels[index] if listing.labels is not None else np.full(len(index), -1)).astype(np.int64)
-    ds = tf.data.Dataset.from_tensor_slices((index, paths, labels))
+    ds = tf.data.Dataset.from_tensor_slices((index, paths, listing.label_array()[index]))
     if shard:
         ds = ds.shard(*shard)
     if shuffle:  # shuffling names, not pixels: a full shuffle costs a few bytes per image

@@ -66,19 +66,13 @@ class TrainImages:
 
 
 def in_memory(images: np.ndarray) -> TrainImages:
-    """TrainImages over an array held in memory (built-in data, tests)."""
+    """TrainImages over an array held in memory (validation images, tests): the same
+    batching as built-in data (`transfer.stream`)."""
+    from transfer import stream
 
-    def make(batch_size, shuffle, seed, shard):
-        import tensorflow as tf
-
-        ds = tf.data.Dataset.from_tensor_slices(images)
-        if shard:
-            ds = ds.shard(*shard)
-        if shuffle:
-            ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-        return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE)
-
-    return TrainImages(len(images), tuple(images.shape[1:]), make)
+    listing = stream.Listing(src="memory", paths=[], ids=np.arange(len(images)).astype(str),
+                             channels=int(images.shape[-1]), images=images)
+    return stream.train_images(listing, np.arange(len(images)), int(images.shape[1]))
 
 
 def get(name: str):
