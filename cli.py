@@ -11,9 +11,13 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 import click  # noqa: E402
 
 from transfer import builtins  # noqa: E402
+from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
+    OBJECTIVES,
+    STRATEGIES,
     CompareConfig,
     DemoConfig,
+    ExperimentConfig,
     FineTuneConfig,
     PredictConfig,
     PrepareConfig,
@@ -22,11 +26,8 @@ from transfer.config import (  # noqa: E402
     field_defaults,
     load_toml,
 )
-from transfer.distribute import STRATEGIES, WorkerFailed  # noqa: E402
+from transfer.distribute import WorkerFailed  # noqa: E402
 from transfer.errors import RunComplete, TransferError  # noqa: E402
-from transfer.architectures import PRESETS, READOUTS  # noqa: E402
-
-from transfer.objectives import NAMES as OBJECTIVES  # noqa: E402
 
 
 class UserError(click.ClickException):
@@ -59,9 +60,6 @@ class TransferGroup(click.Group):
 class IntList(click.ParamType):
     name = "N[,N...]"
 
-    def __init__(self, minimum: int = 1):
-        self.minimum = minimum
-
     def convert(self, value, param, ctx):
         if isinstance(value, (tuple, list)):
             return tuple(int(v) for v in value)
@@ -69,8 +67,8 @@ class IntList(click.ParamType):
             items = tuple(int(v) for v in str(value).split(",") if v.strip())
         except ValueError:
             self.fail(f"expected comma-separated integers. Received: {value!r}", param, ctx)
-        if not items or min(items) < self.minimum:
-            self.fail(f"expected integers >= {self.minimum}. Received: {value!r}", param, ctx)
+        if not items:
+            self.fail(f"expected comma-separated integers. Received: {value!r}", param, ctx)
         return items
 
 
@@ -90,12 +88,9 @@ class LabelBudget(click.ParamType):
         if value is None or str(value).lower() == "all":
             return None
         try:
-            n = int(value)
+            return int(value)
         except (TypeError, ValueError):
             self.fail(f"expected a whole number or 'all'. Received: {value!r}", param, ctx)
-        if n < 1:
-            self.fail(f"labels_per_class must be >= 1. Received: labels_per_class={n}", param, ctx)
-        return n
 
 
 def _config_callback(cls):
@@ -140,8 +135,8 @@ def arch_options(cls):
                 help="Encoder preset: small (3 conv+BN+max-pool blocks), lenet5, vgg (2 convs per block), "
                      "resnet (residual units)."),
             opt(cls, "filters", type=IntList(), help="Filters per block, e.g. 32,64,128 (sets the number of blocks)."),
-            opt(cls, "kernel-size", type=click.IntRange(1), help="Kernel size of every conv (preset's if unset)."),
-            opt(cls, "strides", type=click.IntRange(1), help="Stride of each block's first conv."),
+            opt(cls, "kernel-size", type=int, help="Kernel size of every conv (preset's if unset)."),
+            opt(cls, "strides", type=int, help="Stride of each block's first conv."),
             opt(cls, "padding", type=click.Choice(["same", "valid"]), help="Conv padding."),
             opt(cls, "pool", type=click.Choice(["max", "avg", "none"]), help="Pooling after each block."),
             opt(cls, "batch-norm/--no-batch-norm", "batch_norm", help="BatchNorm after each conv."),
@@ -225,12 +220,13 @@ main.help += ", ".join(builtins.names()) + "."
 @opt(PretrainConfig, "out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @opt(PretrainConfig, "objective", type=click.Choice(OBJECTIVES), help="Pretraining objective.")
 @arch_options(PretrainConfig)
-@opt(PretrainConfig, "image-size", type=click.IntRange(1), help="Images are resized to this square size.")
-@opt(PretrainConfig, "channels", type=click.IntRange(1), help="Channels (default: 1 if all images are gray, else 3).")
-@opt(PretrainConfig, "epochs", type=click.IntRange(1), help="Passes over the unlabeled images.")
-@opt(PretrainConfig, "batch-size", type=click.IntRange(1),
+@opt(PretrainConfig, "image-size", type=int, help="Images are resized to this square size.")
+@opt(PretrainConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
+@opt(PretrainConfig, "epochs", type=int, help="Passes over the unlabeled images.")
+@opt(PretrainConfig, "batch-size", type=int,
      help="Images per step (contrastive: also the number of negatives each image is contrasted with).")
-@opt(PretrainConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True), help="Adam's learning rate (gan: 2e-4 fixed).")
+@opt(PretrainConfig, "learning-rate", type=float,
+     help="Adam's learning rate (default: the objective's own: 1e-3, gan 2e-4).")
 @opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -261,7 +257,7 @@ def pretrain(**params):
           "(with --encoder random: from scratch).")
 @opt(FineTuneConfig, "labels-per-class", type=LabelBudget(), help="Labeled training images per class, or 'all'.")
 @opt(FineTuneConfig, "test-data", help="Separate labeled test set (default: a fixed split of --data).")
-@opt(FineTuneConfig, "test-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True),
+@opt(FineTuneConfig, "test-fraction", type=float,
      help="Fraction of each class held out for testing; the split depends only on image content.")
 @opt(FineTuneConfig, "readout", type=click.Choice(READOUTS),
      help="Features fed to the head: avg (global average pool of the last block), flatten, "
@@ -269,22 +265,22 @@ def pretrain(**params):
 @opt(FineTuneConfig, "head", type=HeadType(), default="linear", show_default=True,
      help="linear: a softmax layer on standardized features, solved exactly (L-BFGS, L2) when the encoder "
           "is frozen; or hidden units, e.g. 128 or 256,64, trained by Adam for --epochs.")
-@opt(FineTuneConfig, "dropout", type=click.FloatRange(0, 1, max_open=True), help="Dropout in a head with hidden layers.")
-@opt(FineTuneConfig, "unfreeze-top", type=click.IntRange(0),
+@opt(FineTuneConfig, "dropout", type=float, help="Dropout in a head with hidden layers.")
+@opt(FineTuneConfig, "unfreeze-top", type=int,
      help="With --freeze all: after the head is fit, train the top K conv blocks further "
           "(BatchNorm stays frozen) at --fine-tune-learning-rate for --fine-tune-epochs.")
-@opt(FineTuneConfig, "fine-tune-learning-rate", type=click.FloatRange(min=0, min_open=True),
+@opt(FineTuneConfig, "fine-tune-learning-rate", type=float,
      help="Learning rate while the top blocks are unfrozen.")
-@opt(FineTuneConfig, "fine-tune-epochs", type=click.IntRange(1), help="Epochs while the top blocks are unfrozen.")
-@opt(FineTuneConfig, "epochs", type=click.IntRange(1),
+@opt(FineTuneConfig, "fine-tune-epochs", type=int, help="Epochs while the top blocks are unfrozen.")
+@opt(FineTuneConfig, "epochs", type=int,
      help="Epochs of a hidden-layer head, or of training with --freeze none (a linear head needs none).")
-@opt(FineTuneConfig, "batch-size", type=click.IntRange(1), help="Labeled images per step.")
-@opt(FineTuneConfig, "learning-rate", type=click.FloatRange(min=0, min_open=True),
+@opt(FineTuneConfig, "batch-size", type=int, help="Labeled images per step.")
+@opt(FineTuneConfig, "learning-rate", type=float,
      help="Adam's learning rate for the head, or for everything with --freeze none.")
 @opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")
 @arch_options(FineTuneConfig)
-@opt(FineTuneConfig, "image-size", type=click.IntRange(1), help="With --encoder random only.")
-@opt(FineTuneConfig, "channels", type=click.IntRange(1), help="With --encoder random only (default: from data).")
+@opt(FineTuneConfig, "image-size", type=int, help="With --encoder random only.")
+@opt(FineTuneConfig, "channels", type=int, help="With --encoder random only (default: from data).")
 @opt(FineTuneConfig, "out", type=click.Path(file_okay=False), help="Run directory (default runs/RUN_ID).")
 @opt(FineTuneConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(FineTuneConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
@@ -307,8 +303,8 @@ def fine_tune(**params):
 @main.command()
 @click.argument("src")
 @opt(PrepareConfig, "out", required=True, type=click.Path(file_okay=False), help="Directory to create.")
-@opt(PrepareConfig, "image-size", type=click.IntRange(1), help="Images are resized to this square size once.")
-@opt(PrepareConfig, "channels", type=click.IntRange(1), help="Channels (default: 1 if all images are gray, else 3).")
+@opt(PrepareConfig, "image-size", type=int, help="Images are resized to this square size once.")
+@opt(PrepareConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
 @opt(PrepareConfig, "labeled", is_flag=True, help="Keep labels (class subfolders or the CSV's label column).")
 def prepare(**params):
     """Decode and resize SRC (a directory or CSV manifest) once into sharded TFRecord files.
@@ -343,7 +339,7 @@ def compare(**params):
 @opt(PredictConfig, "model", required=True, help="A fine-tune run directory.")
 @opt(PredictConfig, "data", required=True, help="Images to classify: directory, CSV with a path column, or built-in.")
 @opt(PredictConfig, "out", type=click.Path(dir_okay=False), help="CSV to write.")
-@opt(PredictConfig, "batch-size", type=click.IntRange(1), help="Images per prediction batch.")
+@opt(PredictConfig, "batch-size", type=int, help="Images per prediction batch.")
 @opt(PredictConfig, "overwrite", is_flag=True, help="Replace an existing output file.")
 def predict(**params):
     """Classify images with a fine-tuned model: path, predicted class, probability of each class."""
@@ -357,7 +353,7 @@ def predict(**params):
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @opt(VisualizeConfig, "out", type=click.Path(file_okay=False), help="Folder for the PNGs and index.html (default RUN_DIR/visualize).")
 @opt(VisualizeConfig, "layer", help="Layer whose units to visualize (default: the top block's last activation).")
-@opt(VisualizeConfig, "units", type=IntList(minimum=0), help="Channels of --layer to generate images for "
+@opt(VisualizeConfig, "units", type=IntList(), help="Channels of --layer to generate images for "
      "(default: the first 8).")
 @opt(VisualizeConfig, "image", type=click.Path(dir_okay=False), help="Image for the feature maps (default: the first pretraining image).")
 def visualize(**params):
@@ -382,16 +378,16 @@ def experiment(file, dry_run):
     _import_tensorflow_quietly()
     from pipelines import experiment as pipeline
 
-    _run(pipeline, pipeline.ExperimentConfig, {"file": file, "dry_run": dry_run})
+    _run(pipeline, ExperimentConfig, {"file": file, "dry_run": dry_run})
 
 
 @main.command()
 @opt(DemoConfig, "out", type=click.Path(file_okay=False), help="Directory for everything (default runs/demo-TIME).")
-@opt(DemoConfig, "pretrain-epochs", type=click.IntRange(1), help="Default: pretrain's default.")
-@opt(DemoConfig, "fine-tune-epochs", type=click.IntRange(1), help="Default: fine-tune's default.")
+@opt(DemoConfig, "pretrain-epochs", type=int, help="Default: pretrain's default.")
+@opt(DemoConfig, "fine-tune-epochs", type=int, help="Default: fine-tune's default.")
 @opt(DemoConfig, "labels-per-class", type=IntList(), default=",".join(map(str, DemoConfig.labels_per_class)),
      help="Label budgets to compare.")
-@opt(DemoConfig, "seeds", type=IntList(minimum=0), help="Seeds to repeat each fine-tune with.",
+@opt(DemoConfig, "seeds", type=IntList(), help="Seeds to repeat each fine-tune with.",
      default=",".join(map(str, DemoConfig.seeds)))
 def demo(**params):
     """Pretrain on built-in digits, fine-tune three ways at two label budgets, print the comparison."""

@@ -1,17 +1,111 @@
-"""Small steps the pipelines share."""
+"""What the pipelines share: one run lifecycle, and small steps."""
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
 import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
 
-from transfer import data as data_lib
-from transfer import architectures, results
+from transfer import architectures, artifacts, data, distribute, results, training, visualize
 from transfer.errors import TrainingDiverged, TransferError
+
+
+class Run:
+    """One training run's life, the same for pretrain and fine-tune.
+
+    strategy -> chief or not -> staging directory `OUT.partial` (resumed when an
+    interrupted run of the same configuration left it) -> training under the
+    strategy -> non-chief workers stop -> model + manifest saved -> renamed to OUT
+    -> one results row. Used as a context manager: a run that diverges leaves a
+    `status=failed` row (with the fields given to `note`) and no staging; bad input
+    leaves no staging; a lost worker leaves the chief's staging for a resume.
+    """
+
+    def __init__(self, command: str, cfg, out: str | None, log):
+        """`out`: the run directory (None: runs/RUN_ID)."""
+        self.command, self.cfg, self.log = command, cfg, log
+        self.run_id = results.new_run_id(command)
+        self.out = Path(out) if out else Path("runs") / self.run_id
+        self.started = time.perf_counter()
+        self.strategy = distribute.make_strategy(cfg.strategy)
+        self.chief = distribute.cluster()["chief"] if distribute.is_multiworker(self.strategy) else True
+        self.facts = {"data": cfg.data, "seed": cfg.seed}  # row fields known so far
+        if self.chief:
+            self.staging, resumed = artifacts.start_run_dir(self.out, cfg.overwrite, config_dict(cfg))
+            if resumed:
+                log(f"resuming the interrupted run in {self.staging}")
+        else:  # only the chief writes artifacts; a worker's files go to a scratch directory
+            self.staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
+
+    def note(self, **fields) -> None:
+        """Row fields known so far (a failed run's row records them)."""
+        self.facts.update(fields)
+
+    def __enter__(self) -> "Run":
+        return self
+
+    def __exit__(self, kind, exc, tb) -> bool:
+        if isinstance(exc, TrainingDiverged):
+            shutil.rmtree(self.staging, ignore_errors=True)
+            results.append_row(self.cfg.results, {**self._common(), "status": "failed", "error": str(exc)})
+        elif isinstance(exc, TransferError):
+            shutil.rmtree(self.staging, ignore_errors=True)
+        elif isinstance(exc, distribute.WorkerFailed) and not self.chief:
+            shutil.rmtree(self.staging, ignore_errors=True)
+        return False
+
+    @contextlib.contextmanager
+    def distributed(self):
+        """Build and train under the strategy; a lost peer becomes `WorkerFailed`."""
+        with self.strategy.scope():
+            try:
+                yield
+            except distribute.PEER_ERRORS as exc:
+                raise distribute.WorkerFailed(f"distributed training failed: {distribute.describe(exc)}") from None
+
+    def worker_done(self, message: str) -> bool:
+        """True on a non-chief worker, whose part ends here (the chief saves and records)."""
+        if self.chief:
+            return False
+        shutil.rmtree(self.staging, ignore_errors=True)
+        self.log(f"worker finished{message}; the chief writes the run directory and the results row")
+        return True
+
+    def save(self, model, kind: str, image_size: int, channels: int, **manifest) -> Path:
+        """Save the model and its manifest, then move the run directory into place.
+        Call outside `distributed()`: reading mirrored variables there is a collective
+        that the other workers, already finished, would never join."""
+        filename = f"{kind}.keras"
+        digest = artifacts.save_model(model, self.staging / filename)
+        artifacts.write_manifest(self.staging, kind, run_id=self.run_id, model_file=filename, model_sha256=digest,
+                                 image_size=image_size, channels=channels, **manifest)
+        self.out = artifacts.finish_run_dir(self.staging, self.out)
+        return self.out
+
+    def record(self, **fields) -> dict:
+        """Append the finished run's row (common fields + `fields`) and return it."""
+        row = {**self._common(), "status": "ok", **fields, "strategy": self.cfg.strategy,
+               "replicas": self.strategy.num_replicas_in_sync, "workers": distribute.workers(self.strategy),
+               "seconds": round(time.perf_counter() - self.started, 2),
+               "peak_memory_mb": round(training.peak_memory_mb(), 1)}
+        results.append_row(self.cfg.results, row)
+        return row
+
+    def _common(self) -> dict:
+        return {"run_id": self.run_id, "timestamp": results.now(), "command": self.command,
+                "experiment": self.cfg.experiment, **self.facts, "run_dir": str(self.out)}
+
+
+def config_dict(cfg) -> dict:
+    """The run's configuration as saved in config.json (and matched to resume a run)."""
+    d = {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
+    d.pop("overwrite", None)
+    return d
 
 
 def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
@@ -21,14 +115,10 @@ def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
 
 
 def encoder_blocks(cfg) -> list[architectures.Block]:
-    return architectures.preset_blocks(cfg.arch, cfg.filters, **cfg.overrides())
-
-
-def config_dict(cfg) -> dict:
-    """The run's configuration as saved in config.json (and matched to resume a run)."""
-    d = {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
-    d.pop("overwrite", None)
-    return d
+    """The configured architecture's blocks; an image size too small for them is refused."""
+    blocks = architectures.preset_blocks(cfg.arch, cfg.filters, **cfg.overrides())
+    architectures.block_shapes(blocks, cfg.image_size, cfg.arch)
+    return blocks
 
 
 HOLDOUT_FRACTION = 0.1
@@ -40,40 +130,10 @@ def holdout_split(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     if len(ids) < 2:
         raise TransferError(f"pretraining needs at least 2 images. Received: {len(ids)}")
     fraction = min(HOLDOUT_FRACTION, HOLDOUT_MAX / len(ids))
-    return data_lib.split_test(np.zeros(len(ids), dtype=np.int64), ids, fraction)
+    return data.split_test(np.zeros(len(ids), dtype=np.int64), ids, fraction)
 
 
 def save_preview(path: Path, originals: np.ndarray, reconstructions: np.ndarray) -> None:
     """A PNG with originals in the top row and their reconstructions (or views, samples) below."""
-    from transfer import visualize
-
     tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in [*originals, *reconstructions]]
     visualize.save_png(visualize.tile(tiles, columns=len(originals)), path, min_px=512)
-
-
-@contextlib.contextmanager
-def staged_run(staging: Path, chief: bool, results_path: str, failure_row):
-    """What a run does when it fails inside its staging directory: divergence is recorded as a
-    `status=failed` row (`failure_row()` gives its fields) and the staging is removed; bad input
-    removes the staging (nothing worth resuming); a lost worker removes only a non-chief's scratch
-    directory (the chief's staging is kept, as after a kill)."""
-    from transfer import distribute
-
-    try:
-        yield
-    except TrainingDiverged as exc:
-        shutil.rmtree(staging, ignore_errors=True)
-        record_failure(results_path, failure_row(), exc)
-        raise
-    except TransferError:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    except distribute.WorkerFailed:
-        if not chief:
-            shutil.rmtree(staging, ignore_errors=True)
-        raise
-
-
-def record_failure(results_path: str, row: dict, error: Exception) -> None:
-    """Append a `status=failed` row (no metrics: a failed run is not a result)."""
-    results.append_row(results_path, {**row, "timestamp": results.now(), "status": "failed", "error": str(error)})

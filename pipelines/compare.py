@@ -7,11 +7,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from transfer import results
+from transfer import methods, results
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
-
-BASELINES = ("scratch", "random-frozen", "pixels-logreg")
 
 
 def _budget_key(value) -> float:
@@ -41,7 +39,8 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
         table["significant"] = False
         groups = table.groupby(context, dropna=False) if context else [((), table)]
         for _, group in groups:
-            base = group[group["method"].isin(BASELINES)]
+            baseline = group["method"].map(methods.is_baseline)
+            base = group[baseline]
             scratch = group[group["method"] == "scratch"]
             if not scratch.empty:
                 table.loc[group.index, "vs_scratch"] = group["mean"] - scratch["mean"].iloc[0]
@@ -51,7 +50,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
                 spread = np.sqrt(group["std"] ** 2 + best["std"] ** 2)
                 table.loc[group.index, "vs_best_baseline"] = diff
                 enough = (group["n"] >= 2) & (best["n"] >= 2)  # one run has no spread to exceed
-                table.loc[group.index, "significant"] = (diff.abs() > spread) & enough & ~group["method"].isin(BASELINES)
+                table.loc[group.index, "significant"] = (diff.abs() > spread) & enough & ~baseline
     sort_cols = [c for c in by if c != "labels_per_class"]
     if "labels_per_class" in by:
         table["_budget"] = table["labels_per_class"].map(_budget_key)
@@ -112,7 +111,7 @@ def plot(df: pd.DataFrame, metric: str, path: str) -> None:
                 metric].agg(["mean", "std"]).fillna(0.0).sort_index()
             scale = 100.0 if "accuracy" in metric else 1.0
             line, = ax.plot(stats.index, stats["mean"] * scale, marker="o", label=method,
-                            linestyle="--" if method in BASELINES else "-")
+                            linestyle="--" if methods.is_baseline(method) else "-")
             ax.fill_between(stats.index, (stats["mean"] - stats["std"]) * scale,
                             (stats["mean"] + stats["std"]) * scale, color=line.get_color(), alpha=0.15)
         ax.set_xscale("log")

@@ -9,7 +9,10 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
+from transfer import methods
 from transfer.config import CompareConfig, DemoConfig, FineTuneConfig, PretrainConfig
+
+BASELINES = ("random-frozen", "scratch")  # beside the pretrained encoder's default recipe
 
 
 def run(cfg: DemoConfig, log=print):
@@ -29,21 +32,22 @@ def run(cfg: DemoConfig, log=print):
     timings["pretrain"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    variants = [(str(out / "encoder"), "all", {}), ("random", "all", {"unfreeze_top": 0}), ("random", "none", {})]
+    variants = [("pretrained", {"encoder": str(out / "encoder")}),
+                *((name, methods.parse(name).settings) for name in BASELINES)]
     total = len(variants) * len(cfg.labels_per_class) * len(cfg.seeds)
     done = 0
     log(f"[2/3] {total} fine-tunes: pretrained (default recipe), random-frozen, scratch x "
         f"labels per class {list(cfg.labels_per_class)} x seeds {list(cfg.seeds)}")
     for budget in cfg.labels_per_class:
         for seed in cfg.seeds:
-            for encoder, freeze, extra in variants:
+            for short, settings in variants:
                 done += 1
                 keras.backend.clear_session()  # fit in a loop leaks graph state otherwise
                 row = fine_tune.run(
-                    FineTuneConfig(data="digits", encoder=encoder, freeze=freeze, labels_per_class=budget,
-                                   seed=seed, arch=cfg.arch, image_size=cfg.image_size,
-                                   results=str(table_path), **_given(epochs=cfg.fine_tune_epochs), **extra,
-                                   out=str(out / "fine-tune" / f"{budget}-{seed}-{_short(encoder)}-{freeze}")),
+                    FineTuneConfig(data="digits", labels_per_class=budget, seed=seed, arch=cfg.arch,
+                                   image_size=cfg.image_size, results=str(table_path),
+                                   **_given(epochs=cfg.fine_tune_epochs), **settings,
+                                   out=str(out / "fine-tune" / f"{budget}-{seed}-{short}")),
                     log=lambda _msg: None,
                 )
                 log(f"  ({done}/{total}) {row['method']:<20} labels/class={budget:<3} seed={seed} "
@@ -60,10 +64,6 @@ def run(cfg: DemoConfig, log=print):
 
 def _given(**kwargs) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
-
-
-def _short(encoder: str) -> str:
-    return "random" if encoder == "random" else "pretrained"
 
 
 def _indent(log):

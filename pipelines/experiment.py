@@ -27,42 +27,14 @@ import re
 import time
 from pathlib import Path
 
+import keras
+
 from pipelines import compare, fine_tune, pretrain
-from transfer import artifacts, objectives, results
-from transfer.config import CompareConfig, FineTuneConfig, PretrainConfig, read_toml
+from transfer import artifacts, methods, results
+from transfer.config import CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, read_toml
 from transfer.errors import TransferError
 
-_TOP = re.compile(r"^(?P<base>.+)-top(?P<k>\d+)$")
 KEYS = {"name", "description", "results", "runs", "seeds", "labels_per_class", "methods", "pretrain", "fine_tune"}
-
-
-@dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    file: str
-    dry_run: bool = False
-
-
-def parse_method(method: str) -> tuple[str | None, dict]:
-    """(objective or None, FineTuneConfig overrides) for a method name."""
-    baselines = {"pixels-logreg": {"encoder": "pixels"},
-                 "random-frozen": {"encoder": "random", "freeze": "all", "unfreeze_top": 0},
-                 "scratch": {"encoder": "random", "freeze": "none"}}
-    if method in baselines:
-        return None, baselines[method]
-    top = _TOP.match(method)
-    base, overrides = method, {}
-    if top:
-        base, overrides = top["base"], {"freeze": "all", "unfreeze_top": int(top["k"])}
-    elif method.endswith("-frozen"):
-        base, overrides = method[: -len("-frozen")], {"freeze": "all", "unfreeze_top": 0}
-    elif method.endswith("-finetuned"):
-        base, overrides = method[: -len("-finetuned")], {"freeze": "none"}
-    if base == "random" and top:
-        return None, {"encoder": "random", **overrides}
-    if base not in objectives.NAMES:
-        raise TransferError(f"unknown method '{method}'. Use a baseline ({', '.join(baselines)}, random-top<K>), "
-                            f"an objective ({', '.join(objectives.NAMES)}) or <objective>-frozen|-top<K>|-finetuned")
-    return base, overrides
 
 
 def _section(spec: dict, key: str, cls, path) -> dict:
@@ -98,45 +70,18 @@ def _done(results_path: str, name: str) -> set[tuple[str, str, int]]:
 
 
 def run(cfg: ExperimentConfig, log=print):
-    import keras
-
     spec = load(cfg.file)
     name = spec["name"]
     results_path = spec.get("results", f"experiments/{name}.csv")
     runs = Path(spec.get("runs", f"runs/{name}"))
     pre = _section(spec, "pretrain", PretrainConfig, cfg.file)
     fin = _section(spec, "fine_tune", FineTuneConfig, cfg.file)
-    budgets = [None if str(b) == "all" else int(b) for b in spec["labels_per_class"]]
-    plan = [(m, *parse_method(m)) for m in spec["methods"]]
-    done = _done(results_path, name)
-
+    plan = [(m, methods.parse(m)) for m in spec["methods"]]
     encoders = {}
-    for objective in dict.fromkeys(o for _, o, _ in plan if o):
-        out = runs / f"pretrain-{objective}"
-        try:
-            artifacts.read_manifest(out, "encoder")
-            log(f"reusing the {objective} encoder in {out}")
-        except TransferError:
-            log(f"pretraining {objective} -> {out}")
-            if not cfg.dry_run:
-                keras.backend.clear_session()
-                pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
-                                               "results": results_path, "experiment": name}),
-                             log=lambda m: log("  " + m))
-        encoders[objective] = str(out)
-
-    jobs = [(m, o, ov, b, s) for b in budgets for s in spec["seeds"] for m, o, ov in plan]
-    todo = []
-    for method, objective, overrides, budget, seed in jobs:
-        fcfg = FineTuneConfig(**{**fin, **overrides, "labels_per_class": budget, "seed": int(seed),
-                                 "results": results_path, "experiment": name, "overwrite": True,
-                                 **({"encoder": encoders[objective]} if objective else {})})
-        label = fine_tune.method_name(objective, fcfg.freeze, fcfg.unfreeze_top) if objective else method
-        if (label, str(budget or "all"), int(seed)) in done:
-            continue
-        out = runs / "fine-tune" / f"{label}-{budget or 'all'}-{seed}"
-        todo.append((label, dataclasses.replace(fcfg, out=str(out))))
-    log(f"{len(jobs) - len(todo)} of {len(jobs)} fine-tunes already in {results_path}; {len(todo)} to run")
+    for objective in dict.fromkeys(m.objective for _, m in plan if m.objective):
+        encoders[objective] = _pretrained(objective, runs, pre, results_path, name, cfg.dry_run, log)
+    jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
+    log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")
     for i, (label, fcfg) in enumerate(todo, start=1):
         if cfg.dry_run:
             log(f"  would run {label} labels/class={fcfg.labels_per_class or 'all'} seed={fcfg.seed}")
@@ -149,3 +94,36 @@ def run(cfg: ExperimentConfig, log=print):
     if cfg.dry_run or not Path(results_path).is_file():
         return None
     return compare.run(CompareConfig(results=results_path), log=log)
+
+
+def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: str, dry_run: bool, log) -> str:
+    """The run directory of the experiment's encoder for `objective`, pretrained unless it exists."""
+    out = runs / f"pretrain-{objective}"
+    try:
+        artifacts.read_manifest(out, "encoder")
+        log(f"reusing the {objective} encoder in {out}")
+    except TransferError:
+        log(f"pretraining {objective} -> {out}")
+        if not dry_run:
+            keras.backend.clear_session()
+            pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
+                                           "results": results_path, "experiment": name}),
+                         log=lambda m: log("  " + m))
+    return str(out)
+
+
+def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path: str):
+    """(number of jobs in the grid, [(method name, FineTuneConfig)] of those not yet in the table)."""
+    done = _done(results_path, spec["name"])
+    budgets = [None if str(b) == "all" else int(b) for b in spec["labels_per_class"]]
+    jobs = [(m, b, s) for b in budgets for s in spec["seeds"] for m in plan]
+    todo = []
+    for (given, method), budget, seed in jobs:
+        fcfg = FineTuneConfig(**{**fin, **method.settings, "labels_per_class": budget, "seed": int(seed),
+                                 "results": results_path, "experiment": spec["name"], "overwrite": True,
+                                 **({"encoder": encoders[method.objective]} if method.objective else {})})
+        label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top)
+        if (label, str(budget or "all"), int(seed)) not in done:
+            out = runs / "fine-tune" / f"{label}-{budget or 'all'}-{seed}"
+            todo.append((label, dataclasses.replace(fcfg, out=str(out))))
+    return len(jobs), todo

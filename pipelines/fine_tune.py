@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,24 +9,10 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from pipelines.common import config_dict, encoder_blocks, report_skipped, staged_run
-from transfer import architectures, artifacts, data, distribute, heads, models, results, stream, training
+from pipelines.common import Run, encoder_blocks, report_skipped
+from transfer import artifacts, data, distribute, heads, methods, models, results, stream, training
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
-
-
-def method_name(objective: str | None, freeze: str, unfreeze_top: int = 0) -> str:
-    """The label compare groups by: pixels-logreg, random-frozen, scratch,
-    <objective>-frozen, <objective>-top<K> (top K blocks unfrozen), <objective>-finetuned."""
-    if objective == "pixels":
-        return "pixels-logreg"
-    if objective is None:
-        if freeze == "none":
-            return "scratch"
-        return f"random-top{unfreeze_top}" if unfreeze_top else "random-frozen"
-    if freeze == "none":
-        return f"{objective}-finetuned"
-    return f"{objective}-top{unfreeze_top}" if unfreeze_top else f"{objective}-frozen"
 
 
 def _resolve_encoder(cfg: FineTuneConfig):
@@ -36,9 +20,7 @@ def _resolve_encoder(cfg: FineTuneConfig):
     if cfg.encoder == "pixels":
         return None, None, cfg.image_size, cfg.channels, None
     if cfg.encoder == "random":
-        blocks = encoder_blocks(cfg)
-        architectures.block_shapes(blocks, cfg.image_size, cfg.arch)
-        return None, None, cfg.image_size, cfg.channels, blocks
+        return None, None, cfg.image_size, cfg.channels, encoder_blocks(cfg)
     encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
     pre = manifest["preprocessing"]
     if cfg.channels is not None and cfg.channels != pre["channels"]:
@@ -85,34 +67,23 @@ def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log
         raise TransferError(f"{cfg.data}: the test split is empty; give --test-data or more images")
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
     train = stream.load(source, chosen, image_size)
-    report_skipped(train.skipped[len(source.skipped):], log, "while decoding")
+    report_skipped(train.skipped, log, "while decoding")
     return source, train, test
 
 
 def run(cfg: FineTuneConfig, log=print) -> dict:
-    """Fine-tune, save the classifier run directory, append and return the results row."""
-    start = time.perf_counter()
-    run_id = results.new_run_id("fine-tune")
-    out = Path(cfg.out) if cfg.out else Path("runs") / run_id
-    strategy = distribute.make_strategy(cfg.strategy)
-    chief = distribute.cluster()["chief"] if distribute.is_multiworker(strategy) else True
-    # First: a finished run is reported before any model or data is loaded.
-    if chief:
-        staging, resumed = artifacts.start_run_dir(out, cfg.overwrite, config_dict(cfg))
-        if resumed:
-            log(f"resuming the interrupted run in {staging}")
-    else:  # only the chief writes; a worker's files go to a scratch directory
-        staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
-    with staged_run(staging, chief, cfg.results, lambda: {
-            "run_id": run_id, "command": "fine-tune", "experiment": cfg.experiment, "data": cfg.data,
-            "encoder": cfg.encoder, "method": method, "labels_per_class": cfg.labels_per_class or "all",
-            "seed": cfg.seed, "epochs": cfg.epochs, "learning_rate": cfg.learning_rate, "run_dir": str(out)}):
-        with strategy.scope():  # models built and trained under the tf.distribute strategy
+    """Fine-tune, save the classifier run directory, append and return the results row
+    ({} on a non-chief worker)."""
+    with Run("fine-tune", cfg, cfg.out, log) as run:  # a finished run is reported before anything loads
+        run.note(encoder=cfg.encoder, labels_per_class=cfg.labels_per_class or "all", epochs=cfg.epochs,
+                 learning_rate=cfg.learning_rate)
+        with run.distributed():  # models built and trained under the tf.distribute strategy
             encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
-            dataset, train, test = _load_splits(cfg, image_size, channels, log)
+            source, train, test = _load_splits(cfg, image_size, channels, log)
             channels = train.images.shape[-1]
             objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
-            method = method_name(objective, cfg.freeze, cfg.unfreeze_top)
+            method = methods.name(objective, cfg.encoder, cfg.freeze, cfg.unfreeze_top)
+            run.note(method=method)
             leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
             if leaked:
                 log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
@@ -121,57 +92,25 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                 encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
-            if encoder is None:
-                fit = _fit_pixels
-            else:
-                fit = _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
-            try:
-                classifier, metrics = fit(cfg, encoder, train, test, staging, log)
-            except distribute.PEER_ERRORS as exc:
-                raise distribute.WorkerFailed(f"distributed training failed: {distribute.describe(exc)}") from None
-            n_test = metrics.pop("n_test")
-            if not chief:
-                shutil.rmtree(staging, ignore_errors=True)
-                log(f"worker finished (test accuracy {metrics['test_accuracy']:.4f}); the chief writes the run")
-                return {}
-        # Saved outside the strategy's scope: inside it, reading mirrored variables is a collective
-        # that the other workers, already finished, would never join.
-        digest = artifacts.save_model(classifier, staging / "classifier.keras")
-        artifacts.write_json(staging / artifacts.MANIFEST, {
-            "format": artifacts.FORMAT, "format_version": artifacts.FORMAT_VERSION, "kind": "classifier",
-            "run_id": run_id, "created": results.now(),
-            "model_file": "classifier.keras", "model_sha256": digest,
-            "class_names": train.class_names,
-            "input_shape": [image_size, image_size, channels],
-            "preprocessing": data.preprocessing_contract(image_size, channels),
-            "encoder": {"source": cfg.encoder, "objective": objective,
-                        "sha256": manifest["model_sha256"] if manifest else None},
-            "method": method, "freeze": cfg.freeze, "readout": cfg.readout,
-            "data": {"source": cfg.data, "fingerprint": dataset.fingerprint()},
-            "metrics": metrics, "versions": artifacts.versions(),
-        })
-        out = artifacts.finish_run_dir(staging, out)
-
-    row = {
-        "run_id": run_id, "timestamp": results.now(), "command": "fine-tune", "status": "ok", "experiment": cfg.experiment,
-        "data": cfg.data, "test_data": cfg.test_data, "encoder": cfg.encoder,
-        "objective": objective or "random", "method": method,
-        "arch": manifest["arch"]["preset"] if manifest else (None if encoder is None else cfg.arch),
-        "image_size": image_size, "channels": channels,
-        "freeze": cfg.freeze if encoder is not None else None,
-        "readout": cfg.readout if encoder is not None else None,
-        "head": (",".join(map(str, cfg.head)) or "linear") if encoder is not None else None,
-        "unfreeze_top": cfg.unfreeze_top if encoder is not None and cfg.freeze == "all" else None,
-        "labels_per_class": cfg.labels_per_class or "all",
-        "n_train": len(train), "n_test": n_test, "seed": cfg.seed, "epochs": cfg.epochs,
-        "batch_size": cfg.batch_size, "learning_rate": cfg.learning_rate,
-        "test_in_pretraining": leaked, "skipped_files": _skipped_count(dataset, test.source),
-        "strategy": cfg.strategy, "replicas": strategy.num_replicas_in_sync,
-        "workers": distribute.workers(strategy),
-        "seconds": round(time.perf_counter() - start, 2),
-        "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out), **metrics,
-    }
-    results.append_row(cfg.results, row)
+            fit = _fit_pixels if encoder is None else _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
+            classifier, metrics = fit(cfg, encoder, train, test, run.staging, log)
+        if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
+            return {}
+        out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
+                       encoder={"source": cfg.encoder, "objective": objective,
+                                "sha256": manifest["model_sha256"] if manifest else None},
+                       method=method, freeze=cfg.freeze, readout=cfg.readout, metrics=metrics,
+                       data={"source": cfg.data, "fingerprint": source.fingerprint()})
+    trained = encoder is not None
+    row = run.record(
+        test_data=cfg.test_data, objective=objective or "random",
+        arch=manifest["arch"]["preset"] if manifest else (cfg.arch if trained else None),
+        image_size=image_size, channels=channels, freeze=cfg.freeze if trained else None,
+        readout=cfg.readout if trained else None,
+        head=(",".join(map(str, cfg.head)) or "linear") if trained else None,
+        unfreeze_top=cfg.unfreeze_top if trained and cfg.freeze == "all" else None,
+        n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked,
+        skipped_files=_skipped_count(source, test.source), **metrics)
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
 

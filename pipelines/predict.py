@@ -38,7 +38,7 @@ def run(cfg: PredictConfig, log=print) -> Path:
             batches = stream.records(source, np.arange(len(source)), size).batch(cfg.batch_size)
             for positions, images, _ in batches.as_numpy_iterator():
                 for i, p in zip(positions, np.asarray(model.predict_on_batch(images))):
-                    writer.writerow([stream.name_of(source, int(i)), classes[int(np.argmax(p))],
+                    writer.writerow([source.name(int(i)), classes[int(np.argmax(p))],
                                      *[f"{v:.6f}" for v in p]])
                     written += 1
         os.replace(tmp, out)

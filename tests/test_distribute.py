@@ -131,4 +131,7 @@ def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
-    assert row["strategy"] == "mirrored" and row["replicas"] >= 1 and row["images_per_second"] > 0
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_logical_devices("GPU"))  # mirrored: one replica per GPU, else the CPU alone
+    assert row["strategy"] == "mirrored" and row["replicas"] == max(gpus, 1) and row["images_per_second"] > 0

@@ -1,11 +1,13 @@
 import numpy as np
+import pandas as pd
 import pytest
 import tensorflow as tf
 from conftest import stripes
 
-from transfer import models, objectives
+from transfer import models, objectives, stream, training
 from transfer.architectures import preset_blocks
-from transfer.objectives import autoencoder, contrastive
+from transfer.errors import TransferError
+from transfer.objectives import contrastive, denoising, gan, masked
 
 
 @pytest.fixture(scope="module")
@@ -14,67 +16,98 @@ def images():
     return np.stack([stripes("hvd"[i % 3], 8, rng) for i in range(40)])[..., None].astype("float32") / 255.0
 
 
-@pytest.mark.parametrize("name", objectives.NAMES)
-def test_every_objective_trains_the_encoder_in_place(images, name, tmp_path):
+def pretrain(name, images, folder, epochs=2, learning_rate=1e-2, seed=0):
+    """An objective the keras-io way: build the model, fit it on image batches, report."""
     blocks = preset_blocks("small", (4, 8))
     enc = models.build_encoder((8, 8, 1), blocks)
-    before = [np.array(w) for w in enc.trainable_weights]
-    result = objectives.get(name).train(enc, blocks, objectives.in_memory(images[:32]), images[32:], epochs=2, batch_size=16,
-                                        learning_rate=1e-2, history_path=tmp_path / "h.csv", log=lambda m: None)
+    objective = objectives.get(name)
+    model = objective.build(enc, blocks, (8, 8, 1), objectives.Options(learning_rate, 16, seed))
+    train = stream.in_memory(images[:32])
+    training.fit(model, train.batches(16, True, seed), None, epochs=epochs, batch_size=None,
+                 history_path=folder / "h.csv", extra_callbacks=objective.callbacks(model, folder),
+                 validation_data=stream.in_memory(images[32:]).batches(16, False) if objective.VALIDATES else None)
+    return enc, objective.report(model, train, images[32:])
+
+
+@pytest.mark.parametrize("name", objectives.OBJECTIVES)
+def test_every_objective_trains_the_encoder_in_place(images, name, tmp_path):
+    training.set_seed(0)
+    fresh = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))  # what the encoder starts as
+    training.set_seed(0)
+    enc, report = pretrain(name, images, tmp_path)
     after = [np.array(w) for w in enc.trainable_weights]
-    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
-    assert all(np.isfinite(v) for v in result.metrics.values() if isinstance(v, float))
-    assert (tmp_path / "h.csv").read_text().count("\n") == 3  # header + 2 epochs
-    assert result.preview is not None and result.preview.shape[1:] == (8, 8, 1)
+    assert any(not np.array_equal(a, np.array(b)) for a, b in zip(after, fresh.trainable_weights))
+    assert all(np.isfinite(v) for v in report.metrics.values() if isinstance(v, float))
+    history = pd.read_csv(tmp_path / "h.csv")
+    assert len(history) == 2 and np.isfinite(history["loss"]).all()
+    assert report.preview is not None and report.preview.shape[1:] == (8, 8, 1)
+
+
+def test_reconstruction_loss_is_the_mean_squared_error_of_the_clean_image(images, tmp_path):
+    blocks = preset_blocks("small", (4, 8))
+    model = objectives.get("denoising").build(models.build_encoder((8, 8, 1), blocks), blocks, (8, 8, 1),
+                                              objectives.Options(1e-3, 16))
+    x = tf.constant(images[:16])
+    model.corrupt = lambda batch: batch  # a fixed input, so the loss can be recomputed here
+    logs = model.test_step(x)
+    expected = float(np.mean((np.asarray(model(x)) - images[:16]) ** 2))
+    assert float(logs["loss"]) == pytest.approx(expected, rel=1e-5)
 
 
 def test_corruptions():
+    blocks = preset_blocks("small", (4, 8))
     x = tf.ones((4, 16, 16, 1))
-    masked = autoencoder.mask_patches(x).numpy()
-    hidden = 1 - masked.mean()
-    assert 0.2 < hidden < 0.8 and set(np.unique(masked)) <= {0.0, 1.0}
-    noisy = autoencoder.add_noise(0.5 * x).numpy()
-    assert 0.1 < noisy.std() < 0.3 and noisy.min() >= 0 and noisy.max() <= 1
+    enc = models.build_encoder((16, 16, 1), blocks)
+    hidden = masked.build(enc, blocks, (16, 16, 1), objectives.Options(1e-3, 4)).corrupt(x).numpy()
+    assert 0.2 < 1 - hidden.mean() < 0.8 and set(np.unique(hidden)) <= {0.0, 1.0}
+    cells = hidden[0, ::2, ::2, 0]  # 8x8 grid of 2x2 cells: each cell is all kept or all hidden
+    np.testing.assert_array_equal(np.repeat(np.repeat(cells, 2, 0), 2, 1), hidden[0, ..., 0])
+    noisy = denoising.build(enc, blocks, (16, 16, 1), objectives.Options(1e-3, 4)).corrupt(0.5 * x).numpy()
+    assert noisy.std() == pytest.approx(denoising.NOISE_STD, rel=0.2) and noisy.min() >= 0 and noisy.max() <= 1
 
 
-def test_nt_xent_prefers_matching_views():
+def test_nt_xent_matches_its_formula():
     z = np.random.default_rng(0).normal(size=(8, 16)).astype("float32")
+    z1, z2 = z[:4], z[4:]
+    loss = float(contrastive.nt_xent(z1, z2, temperature=0.5))
+    u = z / np.linalg.norm(z, axis=1, keepdims=True)
+    sim = u @ u.T / 0.5
+    expected = []
+    for i in range(8):
+        positive = (i + 4) % 8
+        others = [j for j in range(8) if j != i]
+        expected.append(-sim[i, positive] + np.log(np.exp(sim[i, others]).sum()))
+    assert loss == pytest.approx(np.mean(expected), rel=1e-5)
     matched = float(contrastive.nt_xent(z, z + 0.01))
-    shuffled = float(contrastive.nt_xent(z, z[::-1].copy()))
-    assert matched < shuffled
-    assert matched < np.log(15)  # chance level: one positive among 15 candidates
+    assert matched < float(contrastive.nt_xent(z, z[::-1].copy())) and matched < np.log(15)
 
 
 def test_unknown_objective():
-    from transfer.errors import TransferError
-
     with pytest.raises(TransferError, match="unknown objective"):
         objectives.get("telepathy")
 
 
-def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
-    from transfer import training
-    from transfer.objectives import gan
+def test_gan_honours_the_learning_rate():
+    blocks = preset_blocks("small", (4, 8))
+    model = gan.build(models.build_encoder((8, 8, 1), blocks), blocks, (8, 8, 1), objectives.Options(3e-5, 16))
+    assert float(model.d_optimizer.learning_rate) == pytest.approx(3e-5)
+    assert float(model.g_optimizer.learning_rate) == pytest.approx(3e-5)
 
+
+def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
     def run(folder):
         training.set_seed(3)
-        blocks = preset_blocks("small", (4, 8))
-        enc = models.build_encoder((8, 8, 1), blocks)
         folder.mkdir()
-        result = gan.train(enc, blocks, objectives.in_memory(images[:32]), images[32:], epochs=3, batch_size=16, learning_rate=1e-3,
-                           history_path=folder / "h.csv", log=lambda m: None, seed=3)
-        return result, [np.array(w) for w in enc.weights]
+        enc, report = pretrain("gan", images, folder, epochs=3, learning_rate=1e-3, seed=3)
+        return report, [np.array(w) for w in enc.weights]
 
     first, weights1 = run(tmp_path / "a")
     second, weights2 = run(tmp_path / "b")
     assert np.isfinite(first.metrics["d_loss"]) and np.isfinite(first.metrics["g_loss"])
     assert sorted(p.name for p in (tmp_path / "a" / "samples").iterdir()) == [
         "epoch_001.png", "epoch_002.png", "epoch_003.png"]
-    import pandas as pd
-
     history = pd.read_csv(tmp_path / "a" / "h.csv")
     assert {"d_loss", "g_loss"} <= set(history.columns) and len(history) == 3
     assert first.metrics["d_loss"] == pytest.approx(second.metrics["d_loss"], rel=1e-3)
     for w1, w2 in zip(weights1, weights2):  # CPU reductions may differ in the last bits between runs
         np.testing.assert_allclose(w1, w2, rtol=1e-3, atol=1e-4)
-

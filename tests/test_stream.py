@@ -34,20 +34,33 @@ def mixed_dir(tmp_path):
     return root
 
 
-def test_streamed_pixels_equal_the_in_memory_loader(mixed_dir):
-    listing = stream.list_source(str(mixed_dir), labeled=True)
+def decoded_files(root, size):
+    """{path: (pixels by the one decoder, label)} for every readable file below root's class folders."""
+    out = {}
+    for label, folder in enumerate(sorted(p for p in root.iterdir() if p.is_dir())):
+        for path in sorted(folder.iterdir()):
+            try:
+                out[str(path)] = (data.decode_image(path, size, 3), label)
+            except TransferError:
+                pass
+    return out
+
+
+def test_streamed_pixels_equal_the_decoder_file_by_file(mixed_dir):
+    listing = stream.open_source(str(mixed_dir), True, 12)
     assert listing.channels == 3 and len(listing) == 15  # the torn file passes its header check
     streamed = stream.load(listing, np.arange(len(listing)), 12)
-    memory = data.load_labeled(str(mixed_dir), 12)
     assert [n for n, _ in listing.failed] == [str(mixed_dir / "b" / "torn.png")]
-    order = np.argsort(streamed.ids)
-    expected = np.argsort(memory.ids)
-    np.testing.assert_array_equal(streamed.images[order], memory.images[expected])
-    np.testing.assert_array_equal(streamed.labels[order], memory.labels[expected])
+    assert [n for n, _ in streamed.skipped] == [str(mixed_dir / "b" / "torn.png")]
+    expected = decoded_files(mixed_dir, 12)
+    assert sorted(streamed.paths) == sorted(expected) and len(expected) == 14
+    for path, image, label in zip(streamed.paths, streamed.images, streamed.labels):
+        np.testing.assert_array_equal(image, expected[path][0])
+        assert label == expected[path][1]
 
 
 def test_dataset_shuffles_per_epoch_and_shards_disjointly(labeled_dir):
-    listing = stream.list_source(str(labeled_dir), labeled=True)
+    listing = stream.open_source(str(labeled_dir), True, 8)
     index = np.arange(len(listing))
     ds = stream.dataset(listing, index, 8, batch_size=5, shuffle=True, seed=3)
     first, second = (np.concatenate(list(ds.as_numpy_iterator())) for _ in range(2))
@@ -64,13 +77,13 @@ def test_prepare_round_trip_and_errors(mixed_dir, tmp_path):
     assert result.exit_code == 0, result.output
     info = json.loads((out / "prepared.json").read_text())
     assert info["images"] == 14 and info["skipped"] == 1 and info["class_names"] == ["a", "b"]
-    prepared = stream.list_source(str(out), labeled=True)
+    prepared = stream.open_source(str(out), True, 12)
     back = stream.load(prepared, np.arange(len(prepared)), 12)
-    memory = data.load_labeled(str(mixed_dir), 12)
-    order, expected = np.argsort(back.ids), np.argsort(memory.ids)
-    np.testing.assert_allclose(back.images[order], memory.images[expected], atol=5e-4)  # float16 storage
-    np.testing.assert_array_equal(back.labels[order], memory.labels[expected])
-    gray = stream.load(stream.list_source(str(out), labeled=False, channels=1), [0, 1], 12)
+    files = stream.load(stream.open_source(str(mixed_dir), True, 12), np.arange(15), 12)
+    order, expected = np.argsort(back.ids), np.argsort(files.ids)
+    np.testing.assert_allclose(back.images[order], files.images[expected], atol=5e-4)  # float16 storage
+    np.testing.assert_array_equal(back.labels[order], files.labels[expected])
+    gray = stream.load(stream.open_source(str(out), False, 12, channels=1), [0, 1], 12)
     assert gray.images.shape == (2, 12, 12, 1)
 
     again = invoke("prepare", mixed_dir, "--out", out, "--image-size", "12")
@@ -81,7 +94,7 @@ def test_prepare_round_trip_and_errors(mixed_dir, tmp_path):
     unlabeled = tmp_path / "prep-unlabeled"
     assert invoke("prepare", mixed_dir, "--out", unlabeled, "--image-size", "12").exit_code == 0
     with pytest.raises(TransferError, match="prepared without labels"):
-        stream.list_source(str(unlabeled), labeled=True)
+        stream.open_source(str(unlabeled), True, 12)
 
 
 def test_pretrain_and_fine_tune_from_a_prepared_source(tmp_path):

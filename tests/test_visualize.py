@@ -4,7 +4,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from cli import main
-from transfer import models, objectives
+from transfer import models, objectives, stream, training
 from transfer import visualize as vis
 from transfer.architectures import preset_blocks
 from transfer.errors import TransferError
@@ -15,18 +15,14 @@ def encoder(tmp_path_factory):
     """A small encoder briefly pretrained (as an autoencoder) on colored stripes."""
     from conftest import stripes
 
-    from transfer.objectives import autoencoder
-
-    from transfer import training
-
     training.set_seed(0)
     rng = np.random.default_rng(0)
     gray = np.stack([stripes("hvd"[i % 3], 12, rng) for i in range(96)]).astype("float32") / 255.0
     images = np.stack([gray, gray[::-1], 1 - gray], axis=-1)
     blocks = preset_blocks("small", (6, 8))
     enc = models.build_encoder((12, 12, 3), blocks)
-    autoencoder.train(enc, blocks, objectives.in_memory(images[:80]), images[80:], epochs=8, batch_size=16, learning_rate=3e-3,
-                      history_path=tmp_path_factory.mktemp("ae") / "h.csv", log=lambda m: None)
+    model = objectives.get("autoencoder").build(enc, blocks, (12, 12, 3), objectives.Options(3e-3, 16))
+    model.fit(stream.in_memory(images[:80]).batches(16, True), epochs=8, verbose=0)
     return enc
 
 

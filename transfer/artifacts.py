@@ -19,11 +19,41 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import __version__, data, results
 from transfer.errors import RunComplete, TransferError
 
 MANIFEST = "manifest.json"
 FORMAT = "transfer-run"
 FORMAT_VERSION = 1
+
+
+# The manifest schema: what every run directory's manifest.json holds, beside the common fields.
+MANIFEST_FIELDS = {
+    "encoder": {"arch", "objective", "data", "metrics"},
+    "classifier": {"class_names", "encoder", "method", "freeze", "readout", "data", "metrics"},
+}
+
+
+def write_manifest(run_dir: Path, kind: str, *, run_id: str, model_file: str, model_sha256: str,
+                   image_size: int, channels: int, **fields) -> dict:
+    """Write `run_dir/manifest.json` for a run of `kind`; returns it.
+
+    Common fields: format, kind, run id, creation time, the model file and its SHA-256,
+    the input shape and the preprocessing contract (`transfer.data`), library versions.
+    `fields` must be exactly `MANIFEST_FIELDS[kind]`.
+    """
+    expected = MANIFEST_FIELDS[kind]
+    if set(fields) != expected:
+        raise ValueError(f"a {kind} manifest takes {sorted(expected)}; got {sorted(fields)}")
+    manifest = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "run_id": run_id, "created": results.now(),
+        "model_file": model_file, "model_sha256": model_sha256,
+        "input_shape": [int(image_size), int(image_size), int(channels)],
+        "preprocessing": data.preprocessing_contract(image_size, channels),
+        **fields, "versions": versions(),
+    }
+    write_json(Path(run_dir) / MANIFEST, manifest)
+    return manifest
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -37,8 +67,6 @@ def sha256_file(path: str | os.PathLike) -> str:
 def versions() -> dict:
     import keras
     import tensorflow as tf
-
-    from transfer import __version__
 
     return {"transfer": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "numpy": np.__version__, "python": platform.python_version()}

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transfer.data import ImageSet, _resize, content_id, convert_channels, split_test
+from transfer.config import DEFAULT_TEST_FRACTION
+from transfer.data import LUMA, content_id, convert_channels, resize, split_test
 from transfer.errors import TransferError
+from transfer.listing import Listing
 
-DEFAULT_TEST_FRACTION = 0.2
 PATCH = 32
 
 
@@ -59,7 +60,7 @@ def _gray(img: np.ndarray) -> np.ndarray:
     elif img.dtype == np.uint8:
         img = img.astype(np.float32) / 255.0
     if img.ndim == 3:
-        img = img[..., :3] @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+        img = img[..., :3] @ LUMA
     return img.astype(np.float32)
 
 
@@ -130,8 +131,8 @@ def is_builtin(src: str) -> bool:
     return str(src) in _SOURCES
 
 
-def load(name: str, image_size: int, channels: int | None, labeled: bool, split: str) -> ImageSet:
-    """Load a built-in set.
+def load(name: str, image_size: int, channels: int | None, labeled: bool, split: str) -> Listing:
+    """A built-in set, decoded into memory.
 
     Args:
         split: "all", or "pretrain" (everything but the test split).
@@ -147,14 +148,13 @@ def load(name: str, image_size: int, channels: int | None, labeled: bool, split:
             index = np.flatnonzero(~raw.test_mask)
         elif raw.labels is not None:
             index, _ = split_test(raw.labels, raw.ids, DEFAULT_TEST_FRACTION)
-    images = np.stack([_resize(raw.images[i], image_size) for i in index])
+    images = np.stack([resize(raw.images[i], image_size) for i in index])
     if channels is not None:
         images = convert_channels(images, channels, name)
-    return ImageSet(
-        images=images.astype(np.float32),
-        ids=raw.ids[index],
-        names=[f"{name}[{i}]" for i in index],
+    return Listing(
+        src=name, paths=[f"{name}[{i}]" for i in index], ids=raw.ids[index],
         labels=raw.labels[index] if labeled else None,
         class_names=list(raw.class_names) if labeled else [],
+        channels=int(images.shape[-1]), images=images.astype(np.float32),
         test_mask=raw.test_mask[index] if (labeled and raw.test_mask is not None) else None,
     )

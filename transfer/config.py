@@ -11,13 +11,30 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.builtins import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
+
+
+from transfer.architectures import READOUTS
+from transfer.errors import TransferError
+
+DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
+OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan")  # see transfer.objectives
+STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # see transfer.distribute
 
 
 def _positive(name: str, value, minimum=1) -> None:
     if value is not None and value < minimum:
         raise TransferError(f"{name} must be >= {minimum}. Received: {name}={value}")
+
+
+def _rate(name: str, value) -> None:
+    if value is not None and not value > 0:
+        raise TransferError(f"{name} must be > 0. Received: {name}={value}")
+
+
+def _choice(name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise TransferError(f"{name} must be one of {', '.join(map(str, allowed))}. Received: {name}={value!r}")
 
 
 @dataclass(frozen=True)
@@ -45,32 +62,45 @@ class ArchConfig:
 
 
 @dataclass(frozen=True)
-class PretrainConfig(ArchConfig):
+class RunConfig(ArchConfig):
+    """What every training run (pretrain, fine-tune) has: its data, images, seed, outputs, strategy."""
+
     data: str = ""
-    out: str = ""
-    objective: str = "contrastive"
     image_size: int = 32
     channels: int | None = None
-    epochs: int = 100
-    batch_size: int = 256
-    learning_rate: float = 1e-3
     seed: int = 0
+    out: str | None = None
     results: str = "experiments/results.csv"
     overwrite: bool = False
-    plots: bool = True
     experiment: str | None = None  # tag recorded in the row
     strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
 
     def __post_init__(self):
-        for name in ("image_size", "epochs", "batch_size", "channels"):
+        for name in ("image_size", "channels"):
             _positive(name, getattr(self, name))
-        if not self.learning_rate > 0:
-            raise TransferError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
+        _choice("strategy", self.strategy, STRATEGIES)
 
 
 @dataclass(frozen=True)
-class FineTuneConfig(ArchConfig):
-    data: str = ""
+class PretrainConfig(RunConfig):
+    objective: str = "contrastive"
+    epochs: int = 100
+    batch_size: int = 256
+    learning_rate: float | None = None  # None: the objective's own (transfer.objectives)
+    plots: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not self.out:
+            raise TransferError("pretrain needs an output run directory (--out)")
+        _choice("objective", self.objective, OBJECTIVES)
+        for name in ("epochs", "batch_size"):
+            _positive(name, getattr(self, name))
+        _rate("learning_rate", self.learning_rate)
+
+
+@dataclass(frozen=True)
+class FineTuneConfig(RunConfig):
     encoder: str = "random"
     freeze: str = "all"
     labels_per_class: int | None = None  # None: all
@@ -85,27 +115,20 @@ class FineTuneConfig(ArchConfig):
     epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
-    seed: int = 0
-    image_size: int = 32
-    channels: int | None = None
-    out: str | None = None
-    results: str = "experiments/results.csv"
-    overwrite: bool = False
-    experiment: str | None = None  # tag recorded in the row
-    strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
 
     def __post_init__(self):
-        for name in ("labels_per_class", "epochs", "batch_size", "image_size", "channels", "fine_tune_epochs"):
+        super().__post_init__()
+        for name in ("labels_per_class", "epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
-        if self.freeze not in ("all", "none"):
-            raise TransferError(f"freeze must be 'all' or 'none'. Received: freeze={self.freeze!r}")
+        _choice("freeze", self.freeze, ("all", "none"))
+        _choice("readout", self.readout, READOUTS)
         if not 0.0 <= self.dropout < 1.0:
             raise TransferError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if not 0.0 < self.test_fraction < 1.0:
             raise TransferError(f"test_fraction must be between 0 and 1. Received: test_fraction={self.test_fraction}")
-        if not self.learning_rate > 0:
-            raise TransferError(f"learning_rate must be > 0. Received: learning_rate={self.learning_rate}")
+        _rate("learning_rate", self.learning_rate)
+        _rate("fine_tune_learning_rate", self.fine_tune_learning_rate)
         for u in self.head:
             _positive("head units", u)
 
@@ -140,6 +163,9 @@ class PredictConfig:
     batch_size: int = 256
     overwrite: bool = False
 
+    def __post_init__(self):
+        _positive("batch_size", self.batch_size)
+
 
 @dataclass(frozen=True)
 class VisualizeConfig:
@@ -148,6 +174,10 @@ class VisualizeConfig:
     layer: str | None = None  # None: the top block's last activation
     units: tuple[int, ...] | None = None  # None: the first 8 channels (or all, if fewer)
     image: str | None = None  # None: the first image of the pretraining data
+
+    def __post_init__(self):
+        for u in self.units or ():
+            _positive("units", u, minimum=0)
 
 
 @dataclass(frozen=True)
@@ -159,6 +189,22 @@ class DemoConfig:
     fine_tune_epochs: int | None = None  # None: FineTuneConfig's default
     labels_per_class: tuple[int, ...] = (5, 20)
     seeds: tuple[int, ...] = (0, 1, 2)
+
+    def __post_init__(self):
+        for name in ("image_size", "pretrain_epochs", "fine_tune_epochs"):
+            _positive(name, getattr(self, name))
+        for n in self.labels_per_class:
+            _positive("labels_per_class", n)
+        for s in self.seeds:
+            _positive("seed", s, minimum=0)
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    """An experiment file (TOML; see `pipelines/experiment.py` for its keys)."""
+
+    file: str = ""
+    dry_run: bool = False
 
 
 def field_defaults(cls) -> dict:

@@ -215,7 +215,7 @@ def scale_loss(loss):
     return loss / n if n > 1 else loss
 
 
-def batches(make, global_batch: int, count: int, transform=None):
+def batches(make, global_batch: int, count: int):
     """Batches for `fit` under the current strategy.
 
     Args:
@@ -223,7 +223,6 @@ def batches(make, global_batch: int, count: int, transform=None):
             (num_shards, index) or None.
         global_batch: examples per step, over all replicas.
         count: examples in one epoch, over all workers.
-        transform: optional function applied to every batch (e.g. corruption).
 
     One worker gets `make(global_batch, None)`. Several workers each stream their own
     shard with the per-replica batch size, the same number of steps per epoch
@@ -233,16 +232,14 @@ def batches(make, global_batch: int, count: int, transform=None):
 
     strategy = tf.distribute.get_strategy()
     if not is_multiworker(strategy):
-        ds = make(global_batch, None)
-        return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE) if transform else ds
+        return make(global_batch, None)
     steps = max(1, count // global_batch)
 
     def per_worker(context):
         per_replica = context.get_per_replica_batch_size(global_batch)
         local_replicas = context.num_replicas_in_sync // context.num_input_pipelines
         ds = make(per_replica, (context.num_input_pipelines, context.input_pipeline_id))
-        ds = ds.repeat().take(steps * local_replicas)
-        return ds.map(transform, num_parallel_calls=tf.data.AUTOTUNE) if transform else ds
+        return ds.repeat().take(steps * local_replicas)
 
     return strategy.distribute_datasets_from_function(per_worker)
 

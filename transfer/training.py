@@ -10,6 +10,7 @@ from typing import Callable
 import keras
 import numpy as np
 
+from transfer import distribute
 from transfer.errors import TrainingDiverged
 
 
@@ -79,8 +80,6 @@ def fit(
     again (after a crash or kill) continues from the last finished epoch; the
     history then holds every epoch once.
     """
-    from transfer import distribute
-
     strategy = distribute.current()
     if distribute.is_multiworker(strategy):
         distribute.prepare_model(model, distribute.local_batch(x, y))

@@ -14,10 +14,12 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from transfer import distribute, models, objectives, training
-from transfer.objectives import ObjectiveResult
+from transfer import distribute, models
+from transfer.objectives.base import Options, Report
 
 NAME = "contrastive"
+LEARNING_RATE = 1e-3
+VALIDATES = True
 TEMPERATURE = 0.2
 PROJECTION = (128, 64)
 
@@ -82,8 +84,9 @@ class SimCLR(keras.Model):
         v2 = self.augment(x, training=True)
         with tf.GradientTape() as tape:
             loss = nt_xent(self.embed(v1, True), self.embed(v2, True), self.temperature)
+            scaled = distribute.scale_loss(loss)  # inside the tape, or its gradient is None
         variables = self.encoder.trainable_variables + self.projector.trainable_variables
-        grads = tape.gradient(distribute.scale_loss(loss), variables)
+        grads = tape.gradient(scaled, variables)
         self.optimizer.apply_gradients(zip(grads, variables))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
@@ -112,16 +115,20 @@ def view_agreement(model: SimCLR, images: np.ndarray, batch_size: int) -> float:
     return hits / max(total, 1)
 
 
-def train(encoder, blocks, train, val_images, *, epochs, batch_size, learning_rate, history_path, log,
-          backup_dir=None, seed=0):
-    model = SimCLR(encoder, build_augment(train.shape[-1]))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate))
-    model.build((None, *train.shape))  # built, so that a backup can be restored into it
-    batch = min(batch_size, train.count)
-    training.fit(model, train.batches(batch, True, seed), None, epochs=epochs, batch_size=None,
-                 history_path=history_path,
-                 backup_dir=backup_dir, log=log, log_prefix="pretrain ",
-                 validation_data=objectives.in_memory(val_images).batches(batch, False) if len(val_images) > 1 else None)
+def build(encoder, blocks, shape, options: Options) -> SimCLR:
+    model = SimCLR(encoder, build_augment(shape[-1]))
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate))
+    model.build((None, *shape))  # built, so that a backup can be restored into it
+    model.batch_size = options.batch_size
+    return model
+
+
+def callbacks(model, run_dir) -> list:
+    return []
+
+
+def report(model: SimCLR, train, val_images: np.ndarray) -> Report:
+    batch = model.batch_size
     chance = 1.0 / max(min(batch, len(val_images)), 1)
     agreement = view_agreement(model, val_images, batch)
     warnings = []
@@ -129,8 +136,7 @@ def train(encoder, blocks, train, val_images, *, epochs, batch_size, learning_ra
         warnings.append(f"views of the same held-out image are matched only {agreement:.1%} of the time "
                         f"(chance {chance:.1%}); the features may be weak")
     views = np.clip(np.array(model.augment(val_images[:8], training=True)), 0.0, 1.0)
-    return ObjectiveResult(metrics={"view_agreement": agreement, "chance_agreement": chance,
-                                    # two views, each forward + backward (~3 forward passes)
-                                    "train_flops_per_image": 6 * (models.forward_flops(encoder)
-                                                                  + models.forward_flops(model.projector))}, preview=views,
-                           preview_name="views.png", warnings=warnings)
+    # two views, each forward + backward (~3 forward passes)
+    flops = 6 * (models.forward_flops(model.encoder) + models.forward_flops(model.projector))
+    return Report(metrics={"view_agreement": agreement, "chance_agreement": chance, "train_flops_per_image": flops},
+                  preview=views, preview_name="views.png", warnings=warnings)

@@ -1,26 +1,24 @@
 """Adversarial pretraining (DCGAN, Radford et al. 2015): the encoder is the discriminator.
 
 A DCGAN generator (latent noise -> Dense -> kernel-4 transposed convs) makes
-images like the training data; the discriminator (the encoder's conv
-blocks, flattened, plus the batch's feature spread, and one logit) learns to
-tell them from real ones. Radford et al. showed that discriminator features transfer to
+images like the training data; the discriminator (the encoder's conv blocks,
+flattened, plus the batch's feature spread, and one logit) learns to tell them
+from real ones. Radford et al. showed that discriminator features transfer to
 classification. After training, the discriminator's conv blocks are saved as
 the encoder, like any other objective's.
 
-Stabilizers, all standard: Adam(2e-4, beta_1=0.5) for both networks, one-sided
+Stabilizers, all standard: Adam(beta_1=0.5) for both networks, one-sided
 label smoothing (real = 0.9), instance noise on the discriminator's inputs
 (Sønderby et al. 2016), minibatch standard deviation as a discriminator feature
 (Karras et al. 2018, per half of the mixed real/fake batch), BatchNorm in the
 generator, and feature matching as the generator's loss (Salimans et al. 2016):
 the generator matches the mean encoder features of real images instead of
-fooling the logit. With the usual non-saturating loss, the encoder-as-
-discriminator (BatchNorm from its first layer, max pooling) beat the generator
-within ~100 steps on `photos` and the generator collapsed to one saturated
-pattern (sample_diversity 0.15 after 6 epochs); with feature matching, 0.86. A fixed-noise grid of samples is saved after every epoch
-(`samples/epoch_NNN.png`), and mode collapse is checked at the end: the mean
-pairwise distance between 64 generated samples is compared with that between
-held-out real images (`sample_diversity`, ~1 when the samples vary as much as
-the data; a collapsed generator gives ~0).
+fooling the logit (why: README, "Pretraining objectives"). A fixed-noise grid
+of samples is saved after every epoch (`samples/epoch_NNN.png`), and mode
+collapse is checked at the end: the mean pairwise distance between 64
+generated samples is compared with that between held-out real images
+(`sample_diversity`, ~1 when the samples vary as much as the data; a collapsed
+generator gives ~0).
 """
 
 from __future__ import annotations
@@ -32,24 +30,22 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from transfer import distribute, models, training
-from transfer.objectives import ObjectiveResult
+from transfer import distribute, models, visualize
+from transfer.objectives.base import Options, Report
 
 NAME = "gan"
+LEARNING_RATE = 2e-4  # DCGAN's, for both networks
+VALIDATES = False
+BETA_1 = 0.5
 LATENT = 64
-LEARNING_RATE = 2e-4
-D_LEARNING_RATE = 2e-4
 REAL_LABEL = 0.9
 INSTANCE_NOISE = 0.1  # std of Gaussian noise on the discriminator's inputs, real and fake alike
-FEATURE_MATCHING = True  # generator loss: match the mean encoder features of real images (Salimans et al. 2016)
-R1_GAMMA = 0.0  # weight of the R1 gradient penalty on real images (Mescheder et al. 2018)
 GRID = 8
 
 
-def build_generator(encoder, blocks, channels: int, latent: int = LATENT) -> keras.Model:
+def build_generator(encoder, channels: int, latent: int = LATENT) -> keras.Model:
     """DCGAN generator: noise -> Dense to a 4x4-ish map -> kernel-4, stride-2 transposed
-    convs (kernel divisible by stride: no checkerboard), BatchNorm, ReLU -> sigmoid image.
-    `blocks` is unused: the generator need not mirror the encoder."""
+    convs (kernel divisible by stride: no checkerboard), BatchNorm, ReLU -> sigmoid image."""
     size = encoder.input.shape[1]
     steps = max(1, int(np.floor(np.log2(max(size, 8) / 4))))
     start = -(-size // 2**steps)
@@ -113,10 +109,9 @@ class GAN(keras.Model):
         """Instance noise: overlapping real and fake distributions keep the discriminator from winning outright."""
         return images + keras.random.normal(tf.shape(images), stddev=INSTANCE_NOISE, seed=self.noise)
 
-    def compile(self, **kwargs):
+    def compile(self, d_optimizer, g_optimizer, **kwargs):
         super().compile(**kwargs)
-        self.d_optimizer = keras.optimizers.Adam(D_LEARNING_RATE, beta_1=0.5)
-        self.g_optimizer = keras.optimizers.Adam(LEARNING_RATE, beta_1=0.5)
+        self.d_optimizer, self.g_optimizer = d_optimizer, g_optimizer
         # Built now, in the strategy's scope: built lazily inside a replica's step they could not be mirrored.
         self.d_optimizer.build(self.discriminator.trainable_variables)
         self.g_optimizer.build(self.generator.trainable_variables)
@@ -133,30 +128,23 @@ class GAN(keras.Model):
             fake = self.generator(z, training=True)
             # One batch of real and fake together: with two batches, BatchNorm's per-batch
             # statistics alone would tell them apart, and the discriminator wins outright.
-            inputs = self._blur(tf.concat([real, fake], axis=0))
-            with tf.GradientTape() as r1_tape:
-                r1_tape.watch(inputs)
-                logits, _ = self.discriminator(inputs, training=True)
-                real_logits, fake_logits = logits[:n], logits[n:]
-                real_score = tf.reduce_sum(real_logits)
+            logits, _ = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
+            real_logits, fake_logits = logits[:n], logits[n:]
             d_loss = self.bce(tf.fill(tf.shape(real_logits), REAL_LABEL), real_logits) + self.bce(
                 tf.zeros_like(fake_logits), fake_logits)
-            if R1_GAMMA:
-                slopes = r1_tape.gradient(real_score, inputs)[:n]
-                d_loss += 0.5 * R1_GAMMA * tf.reduce_mean(tf.reduce_sum(tf.square(slopes), axis=[1, 2, 3]))
+            scaled = distribute.scale_loss(d_loss)  # inside the tape, or its gradient is None
         d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(distribute.scale_loss(d_loss), d_vars), d_vars))
+        self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
         z = keras.random.normal((n, self.latent), seed=self.noise)
         with tf.GradientTape() as tape:
             fake = self.generator(z, training=True)
-            logits, features = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
-            if FEATURE_MATCHING:
-                real_mean = tf.stop_gradient(tf.reduce_mean(features[:n], axis=0))
-                g_loss = tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0)))
-            else:
-                g_loss = self.bce(tf.ones_like(logits[n:]), logits[n:])
+            _, features = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
+            # Feature matching (Salimans et al. 2016): the mean encoder features of real images.
+            real_mean = tf.stop_gradient(tf.reduce_mean(features[:n], axis=0))
+            g_loss = tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0)))
+            scaled = distribute.scale_loss(g_loss)
         g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(distribute.scale_loss(g_loss), g_vars), g_vars))
+        self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
         for key, value in (("loss", d_loss + g_loss), ("d_loss", d_loss), ("g_loss", g_loss)):
             self.trackers[key].update_state(value)
         return {k: t.result() for k, t in self.trackers.items()}
@@ -182,8 +170,6 @@ def sample(generator, noise: np.ndarray) -> np.ndarray:
 
 
 def save_grid(images: np.ndarray, path: Path) -> None:
-    from transfer import visualize
-
     tiles = [img if img.shape[-1] in (1, 3) else img[..., :3] for img in images]
     visualize.save_png(visualize.tile(tiles, columns=int(np.ceil(np.sqrt(len(tiles)))), pad=0), path)
 
@@ -194,30 +180,35 @@ def diversity(images: np.ndarray) -> float:
     return float(d[np.triu_indices(len(flat), 1)].mean())
 
 
-def train(encoder, blocks, train, val_images, *, epochs, batch_size, learning_rate, history_path, log,
-          backup_dir=None, seed=0):
-    """Trains the encoder as the discriminator. `learning_rate` is not used: DCGAN's 2e-4 is."""
-    generator = build_generator(encoder, blocks, train.shape[-1])
-    gan = GAN(encoder, generator, seed=seed)
-    gan.compile()
+def build(encoder, blocks, shape, options: Options) -> GAN:
+    """`blocks` is unused: the generator need not mirror the encoder."""
+    generator = build_generator(encoder, shape[-1])
+    gan = GAN(encoder, generator, seed=options.seed)
+    gan.compile(d_optimizer=keras.optimizers.Adam(options.learning_rate, beta_1=BETA_1),
+                g_optimizer=keras.optimizers.Adam(options.learning_rate, beta_1=BETA_1))
     gan.build(None)
-    noise = np.random.default_rng(seed).normal(size=(GRID * GRID, generator.input.shape[-1])).astype("float32")
-    samples_dir = Path(history_path).parent / "samples"
-    training.fit(gan, train.batches(min(batch_size, train.count), True, seed), None, epochs=epochs, batch_size=None,
-                 history_path=history_path, backup_dir=backup_dir, log=log, log_prefix="pretrain ",
-                 extra_callbacks=[SampleGrid(generator, noise, samples_dir)])
-    samples = sample(generator, noise)
+    gan.fixed_noise = np.random.default_rng(options.seed).normal(size=(GRID * GRID, LATENT)).astype("float32")
+    return gan
+
+
+def callbacks(model: GAN, run_dir) -> list:
+    return [SampleGrid(model.generator, model.fixed_noise, Path(run_dir) / "samples")]
+
+
+def report(model: GAN, train, val_images: np.ndarray) -> Report:
+    samples = sample(model.generator, model.fixed_noise)
     real = val_images[: GRID * GRID]
     ratio = diversity(samples) / max(diversity(real), 1e-8) if len(real) > 1 else float("nan")
-    last = gan.history.history if gan.history else {}
+    last = model.history.history if model.history else {}
     metrics = {"d_loss": float(last["d_loss"][-1]), "g_loss": float(last["g_loss"][-1]),
                "sample_diversity": ratio,
                # per real image and step: two updates, each a generator pass and a discriminator pass over
-               # real + fake, forward + backward (~3 forward passes); the R1 penalty's double backward not counted
-               "train_flops_per_image": 6 * (models.forward_flops(generator) + 2 * models.forward_flops(gan.discriminator))}
+               # real + fake, forward + backward (~3 forward passes)
+               "train_flops_per_image": 6 * (models.forward_flops(model.generator)
+                                             + 2 * models.forward_flops(model.discriminator))}
     warnings = []
     if ratio < 0.3:
         warnings.append(f"generated samples vary {ratio:.2f}x as much as real images: the generator may have "
                         "collapsed to few modes; its discriminator features may be weak")
-    return ObjectiveResult(metrics=metrics, preview=samples[: len(val_images[:8])], preview_name="samples.png",
-                           warnings=warnings)
+    return Report(metrics=metrics, preview=samples[: len(val_images[:8])], preview_name="samples.png",
+                  warnings=warnings)

@@ -1,0 +1,257 @@
+"""A source's images, listed but not (necessarily) decoded: the `Listing` every source becomes.
+
+A directory or CSV manifest is listed here: every file's bytes hashed for its
+content id, its header read for its channel count, no pixels decoded. Prepared
+directories (`transfer.prepared`) and built-in data (`transfer.builtins`, held
+in memory) produce the same type; `transfer.stream` turns any of them into batches.
+
+Layouts: unlabeled, every image file below a directory; labeled, one
+subfolder per class; either, a CSV manifest with a `path` column (relative to
+the CSV) and, when labeled, a `label` column. Files whose header cannot be read
+are skipped and reported (`Listing.skipped`), never silently; a source with
+nothing readable is refused.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from transfer import data
+from transfer.errors import TransferError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+@dataclass
+class Listing:
+    """A source's images.
+
+    Attributes:
+        src: the source as given.
+        paths: image files, or `NAME[i]` names of images held in memory (empty for a prepared source).
+        ids: content ids of the source bytes (decide splits, detect leakage).
+        labels: int64 class indices, or None.
+        class_names: class names in index order.
+        channels: the channel count every image is converted to.
+        skipped: (path, reason) of files that could not be read at listing.
+        prepared: the prepared directory's description, when the source is one.
+        images: float32 (N, H, W, C) pixels when held in memory (built-in data, decoded subsets).
+        test_mask: a fixed test split the source defines, or None.
+        failed: (path, reason) of files that failed to decode while streaming.
+    """
+
+    src: str
+    paths: list[str]
+    ids: np.ndarray
+    labels: np.ndarray | None = None
+    class_names: list[str] = field(default_factory=list)
+    channels: int = 1
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+    prepared: dict | None = None
+    images: np.ndarray | None = None
+    test_mask: np.ndarray | None = None
+    failed: list[tuple[str, str]] = field(default_factory=list)
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @classmethod
+    def of_array(cls, images: np.ndarray, src: str = "memory") -> "Listing":
+        """Images already in memory, unlabeled (validation images, tests)."""
+        return cls(src=src, paths=[], ids=np.arange(len(images)).astype(str), channels=int(images.shape[-1]),
+                   images=images)
+
+    def fingerprint(self) -> str:
+        return data.fingerprint(self.ids)
+
+    def name(self, position: int) -> str:
+        return self.paths[position] if self.paths else f"{self.src}[{position}]"
+
+    def label_array(self) -> np.ndarray:
+        """int64 labels, or -1 for every image of an unlabeled source."""
+        return self.labels.astype(np.int64) if self.labels is not None else np.full(len(self), -1, np.int64)
+
+    def check_size(self, image_size: int) -> None:
+        """A prepared source has one image size and refuses another."""
+        if self.prepared and int(self.prepared["image_size"]) != int(image_size):
+            raise TransferError(
+                f"{self.src} was prepared at {self.prepared['image_size']}x{self.prepared['image_size']}; "
+                f"use --image-size {self.prepared['image_size']} or prepare it again. "
+                f"Received: image_size={image_size}")
+
+    def with_classes(self, class_names: list[str] | None) -> "Listing":
+        """The labels re-encoded in the order of `class_names` (e.g. a trained classifier's);
+        labels outside it are refused."""
+        if class_names is None or list(class_names) == self.class_names:
+            return self
+        self.labels = encode_labels([self.class_names[i] for i in self.labels], list(class_names), self.src)
+        self.class_names = list(class_names)
+        return self
+
+    def record_failure(self, name: str, reason: str) -> None:
+        with self._lock:  # tf.data decodes in parallel threads
+            self.failed.append((name, reason))
+
+
+def encode_labels(labels: list[str], class_names: list[str], src: str) -> np.ndarray:
+    index = {c: i for i, c in enumerate(class_names)}
+    unknown = sorted(set(labels) - set(index))
+    if unknown:
+        raise TransferError(f"{src}: labels {unknown[:5]} are not among the classes {class_names[:10]}")
+    return np.array([index[x] for x in labels], dtype=np.int64)
+
+
+def auto_channels(channel_counts: list[int]) -> int:
+    """The channel count a source gets by default: 1 if all images are gray, 3 if all are
+    gray or RGB, else the one count all images share (multispectral `.npy`)."""
+    counts = set(channel_counts)
+    if counts <= {1}:
+        return 1
+    if counts <= {1, 3}:
+        return 3
+    if len(counts) == 1:
+        return counts.pop()
+    raise TransferError(f"images have mixed channel counts {sorted(counts)}; convert them to one count first")
+
+
+def list_files(src: str, labeled: bool, channels: int | None = None) -> Listing:
+    """List a directory or CSV manifest: content ids and header channels, no pixels."""
+    paths, labels, classes = _paths(src, labeled)
+    kept, index, ids, chans, skipped = _read_headers(paths)
+    target = int(channels) if channels is not None else auto_channels(chans)
+    if target not in (1, 3) and set(chans) != {target}:
+        raise TransferError(f"{src}: images have {sorted(set(chans))} channels and cannot all be converted to {target}")
+    encoded = encode_labels([labels[i] for i in index], classes, src) if labeled else None
+    return Listing(src=src, paths=kept, ids=ids, labels=encoded, class_names=classes if labeled else [],
+                   channels=target, skipped=skipped)
+
+
+# --------------------------------------------------------------------------- files and headers
+
+
+def _paths(src: str, labeled: bool) -> tuple[list[Path], list[str] | None, list[str]]:
+    """(image paths, their label names or None, sorted class names)."""
+    path = Path(src)
+    if not path.exists():
+        raise TransferError(f"data source not found: {src} (expected a directory, a CSV manifest or a built-in name)")
+    if not path.is_dir():
+        paths, labels = _read_manifest(path, labeled=labeled)
+        return paths, labels, sorted(set(labels)) if labeled else []
+    if not labeled:
+        paths = _walk_images(path)
+        if not paths:
+            raise TransferError(f"no image files ({', '.join(IMAGE_EXTENSIONS)}) found below {src}")
+        return paths, None, []
+    classes = sorted(d.name for d in path.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise TransferError(
+            f"{src} has no class subfolders; labeled data needs one subfolder per class "
+            "(or a CSV manifest with path,label)"
+        )
+    paths, labels = [], []
+    for name in classes:
+        files = _walk_images(path / name)
+        paths += files
+        labels += [name] * len(files)
+    if not paths:
+        raise TransferError(f"no image files found in the class subfolders of {src}")
+    return paths, labels, classes
+
+
+def _walk_images(root: Path) -> list[Path]:
+    """Image files below root, sorted; symlinked directories are not followed (no loops)."""
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in sorted(filenames):
+            if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS):
+                found.append(Path(dirpath) / name)
+    return found
+
+
+def _read_manifest(csv_path: Path, labeled: bool) -> tuple[list[Path], list[str] | None]:
+    try:
+        with open(csv_path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            columns = reader.fieldnames or []
+            rows = list(reader)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise TransferError(f"{csv_path}: not a readable CSV manifest ({exc})") from None
+    if "path" not in columns:
+        raise TransferError(f"{csv_path}: a CSV manifest needs a 'path' column. Received columns: {columns}")
+    if labeled and "label" not in columns:
+        raise TransferError(f"{csv_path}: a labeled CSV manifest needs a 'label' column. Received columns: {columns}")
+    if not rows:
+        raise TransferError(f"{csv_path}: the CSV manifest lists no images")
+    paths, labels, missing = [], [], []
+    for i, row in enumerate(rows, start=2):
+        rel = (row.get("path") or "").strip()
+        if not rel:
+            raise TransferError(f"{csv_path}: line {i} has an empty path")
+        p = csv_path.parent / rel
+        if not p.is_file():
+            missing.append(rel)
+        paths.append(p)
+        if labeled:
+            label = (row.get("label") or "").strip()
+            if not label:
+                raise TransferError(f"{csv_path}: line {i} ({rel}) has an empty label")
+            labels.append(label)
+    if missing:
+        raise TransferError(f"{csv_path}: {len(missing)} listed file(s) do not exist (first: {missing[0]})")
+    return paths, (labels if labeled else None)
+
+
+def _header_channels(path: Path, raw: bytes) -> int:
+    """Channel count from the file's header, without decoding its pixels."""
+    if path.suffix.lower() == ".npy":
+        f = io.BytesIO(raw)
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+        if len(shape) not in (2, 3) or min(shape) < 1:
+            raise ValueError(f"expected an array of shape (H, W) or (H, W, C), got {shape}")
+        return 1 if len(shape) == 2 else int(shape[2])
+    from PIL import Image
+
+    with Image.open(io.BytesIO(raw)) as img:
+        if img.width < 1 or img.height < 1:
+            raise ValueError("image has no pixels")
+        if img.mode == "P":
+            return 3
+        return 1 if img.mode in _GRAY_MODES else 3
+
+
+def _read_headers(paths: list[Path]):
+    """(kept paths, kept indices, ids, channel counts, skipped) from hashing and header reads."""
+    kept, index, ids, chans, skipped = [], [], [], [], []
+    for i, p in enumerate(paths):
+        try:
+            raw = p.read_bytes()
+        except OSError as exc:
+            skipped.append((str(p), f"{p}: cannot read ({exc.strerror or exc})"))
+            continue
+        try:
+            if not raw:
+                raise ValueError("empty file")
+            chans.append(_header_channels(p, raw))
+        except Exception as exc:  # Pillow and NumPy raise many types for bad headers
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            skipped.append((str(p), f"{p}: not a readable image ({reason})"))
+            continue
+        kept.append(str(p))
+        index.append(i)
+        ids.append(data.content_id(raw))
+    if not kept:
+        detail = f" (first: {skipped[0][1]})" if skipped else ""
+        raise TransferError(f"no readable images among {len(paths)} file(s){detail}")
+    return kept, index, np.array(ids), chans, skipped

@@ -1,0 +1,82 @@
+"""The method vocabulary: a method's name <-> how it is run.
+
+A method names what produced a fine-tune row, and compare groups by it:
+
+- baselines (no pretraining): `pixels-logreg` (logistic regression on raw pixels),
+  `random-frozen` (a head on a frozen random encoder), `random-top<K>` (the same,
+  then its top K blocks trained), `scratch` (everything trained from random init);
+- `<objective>-frozen`, `<objective>-top<K>`, `<objective>-finetuned`: an encoder
+  pretrained with that objective, frozen under the head, with its top K blocks
+  trained after the head, or trained whole;
+- `<objective>` alone (in experiment files): the default fine-tune recipe.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from transfer.config import OBJECTIVES
+from transfer.errors import TransferError
+
+_TOP = re.compile(r"^(?P<base>.+)-top(?P<k>\d+)$")
+BASELINES = {
+    "pixels-logreg": {"encoder": "pixels"},
+    "random-frozen": {"encoder": "random", "freeze": "all", "unfreeze_top": 0},
+    "scratch": {"encoder": "random", "freeze": "none"},
+}
+
+
+@dataclass(frozen=True)
+class Method:
+    """How a method is run.
+
+    Attributes:
+        objective: the pretraining objective, or None for a baseline.
+        settings: FineTuneConfig fields it fixes (encoder for baselines, freeze, unfreeze_top).
+    """
+
+    objective: str | None
+    settings: dict = field(default_factory=dict)
+
+
+def parse(name: str) -> Method:
+    """The Method a name stands for; an unknown name is refused."""
+    if name in BASELINES:
+        return Method(None, dict(BASELINES[name]))
+    top = _TOP.match(name)
+    base, settings = name, {}
+    if top:
+        base, settings = top["base"], {"freeze": "all", "unfreeze_top": int(top["k"])}
+    elif name.endswith("-frozen"):
+        base, settings = name[: -len("-frozen")], {"freeze": "all", "unfreeze_top": 0}
+    elif name.endswith("-finetuned"):
+        base, settings = name[: -len("-finetuned")], {"freeze": "none"}
+    if base == "random" and top:
+        return Method(None, {"encoder": "random", **settings})
+    if base not in OBJECTIVES:
+        raise TransferError(f"unknown method '{name}'. Use a baseline ({', '.join(BASELINES)}, random-top<K>), "
+                            f"an objective ({', '.join(OBJECTIVES)}) or <objective>-frozen|-top<K>|-finetuned")
+    return Method(base, settings)
+
+
+def name(objective: str | None, encoder: str, freeze: str, unfreeze_top: int = 0) -> str:
+    """The name of a fine-tune: `objective` is the pretrained encoder's (None for `random`
+    and `pixels` encoders)."""
+    if encoder == "pixels":
+        return "pixels-logreg"
+    if objective is None:
+        if freeze == "none":
+            return "scratch"
+        return f"random-top{unfreeze_top}" if unfreeze_top else "random-frozen"
+    if freeze == "none":
+        return f"{objective}-finetuned"
+    return f"{objective}-top{unfreeze_top}" if unfreeze_top else f"{objective}-frozen"
+
+
+def is_baseline(method: str) -> bool:
+    """True for methods that use no pretraining (what pretraining is compared against)."""
+    try:
+        return parse(method).objective is None
+    except TransferError:
+        return False
