@@ -88,6 +88,7 @@ def test_fine_tune_writes_the_row_it_claims(workspace, encoder, freeze, method):
         assert "test images were in the encoder's pretraining data" in result.output
 
 
+@pytest.mark.slow
 def test_compare_shows_mean_std_and_difference(workspace):
     for seed in (2, 3):
         for enc, freeze in (("random", "none"), (workspace / "enc", "all")):
@@ -276,6 +277,7 @@ def test_pixels_baseline_row_and_predict(workspace, tmp_path):
     assert len(pd.read_csv(tmp_path / "p.csv")) == 10
 
 
+@pytest.mark.slow
 def test_experiment_runs_grid_then_skips_done_rows(workspace, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "exp.toml").write_text(f'''
@@ -344,6 +346,7 @@ def test_freeze_audit_column_reports_a_violation(workspace, tmp_path, monkeypatc
     assert not pd.read_csv(tmp_path / "r.csv").iloc[0]["encoder_unchanged"]
 
 
+@pytest.mark.slow
 def test_gan_encoder_fine_tunes_through_the_normal_cli(workspace, tmp_path):
     result = invoke("pretrain", "--data", workspace / "labeled", "--out", tmp_path / "gan", "--epochs", "2",
                     "--objective", "gan", "--results", tmp_path / "r.csv", "--no-plots", *TINY)

@@ -50,6 +50,7 @@ def images(tmp_path):
     return tmp_path / "imgs"
 
 
+@pytest.mark.slow
 def test_two_workers_pretrain_together_and_only_the_chief_writes(tmp_path, images):
     args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "3",
             "--results", tmp_path / "results.csv"]
@@ -85,6 +86,7 @@ def test_two_workers_pretrain_together_and_only_the_chief_writes(tmp_path, image
     assert (tmp_path / "ft-mw" / "classifier.keras").is_file()
 
 
+@pytest.mark.slow
 def test_a_worker_that_never_joins_ends_the_other_with_a_message(tmp_path, images):
     args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "3",
             "--results", tmp_path / "results.csv"]
@@ -95,6 +97,7 @@ def test_a_worker_that_never_joins_ends_the_other_with_a_message(tmp_path, image
     assert not any(p.name.startswith("enc") for p in tmp_path.iterdir())
 
 
+@pytest.mark.slow
 def test_a_worker_lost_mid_run_ends_the_job_with_a_message(tmp_path, images):
     args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "100000",
             "--results", tmp_path / "results.csv"]

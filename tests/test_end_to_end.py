@@ -1,11 +1,13 @@
 """One end-to-end run on real data (scikit-learn's digits), few epochs."""
 
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 
 from cli import main
 
 
+@pytest.mark.slow
 def test_demo_on_digits_runs_every_method_and_prints_the_table(tmp_path):
     out = tmp_path / "demo"
     result = CliRunner().invoke(

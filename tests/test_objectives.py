@@ -94,6 +94,7 @@ def test_gan_honours_the_learning_rate():
     assert float(model.g_optimizer.learning_rate) == pytest.approx(3e-5)
 
 
+@pytest.mark.slow
 def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
     def run(folder):
         training.set_seed(3)

@@ -7,6 +7,7 @@ import sys
 import time
 
 import pandas as pd
+import pytest
 from conftest import make_labeled_dir
 
 
@@ -16,6 +17,7 @@ def _command(data, out, results):
             "--batch-size", "4", "--results", str(results)]
 
 
+@pytest.mark.slow
 def test_sigkill_then_same_command_resumes_with_each_epoch_once(tmp_path):
     make_labeled_dir(tmp_path / "d", per_class=30)
     out, results = tmp_path / "enc", tmp_path / "r.csv"

@@ -97,6 +97,7 @@ def test_prepare_round_trip_and_errors(mixed_dir, tmp_path):
         stream.open_source(str(unlabeled), True, 12)
 
 
+@pytest.mark.slow
 def test_pretrain_and_fine_tune_from_a_prepared_source(tmp_path):
     src = make_labeled_dir(tmp_path / "src", per_class=10, classes=("h", "v", "d"))
     prepared = tmp_path / "prep"
