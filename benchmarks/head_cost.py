@@ -43,13 +43,14 @@ def worker(mode: str, epochs: int, image_size: int, out_dir: str) -> dict:
 
 def recomputed(cfg) -> dict:
     """The naive way: the frozen encoder runs inside every training step."""
-    from transfer import data, heads, models, training
+    from transfer import data, heads, models, stream, training
     from transfer.architectures import preset_blocks
 
-    ds = data.load_labeled(cfg.data, cfg.image_size)
+    ds = stream.open_source(cfg.data, True, cfg.image_size)
     pool, test_idx = data.split_test(ds.labels, ds.ids, cfg.test_fraction)
-    train = ds.subset(data.sample_per_class(ds.labels, pool, cfg.labels_per_class, cfg.seed, ds.class_names))
-    test = ds.subset(test_idx)
+    train = stream.load(ds, data.sample_per_class(ds.labels, pool, cfg.labels_per_class, cfg.seed, ds.class_names),
+                        cfg.image_size)
+    test = stream.load(ds, test_idx, cfg.image_size)
     training.set_seed(cfg.seed)
     encoder = models.build_encoder(train.images.shape[1:], preset_blocks(cfg.arch), cfg.arch)
     models.freeze(encoder)

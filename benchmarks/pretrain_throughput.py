@@ -80,9 +80,9 @@ def main() -> None:
     import keras
 
     from pipelines.common import holdout_split
-    from transfer import data
+    from transfer import stream
 
-    pool = data.load_unlabeled("photos", args.image_size)
+    pool = stream.open_source("photos", False, args.image_size)
     train_idx, val_idx = holdout_split(pool.ids)  # the same split the pipeline uses
     images, val = pool.images[train_idx], pool.images[val_idx]
     ours, plain, ceiling = [], [], []

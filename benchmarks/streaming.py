@@ -5,7 +5,7 @@ then for each N, in a fresh process each (so that peak resident memory is that
 run's own):
 - `transfer pretrain --data DIR` (files listed, decoded by tf.data each epoch);
 - `transfer prepare DIR` once, then `transfer pretrain --data PREPARED` (TFRecord shards);
-- for reference, decoding DIR into memory the old way (`transfer.data.load_unlabeled`),
+- for reference, decoding all of DIR into memory at once (`transfer.stream.load`),
   which is what streaming avoids.
 It prints one table: peak memory, pretraining images/second, and the ratios
 the issue asks for (50k vs 5k memory and speed; prepared vs files speed).
@@ -61,8 +61,10 @@ def pretrain(data: str, out: str, results: str, epochs: int) -> dict:
 
 IN_MEMORY = """
 import json, sys
-from transfer import data, training
-images = data.load_unlabeled(sys.argv[1], 32)
+import numpy as np
+from transfer import stream, training
+source = stream.open_source(sys.argv[1], False, 32)
+images = stream.load(source, np.arange(len(source)), 32)
 print(json.dumps({"peak_mb": training.peak_memory_mb(), "bytes": images.images.nbytes}))
 """
 

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import artifacts, data, distribute, heads, methods, models, results, stream, training
+from transfer import artifacts, data, distribute, heads, methods, models, stream, training
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
 
