@@ -184,7 +184,9 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _run(pipeline, cls, params: dict):
-    """Build the config and run; user errors become one line and exit code 2."""
+    """Build the config and run. Bad input: one line, exit code 2. A lost worker: one line,
+    exit code 1. Anything else: one line, exit code 1, the traceback saved to a log file
+    (in the run's staging directory when there is one) that the line names."""
     try:
         cfg = cls(**params)
         return pipeline.run(cfg, log=click.echo)
@@ -195,6 +197,31 @@ def _run(pipeline, cls, params: dict):
         raise UserError(str(exc)) from None
     except WorkerFailed as exc:
         raise RunFailed(str(exc)) from None
+    except Exception as exc:  # a bug or an environment failure: never a traceback on the terminal
+        log = _save_traceback(exc)
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        raise RunFailed(f"{type(exc).__name__}{': ' + text[:300] if text else ''} "
+                        f"(the full traceback is in {log})") from None
+
+
+def _save_traceback(exc: BaseException) -> str:
+    """Write the traceback to error-<time>.log in the run's staging directory, else a temp file."""
+    import tempfile
+    import time
+    import traceback
+
+    text = "".join(traceback.format_exception(exc))
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
+    folder = getattr(exc, "staging", None)
+    try:
+        path = os.path.join(folder, name) if folder else tempfile.mkstemp(prefix="transfer-", suffix=".log")[1]
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    except OSError:  # the staging directory went away: a temp file after all
+        fd, path = tempfile.mkstemp(prefix="transfer-", suffix=".log")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+    return path
 
 
 @click.group(cls=TransferGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

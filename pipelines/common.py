@@ -29,6 +29,7 @@ class Run:
     def __init__(self, command: str, cfg, out: str | None, log):
         """`out`: the run directory (None: runs/RUN_ID)."""
         self.command, self.cfg, self.log = command, cfg, log
+        artifacts.check_writable(cfg.results, "--results")  # before any work, not after hours of training
         self.run_id = results.new_run_id(command)
         self.out = Path(out) if out else Path("runs") / self.run_id
         self.started = time.perf_counter()
@@ -57,6 +58,8 @@ class Run:
             shutil.rmtree(self.staging, ignore_errors=True)
         elif isinstance(exc, distribute.WorkerFailed) and not self.chief:
             shutil.rmtree(self.staging, ignore_errors=True)
+        elif isinstance(exc, Exception) and self.chief and self.staging.is_dir():
+            exc.staging = self.staging
         return False
 
     @contextlib.contextmanager

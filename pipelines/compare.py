@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from transfer import methods, results
+from transfer import artifacts, methods, results
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
@@ -137,6 +137,8 @@ def pretraining_cost(df: pd.DataFrame) -> list[str]:
 
 
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
+    if cfg.plot:
+        artifacts.check_writable(cfg.plot, "--plot")
     everything = results.read_results(cfg.results, warn=lambda m: log(f"warning: {m}"))
     df = everything
     if "command" in df:

@@ -19,6 +19,7 @@ def run(cfg: PredictConfig, log=print) -> Path:
     out = Path(cfg.out)
     if out.exists() and not cfg.overwrite:
         raise TransferError(f"{out} already exists; pass --overwrite to replace it")
+    artifacts.check_writable(out, "--out")
     model, manifest = artifacts.load_model_run(cfg.model, "classifier")
     pre = manifest["preprocessing"]
     size = int(pre["image_size"])
@@ -28,7 +29,6 @@ def run(cfg: PredictConfig, log=print) -> Path:
     if model.output.shape[-1] != len(classes):
         raise TransferError(f"{cfg.model}: the model has {model.output.shape[-1]} outputs but the manifest "
                             f"names {len(classes)} classes")
-    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     written = 0
     try:

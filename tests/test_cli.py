@@ -359,3 +359,35 @@ def test_gan_encoder_fine_tunes_through_the_normal_cli(workspace, tmp_path):
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
     assert row["method"] == "gan-top1" and row["objective"] == "gan"
+
+
+def test_unwritable_results_and_out_are_refused_before_training(guarded, tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    result = ft(guarded, "--data", guarded / "labeled", "--results", tmp_path / "file" / "r.csv",
+                "--out", tmp_path / "run")
+    assert_user_error(result, f"--results {tmp_path / 'file' / 'r.csv'} cannot be written")
+    assert "fine-tuning" not in result.output  # refused before any data or model
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+    assert_user_error(ft(guarded, "--data", guarded / "labeled", "--results", tmp_path / "r.csv",
+                         "--out", tmp_path / "file" / "run"), "cannot be created")
+    assert_user_error(invoke("predict", "--model", guarded / "enc", "--data", guarded / "labeled",
+                             "--out", tmp_path / "file" / "p.csv"), "--out")
+
+
+def test_an_unexpected_failure_is_one_line_exit_1_and_a_saved_traceback(workspace, tmp_path, monkeypatch):
+    from pipelines import fine_tune
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("simulated bug\nsecond line")
+
+    monkeypatch.setattr(fine_tune, "_fit_frozen", broken)
+    out = tmp_path / "run"
+    result = ft(workspace, "--data", workspace / "labeled", "--labels-per-class", "2", "--out", out,
+                "--results", tmp_path / "r.csv")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: RuntimeError: simulated bug (the full traceback is in ")
+    log = lines[0].rsplit("in ", 1)[1].rstrip(")")
+    assert log.startswith(str(out) + ".partial") and "second line" in open(log).read()
+    assert "Traceback" in open(log).read() and "broken" in open(log).read()
+    assert not out.exists() and not (tmp_path / "r.csv").exists()  # nothing claimed, nothing damaged

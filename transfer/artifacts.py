@@ -72,6 +72,23 @@ def versions() -> dict:
             "numpy": np.__version__, "python": platform.python_version()}
 
 
+def check_writable(path: str | os.PathLike, what: str) -> None:
+    """Refuse, before any work, an output file that could not be written: its folder is a
+    file or cannot be created, the path is a folder, or it is not writable."""
+    path = Path(path)
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferError(f"{what} {path} cannot be written: its folder {folder} cannot be created "
+                            f"({exc.strerror or exc})") from None
+    if path.is_dir():
+        raise TransferError(f"{what} {path} is a directory; give a file path")
+    target = path if path.exists() else folder
+    if not os.access(target, os.W_OK):
+        raise TransferError(f"{what} {path} cannot be written: {target} is not writable")
+
+
 def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None = None) -> tuple[Path, bool]:
     """Check that `out` may be written; return (staging directory, resumed).
 
@@ -93,6 +110,12 @@ def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None =
         if any(out.iterdir()):
             raise TransferError(f"{out} exists and is not a run directory; choose another --out or pass --overwrite")
     staging = out.with_name(out.name + ".partial")
+    try:
+        staging.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise TransferError(f"run directory {out} cannot be created: {exc.strerror or exc}") from None
+    if not os.access(staging.parent, os.W_OK):
+        raise TransferError(f"run directory {out} cannot be created: {staging.parent} is not writable")
     resumed = False
     if staging.exists():
         try:
