@@ -138,3 +138,81 @@ def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
 
     gpus = len(tf.config.list_logical_devices("GPU"))  # mirrored: one replica per GPU, else the CPU alone
     assert row["strategy"] == "mirrored" and row["replicas"] == max(gpus, 1) and row["images_per_second"] > 0
+
+
+# Every objective and every fine-tune mode under both strategies (the existing multiworker test
+# above covers the autoencoder pretrain and the default fine-tune recipe).
+OTHER_OBJECTIVES = ["contrastive", "denoising", "masked", "gan"]
+FINE_TUNE_MODES = {"frozen-linear": ["--unfreeze-top", "0"], "hidden-head": ["--unfreeze-top", "0", "--head", "8"],
+                   "unfreeze-top2": ["--unfreeze-top", "2"], "freeze-none": ["--freeze", "none"],
+                   "scratch": ["--encoder", "random", "--freeze", "none"]}
+
+
+def run_both_workers(tmp_path, args):
+    """Run `args` on two workers; both must succeed; returns the chief's log."""
+    procs = start_workers(tmp_path, args)
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    return logs[0]
+
+
+@pytest.fixture(scope="module")
+def labeled_and_encoder(tmp_path_factory):
+    """A labeled folder and an encoder pretrained on it (in-process, one epoch)."""
+    root = tmp_path_factory.mktemp("mw")
+    rng = np.random.default_rng(1)
+    for c in "hvd":
+        for i in range(8):
+            write_image(root / "labeled" / c / f"{i}.png", stripes(c, 12, rng))
+    result = CliRunner().invoke(main, [*PRETRAIN[:-2], "--data", str(root / "labeled"), "--epochs", "1",
+                                       "--out", str(root / "enc"), "--results", str(root / "pre.csv")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return root / "labeled", root / "enc"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", OTHER_OBJECTIVES)
+def test_every_objective_pretrains_on_two_workers(tmp_path, images, objective):
+    args = [*PRETRAIN, "--objective", objective, "--data", images, "--out", tmp_path / "enc", "--epochs", "2",
+            "--results", tmp_path / "r.csv"]
+    log = run_both_workers(tmp_path, args)
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["objective"] == objective and row["workers"] == 2 and row["replicas"] == 2
+    assert (tmp_path / "enc" / "encoder.keras").is_file() and "Error" not in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("mode", FINE_TUNE_MODES)
+def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode):
+    labeled, encoder = labeled_and_encoder
+    args = ["fine-tune", "--data", labeled, "--encoder", encoder, *FINE_TUNE_MODES[mode], "--strategy", "multiworker",
+            "--image-size", "8", "--filters", "4,8", "--epochs", "2", "--fine-tune-epochs", "2",
+            "--labels-per-class", "4", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv"]
+    run_both_workers(tmp_path, args)
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["workers"] == 2 and row["replicas"] == 2 and row["n_train"] == 12 and row["n_test"] > 0
+    assert (tmp_path / "ft" / "classifier.keras").is_file()
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "autoencoder", "denoising", "masked", "gan"])
+def test_every_objective_pretrains_mirrored(tmp_path, images, objective):
+    result = CliRunner().invoke(main, [*PRETRAIN[:-1], "mirrored", "--objective", objective, "--data", str(images),
+                                       "--epochs", "1", "--out", str(tmp_path / "enc"),
+                                       "--results", str(tmp_path / "r.csv")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["strategy"] == "mirrored" and row["objective"] == objective
+
+
+@pytest.mark.parametrize("mode", FINE_TUNE_MODES)
+def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
+    labeled, encoder = labeled_and_encoder
+    result = CliRunner().invoke(main, [str(a) for a in [
+        "fine-tune", "--data", labeled, "--encoder", encoder, *FINE_TUNE_MODES[mode], "--strategy", "mirrored",
+        "--image-size", "8", "--filters", "4,8", "--epochs", "2", "--fine-tune-epochs", "2", "--labels-per-class", "4",
+        "--out", tmp_path / "ft", "--results", tmp_path / "r.csv"]], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["strategy"] == "mirrored" and (tmp_path / "ft" / "classifier.keras").is_file()
