@@ -112,3 +112,62 @@ def test_gan_losses_finite_samples_saved_and_seed_repeatable(images, tmp_path):
     assert first.metrics["d_loss"] == pytest.approx(second.metrics["d_loss"], rel=1e-3)
     for w1, w2 in zip(weights1, weights2):  # CPU reductions may differ in the last bits between runs
         np.testing.assert_allclose(w1, w2, rtol=1e-3, atol=1e-4)
+
+
+GATHER_CHECK = """
+import json, sys
+import numpy as np
+import tensorflow as tf
+cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+from transfer import distribute
+from transfer.objectives.contrastive import nt_xent
+
+rng = np.random.default_rng(0)
+z1, z2 = (tf.constant(rng.normal(size=(12, 8)).astype("float32")) for _ in range(2))
+sizes = [int(s) for s in sys.argv[1].split(",")]  # rows on replica 0 and 1 (a last batch may be uneven)
+
+def one_device():
+    with tf.GradientTape() as tape:
+        tape.watch([z1, z2])
+        loss = nt_xent(z1, z2, 0.5)
+    return loss, tape.gradient(loss, [z1, z2])
+
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+counts = tf.constant(sizes)
+
+def step():
+    r = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int32)
+    start, size = tf.reduce_sum(counts[:r]), counts[r]
+    a, b = z1[start:start + size], z2[start:start + size]
+    with tf.GradientTape() as tape:
+        tape.watch([a, b])
+        loss = nt_xent(a, b, 0.5)
+        # each replica's share of the global mean (equal shares when its batch is half the global one)
+        scaled = distribute.scale_loss(loss) * 2 * tf.cast(size, tf.float32) / sum(sizes)
+    return scaled, tape.gradient(scaled, [a, b])
+
+results = tf.function(lambda: strategy.run(step))()
+local = strategy.experimental_local_results
+loss = sum(float(v) for v in local(results[0]))
+grads = [np.concatenate([np.asarray(g) for g in local(part)]) for part in results[1]]
+ref_loss, ref_grads = one_device()
+print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": loss, "ref": float(ref_loss),
+                  "grad_error": max(float(np.abs(g - np.asarray(r)).max()) for g, r in zip(grads, ref_grads))}))
+"""
+
+
+@pytest.mark.parametrize("sizes", ["6,6", "7,5"])
+def test_contrastive_negatives_are_gathered_across_replicas(sizes):
+    """Two replicas, each with its part of a batch, give the loss and gradients of one device on the
+    whole batch: every view is contrasted with the views of both replicas."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", GATHER_CHECK, sizes], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["replicas"] == 2
+    assert result["loss"] == pytest.approx(result["ref"], rel=1e-5)
+    assert result["grad_error"] < 1e-5

@@ -40,14 +40,28 @@ def build_augment(channels: int, strength: float = 1.0) -> keras.Sequential:
 
 
 def nt_xent(z1, z2, temperature: float = TEMPERATURE):
-    """Normalized-temperature cross-entropy over the 2N views of a batch."""
-    z = ops.concatenate([z1, z2], axis=0)
-    z = z / (ops.norm(z, axis=1, keepdims=True) + 1e-8)
-    n2 = ops.shape(z)[0]
-    logits = ops.matmul(z, ops.transpose(z)) / temperature
-    logits = logits - 1e9 * ops.eye(n2)
-    half = n2 // 2
-    targets = ops.concatenate([ops.arange(half, n2), ops.arange(0, half)], axis=0)
+    """Normalized-temperature cross-entropy over the 2N views of a batch (SimCLR's NT-Xent).
+
+    Under a tf.distribute strategy with several replicas, each replica's rows are
+    contrasted with the views of *every* replica (all-gathered, as lightly's
+    `gather_distributed` does), so the negatives are those of the global batch and the
+    mean over replicas equals the one-device loss on the global batch."""
+    z1 = z1 / (ops.norm(z1, axis=1, keepdims=True) + 1e-8)
+    z2 = z2 / (ops.norm(z2, axis=1, keepdims=True) + 1e-8)
+    n = tf.shape(z1)[0]
+    context = tf.distribute.get_replica_context()
+    if context is not None and context.num_replicas_in_sync > 1:
+        all1, all2 = context.all_gather(z1, axis=0), context.all_gather(z2, axis=0)
+        sizes = context.all_gather(tf.reshape(n, [1]), axis=0)  # a shard's last batch may be smaller
+        offset = tf.reduce_sum(sizes[: tf.cast(context.replica_id_in_sync_group, tf.int32)])
+    else:
+        all1, all2, offset = z1, z2, 0
+    total = tf.shape(all1)[0]
+    logits = tf.matmul(tf.concat([z1, z2], 0), tf.concat([all1, all2], 0), transpose_b=True) / temperature
+    mine = offset + tf.range(n)  # this replica's first views among the gathered ones
+    itself = tf.concat([mine, total + mine], 0)
+    logits -= 1e9 * tf.one_hot(itself, 2 * total, dtype=logits.dtype)
+    targets = tf.concat([total + mine, mine], 0)  # each view's other view
     return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
 
 
