@@ -42,6 +42,12 @@ class Run:
                 log(f"resuming the interrupted run in {self.staging}")
         else:  # only the chief writes artifacts; a worker's files go to a scratch directory
             self.staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
+        distribute.barrier(f"staging:{self.out}")  # the chief's staging is settled before anyone reads it
+
+    def backup_dir(self, name: str) -> Path:
+        """Where training backups go: the chief's staging directory, which every worker
+        restores from (on a shared file system) and only the chief writes."""
+        return self.out.with_name(self.out.name + ".partial") / name
 
     def note(self, **fields) -> None:
         """Row fields known so far (a failed run's row records them)."""

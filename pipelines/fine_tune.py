@@ -92,7 +92,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             fit = _fit_pixels if encoder is None else _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
-            classifier, metrics = fit(cfg, encoder, train, test, run.staging, log)
+            classifier, metrics = fit(cfg, encoder, train, test, run, log)
         if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
             return {}
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
@@ -138,7 +138,7 @@ def _example_batch(model, labels: bool = False):
     return (x, np.zeros((2,), np.int64)) if labels else x
 
 
-def _fit_frozen(cfg, encoder, train, test, staging, log):
+def _fit_frozen(cfg, encoder, train, test, run, log):
     """Frozen encoder: features computed once, the head fit on them; then optionally
     the top `unfreeze_top` blocks trained further at a low learning rate."""
     models.freeze(encoder)
@@ -147,7 +147,7 @@ def _fit_frozen(cfg, encoder, train, test, staging, log):
     distribute.prepare_model(features, _example_batch(features))
     f_train = features.predict(train.images, batch_size=256, verbose=0)
     fit_start = time.perf_counter()
-    head = _fit_head(cfg, f_train, train, staging, log)
+    head = _fit_head(cfg, f_train, train, run.staging, log)
     seconds = time.perf_counter() - fit_start
     classifier = models.build_classifier(features, head)
     _compile(classifier, cfg.learning_rate)
@@ -158,8 +158,8 @@ def _fit_frozen(cfg, encoder, train, test, staging, log):
         _compile(classifier, cfg.fine_tune_learning_rate)
         fit_start = time.perf_counter()
         training.fit(classifier, train.images, train.labels, epochs=cfg.fine_tune_epochs,
-                     batch_size=cfg.batch_size, history_path=staging / "history-unfreeze.csv",
-                     backup_dir=staging / "backup-unfreeze", log=log, log_prefix="fine-tune ")
+                     batch_size=cfg.batch_size, history_path=run.staging / "history-unfreeze.csv",
+                     backup_dir=run.backup_dir("backup-unfreeze"), log=log, log_prefix="fine-tune ")
         seconds = time.perf_counter() - fit_start
         metrics["encoder_unchanged"] = None  # by design it changed; the column audits frozen runs
     metrics.update(_evaluate(classifier, train, test))
@@ -198,7 +198,7 @@ def _evaluate(classifier, train, test: TestSplit) -> dict:
             "train_accuracy": float(train_acc), "n_test": n_test}
 
 
-def _fit_end_to_end(cfg, encoder, train, test, staging, log):
+def _fit_end_to_end(cfg, encoder, train, test, run, log):
     """Encoder and head trained together (from scratch when the encoder is random)."""
     features = models.build_features(encoder, cfg.readout, frozen=False)
     head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout)
@@ -206,14 +206,15 @@ def _fit_end_to_end(cfg, encoder, train, test, staging, log):
     _compile(classifier, cfg.learning_rate)
     fit_start = time.perf_counter()
     training.fit(classifier, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=staging / "history.csv", backup_dir=staging / "backup", log=log, log_prefix="train ")
+                 history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"), log=log,
+                 log_prefix="train ")
     seconds = time.perf_counter() - fit_start
     training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size, seed=cfg.seed)
     return classifier, {**_evaluate(classifier, train, test),
                         "images_per_second": round(len(train) * cfg.epochs / seconds, 1)}
 
 
-def _fit_pixels(cfg, encoder, train, test, staging, log):
+def _fit_pixels(cfg, encoder, train, test, run, log):
     """Baseline: multinomial logistic regression on standardized raw pixels, its L2
     strength chosen by cross-validation on the labeled training images only."""
     x_train = train.images.reshape(len(train), -1)
@@ -226,5 +227,5 @@ def _fit_pixels(cfg, encoder, train, test, staging, log):
     inputs = keras.Input(train.images.shape[1:], name="image")
     classifier = keras.Model(inputs, head(keras.layers.Flatten(name="pixels")(inputs)), name="classifier")
     _compile(classifier, cfg.learning_rate)
-    (staging / "history.csv").write_text("epoch\n0\n")
+    (run.staging / "history.csv").write_text("epoch\n0\n")
     return classifier, _evaluate(classifier, train, test)

@@ -37,7 +37,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             fit_start = time.perf_counter()
             training.fit(model, train.batches(options.batch_size, True, cfg.seed), None, epochs=cfg.epochs,
                          batch_size=None, history_path=run.staging / "history.csv",
-                         backup_dir=run.staging / "backup", log=log, log_prefix="pretrain ",
+                         backup_dir=run.backup_dir("backup"), log=log, log_prefix="pretrain ",
                          validation_data=(stream.in_memory(val_images).batches(options.batch_size, False)
                                           if objective.VALIDATES and len(val_images) > 1 else None),
                          extra_callbacks=objective.callbacks(model, run.staging))

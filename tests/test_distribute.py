@@ -30,8 +30,8 @@ def free_ports(n):
     return ports
 
 
-def start_workers(tmp_path, args, count=2, only=None, timeout="60"):
-    ports = free_ports(count)
+def start_workers(tmp_path, args, count=2, only=None, timeout="60", ports=None):
+    ports = ports or free_ports(count)
     procs = []
     for i in range(count) if only is None else [only]:
         env = {**os.environ, "TRANSFER_WORKER_TIMEOUT": timeout, "TF_CONFIG": json.dumps({
@@ -216,3 +216,55 @@ def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["strategy"] == "mirrored" and (tmp_path / "ft" / "classifier.keras").is_file()
+
+
+@pytest.mark.slow
+def test_two_workers_killed_mid_run_resume_from_the_chiefs_backup(tmp_path, images):
+    """Both workers SIGKILLed mid-run; the same two commands continue from the chief's last
+    backup (the chief's staging directory, on a file system both reach), each epoch in the
+    chief's history once, one row."""
+    epochs = 40
+    args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", str(epochs),
+            "--results", tmp_path / "r.csv"]
+    ports = free_ports(2)
+    procs = start_workers(tmp_path, args, ports=ports)
+    history = tmp_path / "enc.partial" / "history.csv"
+    deadline = time.time() + 180
+    while not (history.exists() and history.read_text().count("\n") >= 4):  # header + 3 epochs
+        assert time.time() < deadline and all(p.poll() is None for p in procs), \
+            [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+        time.sleep(0.05)
+    for p in procs:
+        p.kill()
+        p.wait()
+    logged = history.read_text().count("\n") - 1
+    assert 3 <= logged < epochs and not (tmp_path / "enc").exists()
+
+    procs = start_workers(tmp_path, args, ports=free_ports(2))
+    codes = [p.wait(timeout=300) for p in procs]
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    assert "resuming the interrupted run" in logs[0]
+    # Both workers restored the chief's last backup (saved after each epoch's history row).
+    restored = [int(log.split("continuing after epoch ")[1].split()[0]) for log in logs]
+    assert restored[0] == restored[1] and logged - 1 <= restored[0] <= logged, (restored, logged)
+    assert pd.read_csv(tmp_path / "enc" / "history.csv")["epoch"].tolist() == list(range(epochs))
+    assert len(pd.read_csv(tmp_path / "r.csv")) == 1 and not (tmp_path / "enc.partial").exists()
+
+
+def test_a_worker_whose_restored_epoch_differs_is_refused(monkeypatch):
+    """The check behind a multiworker resume: a worker that restored another epoch than the chief."""
+    monkeypatch.setattr(distribute, "is_multiworker", lambda strategy: True)
+    monkeypatch.setattr(distribute, "cluster", lambda: {"workers": 2, "index": 1, "chief": False})
+
+    class Store:
+        def get_config_key_value(self, key, timeout):
+            assert key == "transfer:backup:epoch"
+            return "5"
+
+    from tensorflow.python.eager import context
+
+    monkeypatch.setattr(context, "context", lambda: Store())
+    distribute.same_on_every_worker("backup:epoch", "5")
+    with pytest.raises(distribute.TransferError, match="worker 1 disagrees with the chief on backup:epoch: 0 here, 5"):
+        distribute.same_on_every_worker("backup:epoch", "0")

@@ -39,6 +39,8 @@ def test_sigkill_then_same_command_resumes_with_each_epoch_once(tmp_path):
     again = subprocess.run(_command(tmp_path / "d", out, results), capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "resuming the interrupted run" in again.stdout
+    restored = int(again.stdout.split("continuing after epoch ")[1].split()[0])
+    assert logged - 1 <= restored <= logged
     epochs = pd.read_csv(out / "history.csv")["epoch"].tolist()
     assert epochs == list(range(60))
     assert (out / "manifest.json").is_file() and not (tmp_path / "enc.partial").exists()

@@ -171,6 +171,31 @@ def _configure_coordination(join_timeout: int) -> None:
         heartbeat_timeout_in_ms=min(HEARTBEAT_TIMEOUT, join_timeout) * 1000)
 
 
+def barrier(name: str) -> None:
+    """Wait until every worker of a multiworker run gets here (no-op otherwise)."""
+    if not is_multiworker(current()):
+        return
+    from tensorflow.python.eager import context
+
+    context.context().wait_at_barrier(f"transfer:{name}", _timeouts()[0] * 1000)
+
+
+def same_on_every_worker(name: str, value: str) -> None:
+    """Refuse a multiworker run whose workers disagree on `value` (the chief's is the reference)."""
+    if not is_multiworker(current()):
+        return
+    from tensorflow.python.eager import context
+
+    key = f"transfer:{name}"
+    if cluster()["chief"]:
+        context.context().set_config_key_value(key, value)
+        return
+    chief = context.context().get_config_key_value(key, _timeouts()[0] * 1000)
+    if chief != value:
+        raise TransferError(f"worker {cluster()['index']} disagrees with the chief on {name}: {value} here, "
+                            f"{chief} on the chief")
+
+
 def workers(strategy) -> int:
     """Machines taking part in the run."""
     return cluster()["workers"] if is_multiworker(strategy) else 1

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import csv
+import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
 from typing import Callable
 
@@ -11,7 +15,7 @@ import keras
 import numpy as np
 
 from transfer import distribute
-from transfer.errors import TrainingDiverged
+from transfer.errors import TrainingDiverged, TransferError
 
 
 def set_seed(seed: int) -> None:
@@ -26,21 +30,42 @@ def peak_memory_mb() -> float:
 
 
 class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that survives a kill during its own write.
+    """BackupAndRestore that survives a kill during its own write, and works across workers.
 
     With `double_checkpoint`, a torn latest backup falls back to the one
     before; if no usable backup is left (killed while writing the first), the
     fit starts over instead of failing.
+
+    Several workers: every one restores from `backup_dir` (the chief's, on a file
+    system they all reach) and checks that all restored the same epoch; every one
+    saves after each epoch (reading synchronized variables may be a collective), but
+    only the chief into `backup_dir`, the others into `write_dir`.
     """
+
+    def __init__(self, backup_dir, write_dir=None, log=None, **kwargs):
+        super().__init__(backup_dir, **kwargs)
+        self.write_dir, self.log = write_dir, log
 
     def on_train_begin(self, logs=None):
         try:
             super().on_train_begin(logs)
         except OSError:  # h5py's error for a torn file
-            import shutil
-
             shutil.rmtree(self.backup_dir, ignore_errors=True)
             self._current_epoch = 0
+        restored = int(self.model._initial_epoch or 0)
+        if restored and self.log is not None:
+            self.log(f"continuing after epoch {restored} from the backup in {self.backup_dir}")
+        try:
+            distribute.same_on_every_worker(f"{self.backup_dir}:epoch", str(restored))
+        except TransferError as exc:
+            raise TransferError(f"{exc}; resuming a run of several workers needs the chief's run directory "
+                                "on a file system every worker reaches") from None
+        if self.write_dir is not None:
+            self.backup_dir = self.write_dir
+            self._weights_path = os.path.join(self.write_dir, "latest.weights.h5")
+            self._training_metadata_path = os.path.join(self.write_dir, "training_metadata.json")
+            self._prev_weights_path = f"{self._weights_path}.bkp"
+            self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
 
 
 class EpochLog(keras.callbacks.Callback):
@@ -78,18 +103,22 @@ def fit(
     x may be a `tf.data.Dataset` (then y and batch_size are None). With
     `backup_dir`, training state is saved after every epoch and a fit started
     again (after a crash or kill) continues from the last finished epoch; the
-    history then holds every epoch once.
+    history then holds every epoch once. With several workers, `backup_dir` is
+    the chief's (see `SafeBackupAndRestore`).
     """
     strategy = distribute.current()
+    write_dir = None
     if distribute.is_multiworker(strategy):
         distribute.prepare_model(model, distribute.local_batch(x, y))
-        backup_dir = None  # each worker would restore its own epoch: resuming needs a shared file system
+        if backup_dir is not None and not distribute.cluster()["chief"]:
+            write_dir = tempfile.mkdtemp(prefix="transfer-backup-")  # only the chief writes backup_dir
     callbacks = [keras.callbacks.TerminateOnNaN()]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
     if backup_dir is not None:
         # After the CSVLogger: a kill between the two repeats an epoch's row (dropped below), never loses one.
-        callbacks.append(SafeBackupAndRestore(str(backup_dir), delete_checkpoint=True, double_checkpoint=True))
+        callbacks.append(SafeBackupAndRestore(str(backup_dir), write_dir, log, delete_checkpoint=True,
+                                              double_checkpoint=True))
     if log is not None:
         callbacks.append(EpochLog(log, epochs, log_prefix))
     callbacks.extend(extra_callbacks)
@@ -153,9 +182,6 @@ def weights_identical(model: keras.Model, snapshot: list[np.ndarray]) -> bool:
 
 def dedupe_history(path) -> None:
     """Keep the last row of each epoch in a CSVLogger file (a resumed fit repeats at most one)."""
-    import csv
-    import os
-
     if not os.path.exists(path):
         return
     with open(path, newline="") as f:
