@@ -347,15 +347,27 @@ def prepare(**params):
 
 @main.command()
 @config_option(CompareConfig)
-@opt(CompareConfig, "results", type=click.Path(dir_okay=False), help="The results table to read.")
+@click.argument("tables", nargs=-1, type=click.Path(dir_okay=False))
+@opt(CompareConfig, "results", type=click.Path(dir_okay=False), help="The results table to read when no TABLES are given.")
 @opt(CompareConfig, "by", type=str, default=",".join(CompareConfig.by), callback=lambda c, p, v: _split(v),
-     help="Columns to group runs by (comma-separated).")
+     help="Columns to group runs by (comma-separated; `table` is the table a row came from).")
 @opt(CompareConfig, "metric", help="Numeric column to compare.")
-@opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv"]), help="Output format (csv keeps raw numbers).")
+@opt(CompareConfig, "where", help="Keep only the rows matching this pandas query, e.g. \"arch == 'vgg' and seed < 3\".")
+@opt(CompareConfig, "sort", help="Sort the summary by this column (e.g. mean, vs_best_baseline, seconds).")
+@opt(CompareConfig, "descending", is_flag=True, help="Sort from the largest value.")
+@opt(CompareConfig, "top", type=int, help="Show only the first N rows of the summary.")
+@opt(CompareConfig, "columns", type=str, default="", callback=lambda c, p, v: _split(v),
+     help="Summary columns to show (comma-separated; csv/json show them raw).")
+@opt(CompareConfig, "format", type=click.Choice(["text", "markdown", "csv", "json"]),
+     help="Output format (csv and json keep raw numbers).")
 @opt(CompareConfig, "plot", type=click.Path(dir_okay=False),
      help="Also draw the label-efficiency plot (metric against labels per class, spread over seeds shaded) to this PNG.")
 def compare(**params):
-    """Mean ± std over seeds per group, and the difference from the baselines."""
+    """Mean ± std over seeds per group, and each method's difference from the best baseline.
+
+    TABLES are results CSVs read as one (default: --results); the difference from the best
+    method without pretraining is paired over the seeds both share, with a 95% interval.
+    """
     from pipelines import compare as pipeline
 
     _run(pipeline, CompareConfig, params)

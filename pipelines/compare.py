@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from transfer import artifacts, methods, results
+from transfer import artifacts, methods, results, stats
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
@@ -20,12 +20,14 @@ def _budget_key(value) -> float:
 
 
 def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
-    """Mean, std and count of `metric` per group, plus differences from the baselines.
+    """Mean, std and count of `metric` per group, and each method's difference from the baselines.
 
-    With `method` among `by`, each group gets `vs_scratch` (its mean minus the
-    scratch mean in the otherwise same group) and `vs_best_baseline` (minus
-    the best baseline mean), and `significant` is true when that difference
-    exceeds the combined spread sqrt(std_a^2 + std_b^2) of the two groups.
+    With `method` among `by`, each group gets `vs_scratch` (its mean minus scratch's in the
+    otherwise same group) and `vs_best_baseline`: the difference from the best method without
+    pretraining (`transfer.methods.is_baseline`), paired over the seeds both share, with a 95%
+    interval (`ci_low`, `ci_high`; `transfer.stats`), `paired_seeds` and `comparison`
+    ("paired", or "unpaired" when fewer than 2 seeds are shared). `significant` is true when
+    the interval excludes zero.
     """
     grouped = df.groupby(by, dropna=False)
     table = grouped[metric].agg(mean="mean", std="std", n="count").reset_index()
@@ -33,24 +35,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
         table["seconds"] = grouped["seconds"].mean().to_numpy()
     table["std"] = table["std"].fillna(0.0)
     if "method" in by:
-        context = [c for c in by if c != "method"]
-        table["vs_scratch"] = np.nan
-        table["vs_best_baseline"] = np.nan
-        table["significant"] = False
-        groups = table.groupby(context, dropna=False) if context else [((), table)]
-        for _, group in groups:
-            baseline = group["method"].map(methods.is_baseline)
-            base = group[baseline]
-            scratch = group[group["method"] == "scratch"]
-            if not scratch.empty:
-                table.loc[group.index, "vs_scratch"] = group["mean"] - scratch["mean"].iloc[0]
-            if not base.empty:
-                best = base.loc[base["mean"].idxmax()]
-                diff = group["mean"] - best["mean"]
-                spread = np.sqrt(group["std"] ** 2 + best["std"] ** 2)
-                table.loc[group.index, "vs_best_baseline"] = diff
-                enough = (group["n"] >= 2) & (best["n"] >= 2)  # one run has no spread to exceed
-                table.loc[group.index, "significant"] = (diff.abs() > spread) & enough & ~baseline
+        _add_differences(df, table, by, metric)
     sort_cols = [c for c in by if c != "labels_per_class"]
     if "labels_per_class" in by:
         table["_budget"] = table["labels_per_class"].map(_budget_key)
@@ -60,35 +45,114 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     return table.reset_index(drop=True)
 
 
+def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metric: str) -> None:
+    context = [c for c in by if c != "method"]
+    for col in ("vs_scratch", "vs_best_baseline", "ci_low", "ci_high", "paired_seeds"):
+        table[col] = np.nan
+    table["comparison"], table["significant"] = "", False
+    has_seed = "seed" in df
+    per_seed = df.groupby([*by, "seed"], dropna=False)[metric].mean() if has_seed else None
+    groups = table.groupby(context, dropna=False) if context else [((), table)]
+    for _, group in groups:
+        scratch = group[group["method"] == "scratch"]
+        if not scratch.empty:
+            table.loc[group.index, "vs_scratch"] = group["mean"] - scratch["mean"].iloc[0]
+        baseline = group["method"].map(methods.is_baseline)
+        if not baseline.any():
+            continue
+        best = group[baseline]["mean"].idxmax()
+        for i in group.index:
+            if i == best:
+                table.loc[i, ["vs_best_baseline", "paired_seeds"]] = [0.0, table.loc[i, "n"]]
+                continue
+            seeds = (lambda j: per_seed.loc[tuple(table.loc[j, by])]) if has_seed else None
+            a = seeds(i) if has_seed else pd.Series([table.loc[i, "mean"]])
+            b = seeds(best) if has_seed else pd.Series([table.loc[best, "mean"]])
+            d = stats.difference(a, b)
+            table.loc[i, ["vs_best_baseline", "ci_low", "ci_high", "paired_seeds"]] = [
+                d["diff"], d["low"], d["high"], d["seeds"]]
+            table.loc[i, "comparison"] = d["kind"]
+            table.loc[i, "significant"] = stats.excludes_zero(d["low"], d["high"]) and not baseline[i]
+
+
+def select(table: pd.DataFrame, cfg: CompareConfig) -> pd.DataFrame:
+    """--sort/--descending, then --top, then --columns."""
+    if cfg.sort:
+        _known(table, [cfg.sort], "--sort")
+        table = table.sort_values(cfg.sort, ascending=not cfg.descending, kind="stable")
+    if cfg.top:
+        table = table.head(cfg.top)
+    if cfg.columns:
+        _known(table, list(cfg.columns), "--columns")
+        table = table[list(cfg.columns)]
+    return table.reset_index(drop=True)
+
+
+def _known(table: pd.DataFrame, names: list[str], option: str) -> None:
+    unknown = [c for c in names if c not in table.columns]
+    if unknown:
+        raise TransferError(f"{option}: unknown column(s) {unknown}. Available: {', '.join(table.columns)}")
+
+
 def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
-    """Render a summary as text, markdown or csv (csv keeps raw numbers)."""
+    """Render a summary as text, markdown, csv or json (csv and json keep raw numbers)."""
     if fmt == "csv":
         return table.to_csv(index=False)
-    pct = "accuracy" in metric
-    scale, digits = (100.0, 1) if pct else (1.0, 4)
-
-    def num(v, signed=False):
-        if v is None or (isinstance(v, float) and math.isnan(v)):
-            return ""
-        return f"{v * scale:+.{digits}f}" if signed else f"{v * scale:.{digits}f}"
-
-    shown = pd.DataFrame({c: table[c].astype(str) for c in table.columns
-                          if c not in ("mean", "std", "n", "vs_scratch", "vs_best_baseline", "significant", "seconds")})
-    shown["seeds"] = table["n"].astype(int).astype(str)
-    shown[metric + (" %" if pct else "")] = [f"{num(m)} ± {num(s)}" for m, s in zip(table["mean"], table["std"])]
-    if "vs_scratch" in table:
-        shown["vs scratch"] = [num(v, True) for v in table["vs_scratch"]]
-        shown["vs best baseline"] = [
-            num(v, True) + (" *" if sig else "") for v, sig in zip(table["vs_best_baseline"], table["significant"])
-        ]
-    if "seconds" in table:
-        shown["s/run"] = [f"{v:.1f}" if v == v else "" for v in table["seconds"]]
+    if fmt == "json":
+        return table.to_json(orient="records", indent=1)
+    order = list(table.columns)
+    if "n" in order and "mean" in order:  # seeds before the metric, as people read it
+        order.remove("n")
+        order.insert(order.index("mean"), "n")
+    shown = pd.DataFrame({name: values for column in order
+                          for name, values in [_render(table, column, metric)] if name})
     if fmt == "markdown":
         header = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
         rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
         return "\n".join([header, rule, *rows])
     return shown.to_string(index=False)
+
+
+def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, list[str]]:
+    """(heading, cells) of one summary column; (None, []) for a column shown inside another."""
+    scale, digits = (100.0, 1) if "accuracy" in metric else (1.0, 4)
+
+    def num(v, signed=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v * scale:+.{digits}f}" if signed else f"{v * scale:.{digits}f}"
+
+    has = set(table.columns)
+    values = table[column]
+    if column == "mean":
+        heading = metric + (" %" if scale == 100 else "")
+        if "std" in has:
+            return heading, [f"{num(m)} ± {num(s)}" for m, s in zip(values, table["std"])]
+        return heading, [num(v) for v in values]
+    if column in ("std", "ci_low", "ci_high", "significant") and ("mean" if column == "std" else
+                                                                   "vs_best_baseline") in has:
+        return None, []
+    if column == "n":
+        return "seeds", [str(int(v)) for v in values]
+    if column in ("vs_scratch", "std", "ci_low", "ci_high"):
+        return column.replace("_", " "), [num(v, column != "std") for v in values]
+    if column == "vs_best_baseline":
+        low = table["ci_low"] if "ci_low" in has else [math.nan] * len(table)
+        high = table["ci_high"] if "ci_high" in has else [math.nan] * len(table)
+        sig = table["significant"] if "significant" in has else [False] * len(table)
+        return "vs best baseline [95% CI]", [
+            num(v, True) + (f" [{num(lo, True)}, {num(hi, True)}]" if lo == lo else "") + (" *" if s else "")
+            for v, lo, hi, s in zip(values, low, high, sig)]
+    if column == "paired_seeds":
+        kinds = table["comparison"] if "comparison" in has else [""] * len(table)
+        return "paired", [("" if n != n else str(int(n))) + (" (unpaired)" if k == "unpaired" else "")
+                          for n, k in zip(values, kinds)]
+    if column == "comparison" and "paired_seeds" in has:
+        return None, []
+    if column == "seconds":
+        return "s/run", [f"{v:.1f}" if v == v else "" for v in values]
+    return column, [str(v) for v in values]
 
 
 def plot(df: pd.DataFrame, metric: str, path: str) -> None:
@@ -139,30 +203,41 @@ def pretraining_cost(df: pd.DataFrame) -> list[str]:
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     if cfg.plot:
         artifacts.check_writable(cfg.plot, "--plot")
-    everything = results.read_results(cfg.results, warn=lambda m: log(f"warning: {m}"))
-    df = everything
-    if "command" in df:
-        df = df[df["command"] == "fine-tune"]
-    if "status" in df:
-        df = df[df["status"].fillna("ok") == "ok"]
-    if df.empty:
-        raise TransferError(f"{cfg.results} has no finished fine-tune runs to compare")
+    tables = cfg.tables or (cfg.results,)
+    everything = results.read_tables(tables, warn=lambda m: log(f"warning: {m}"))
+    df = finished_fine_tunes(everything, cfg.where, " ".join(tables))
     by = list(cfg.by)
-    unknown = [c for c in [*by, cfg.metric] if c not in df.columns]
-    if unknown:
-        raise TransferError(f"unknown column(s) {unknown}. Available: {', '.join(df.columns)}")
+    _known(df, [*by, cfg.metric], "--by/--metric")
     if not pd.api.types.is_numeric_dtype(df[cfg.metric]):
         raise TransferError(f"metric column '{cfg.metric}' is not numeric")
     table = summarize(df, by, cfg.metric)
-    log(format_table(table, cfg.metric, cfg.format))
+    log(format_table(select(table, cfg), cfg.metric, cfg.format))
     if cfg.plot:
         if not {"method", "labels_per_class"} <= set(df.columns):
             raise TransferError("--plot needs the columns method and labels_per_class")
         plot(df, cfg.metric, cfg.plot)
         log(f"wrote {cfg.plot}")
-    if cfg.format != "csv" and "vs_best_baseline" in table:
-        log("* difference from the best baseline (scratch, random-frozen, pixels-logreg) exceeds the spread over seeds")
-    if cfg.format != "csv":
+    if cfg.format in ("text", "markdown"):
+        if "vs_best_baseline" in table:
+            log("* the 95% confidence interval of the difference from the best baseline (the best method without "
+                "pretraining; paired t over the seeds both share, Welch when unpaired) excludes zero")
         for line in pretraining_cost(everything):
             log(line)
     return table
+
+
+def finished_fine_tunes(df: pd.DataFrame, where: str | None, source: str) -> pd.DataFrame:
+    """The rows compare looks at: finished fine-tunes, then `--where`."""
+    if "command" in df:
+        df = df[df["command"] == "fine-tune"]
+    if "status" in df:
+        df = df[df["status"].fillna("ok") == "ok"]
+    if where:
+        try:
+            df = df.query(where)
+        except Exception as exc:  # pandas raises many types for a bad expression
+            raise TransferError(f"--where {where!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+    if df.empty:
+        raise TransferError(f"{source} has no finished fine-tune runs to compare"
+                            + (f" matching --where {where!r}" if where else ""))
+    return df

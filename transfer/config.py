@@ -148,11 +148,21 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
+    tables: tuple[str, ...] = ()  # results tables read as one; () -> (results,)
     results: str = "experiments/results.csv"
     by: tuple[str, ...] = ("data", "method", "labels_per_class")
     metric: str = "test_accuracy"
+    where: str | None = None  # a pandas query on the rows, e.g. "arch == 'vgg' and seed < 3"
+    sort: str | None = None  # a column of the summary
+    descending: bool = False
+    top: int | None = None
+    columns: tuple[str, ...] = ()  # summary columns to show; () -> all
     format: str = "text"
     plot: str | None = None  # a PNG path: accuracy against labels per class
+
+    def __post_init__(self):
+        _choice("format", self.format, ("text", "markdown", "csv", "json"))
+        _positive("top", self.top)
 
 
 @dataclass(frozen=True)

@@ -128,6 +128,15 @@ def read_results(path: str | os.PathLike, warn=None):
         raise TransferError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None
 
 
+def read_tables(paths, warn=None):
+    """Several tables read as one DataFrame: each row keeps the table it came from (`table`
+    column, the path as given); columns are aligned by name, missing values left empty."""
+    import pandas as pd
+
+    frames = [read_results(p, warn).assign(table=str(p)) for p in paths]
+    return pd.concat(frames, ignore_index=True, sort=False)
+
+
 def _warn(message: str) -> None:
     import warnings
 

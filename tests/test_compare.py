@@ -1,0 +1,109 @@
+"""compare as an analyst uses it: several tables, filters, paired differences with intervals."""
+
+import io
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from scipy import stats as scipy_stats
+
+from cli import main
+from transfer import stats
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, ["compare", *[str(a) for a in args]], catch_exceptions=False)
+
+
+def write_table(path, accuracies: dict, data="digits", budget="5", arch="small", seeds=range(5)):
+    """A results table: one fine-tune row per method and seed; accuracies[method][k] for seed k."""
+    rows = [{"command": "fine-tune", "status": "ok", "data": data, "method": m, "labels_per_class": budget,
+             "seed": s, "arch": arch, "test_accuracy": acc[k], "seconds": 2.0 + k}
+            for m, acc in accuracies.items() for k, s in enumerate(seeds)]
+    pd.DataFrame(rows).to_csv(path, index=False)
+    return path
+
+
+# seed-to-seed swings of +-10 points shared by both methods (the same labeled draw per seed),
+# with the pretrained method 2-3 points above scratch on every seed
+SCRATCH = [0.70, 0.90, 0.75, 0.85, 0.80]
+PRETRAINED = [0.72, 0.93, 0.77, 0.88, 0.82]
+
+
+def test_paired_difference_matches_the_t_interval_formula():
+    d = np.array(PRETRAINED) - np.array(SCRATCH)
+    half = scipy_stats.t.ppf(0.975, 4) * d.std(ddof=1) / math.sqrt(5)
+    got = stats.difference(pd.Series(PRETRAINED), pd.Series(SCRATCH))
+    assert got["kind"] == "paired" and got["seeds"] == 5
+    assert got["diff"] == pytest.approx(d.mean()) and got["low"] == pytest.approx(d.mean() - half)
+    assert got["high"] == pytest.approx(d.mean() + half) and stats.excludes_zero(got["low"], got["high"])
+
+
+def test_unpaired_fallback_is_welch_and_labelled():
+    a, b = pd.Series([0.8, 0.82, 0.84], index=[0, 1, 2]), pd.Series([0.7, 0.75], index=[5, 6])
+    got = stats.difference(a, b)
+    welch = scipy_stats.ttest_ind(a, b, equal_var=False)
+    ci = welch.confidence_interval(0.95)
+    assert got["kind"] == "unpaired" and got["seeds"] == 0
+    assert got["low"] == pytest.approx(ci.low) and got["high"] == pytest.approx(ci.high)
+
+
+def test_a_consistent_paired_win_is_marked_though_the_spreads_overlap(tmp_path):
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED})
+    result = invoke(table, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(io.StringIO(result.output)).set_index("method")
+    row = out.loc["contrastive-top1"]
+    assert row["std"] > 0.07 and row["vs_best_baseline"] == pytest.approx(0.024)  # spread >> difference
+    assert row["comparison"] == "paired" and row["paired_seeds"] == 5 and row["ci_low"] > 0 and row["significant"]
+    text = invoke(table).output
+    assert "+2.4 [+1.7, +3.1] *" in text and "95% confidence interval" in text
+
+
+def test_noise_is_not_marked(tmp_path):
+    noisy = [SCRATCH[k] + d for k, d in enumerate([0.03, -0.02, 0.01, -0.03, 0.02])]
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-top1": noisy})
+    row = pd.read_csv(io.StringIO(invoke(table, "--format", "csv").output)).set_index("method").loc["contrastive-top1"]
+    assert row["ci_low"] < 0 < row["ci_high"] and not row["significant"]
+
+
+def test_several_tables_read_as_one_with_their_names_and_aligned_columns(tmp_path):
+    a = write_table(tmp_path / "digits.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED})
+    b = tmp_path / "textures.csv"
+    write_table(b, {"scratch": SCRATCH, "autoencoder-top1": SCRATCH}, data="textures")
+    pd.read_csv(b).drop(columns=["arch"]).assign(extra=1).to_csv(b, index=False)  # differing columns
+    result = invoke(a, b, "--by", "table,method", "--format", "json")
+    assert result.exit_code == 0, result.output
+    rows = {(r["table"], r["method"]) for r in json.loads(result.output)}
+    assert rows == {(str(a), "scratch"), (str(a), "contrastive-top1"), (str(b), "scratch"), (str(b), "autoencoder-top1")}
+    kept = invoke(a, b, "--where", "arch == 'small'", "--format", "csv").output
+    assert set(pd.read_csv(io.StringIO(kept))["data"]) == {"digits"}  # textures rows have no arch
+
+
+def test_where_sort_top_columns(tmp_path):
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED,
+                                             "random-frozen": [v - 0.2 for v in SCRATCH]})
+    result = invoke(table, "--where", "seed < 3", "--sort", "mean", "--descending", "--top", "2",
+                    "--columns", "method,mean,n", "--format", "csv")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(io.StringIO(result.output))
+    assert list(out.columns) == ["method", "mean", "n"] and out["method"].tolist() == ["contrastive-top1", "scratch"]
+    assert (out["n"] == 3).all() and out["mean"].iloc[0] == pytest.approx(np.mean(PRETRAINED[:3]))
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--where", "seed <"], "--where 'seed <'"),
+    (["--where", "seed > 99"], "matching --where"),
+    (["--sort", "nope"], "--sort: unknown column(s) ['nope']"),
+    (["--columns", "method,nope"], "--columns: unknown column(s) ['nope']"),
+    (["--top", "0"], "top must be >= 1"),
+])
+def test_bad_compare_options_are_one_line_errors(tmp_path, args, message):
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH})
+    result = invoke(table, *args)
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.stderr
