@@ -362,6 +362,8 @@ def prepare(**params):
      help="Output format (csv and json keep raw numbers).")
 @opt(CompareConfig, "plot", type=click.Path(dir_okay=False),
      help="Also draw the label-efficiency plot (metric against labels per class, spread over seeds shaded) to this PNG.")
+@opt(CompareConfig, "html", type=click.Path(dir_okay=False),
+     help="Also write one self-contained HTML page (verdict in words, tables, plot, costs) to send to a colleague.")
 def compare(**params):
     """Mean ± std over seeds per group, and each method's difference from the best baseline.
 

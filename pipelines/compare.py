@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 
 import numpy as np
 import pandas as pd
 
-from transfer import artifacts, methods, results, stats
+from transfer import artifacts, methods, report, results, stats
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
@@ -49,7 +51,7 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
     context = [c for c in by if c != "method"]
     for col in ("vs_scratch", "vs_best_baseline", "ci_low", "ci_high", "paired_seeds"):
         table[col] = np.nan
-    table["comparison"], table["significant"] = "", False
+    table["comparison"], table["significant"], table["best_baseline"] = "", False, ""
     has_seed = "seed" in df
     per_seed = df.groupby([*by, "seed"], dropna=False)[metric].mean() if has_seed else None
     groups = table.groupby(context, dropna=False) if context else [((), table)]
@@ -61,6 +63,7 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
         if not baseline.any():
             continue
         best = group[baseline]["mean"].idxmax()
+        table.loc[group.index, "best_baseline"] = table.loc[best, "method"]
         for i in group.index:
             if i == best:
                 table.loc[i, ["vs_best_baseline", "paired_seeds"]] = [0.0, table.loc[i, "n"]]
@@ -100,18 +103,23 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
         return table.to_csv(index=False)
     if fmt == "json":
         return table.to_json(orient="records", indent=1)
-    order = list(table.columns)
-    if "n" in order and "mean" in order:  # seeds before the metric, as people read it
-        order.remove("n")
-        order.insert(order.index("mean"), "n")
-    shown = pd.DataFrame({name: values for column in order
-                          for name, values in [_render(table, column, metric)] if name})
+    shown = rendered(table, metric)
     if fmt == "markdown":
         header = "| " + " | ".join(shown.columns) + " |"
         rule = "|" + "|".join("---" for _ in shown.columns) + "|"
         rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
         return "\n".join([header, rule, *rows])
     return shown.to_string(index=False)
+
+
+def rendered(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The summary as people read it: numbers in points, intervals beside the differences."""
+    order = list(table.columns)
+    if "n" in order and "mean" in order:  # seeds before the metric
+        order.remove("n")
+        order.insert(order.index("mean"), "n")
+    return pd.DataFrame({name: values for column in order
+                         for name, values in [_render(table, column, metric)] if name})
 
 
 def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, list[str]]:
@@ -148,7 +156,7 @@ def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, 
         kinds = table["comparison"] if "comparison" in has else [""] * len(table)
         return "paired", [("" if n != n else str(int(n))) + (" (unpaired)" if k == "unpaired" else "")
                           for n, k in zip(values, kinds)]
-    if column == "comparison" and "paired_seeds" in has:
+    if (column == "comparison" and "paired_seeds" in has) or column == "best_baseline":
         return None, []
     if column == "seconds":
         return "s/run", [f"{v:.1f}" if v == v else "" for v in values]
@@ -200,9 +208,14 @@ def pretraining_cost(df: pd.DataFrame) -> list[str]:
             f"reused by every fine-tune of its encoder" for r in done.itertuples()]
 
 
+NOTE = ("* the 95% confidence interval of the difference from the best baseline (the best method without "
+        "pretraining; paired t over the seeds both share, Welch when unpaired) excludes zero")
+
+
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
-    if cfg.plot:
-        artifacts.check_writable(cfg.plot, "--plot")
+    for path, option in ((cfg.plot, "--plot"), (cfg.html, "--html")):
+        if path:
+            artifacts.check_writable(path, option)
     tables = cfg.tables or (cfg.results,)
     everything = results.read_tables(tables, warn=lambda m: log(f"warning: {m}"))
     df = finished_fine_tunes(everything, cfg.where, " ".join(tables))
@@ -212,18 +225,51 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         raise TransferError(f"metric column '{cfg.metric}' is not numeric")
     table = summarize(df, by, cfg.metric)
     log(format_table(select(table, cfg), cfg.metric, cfg.format))
+    if (cfg.plot or cfg.html) and not {"method", "labels_per_class"} <= set(df.columns):
+        raise TransferError("--plot and --html need the columns method and labels_per_class")
     if cfg.plot:
-        if not {"method", "labels_per_class"} <= set(df.columns):
-            raise TransferError("--plot needs the columns method and labels_per_class")
         plot(df, cfg.metric, cfg.plot)
         log(f"wrote {cfg.plot}")
+    sentences = report.verdicts(table, cfg.metric)
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
-            log("* the 95% confidence interval of the difference from the best baseline (the best method without "
-                "pretraining; paired t over the seeds both share, Welch when unpaired) excludes zero")
-        for line in pretraining_cost(everything):
+            log(NOTE)
+        for line in sentences + pretraining_cost(everything):
             log(line)
+    if cfg.html:
+        write_html(cfg, table, df, everything, sentences)
+        log(f"wrote {cfg.html}")
     return table
+
+
+def write_html(cfg: CompareConfig, table, df, everything, sentences) -> None:
+    """The self-contained page: verdict, summary, label-efficiency plot (embedded), costs."""
+    with tempfile.TemporaryDirectory() as tmp:
+        png = os.path.join(tmp, "plot.png")
+        plot(df, cfg.metric, png)
+        text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}",
+                           rendered(select(table, cfg), cfg.metric).to_html(index=False), sentences, png,
+                           costs(df, everything).to_html(index=False), [NOTE, *pretraining_cost(everything)])
+    tmp_page = f"{cfg.html}.{os.getpid()}.tmp"
+    with open(tmp_page, "w", encoding="utf-8") as f:
+        f.write(text)
+    os.replace(tmp_page, cfg.html)
+
+
+def costs(df: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
+    """What each method cost per run (fine-tune) and what each pretraining cost once."""
+    wanted = {"seconds": "s/run", "images_per_second": "images/s", "peak_memory_mb": "peak MiB"}
+    have = {k: v for k, v in wanted.items() if k in df}
+    keys = [c for c in ("data", "method") if c in df]
+    fine = df.groupby(keys, dropna=False)[list(have)].mean().round(1).reset_index().rename(columns=have)
+    fine.insert(0, "what", "fine-tune")
+    if not {"command", "objective"} <= set(everything.columns):
+        return fine
+    pre = everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")]
+    if pre.empty:
+        return fine
+    pre = pre.assign(method="pretrain " + pre["objective"].astype(str))[[*keys, *have]].rename(columns=have)
+    return pd.concat([fine, pre.assign(what="pretrain (once per encoder)").round(1)], ignore_index=True)
 
 
 def finished_fine_tunes(df: pd.DataFrame, where: str | None, source: str) -> pd.DataFrame:

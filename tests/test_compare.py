@@ -107,3 +107,47 @@ def test_bad_compare_options_are_one_line_errors(tmp_path, args, message):
     assert result.exit_code == 2 and "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("Error:") and message in lines[0], result.stderr
+
+
+def test_html_report_is_one_self_contained_page(tmp_path):
+    import base64
+    from html.parser import HTMLParser
+
+    from PIL import Image
+
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED})
+    page = tmp_path / "report.html"
+    result = invoke(table, "--html", page)
+    assert result.exit_code == 0, result.output
+
+    class Page(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.tags, self.sources, self.text = [], [], []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.sources += [v for k, v in attrs if k in ("src", "href")]
+
+        def handle_data(self, data):
+            self.text.append(data)
+
+    parsed = Page()
+    parsed.feed(page.read_text())
+    text = " ".join(parsed.text)
+    assert all(s.startswith("data:image/png;base64,") for s in parsed.sources) and len(parsed.sources) == 1
+    plot = Image.open(io.BytesIO(base64.b64decode(parsed.sources[0].split(",", 1)[1])))
+    assert plot.size[0] > 400 and plot.size[1] > 300
+    assert parsed.tags.count("table") == 2  # the summary and the costs
+    assert "digits, 5 labels/class: pretraining paid" in text and "+2.4 [+1.7, +3.1] *" in text
+    assert "s/run" in text and "fine-tune" in text
+
+
+def test_verdict_says_where_pretraining_does_not_pay(tmp_path):
+    worse = [v - 0.03 for v in SCRATCH]
+    noisy = [SCRATCH[k] + d for k, d in enumerate([0.03, -0.02, 0.01, -0.03, 0.02])]
+    write_table(tmp_path / "a.csv", {"scratch": SCRATCH, "contrastive-top1": worse}, budget="5")
+    write_table(tmp_path / "b.csv", {"scratch": SCRATCH, "contrastive-top1": noisy}, budget="20")
+    output = invoke(tmp_path / "a.csv", tmp_path / "b.csv").output
+    assert "digits, 5 labels/class: pretraining did NOT pay (it lost)" in output
+    assert "digits, 20 labels/class: no clear difference: pretraining did not pay" in output

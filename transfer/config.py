@@ -159,6 +159,7 @@ class CompareConfig:
     columns: tuple[str, ...] = ()  # summary columns to show; () -> all
     format: str = "text"
     plot: str | None = None  # a PNG path: accuracy against labels per class
+    html: str | None = None  # one self-contained page: verdict, tables, plot, costs
 
     def __post_init__(self):
         _choice("format", self.format, ("text", "markdown", "csv", "json"))

@@ -1,0 +1,61 @@
+"""The comparison in words, and as one self-contained HTML page (images embedded, viewable offline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from transfer import methods
+
+
+def verdicts(table: pd.DataFrame, metric: str) -> list[str]:
+    """One sentence per group (data, label budget, ...): did the best pretrained method beat the best
+    method without pretraining, by how much, and how sure is that (the summary's paired 95% interval)?"""
+    if not {"method", "vs_best_baseline", "best_baseline"} <= set(table.columns):
+        return []
+    scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
+    context = [c for c in table.columns if c in ("table", "data", "labels_per_class")]
+    out = []
+    for keys, group in (table.groupby(context, dropna=False, sort=False) if context else [((), table)]):
+        pretrained = group[~group["method"].map(methods.is_baseline)]
+        if pretrained.empty or not group["best_baseline"].iloc[0]:
+            continue
+        best = pretrained.loc[pretrained["mean"].idxmax()]
+        where = ", ".join(_describe(c, v) for c, v in zip(context, keys if isinstance(keys, tuple) else (keys,)))
+        diff, low, high = best["vs_best_baseline"] * scale, best["ci_low"] * scale, best["ci_high"] * scale
+        sure = (f"95% CI {low:+.1f} to {high:+.1f}, {best['comparison']} over {int(best['paired_seeds'])} seed(s)"
+                if not math.isnan(low) else "no interval: too few runs")
+        if best["significant"] and diff > 0:
+            word = "pretraining paid"
+        elif best["significant"]:
+            word = "pretraining did NOT pay (it lost)"
+        else:
+            word = "no clear difference: pretraining did not pay"
+        out.append(f"{where}: {word}. Best pretrained {best['method']} vs best baseline {best['best_baseline']}: "
+                   f"{diff:+.1f}{unit} ({sure}).")
+    return out
+
+
+def _describe(column: str, value) -> str:
+    return f"{value} labels/class" if column == "labels_per_class" else str(value)
+
+
+def page(title: str, summary_html: str, sentences: list[str], plot_png: str | None, costs_html: str,
+         notes: list[str]) -> str:
+    """One HTML page: the verdict in words, the summary table, the plot (embedded), the costs."""
+    parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
+             "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
+             "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
+             "img{max-width:100%}</style>", f"<h1>{html.escape(title)}</h1>", "<h2>Verdict</h2><ul>"]
+    parts += [f"<li>{html.escape(s)}</li>" for s in sentences] or ["<li>no pretrained method to judge</li>"]
+    parts += ["</ul>", "<h2>Summary (mean ± std over seeds)</h2>", summary_html]
+    parts += [f"<p>{html.escape(n)}</p>" for n in notes]
+    if plot_png:
+        data = base64.b64encode(Path(plot_png).read_bytes()).decode()
+        parts.append(f"<h2>Label efficiency</h2><img alt='label efficiency' src='data:image/png;base64,{data}'>")
+    parts += ["<h2>Cost</h2>", costs_html]
+    return "\n".join(parts) + "\n"
