@@ -15,9 +15,7 @@ the cluster included).
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -28,30 +26,19 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from streaming import make_images  # noqa: E402
 
 
-def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def pretrain(workers: int, objective: str, data: str, out: str, epochs: int, batch: int) -> dict:
     """One pretraining with `workers` processes; returns the chief's row and the wall time."""
     results = out + ".csv"
     args = ["pretrain", "--data", data, "--out", out, "--objective", objective, "--epochs", str(epochs),
             "--image-size", "32", "--batch-size", str(batch), "--no-plots", "--results", results,
             "--strategy", "one" if workers == 1 else "multiworker"]
-    ports = free_ports(workers)
+    from transfer.distribute import localhost_cluster
+
+    configs = localhost_cluster(workers) if workers > 1 else [None]
     start = time.perf_counter()
     procs = []
-    for i in range(workers):
-        env = dict(os.environ)
-        if workers > 1:
-            env["TF_CONFIG"] = json.dumps({"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]},
-                                           "task": {"type": "worker", "index": i}})
+    for config in configs:
+        env = {**os.environ, **({"TF_CONFIG": config} if config else {})}
         procs.append(subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *args], env=env,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     if any(p.wait() != 0 for p in procs):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -20,22 +19,11 @@ PRETRAIN = ["pretrain", "--objective", "autoencoder", "--image-size", "8", "--fi
             "--batch-size", "16", "--no-plots", "--strategy", "multiworker"]
 
 
-def free_ports(n):
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
-def start_workers(tmp_path, args, count=2, only=None, timeout="60", ports=None):
-    ports = ports or free_ports(count)
+def start_workers(tmp_path, args, count=2, only=None, timeout="60"):
+    configs = distribute.localhost_cluster(count)
     procs = []
     for i in range(count) if only is None else [only]:
-        env = {**os.environ, "TRANSFER_WORKER_TIMEOUT": timeout, "TF_CONFIG": json.dumps({
-            "cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": i}})}
+        env = {**os.environ, "TRANSFER_WORKER_TIMEOUT": timeout, "TF_CONFIG": configs[i]}
         log = open(tmp_path / f"worker{i}.log", "w")
         procs.append(subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *map(str, args)],
                                       env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
@@ -226,8 +214,7 @@ def test_two_workers_killed_mid_run_resume_from_the_chiefs_backup(tmp_path, imag
     epochs = 40
     args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", str(epochs),
             "--results", tmp_path / "r.csv"]
-    ports = free_ports(2)
-    procs = start_workers(tmp_path, args, ports=ports)
+    procs = start_workers(tmp_path, args)
     history = tmp_path / "enc.partial" / "history.csv"
     deadline = time.time() + 180
     while not (history.exists() and history.read_text().count("\n") >= 4):  # header + 3 epochs
@@ -240,7 +227,7 @@ def test_two_workers_killed_mid_run_resume_from_the_chiefs_backup(tmp_path, imag
     logged = history.read_text().count("\n") - 1
     assert 3 <= logged < epochs and not (tmp_path / "enc").exists()
 
-    procs = start_workers(tmp_path, args, ports=free_ports(2))
+    procs = start_workers(tmp_path, args)
     codes = [p.wait(timeout=300) for p in procs]
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
     assert codes == [0, 0], logs
@@ -268,3 +255,11 @@ def test_a_worker_whose_restored_epoch_differs_is_refused(monkeypatch):
     distribute.same_on_every_worker("backup:epoch", "5")
     with pytest.raises(distribute.TransferError, match="worker 1 disagrees with the chief on backup:epoch: 0 here, 5"):
         distribute.same_on_every_worker("backup:epoch", "0")
+
+
+def test_localhost_cluster_gives_each_worker_its_task_and_distinct_ports():
+    configs = [json.loads(c) for c in distribute.localhost_cluster(3)]
+    workers = configs[0]["cluster"]["worker"]
+    assert len(set(workers)) == 3 and all(w.startswith("127.0.0.1:") for w in workers)
+    assert [c["task"] for c in configs] == [{"type": "worker", "index": i} for i in range(3)]
+    assert all(c["cluster"]["worker"] == workers for c in configs)

@@ -85,6 +85,21 @@ def cluster() -> dict:
             "chief": (kind == "chief") or (not chief_listed and kind == "worker" and index == 0)}
 
 
+def localhost_cluster(workers: int) -> list[str]:
+    """The TF_CONFIG of each worker of a cluster of `workers` processes on this machine (free
+    ports on 127.0.0.1): to try `--strategy multiworker` on one machine, and for tests."""
+    import socket
+
+    sockets = [socket.socket() for _ in range(workers)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    addresses = [f"127.0.0.1:{s.getsockname()[1]}" for s in sockets]
+    for s in sockets:
+        s.close()
+    return [json.dumps({"cluster": {"worker": addresses}, "task": {"type": "worker", "index": i}})
+            for i in range(workers)]
+
+
 def make_strategy(name: str):
     """The `tf.distribute.Strategy` for `--strategy NAME`."""
     import tensorflow as tf
