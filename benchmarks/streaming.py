@@ -108,7 +108,7 @@ def main() -> None:
             c = r[name]
             print(f"| {n:,} | {name} (streamed) | {c['peak_mb']:.0f} | {c['ips']:.0f} | {c['gflops']:.1f} |")
         m = r["memory"]
-        print(f"| {n:,} | in memory (load only, no training) | {m['peak_mb']:.0f} | | |")
+        print(f"| {n:,} | all decoded into memory (no training) | {m['peak_mb']:.0f} | | |")
     if len(sizes) >= 2:
         small, large = rows[sizes[0]], rows[sizes[-1]]
         print(f"\nstreamed from files, {sizes[-1]:,} vs {sizes[0]:,} images: peak memory "
