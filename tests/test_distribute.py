@@ -184,6 +184,7 @@ def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode
     assert (tmp_path / "ft" / "classifier.keras").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["contrastive", "autoencoder", "denoising", "masked", "gan"])
 def test_every_objective_pretrains_mirrored(tmp_path, images, objective):
     result = CliRunner().invoke(main, [*PRETRAIN[:-1], "mirrored", "--objective", objective, "--data", str(images),
@@ -194,6 +195,7 @@ def test_every_objective_pretrains_mirrored(tmp_path, images, objective):
     assert row["strategy"] == "mirrored" and row["objective"] == objective
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", FINE_TUNE_MODES)
 def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
     labeled, encoder = labeled_and_encoder

@@ -157,6 +157,7 @@ print(json.dumps({"replicas": strategy.num_replicas_in_sync, "loss": loss, "ref"
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sizes", ["6,6", "7,5"])
 def test_contrastive_negatives_are_gathered_across_replicas(sizes):
     """Two replicas, each with its part of a batch, give the loss and gradients of one device on the
