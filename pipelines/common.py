@@ -23,7 +23,9 @@ class Run:
     strategy -> non-chief workers stop -> model + manifest saved -> renamed to OUT
     -> one results row. Used as a context manager: a run that diverges leaves a
     `status=failed` row (with the fields given to `note`) and no staging; bad input
-    leaves no staging; a lost worker leaves the chief's staging for a resume.
+    leaves no staging; a lost worker leaves the chief's staging for a resume; any
+    other failure keeps the staging too and marks the exception with it
+    (`exc.staging`), where the CLI saves the traceback.
     """
 
     def __init__(self, command: str, cfg, out: str | None, log):
