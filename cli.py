@@ -211,16 +211,18 @@ def _save_traceback(exc: BaseException) -> str:
     import traceback
 
     text = "".join(traceback.format_exception(exc))
-    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}.log"
     folder = getattr(exc, "staging", None)
-    try:
-        path = os.path.join(folder, name) if folder else tempfile.mkstemp(prefix="transfer-", suffix=".log")[1]
-        with open(path, "w", encoding="utf-8") as f:
-            f.write(text)
-    except OSError:  # the staging directory went away: a temp file after all
-        fd, path = tempfile.mkstemp(prefix="transfer-", suffix=".log")
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+    if folder:
+        path = os.path.join(folder, f"error-{time.strftime('%Y%m%d-%H%M%S')}.log")
+        try:
+            with open(path, "w", encoding="utf-8") as f:
+                f.write(text)
+            return path
+        except OSError:  # the staging directory went away: a temp file after all
+            pass
+    fd, path = tempfile.mkstemp(prefix="transfer-error-", suffix=".log")
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(text)
     return path
 
 

@@ -52,8 +52,12 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
     for col in ("vs_scratch", "vs_best_baseline", "ci_low", "ci_high", "paired_seeds"):
         table[col] = np.nan
     table["comparison"], table["significant"], table["best_baseline"] = "", False, ""
-    has_seed = "seed" in df
-    per_seed = df.groupby([*by, "seed"], dropna=False)[metric].mean() if has_seed else None
+    per_seed = df.groupby([*by, "seed"], dropna=False)[metric].mean() if "seed" in df else None
+
+    def runs(i) -> pd.Series:
+        """seed -> value for summary row i (no seeds recorded: its one mean, compared unpaired)."""
+        return pd.Series([table.loc[i, "mean"]]) if per_seed is None else per_seed.loc[tuple(table.loc[i, by])]
+
     groups = table.groupby(context, dropna=False) if context else [((), table)]
     for _, group in groups:
         scratch = group[group["method"] == "scratch"]
@@ -68,10 +72,7 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
             if i == best:
                 table.loc[i, ["vs_best_baseline", "paired_seeds"]] = [0.0, table.loc[i, "n"]]
                 continue
-            seeds = (lambda j: per_seed.loc[tuple(table.loc[j, by])]) if has_seed else None
-            a = seeds(i) if has_seed else pd.Series([table.loc[i, "mean"]])
-            b = seeds(best) if has_seed else pd.Series([table.loc[best, "mean"]])
-            d = stats.difference(a, b)
+            d = stats.difference(runs(i), runs(best))
             table.loc[i, ["vs_best_baseline", "ci_low", "ci_high", "paired_seeds"]] = [
                 d["diff"], d["low"], d["high"], d["seeds"]]
             table.loc[i, "comparison"] = d["kind"]
@@ -122,6 +123,11 @@ def rendered(table: pd.DataFrame, metric: str) -> pd.DataFrame:
                          for name, values in [_render(table, column, metric)] if name})
 
 
+# columns shown inside another one's cells when that one is there
+INSIDE = {"std": "mean", "ci_low": "vs_best_baseline", "ci_high": "vs_best_baseline",
+          "significant": "vs_best_baseline", "best_baseline": "vs_best_baseline", "comparison": "paired_seeds"}
+
+
 def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, list[str]]:
     """(heading, cells) of one summary column; (None, []) for a column shown inside another."""
     scale, digits = (100.0, 1) if "accuracy" in metric else (1.0, 4)
@@ -138,8 +144,7 @@ def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, 
         if "std" in has:
             return heading, [f"{num(m)} ± {num(s)}" for m, s in zip(values, table["std"])]
         return heading, [num(v) for v in values]
-    if column in ("std", "ci_low", "ci_high", "significant") and ("mean" if column == "std" else
-                                                                   "vs_best_baseline") in has:
+    if INSIDE.get(column) in has:
         return None, []
     if column == "n":
         return "seeds", [str(int(v)) for v in values]
@@ -156,8 +161,6 @@ def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, 
         kinds = table["comparison"] if "comparison" in has else [""] * len(table)
         return "paired", [("" if n != n else str(int(n))) + (" (unpaired)" if k == "unpaired" else "")
                           for n, k in zip(values, kinds)]
-    if (column == "comparison" and "paired_seeds" in has) or column == "best_baseline":
-        return None, []
     if column == "seconds":
         return "s/run", [f"{v:.1f}" if v == v else "" for v in values]
     return column, [str(v) for v in values]
@@ -230,7 +233,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     if cfg.plot:
         plot(df, cfg.metric, cfg.plot)
         log(f"wrote {cfg.plot}")
-    sentences = report.verdicts(table, cfg.metric)
+    sentences = report.verdicts(table, [c for c in by if c != "method"], cfg.metric)
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
             log(NOTE)
@@ -245,15 +248,13 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
 def write_html(cfg: CompareConfig, table, df, everything, sentences) -> None:
     """The self-contained page: verdict, summary, label-efficiency plot (embedded), costs."""
     with tempfile.TemporaryDirectory() as tmp:
-        png = os.path.join(tmp, "plot.png")
-        plot(df, cfg.metric, png)
+        png = cfg.plot or os.path.join(tmp, "plot.png")  # drawn already when --plot was given
+        if not cfg.plot:
+            plot(df, cfg.metric, png)
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}",
                            rendered(select(table, cfg), cfg.metric).to_html(index=False), sentences, png,
                            costs(df, everything).to_html(index=False), [NOTE, *pretraining_cost(everything)])
-    tmp_page = f"{cfg.html}.{os.getpid()}.tmp"
-    with open(tmp_page, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp_page, cfg.html)
+    artifacts.write_text(cfg.html, text)
 
 
 def costs(df: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:

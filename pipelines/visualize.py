@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -48,9 +46,7 @@ def write_report(encoder, folder: Path, *, image: np.ndarray | None, layer: str 
         sections.append(("Feature maps", "One image (top) and the first 16 channels of each block's output, "
                          "one row per block.", folder / "feature_maps.png"))
     page = folder / "index.html"
-    tmp = folder / f".index.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(vis.html_report(title, sections), encoding="utf-8")
-    os.replace(tmp, page)
+    artifacts.write_text(page, vis.html_report(title, sections))
     return page
 
 

@@ -151,3 +151,12 @@ def test_verdict_says_where_pretraining_does_not_pay(tmp_path):
     output = invoke(tmp_path / "a.csv", tmp_path / "b.csv").output
     assert "digits, 5 labels/class: pretraining did NOT pay (it lost)" in output
     assert "digits, 20 labels/class: no clear difference: pretraining did not pay" in output
+
+
+def test_verdicts_follow_the_summary_grouping(tmp_path):
+    small = write_table(tmp_path / "a.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED}, arch="small")
+    vgg = write_table(tmp_path / "b.csv", {"scratch": SCRATCH, "contrastive-top1": [v - 0.03 for v in SCRATCH]},
+                      arch="vgg")
+    output = invoke(small, vgg, "--by", "data,arch,method,labels_per_class").output
+    assert "digits, arch small, 5 labels/class: pretraining paid" in output
+    assert "digits, arch vgg, 5 labels/class: pretraining did NOT pay (it lost)" in output

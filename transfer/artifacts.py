@@ -76,17 +76,21 @@ def check_writable(path: str | os.PathLike, what: str) -> None:
     """Refuse, before any work, an output file that could not be written: its folder is a
     file or cannot be created, the path is a folder, or it is not writable."""
     path = Path(path)
-    folder = path.parent
+    _writable_folder(path.parent, f"{what} {path} cannot be written")
+    if path.is_dir():
+        raise TransferError(f"{what} {path} is a directory; give a file path")
+    if path.exists() and not os.access(path, os.W_OK):
+        raise TransferError(f"{what} {path} cannot be written: it is not writable")
+
+
+def _writable_folder(folder: Path, problem: str) -> None:
+    """Create `folder` if needed; refuse one that cannot be created or written, saying `problem`."""
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise TransferError(f"{what} {path} cannot be written: its folder {folder} cannot be created "
-                            f"({exc.strerror or exc})") from None
-    if path.is_dir():
-        raise TransferError(f"{what} {path} is a directory; give a file path")
-    target = path if path.exists() else folder
-    if not os.access(target, os.W_OK):
-        raise TransferError(f"{what} {path} cannot be written: {target} is not writable")
+        raise TransferError(f"{problem}: its folder {folder} cannot be created ({exc.strerror or exc})") from None
+    if not os.access(folder, os.W_OK):
+        raise TransferError(f"{problem}: {folder} is not writable")
 
 
 def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None = None) -> tuple[Path, bool]:
@@ -110,12 +114,7 @@ def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None =
         if any(out.iterdir()):
             raise TransferError(f"{out} exists and is not a run directory; choose another --out or pass --overwrite")
     staging = out.with_name(out.name + ".partial")
-    try:
-        staging.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TransferError(f"run directory {out} cannot be created: {exc.strerror or exc}") from None
-    if not os.access(staging.parent, os.W_OK):
-        raise TransferError(f"run directory {out} cannot be created: {staging.parent} is not writable")
+    _writable_folder(staging.parent, f"run directory {out} cannot be created")
     resumed = False
     if staging.exists():
         try:
@@ -147,8 +146,14 @@ def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:
 
 def write_json(path: str | os.PathLike, obj) -> None:
     path = Path(path)
+    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically: under a temporary name, then renamed into place."""
+    path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n", encoding="utf-8")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
 
 

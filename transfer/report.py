@@ -12,13 +12,13 @@ import pandas as pd
 from transfer import methods
 
 
-def verdicts(table: pd.DataFrame, metric: str) -> list[str]:
-    """One sentence per group (data, label budget, ...): did the best pretrained method beat the best
-    method without pretraining, by how much, and how sure is that (the summary's paired 95% interval)?"""
+def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
+    """One sentence per group of the summary (`context`: its grouping columns but `method`, e.g.
+    data and label budget): did the best pretrained method beat the best method without
+    pretraining, by how much, and how sure is that (the summary's paired 95% interval)?"""
     if not {"method", "vs_best_baseline", "best_baseline"} <= set(table.columns):
         return []
     scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
-    context = [c for c in table.columns if c in ("table", "data", "labels_per_class")]
     out = []
     for keys, group in (table.groupby(context, dropna=False, sort=False) if context else [((), table)]):
         pretrained = group[~group["method"].map(methods.is_baseline)]
@@ -41,7 +41,9 @@ def verdicts(table: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _describe(column: str, value) -> str:
-    return f"{value} labels/class" if column == "labels_per_class" else str(value)
+    if column == "labels_per_class":
+        return f"{value} labels/class"
+    return str(value) if column in ("data", "table") else f"{column} {value}"
 
 
 def page(title: str, summary_html: str, sentences: list[str], plot_png: str | None, costs_html: str,
