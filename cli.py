@@ -13,6 +13,7 @@ import click  # noqa: E402
 from transfer import builtins  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
+    AUGMENT_POLICIES,
     OBJECTIVES,
     STRATEGIES,
     CompareConfig,
@@ -306,6 +307,18 @@ def pretrain(**params):
 @opt(FineTuneConfig, "batch-size", type=int, help="Labeled images per step.")
 @opt(FineTuneConfig, "learning-rate", type=float,
      help="Adam's learning rate for the head, or for everything with --freeze none.")
+@opt(FineTuneConfig, "augment", type=click.Choice(AUGMENT_POLICIES),
+     help="Augmentation while training by gradient (not the exact linear solve): label-preserving "
+          "(small shifts, rotations, zooms, contrast, brightness; no flips), orientation-free (also "
+          "flips and any rotation: textures, tiles, micrographs) or none. Never in the saved model.")
+@opt(FineTuneConfig, "unlabeled",
+     help="Unlabeled images (directory, CSV, prepared directory or built-in) to learn from too: "
+          "semi-supervised fine-tuning by FixMatch, streamed. Method names get '-semi'.")
+@opt(FineTuneConfig, "mu", type=int, help="With --unlabeled: unlabeled images per labeled image in a step.")
+@opt(FineTuneConfig, "threshold", type=float,
+     help="With --unlabeled: confidence above which a prediction becomes a pseudo-label.")
+@opt(FineTuneConfig, "unlabeled-weight", type=float, help="With --unlabeled: weight of the unlabeled loss.")
+@opt(FineTuneConfig, "steps", type=int, help="With --unlabeled: training steps.")
 @opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")
 @arch_options(FineTuneConfig)
 @opt(FineTuneConfig, "image-size", type=int, help="With --encoder random only.")

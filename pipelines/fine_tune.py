@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import artifacts, data, distribute, heads, methods, models, stream, training
+from transfer import artifacts, augment, data, distribute, heads, methods, models, semi, stream, training
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
 
@@ -81,7 +81,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             source, train, test = _load_splits(cfg, image_size, channels, log)
             channels = train.images.shape[-1]
             objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
-            method = methods.name(objective, cfg.encoder, cfg.freeze, cfg.unfreeze_top)
+            method = methods.name(objective, cfg.encoder, cfg.freeze, cfg.unfreeze_top, semi=bool(cfg.unlabeled))
             run.note(method=method)
             leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
             if leaked:
@@ -91,8 +91,9 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                 encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
+            pool = _open_pool(cfg, image_size, channels, test, log)
             fit = _fit_pixels if encoder is None else _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
-            classifier, metrics = fit(cfg, encoder, train, test, run, log)
+            classifier, metrics = fit(Job(cfg, encoder, manifest is not None, train, test, pool, run, log))
         if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
             return {}
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
@@ -108,6 +109,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         readout=cfg.readout if trained else None,
         head=(",".join(map(str, cfg.head)) or "linear") if trained else None,
         unfreeze_top=cfg.unfreeze_top if trained and cfg.freeze == "all" else None,
+        augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
+        else "none", unlabeled=cfg.unlabeled,
         n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked,
         skipped_files=_skipped_count(source, test.source), **metrics)
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
@@ -138,41 +141,123 @@ def _example_batch(model, labels: bool = False):
     return (x, np.zeros((2,), np.int64)) if labels else x
 
 
-def _fit_frozen(cfg, encoder, train, test, run, log):
-    """Frozen encoder: features computed once, the head fit on them; then optionally
-    the top `unfreeze_top` blocks trained further at a low learning rate."""
+@dataclass
+class Job:
+    """What a fit function works with."""
+
+    cfg: FineTuneConfig
+    encoder: object  # keras.Model, or None for the pixel baseline
+    pretrained: bool
+    train: stream.Listing  # the labeled images, in memory
+    test: TestSplit
+    unlabeled: "Pool | None"
+    run: Run
+    log: object
+
+
+@dataclass
+class Pool:
+    """The unlabeled images of semi-supervised fine-tuning (streamed)."""
+
+    source: stream.Listing
+    index: np.ndarray
+    leaked: int  # test images found in it
+
+
+def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, log) -> Pool | None:
+    """The --unlabeled pool (listed, not decoded), with the test images found in it counted."""
+    if not cfg.unlabeled:
+        return None
+    source = stream.open_source(cfg.unlabeled, False, image_size, channels)
+    report_skipped(source.skipped, log)
+    leaked = int(np.isin(source.ids, test.ids).sum())
+    if leaked:
+        log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
+    return Pool(source, np.arange(len(source)), leaked)
+
+
+def _fit_frozen(job: Job):
+    """Frozen encoder: the head fit first (on features computed once, unless a hidden head
+    trains on augmented images); then optionally the top `unfreeze_top` blocks trained
+    further at a low learning rate, and/or the unlabeled pool used (FixMatch)."""
+    cfg, encoder = job.cfg, job.encoder
     models.freeze(encoder)
     features = models.build_features(encoder, cfg.readout, frozen=True)
     before = training.snapshot_weights(encoder)
     distribute.prepare_model(features, _example_batch(features))
-    f_train = features.predict(train.images, batch_size=256, verbose=0)
     fit_start = time.perf_counter()
-    head = _fit_head(cfg, f_train, train, run.staging, log)
+    head = _fit_head(job, features)
     seconds = time.perf_counter() - fit_start
     classifier = models.build_classifier(features, head)
     _compile(classifier, cfg.learning_rate)
-    metrics = {"encoder_unchanged": training.weights_identical(encoder, before)}
+    metrics = {}
     if cfg.unfreeze_top:
         unfrozen = models.unfreeze_top(encoder, cfg.unfreeze_top)
-        log(f"unfreezing {len(unfrozen)} layer(s) of the top {cfg.unfreeze_top} block(s), BatchNorm kept frozen")
-        _compile(classifier, cfg.fine_tune_learning_rate)
+        job.log(f"unfreezing {len(unfrozen)} layer(s) of the top {cfg.unfreeze_top} block(s), BatchNorm kept frozen")
+    if cfg.unfreeze_top or job.unlabeled:
         fit_start = time.perf_counter()
-        training.fit(classifier, train.images, train.labels, epochs=cfg.fine_tune_epochs,
-                     batch_size=cfg.batch_size, history_path=run.staging / "history-unfreeze.csv",
-                     backup_dir=run.backup_dir("backup-unfreeze"), log=log, log_prefix="fine-tune ")
+        metrics = _train(job, classifier, cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, "unfreeze")
         seconds = time.perf_counter() - fit_start
-        metrics["encoder_unchanged"] = None  # by design it changed; the column audits frozen runs
-    metrics.update(_evaluate(classifier, train, test))
-    metrics["images_per_second"] = round(len(train) * max(cfg.epochs, 1) / max(seconds, 1e-9), 1)
+    # by design the encoder changed when its top blocks trained; the column audits frozen runs
+    metrics["encoder_unchanged"] = None if cfg.unfreeze_top else training.weights_identical(encoder, before)
+    metrics.update(_evaluate(classifier, job.train, job.test))
+    metrics.setdefault("images_per_second", round(len(job.train) * max(cfg.epochs, 1) / max(seconds, 1e-9), 1))
     return classifier, metrics
 
 
-def _fit_head(cfg, f_train, train, staging, log):
-    """The head on cached features: an exact logistic-regression solve when it is linear,
-    else Adam for `epochs` (cheap: no encoder pass per epoch)."""
+def _train(job: Job, classifier, learning_rate: float, epochs: int, phase: str) -> dict:
+    """Train `classifier` by gradient: FixMatch on the labeled and unlabeled images when
+    there is a pool, else on the labeled images with the --augment policy. Its metrics."""
+    cfg = job.cfg
+    if job.unlabeled is not None:
+        return _fit_semi(job, classifier, learning_rate)
+    model = augment.training_model(classifier, augment.build(cfg.augment))
+    _compile(model, learning_rate)
+    suffix = "" if phase == "train" else f"-{phase}"
+    training.fit(model, job.train.images, job.train.labels, epochs=epochs, batch_size=cfg.batch_size,
+                 history_path=job.run.staging / f"history{suffix}.csv",
+                 backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log, log_prefix=f"{phase} ")
+    return {}
+
+
+def _fit_semi(job: Job, classifier, learning_rate: float) -> dict:
+    """FixMatch for cfg.steps steps (in epochs of semi.STEPS_PER_EPOCH, each backed up)."""
+    cfg, pool = job.cfg, job.unlabeled
+    image_size = classifier.input.shape[1]
+    ds, batch = semi.batches(job.train, pool.source, pool.index, image_size, cfg.batch_size, cfg.mu, cfg.seed,
+                             semi.STEPS_PER_EPOCH)
+    policy = cfg.augment if cfg.augment != "none" else "label-preserving"
+    model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
+                          cfg.unlabeled_weight)
+    model.compile(optimizer=keras.optimizers.Adam(semi.schedule(learning_rate, cfg.steps)))
+    model.build(classifier.input.shape)  # built, so that a backup can be restored into it
+    distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
+    epochs = -(-cfg.steps // semi.STEPS_PER_EPOCH)
+    job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled + {cfg.mu * batch} unlabeled images "
+            f"from {len(pool.index)}, threshold {cfg.threshold}")
+    start = time.perf_counter()
+    history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=semi.STEPS_PER_EPOCH,
+                           history_path=job.run.staging / "history-semi.csv", backup_dir=job.run.backup_dir("backup-semi"),
+                           log=job.log, log_prefix="semi ")
+    seconds = time.perf_counter() - start
+    report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
+    mask = history.history.get("mask_rate") or [float("nan")]
+    return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight,
+            "steps": epochs * semi.STEPS_PER_EPOCH, "mask_rate": round(float(mask[-1]), 4),
+            "n_unlabeled": len(pool.index), "test_in_unlabeled": pool.leaked,
+            "images_per_second": round(epochs * semi.STEPS_PER_EPOCH * batch * (1 + 2 * cfg.mu) / seconds, 1)}
+
+
+def _fit_head(job: Job, features):
+    """The head on the frozen features: an exact logistic-regression solve when it is
+    linear; else Adam for `epochs`, on augmented images through the frozen encoder, or on
+    features computed once with --augment none (cheap: no encoder pass per epoch)."""
+    cfg, train, log = job.cfg, job.train, job.log
+    f_train = features.predict(train.images, batch_size=256, verbose=0)
     mean, var = heads.standardization(f_train)
     n_classes = len(train.class_names)
     head = models.build_head(f_train.shape[1], n_classes, cfg.head, cfg.dropout, mean, var)
+    staging = job.run.staging
     if not cfg.head:
         z = (f_train - mean) / np.sqrt(var + models.VARIANCE_FLOOR)
         weights, bias = heads.fit_logistic(z, train.labels, n_classes)
@@ -181,6 +266,13 @@ def _fit_head(cfg, f_train, train, staging, log):
         loss, acc = head.evaluate(f_train, train.labels, verbose=0)
         (staging / "history.csv").write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
         log(f"linear head solved: train accuracy {acc:.4f}")
+        return head
+    if cfg.augment != "none":
+        model = augment.training_model(models.build_classifier(features, head), augment.build(cfg.augment))
+        _compile(model, cfg.learning_rate)
+        training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                     history_path=staging / "history.csv", backup_dir=job.run.backup_dir("backup-head"), log=log,
+                     log_prefix="head ")
         return head
     _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
     training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
@@ -198,25 +290,36 @@ def _evaluate(classifier, train, test: TestSplit) -> dict:
             "train_accuracy": float(train_acc), "n_test": n_test}
 
 
-def _fit_end_to_end(cfg, encoder, train, test, run, log):
-    """Encoder and head trained together (from scratch when the encoder is random)."""
+def _fit_end_to_end(job: Job):
+    """Encoder and head trained together (from scratch when the encoder is random). A
+    pretrained encoder gets its head fit first on its frozen features (linear probing,
+    then fine-tuning: the head's random start would otherwise disturb what was learned)."""
+    cfg, encoder = job.cfg, job.encoder
+    if job.pretrained:
+        models.freeze(encoder)
+        head = _fit_head(job, models.build_features(encoder, cfg.readout, frozen=True))
+        models.unfreeze(encoder)
+    else:
+        head = None
     features = models.build_features(encoder, cfg.readout, frozen=False)
-    head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout)
+    if head is None:
+        head = models.build_head(features.output.shape[1], len(job.train.class_names), cfg.head, cfg.dropout)
     classifier = models.build_classifier(features, head)
-    _compile(classifier, cfg.learning_rate)
     fit_start = time.perf_counter()
-    training.fit(classifier, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"), log=log,
-                 log_prefix="train ")
+    metrics = _train(job, classifier, cfg.learning_rate, cfg.epochs, "train")
     seconds = time.perf_counter() - fit_start
-    training.recalibrate_batchnorm(encoder, train.images, cfg.batch_size, seed=cfg.seed)
-    return classifier, {**_evaluate(classifier, train, test),
-                        "images_per_second": round(len(train) * cfg.epochs / seconds, 1)}
+    if job.unlabeled is None:  # FixMatch's thousands of steps leave settled statistics
+        training.recalibrate_batchnorm(encoder, job.train.images, cfg.batch_size, seed=cfg.seed)
+    _compile(classifier, cfg.learning_rate)
+    return classifier, {**metrics, **_evaluate(classifier, job.train, job.test),
+                        "images_per_second": metrics.get("images_per_second",
+                                                         round(len(job.train) * cfg.epochs / seconds, 1))}
 
 
-def _fit_pixels(cfg, encoder, train, test, run, log):
+def _fit_pixels(job: Job):
     """Baseline: multinomial logistic regression on standardized raw pixels, its L2
     strength chosen by cross-validation on the labeled training images only."""
+    cfg, train, test, run = job.cfg, job.train, job.test, job.run
     x_train = train.images.reshape(len(train), -1)
     mean, var = heads.standardization(x_train)
     n_classes = len(train.class_names)

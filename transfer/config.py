@@ -11,15 +11,13 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer.errors import TransferError
-
-
 from transfer.architectures import READOUTS
 from transfer.errors import TransferError
 
 DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
 OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan")  # see transfer.objectives
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # see transfer.distribute
+AUGMENT_POLICIES = ("label-preserving", "orientation-free", "none")  # see transfer.augment
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -115,9 +113,24 @@ class FineTuneConfig(RunConfig):
     epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
+    augment: str = "label-preserving"  # see transfer.augment.POLICIES
+    unlabeled: str | None = None  # a pool of unlabeled images: semi-supervised fine-tuning (FixMatch)
+    mu: int = 7  # unlabeled images per labeled image in a step
+    threshold: float = 0.95  # pseudo-label confidence
+    unlabeled_weight: float = 1.0  # lambda: the unlabeled loss's weight
+    steps: int = 2000  # semi-supervised training steps
 
     def __post_init__(self):
         super().__post_init__()
+        _choice("augment", self.augment, AUGMENT_POLICIES)
+        for name in ("mu", "steps"):
+            _positive(name, getattr(self, name))
+        if not 0.0 < self.threshold <= 1.0:
+            raise TransferError(f"threshold must be in (0, 1]. Received: threshold={self.threshold}")
+        if self.unlabeled_weight < 0:
+            raise TransferError(f"unlabeled_weight must be >= 0. Received: unlabeled_weight={self.unlabeled_weight}")
+        if self.unlabeled and self.encoder == "pixels":
+            raise TransferError("--unlabeled needs an encoder to train (not --encoder pixels)")
         for name in ("labels_per_class", "epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)

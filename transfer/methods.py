@@ -8,7 +8,9 @@ A method names what produced a fine-tune row, and compare groups by it:
 - `<objective>-frozen`, `<objective>-top<K>`, `<objective>-finetuned`: an encoder
   pretrained with that objective, frozen under the head, with its top K blocks
   trained after the head, or trained whole;
-- `<objective>` alone (in experiment files): the default fine-tune recipe.
+- `<objective>` alone (in experiment files): the default fine-tune recipe;
+- any of these (but `pixels-logreg`) with `-semi`: trained on the unlabeled pool
+  too (FixMatch, `--unlabeled`), e.g. `scratch-semi`, `contrastive-top1-semi`.
 """
 
 from __future__ import annotations
@@ -38,10 +40,14 @@ class Method:
 
     objective: str | None
     settings: dict = field(default_factory=dict)
+    semi: bool = False
 
 
 def parse(name: str) -> Method:
     """The Method a name stands for; an unknown name is refused."""
+    if name.endswith("-semi") and name != "pixels-logreg-semi":
+        method = parse(name[: -len("-semi")])
+        return Method(method.objective, method.settings, semi=True)
     if name in BASELINES:
         return Method(None, dict(BASELINES[name]))
     top = _TOP.match(name)
@@ -56,13 +62,19 @@ def parse(name: str) -> Method:
         return Method(None, {"encoder": "random", **settings})
     if base not in OBJECTIVES:
         raise TransferError(f"unknown method '{name}'. Use a baseline ({', '.join(BASELINES)}, random-top<K>), "
-                            f"an objective ({', '.join(OBJECTIVES)}) or <objective>-frozen|-top<K>|-finetuned")
+                            f"an objective ({', '.join(OBJECTIVES)}) or <objective>-frozen|-top<K>|-finetuned, "
+                            "each but pixels-logreg optionally with -semi")
     return Method(base, settings)
 
 
-def name(objective: str | None, encoder: str, freeze: str, unfreeze_top: int = 0) -> str:
+def name(objective: str | None, encoder: str, freeze: str, unfreeze_top: int = 0, semi: bool = False) -> str:
     """The name of a fine-tune: `objective` is the pretrained encoder's (None for `random`
-    and `pixels` encoders)."""
+    and `pixels` encoders); `semi` when it learns from unlabeled images too."""
+    base = _name(objective, encoder, freeze, unfreeze_top)
+    return f"{base}-semi" if semi and base != "pixels-logreg" else base
+
+
+def _name(objective, encoder, freeze, unfreeze_top) -> str:
     if encoder == "pixels":
         return "pixels-logreg"
     if objective is None:

@@ -196,6 +196,13 @@ def freeze(model: keras.Model) -> None:
         layer.trainable = False
 
 
+def unfreeze(model: keras.Model) -> None:
+    """Make every layer trainable again (BatchNorm included). Recompile afterwards."""
+    model.trainable = True
+    for layer in model.layers:
+        layer.trainable = True
+
+
 def forward_flops(model: keras.Model) -> int:
     """Floating-point operations (a multiply-add counts 2) of one image's forward pass through
     the model's convolutions and dense layers, nested models included. Normalization,

@@ -75,13 +75,23 @@ class EpochLog(keras.callbacks.Callback):
         super().__init__()
         self.log, self.epochs, self.prefix = log, epochs, prefix
         self.every = every or max(1, epochs // 5)
-        self._start = time.perf_counter()
+        self._start, self._first = time.perf_counter(), None
+
+    def on_train_begin(self, logs=None):
+        self._start, self._first = time.perf_counter(), None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if self._first is None:  # a resumed fit starts after epoch 0
+            self._first = epoch
 
     def on_epoch_end(self, epoch, logs=None):
         n = epoch + 1
         if n % self.every == 0 or n == self.epochs:
             metrics = " ".join(f"{k}={v:.4f}" for k, v in (logs or {}).items() if k != "learning_rate")
-            self.log(f"{self.prefix}epoch {n}/{self.epochs} {metrics} ({time.perf_counter() - self._start:.1f}s)")
+            elapsed = time.perf_counter() - self._start
+            eta = elapsed / max(n - (self._first or 0), 1) * (self.epochs - n)
+            self.log(f"{self.prefix}epoch {n}/{self.epochs} {metrics} ({elapsed:.1f}s"
+                     f"{f', ETA {eta:.0f}s' if n < self.epochs else ''})")
 
 
 def fit(
@@ -97,6 +107,7 @@ def fit(
     log_prefix: str = "",
     validation_data=None,
     extra_callbacks=(),
+    steps_per_epoch: int | None = None,
 ):
     """model.fit with a CSV history and progress lines; returns the History.
 
@@ -123,7 +134,7 @@ def fit(
         callbacks.append(EpochLog(log, epochs, log_prefix))
     callbacks.extend(extra_callbacks)
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
-                        callbacks=callbacks, validation_data=validation_data)
+                        callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
     if history_path is not None:
         dedupe_history(history_path)
     losses = history.history.get("loss", [])

@@ -1,0 +1,95 @@
+"""Semi-supervised fine-tuning on the unlabeled pool: FixMatch (Sohn et al. 2020).
+
+Each step takes a batch of B labeled images and mu*B unlabeled ones. The model's
+prediction on a weak view of an unlabeled image is its pseudo-label, kept only when
+its confidence reaches `threshold`; the loss is
+
+    CE(labeled weak view, label) + weight * mean over unlabeled of [conf >= threshold] * CE(strong view, pseudo-label)
+
+All views go through the network in one batch (so BatchNorm sees labeled and unlabeled
+images together, as in the reference implementation), and no gradient flows through
+the pseudo-labels.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import ops
+
+from transfer import distribute, stream
+from transfer.listing import Listing
+
+STEPS_PER_EPOCH = 100  # a backup, a history row and a progress line every 100 steps
+
+
+class FixMatch(keras.Model):
+    """Training wrapper around a classifier (image -> class probabilities); only the
+    classifier is kept."""
+
+    def __init__(self, classifier, weak, strong, threshold: float = 0.95, weight: float = 1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.classifier, self.weak, self.strong = classifier, weak, strong
+        self.threshold, self.weight = float(threshold), float(weight)
+        self.trackers = {name: keras.metrics.Mean(name=name)
+                         for name in ("loss", "labeled_loss", "unlabeled_loss", "mask_rate", "accuracy")}
+
+    @property
+    def metrics(self):
+        return list(self.trackers.values())
+
+    def build(self, input_shape=None):
+        self.built = True  # the classifier is built; the augmentation layers have no weights
+
+    def call(self, inputs, training=False):
+        return self.classifier(inputs, training=training)
+
+    def losses_of(self, x_l, y_l, x_u, training: bool = True):
+        """(total, labeled, unlabeled loss, mask, labeled predictions) on one batch, by the formula above."""
+        weak_l = self.weak(x_l, training=True) if self.weak is not None else x_l
+        weak_u = self.weak(x_u, training=True) if self.weak is not None else x_u
+        strong_u = self.strong(x_u, training=True)
+        n_l, n_u = ops.shape(x_l)[0], ops.shape(x_u)[0]
+        p = self.classifier(ops.concatenate([weak_l, weak_u, strong_u], axis=0), training=training)
+        p_l, p_weak, p_strong = p[:n_l], ops.stop_gradient(p[n_l : n_l + n_u]), p[n_l + n_u :]
+        labeled = ops.mean(keras.losses.sparse_categorical_crossentropy(y_l, p_l))
+        mask = ops.cast(ops.max(p_weak, axis=1) >= self.threshold, p.dtype)
+        pseudo = ops.argmax(p_weak, axis=1)
+        unlabeled = ops.mean(mask * keras.losses.sparse_categorical_crossentropy(pseudo, p_strong))
+        return labeled + self.weight * unlabeled, labeled, unlabeled, mask, p_l
+
+    def train_step(self, data):
+        (x_l, y_l), x_u = data
+        with tf.GradientTape() as tape:
+            loss, labeled, unlabeled, mask, p_l = self.losses_of(x_l, y_l, x_u)
+            scaled = distribute.scale_loss(loss)  # inside the tape, or its gradient is None
+        variables = self.classifier.trainable_variables
+        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        hits = ops.cast(ops.equal(ops.cast(ops.argmax(p_l, axis=1), "int32"), ops.cast(y_l, "int32")), "float32")
+        for name, value in (("loss", loss), ("labeled_loss", labeled), ("unlabeled_loss", unlabeled),
+                            ("mask_rate", ops.mean(mask)), ("accuracy", ops.mean(hits))):
+            self.trackers[name].update_state(value)
+        return {name: t.result() for name, t in self.trackers.items()}
+
+
+def batches(train: Listing, unlabeled: Listing, unlabeled_index, image_size: int, batch_size: int, mu: int,
+            seed: int, steps_per_epoch: int):
+    """((labeled images, labels), unlabeled images) batches, both repeated forever, for `fit`
+    under the current strategy; the unlabeled pool is streamed (never all in memory)."""
+    batch_size = min(batch_size, len(train))
+
+    def make(b, shard):
+        # Each worker draws from every labeled image (there are few) and from its shard of the pool.
+        labeled = stream.dataset(train, np.arange(len(train)), image_size, batch_size=b, shuffle=True, seed=seed,
+                                 with_labels=True).repeat()
+        pool = stream.dataset(unlabeled, unlabeled_index, image_size, batch_size=mu * b, shuffle=True,
+                              seed=seed + 1, shard=shard).repeat()
+        return tf.data.Dataset.zip((labeled, pool)).prefetch(tf.data.AUTOTUNE)
+
+    return distribute.batches(make, batch_size, steps_per_epoch * batch_size), batch_size
+
+
+def schedule(learning_rate: float, steps: int):
+    """Cosine decay over the run (FixMatch's schedule, as a Keras schedule so a resumed run continues it)."""
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1), alpha=0.0)
