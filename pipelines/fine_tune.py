@@ -224,28 +224,29 @@ def _fit_semi(job: Job, classifier, learning_rate: float) -> dict:
     """FixMatch for cfg.steps steps (in epochs of semi.STEPS_PER_EPOCH, each backed up)."""
     cfg, pool = job.cfg, job.unlabeled
     image_size = classifier.input.shape[1]
+    per_epoch = min(semi.STEPS_PER_EPOCH, cfg.steps)
     ds, batch = semi.batches(job.train, pool.source, pool.index, image_size, cfg.batch_size, cfg.mu, cfg.seed,
-                             semi.STEPS_PER_EPOCH)
+                             per_epoch)
     policy = cfg.augment if cfg.augment != "none" else "label-preserving"
     model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
                           cfg.unlabeled_weight)
     model.compile(optimizer=keras.optimizers.Adam(semi.schedule(learning_rate, cfg.steps)))
     model.build(classifier.input.shape)  # built, so that a backup can be restored into it
     distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
-    epochs = -(-cfg.steps // semi.STEPS_PER_EPOCH)
+    epochs = -(-cfg.steps // per_epoch)
     job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled + {cfg.mu * batch} unlabeled images "
             f"from {len(pool.index)}, threshold {cfg.threshold}")
     start = time.perf_counter()
-    history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=semi.STEPS_PER_EPOCH,
+    history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
                            history_path=job.run.staging / "history-semi.csv", backup_dir=job.run.backup_dir("backup-semi"),
                            log=job.log, log_prefix="semi ")
     seconds = time.perf_counter() - start
     report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
     mask = history.history.get("mask_rate") or [float("nan")]
     return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight,
-            "steps": epochs * semi.STEPS_PER_EPOCH, "mask_rate": round(float(mask[-1]), 4),
+            "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
             "n_unlabeled": len(pool.index), "test_in_unlabeled": pool.leaked,
-            "images_per_second": round(epochs * semi.STEPS_PER_EPOCH * batch * (1 + 2 * cfg.mu) / seconds, 1)}
+            "images_per_second": round(epochs * per_epoch * batch * (1 + 2 * cfg.mu) / seconds, 1)}
 
 
 def _fit_head(job: Job, features):

@@ -1,0 +1,182 @@
+"""Augmentation in fine-tuning and semi-supervised fine-tuning (FixMatch, --unlabeled)."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import make_labeled_dir
+
+from cli import main
+from transfer import augment, methods, semi
+
+TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "4"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("semi")
+    make_labeled_dir(root / "labeled", per_class=10, classes=("h", "v", "d"))
+    make_labeled_dir(root / "pool", per_class=12, classes=("h", "v", "d"), seed=7)  # other images
+    return root
+
+
+def _row(results, out):
+    df = pd.read_csv(results)
+    return df[df["run_dir"] == str(out)].iloc[0]
+
+
+def _layer_types(model):
+    found = set()
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        found.add(type(layer).__name__)
+    return found
+
+
+def test_fixmatch_loss_matches_its_formula():
+    """loss = CE(labeled) + lambda * mean(mask * CE(strong, argmax weak)), mask = max p_weak >= threshold."""
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    identity = keras.Sequential([keras.layers.Identity()])
+    shift = keras.Sequential([keras.layers.Rescaling(2.0)])  # a deterministic "strong" view
+    model = semi.FixMatch(classifier, identity, shift, threshold=0.4, weight=0.7)
+    rng = np.random.default_rng(0)
+    x_l, y_l = rng.normal(size=(5, 4)).astype("float32"), np.array([0, 1, 2, 1, 0])
+    x_u = 3 * rng.normal(size=(9, 4)).astype("float32")
+    p_l, p_u, p_s = (np.array(classifier(v)) for v in (x_l, x_u, 2 * x_u))
+    model.threshold = float(np.median(p_u.max(axis=1)))  # some pseudo-labels kept, some dropped
+    total, labeled, unlabeled, mask, _ = model.losses_of(x_l, y_l, x_u)
+
+    ce_l = -np.log(p_l[np.arange(5), y_l]).mean()
+    m = p_u.max(axis=1) >= model.threshold
+    ce_u = (m * -np.log(p_s[np.arange(9), p_u.argmax(axis=1)])).mean()
+    assert 0 < m.sum() < 9, "the test needs some pseudo-labels kept and some dropped"
+    np.testing.assert_allclose(np.array(mask), m.astype("float32"))
+    np.testing.assert_allclose(float(labeled), ce_l, rtol=1e-4)
+    np.testing.assert_allclose(float(unlabeled), ce_u, rtol=1e-4)
+    np.testing.assert_allclose(float(total), ce_l + 0.7 * ce_u, rtol=1e-4)
+
+
+def test_augment_policies_keep_shape_and_range_and_none_is_none():
+    x = np.random.default_rng(0).random((6, 12, 12, 1)).astype("float32")
+    assert augment.build("none") is None
+    for policy in ("label-preserving", "orientation-free"):
+        y = np.array(augment.build(policy)(x, training=True))
+        assert y.shape == x.shape and not np.allclose(y, x)
+    flips = {type(l).__name__ for l in augment.build("orientation-free").layers}
+    assert "RandomFlip" in flips and "RandomFlip" not in {type(l).__name__ for l in augment.build("label-preserving").layers}
+    strong = augment.strong("label-preserving")
+    assert "RandomErasing" in {type(l).__name__ for l in strong.layers}  # the cutout
+
+
+def test_method_names_carry_semi():
+    assert methods.name(None, "random", "none", semi=True) == "scratch-semi"
+    assert methods.name("contrastive", "runs/c", "all", 1, semi=True) == "contrastive-top1-semi"
+    assert methods.parse("contrastive-top1-semi") == methods.Method("contrastive", {"freeze": "all", "unfreeze_top": 1},
+                                                                    semi=True)
+    assert methods.is_baseline("scratch-semi") and not methods.is_baseline("contrastive-semi")
+    with pytest.raises(Exception, match="unknown method"):
+        methods.parse("pixels-logreg-semi")
+
+
+def test_scratch_trains_with_augmentation_that_is_not_saved(folders, tmp_path):
+    out, results = tmp_path / "ft", tmp_path / "r.csv"
+    result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
+                    "--labels-per-class", "3", "--epochs", "2", "--out", out, "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    row = _row(results, out)
+    assert row["method"] == "scratch" and row["augment"] == "label-preserving"
+    saved = keras.saving.load_model(out / "classifier.keras")
+    assert not {"RandomTranslation", "RandomRotation", "RandomZoom"} & _layer_types(saved)
+    out2 = tmp_path / "ft2"
+    assert invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
+                  "--augment", "none", "--labels-per-class", "3", "--epochs", "2", "--out", out2,
+                  "--results", results, *TINY).exit_code == 0
+    assert _row(results, out2)["augment"] == "none"
+
+
+def test_bad_augment_and_threshold_are_refused(folders):
+    for args, pattern in ((["--augment", "flips"], "augment"), (["--threshold", "1.5"], "threshold"),
+                          (["--encoder", "pixels", "--unlabeled", folders / "pool"], "--unlabeled")):
+        result = invoke("fine-tune", "--data", folders / "labeled", *args)
+        assert result.exit_code == 2 and pattern in result.output and "Traceback" not in result.output
+
+
+def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path):
+    out, results = tmp_path / "semi", tmp_path / "r.csv"
+    result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
+                    "--unlabeled", folders / "pool", "--steps", "6", "--mu", "2", "--threshold", "0.5",
+                    "--labels-per-class", "3", "--out", out, "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    row = _row(results, out)
+    assert row["method"] == "scratch-semi" and row["unlabeled"] == str(folders / "pool")
+    assert row["mu"] == 2 and row["threshold"] == 0.5 and row["steps"] == 6 and row["n_unlabeled"] == 36
+    assert 0 <= row["mask_rate"] <= 1 and row["test_in_unlabeled"] == 0 and row["seconds"] > 0
+    history = pd.read_csv(out / "history-semi.csv")
+    assert len(history) == 1 and {"mask_rate", "labeled_loss", "unlabeled_loss"} <= set(history.columns)
+    assert "mask_rate=" in result.output and "test accuracy" in result.output
+
+
+def test_pretrained_semi_keeps_bottom_blocks_and_reports_leakage(folders, tmp_path):
+    enc = tmp_path / "enc"
+    assert invoke("pretrain", "--data", folders / "labeled", "--objective", "autoencoder", "--epochs", "1",
+                  "--out", enc, "--results", tmp_path / "p.csv", *TINY).exit_code == 0
+    before = {l.name: [np.array(w) for w in l.weights]
+              for l in keras.saving.load_model(enc / "encoder.keras").layers}
+    out, results = tmp_path / "semi", tmp_path / "r.csv"
+    # the labeled folder as the pool: its test images are in it, which must be reported
+    result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", enc, "--unfreeze-top", "1",
+                    "--unlabeled", folders / "labeled", "--steps", "4", "--mu", "2", "--labels-per-class", "3",
+                    "--out", out, "--results", results, "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    row = _row(results, out)
+    assert row["method"] == "autoencoder-top1-semi" and row["test_in_unlabeled"] == row["n_test"] > 0
+    assert "test images are in the unlabeled pool" in result.output
+    encoder = keras.saving.load_model(out / "classifier.keras").get_layer("features").get_layer("encoder")
+    after = {l.name: [np.array(w) for w in l.weights] for l in encoder.layers}
+    assert all(np.array_equal(a, b) for a, b in zip(after["block1_conv1"], before["block1_conv1"]))
+    assert not np.array_equal(after["block2_conv1"][0], before["block2_conv1"][0])  # the top block trained
+    assert all(np.array_equal(a, b) for a, b in zip(after["block2_bn1"], before["block2_bn1"]))  # BN kept
+
+
+def _semi_command(data, out, results):
+    return [sys.executable, "-c", "from cli import main; main()", "fine-tune", "--data", str(data),
+            "--encoder", "random", "--freeze", "none", "--unlabeled", str(data), "--steps", "3000",
+            "--labels-per-class", "3", "--image-size", "8", "--filters", "4,8", "--batch-size", "4", "--mu", "1",
+            "--out", str(out), "--results", str(results)]
+
+
+@pytest.mark.slow
+def test_semi_resumes_after_sigkill(tmp_path):
+    make_labeled_dir(tmp_path / "d", per_class=10, classes=("h", "v", "d"))
+    out, results = tmp_path / "ft", tmp_path / "r.csv"
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    proc = subprocess.Popen(_semi_command(tmp_path / "d", out, results), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, env=env)
+    history = tmp_path / "ft.partial" / "history-semi.csv"
+    deadline = time.time() + 180
+    while time.time() < deadline and not (history.exists() and history.read_text().count("\n") >= 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    logged = history.read_text().count("\n") - 1
+    assert 2 <= logged < 30 and not out.exists()
+    again = subprocess.run(_semi_command(tmp_path / "d", out, results), capture_output=True, text=True, env=env)
+    assert again.returncode == 0, again.stdout + again.stderr
+    restored = int(again.stdout.split("continuing after epoch ")[1].split()[0])
+    assert logged - 1 <= restored <= logged
+    assert pd.read_csv(out / "history-semi.csv")["epoch"].tolist() == list(range(30))
+    row = pd.read_csv(results).iloc[0]
+    assert row["method"] == "scratch-semi" and row["steps"] == 3000
+    assert json.loads((out / "manifest.json").read_text())["method"] == "scratch-semi"
