@@ -133,7 +133,16 @@ def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
 OTHER_OBJECTIVES = ["contrastive", "denoising", "masked", "gan"]
 FINE_TUNE_MODES = {"frozen-linear": ["--unfreeze-top", "0"], "hidden-head": ["--unfreeze-top", "0", "--head", "8"],
                    "unfreeze-top2": ["--unfreeze-top", "2"], "freeze-none": ["--freeze", "none"],
-                   "scratch": ["--encoder", "random", "--freeze", "none"]}
+                   "scratch": ["--encoder", "random", "--freeze", "none"],
+                   # semi-supervised (FixMatch on the labeled folder as the pool): pretrained top 1, and scratch
+                   "semi-top1": ["--unfreeze-top", "1", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1"],
+                   "semi-freeze-none": ["--freeze", "none", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1"],
+                   "scratch-semi": ["--encoder", "random", "--freeze", "none", "--unlabeled", "LABELED",
+                                    "--steps", "2", "--mu", "1"]}
+
+
+def mode_args(mode, labeled):
+    return [labeled if a == "LABELED" else a for a in FINE_TUNE_MODES[mode]]
 
 
 def run_both_workers(tmp_path, args):
@@ -175,13 +184,15 @@ def test_every_objective_pretrains_on_two_workers(tmp_path, images, objective):
 @pytest.mark.parametrize("mode", FINE_TUNE_MODES)
 def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode):
     labeled, encoder = labeled_and_encoder
-    args = ["fine-tune", "--data", labeled, "--encoder", encoder, *FINE_TUNE_MODES[mode], "--strategy", "multiworker",
+    args = ["fine-tune", "--data", labeled, "--encoder", encoder, *mode_args(mode, labeled), "--strategy", "multiworker",
             "--image-size", "8", "--filters", "4,8", "--epochs", "2", "--fine-tune-epochs", "2",
             "--labels-per-class", "4", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv"]
     run_both_workers(tmp_path, args)
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["workers"] == 2 and row["replicas"] == 2 and row["n_train"] == 12 and row["n_test"] > 0
     assert (tmp_path / "ft" / "classifier.keras").is_file()
+    if "semi" in mode:
+        assert row["method"].endswith("-semi") and row["steps"] == 2 and 0 <= row["mask_rate"] <= 1
 
 
 @pytest.mark.slow
@@ -200,12 +211,13 @@ def test_every_objective_pretrains_mirrored(tmp_path, images, objective):
 def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
     labeled, encoder = labeled_and_encoder
     result = CliRunner().invoke(main, [str(a) for a in [
-        "fine-tune", "--data", labeled, "--encoder", encoder, *FINE_TUNE_MODES[mode], "--strategy", "mirrored",
+        "fine-tune", "--data", labeled, "--encoder", encoder, *mode_args(mode, labeled), "--strategy", "mirrored",
         "--image-size", "8", "--filters", "4,8", "--epochs", "2", "--fine-tune-epochs", "2", "--labels-per-class", "4",
         "--out", tmp_path / "ft", "--results", tmp_path / "r.csv"]], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["strategy"] == "mirrored" and (tmp_path / "ft" / "classifier.keras").is_file()
+    assert row["method"].endswith("-semi") == ("semi" in mode)
 
 
 @pytest.mark.slow

@@ -43,6 +43,8 @@ class FixMatch(keras.Model):
         self.built = True  # the classifier is built; the augmentation layers have no weights
 
     def call(self, inputs, training=False):
+        if isinstance(inputs, (tuple, list)):  # a training batch's (labeled images, labels)
+            inputs = inputs[0]
         return self.classifier(inputs, training=training)
 
     def losses_of(self, x_l, y_l, x_u, training: bool = True):
