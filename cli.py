@@ -290,8 +290,13 @@ def pretrain(**params):
 @opt(FineTuneConfig, "test-fraction", type=float,
      help="Fraction of each class held out for testing; the split depends only on image content.")
 @opt(FineTuneConfig, "readout", type=click.Choice(READOUTS),
-     help="Features fed to the head: avg (global average pool of the last block), flatten, "
-          "multi (average pool of every block).")
+     help="Features fed to the head: avg (global average pool of the last block), multi (average pool "
+          "of every block), stats (per-channel mean and mean square of every block: orderless, for "
+          "textures), flatten, or auto: the one of avg/multi/stats whose linear probe cross-validates "
+          "best on the labeled images (avg for scratch).")
+@opt(FineTuneConfig, "adapt-bn", is_flag=True,
+     help="Re-estimate the encoder's BatchNorm statistics on the target images first (AdaBN; the labeled "
+          "images and up to 2,048 of --unlabeled): for labeled data unlike the pretraining data.")
 @opt(FineTuneConfig, "head", type=HeadType(), default="linear", show_default=True,
      help="linear: a softmax layer on standardized features, solved exactly (L-BFGS, L2) when the encoder "
           "is frozen; or hidden units, e.g. 128 or 256,64, trained by Adam for --epochs.")

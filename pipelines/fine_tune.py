@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
 from transfer import artifacts, augment, data, distribute, heads, methods, models, semi, stream, training
+from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
 
@@ -92,21 +93,25 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             pool = _open_pool(cfg, image_size, channels, test, log)
+            job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log)
+            if encoder is not None:
+                _prepare_encoder(job)
             fit = _fit_pixels if encoder is None else _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
-            classifier, metrics = fit(Job(cfg, encoder, manifest is not None, train, test, pool, run, log))
+            classifier, metrics = fit(job)
         if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
             return {}
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
                        encoder={"source": cfg.encoder, "objective": objective,
                                 "sha256": manifest["model_sha256"] if manifest else None},
-                       method=method, freeze=cfg.freeze, readout=cfg.readout, metrics=metrics,
+                       method=method, freeze=cfg.freeze, readout=job.readout, metrics=metrics,
                        data={"source": cfg.data, "fingerprint": source.fingerprint()})
     trained = encoder is not None
     row = run.record(
         test_data=cfg.test_data, objective=objective or "random",
         arch=manifest["arch"]["preset"] if manifest else (cfg.arch if trained else None),
         image_size=image_size, channels=channels, freeze=cfg.freeze if trained else None,
-        readout=cfg.readout if trained else None,
+        readout=job.readout if trained else None, readout_choice=_readout_choice(job) if trained else None,
+        adapt_bn=cfg.adapt_bn if trained else None,
         head=(",".join(map(str, cfg.head)) or "linear") if trained else None,
         unfreeze_top=cfg.unfreeze_top if trained and cfg.freeze == "all" else None,
         augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
@@ -153,6 +158,9 @@ class Job:
     unlabeled: "Pool | None"
     run: Run
     log: object
+    readout: str = "avg"  # the concrete readout (cfg.readout, or the one "auto" chose)
+    readout_scores: dict | None = None  # "auto": mean CV accuracy of each candidate
+    head_metrics: dict = field(default_factory=dict)  # what fitting the head chose (probe_c)
 
 
 @dataclass
@@ -176,13 +184,60 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSp
     return Pool(source, np.arange(len(source)), leaked)
 
 
+def _prepare_encoder(job: Job) -> None:
+    """Before fitting: AdaBN if asked, then the readout ("auto": the candidate whose linear
+    probe has the best cross-validated accuracy on the labeled images; scratch reads out
+    by average pooling, its features being not yet learned)."""
+    cfg, encoder, train = job.cfg, job.encoder, job.train
+    if cfg.adapt_bn:
+        images = train.images
+        if job.unlabeled is not None:
+            sample = job.unlabeled.index[: ADAPT_BN_IMAGES]
+            images = np.concatenate([images, stream.load(job.unlabeled.source, sample, train.images.shape[1]).images])
+        models.unfreeze(encoder)
+        training.recalibrate_batchnorm(encoder, images, 256, seed=cfg.seed)
+        job.log(f"BatchNorm statistics re-estimated on {len(images)} target images (AdaBN)")
+    job.readout = cfg.readout
+    if cfg.readout != "auto":
+        return
+    job.readout = "avg"
+    if cfg.freeze == "none" and not job.pretrained:
+        return
+    models.freeze(encoder)
+    n_classes = len(train.class_names)
+    scores = {}
+    for readout in READOUT_CANDIDATES:
+        f = models.build_features(encoder, readout, frozen=True).predict(train.images, batch_size=256, verbose=0)
+        mean, var = heads.standardization(f)
+        scores[readout] = heads.cross_validated((f - mean) / np.sqrt(var + models.VARIANCE_FLOOR), train.labels,
+                                                n_classes)[3]
+    if None in scores.values():
+        job.log("readout avg (too few labels per class to cross-validate a choice)")
+        return
+    job.readout, job.readout_scores = max(scores, key=scores.get), scores
+    job.log("readout chosen by cross-validation on the labeled images: "
+            + ", ".join(f"{r} {s:.3f}" for r, s in scores.items()) + f" -> {job.readout}")
+
+
+def _readout_choice(job: Job) -> str:
+    """How the readout was chosen, for the row: given, default, or cv (with the scores)."""
+    if job.cfg.readout != "auto":
+        return "given"
+    if job.readout_scores is None:
+        return "default"
+    return "cv " + " ".join(f"{r}={s:.3f}" for r, s in job.readout_scores.items())
+
+
+ADAPT_BN_IMAGES = 2048  # pool images added to the labeled ones for --adapt-bn
+
+
 def _fit_frozen(job: Job):
     """Frozen encoder: the head fit first (on features computed once, unless a hidden head
     trains on augmented images); then optionally the top `unfreeze_top` blocks trained
     further at a low learning rate, and/or the unlabeled pool used (FixMatch)."""
     cfg, encoder = job.cfg, job.encoder
     models.freeze(encoder)
-    features = models.build_features(encoder, cfg.readout, frozen=True)
+    features = models.build_features(encoder, job.readout, frozen=True)
     before = training.snapshot_weights(encoder)
     distribute.prepare_model(features, _example_batch(features))
     fit_start = time.perf_counter()
@@ -190,7 +245,7 @@ def _fit_frozen(job: Job):
     seconds = time.perf_counter() - fit_start
     classifier = models.build_classifier(features, head)
     _compile(classifier, cfg.learning_rate)
-    metrics = {}
+    metrics = dict(job.head_metrics)
     if cfg.unfreeze_top:
         unfrozen = models.unfreeze_top(encoder, cfg.unfreeze_top)
         job.log(f"unfreezing {len(unfrozen)} layer(s) of the top {cfg.unfreeze_top} block(s), BatchNorm kept frozen")
@@ -261,12 +316,13 @@ def _fit_head(job: Job, features):
     staging = job.run.staging
     if not cfg.head:
         z = (f_train - mean) / np.sqrt(var + models.VARIANCE_FLOOR)
-        weights, bias = heads.fit_logistic(z, train.labels, n_classes)
+        weights, bias, c, _ = heads.cross_validated(z, train.labels, n_classes)
         head.get_layer("head_out").set_weights([weights, bias])
         _compile(head, cfg.learning_rate)
         loss, acc = head.evaluate(f_train, train.labels, verbose=0)
         (staging / "history.csv").write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
-        log(f"linear head solved: train accuracy {acc:.4f}")
+        log(f"linear head solved (L2 C={c:g}, chosen by cross-validation): train accuracy {acc:.4f}")
+        job.head_metrics["probe_c"] = c
         return head
     if cfg.augment != "none":
         model = augment.training_model(models.build_classifier(features, head), augment.build(cfg.augment))
@@ -298,11 +354,11 @@ def _fit_end_to_end(job: Job):
     cfg, encoder = job.cfg, job.encoder
     if job.pretrained:
         models.freeze(encoder)
-        head = _fit_head(job, models.build_features(encoder, cfg.readout, frozen=True))
+        head = _fit_head(job, models.build_features(encoder, job.readout, frozen=True))
         models.unfreeze(encoder)
     else:
         head = None
-    features = models.build_features(encoder, cfg.readout, frozen=False)
+    features = models.build_features(encoder, job.readout, frozen=False)
     if head is None:
         head = models.build_head(features.output.shape[1], len(job.train.class_names), cfg.head, cfg.dropout)
     classifier = models.build_classifier(features, head)
@@ -312,7 +368,7 @@ def _fit_end_to_end(job: Job):
     if job.unlabeled is None:  # FixMatch's thousands of steps leave settled statistics
         training.recalibrate_batchnorm(encoder, job.train.images, cfg.batch_size, seed=cfg.seed)
     _compile(classifier, cfg.learning_rate)
-    return classifier, {**metrics, **_evaluate(classifier, job.train, job.test),
+    return classifier, {**job.head_metrics, **metrics, **_evaluate(classifier, job.train, job.test),
                         "images_per_second": metrics.get("images_per_second",
                                                          round(len(job.train) * cfg.epochs / seconds, 1))}
 

@@ -32,7 +32,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         with run.distributed():
             training.set_seed(cfg.seed)
             encoder = models.build_encoder(train.shape, blocks, cfg.arch)
-            options = objectives.Options(learning_rate, min(cfg.batch_size, train.count), cfg.seed)
+            batch = min(cfg.batch_size, train.count)
+            options = objectives.Options(learning_rate, batch, cfg.seed, cfg.epochs * -(-train.count // batch))
             model = objective.build(encoder, blocks, train.shape, options)
             fit_start = time.perf_counter()
             training.fit(model, train.batches(options.batch_size, True, cfg.seed), None, epochs=cfg.epochs,

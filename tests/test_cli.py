@@ -84,6 +84,9 @@ def test_fine_tune_writes_the_row_it_claims(workspace, encoder, freeze, method):
     if freeze == "all":
         assert row["encoder_unchanged"]
     if encoder == "enc":
+        # "auto" readout: chosen among avg/multi/stats by cross-validation, the choice and C recorded
+        assert row["readout"] in ("avg", "multi", "stats") and row["readout_choice"].startswith("cv avg=")
+        assert f"{row['readout']}=" in row["readout_choice"] and row["probe_c"] > 0
         assert row["test_in_pretraining"] == 6  # pretrained on the same folder: the leak is reported
         assert "test images were in the encoder's pretraining data" in result.output
 
@@ -391,3 +394,20 @@ def test_an_unexpected_failure_is_one_line_exit_1_and_a_saved_traceback(workspac
     assert log.startswith(str(out) + ".partial") and "second line" in open(log).read()
     assert "Traceback" in open(log).read() and "broken" in open(log).read()
     assert not out.exists() and not (tmp_path / "r.csv").exists()  # nothing claimed, nothing damaged
+
+
+def test_adapt_bn_re_estimates_batchnorm_statistics_on_the_target_images(workspace, tmp_path):
+    import keras
+
+    out = tmp_path / "ft"
+    result = invoke("fine-tune", "--data", workspace / "labeled", "--encoder", workspace / "enc", "--adapt-bn",
+                    "--unfreeze-top", "0", "--labels-per-class", "3", "--out", out, "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    assert "BatchNorm statistics re-estimated on 9 target images" in result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
+    assert row["adapt_bn"] and row["encoder_unchanged"]  # the audit starts after the adaptation
+    pretrained = keras.saving.load_model(workspace / "enc" / "encoder.keras")
+    tuned = keras.saving.load_model(out / "classifier.keras").get_layer("features").get_layer("encoder")
+    before, after = (np.array(m.get_layer("block1_bn1").moving_mean) for m in (pretrained, tuned))
+    assert not np.allclose(before, after)
+    np.testing.assert_array_equal(pretrained.get_layer("block1_conv1").kernel, tuned.get_layer("block1_conv1").kernel)

@@ -58,11 +58,23 @@ def test_autoencoder_reconstructs_input_shape(arch, size):
     assert 0.0 <= out.min() and out.max() <= 1.0
 
 
-@pytest.mark.parametrize("readout,dim", [("avg", 16), ("flatten", 4 * 16), ("multi", 8 + 16)])
+@pytest.mark.parametrize("readout,dim", [("avg", 16), ("flatten", 4 * 16), ("multi", 8 + 16), ("stats", 2 * (8 + 16))])
 def test_readouts(readout, dim):
     enc = models.build_encoder((8, 8, 1), preset_blocks("small", (8, 16)))
     feats = models.build_features(enc, readout, frozen=True)
     assert feats.output.shape[1] == dim
+
+
+def test_stats_readout_is_the_mean_and_mean_square_of_each_block_and_orderless():
+    enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
+    x = np.random.default_rng(0).random((2, 8, 8, 1)).astype("float32")
+    got = np.array(models.build_features(enc, "stats", frozen=True)(x))
+    taps = keras.Model(enc.input, [enc.get_layer("block1_out").output, enc.get_layer("block2_out").output])
+    m1, m2 = (np.array(m) for m in taps(x, training=False))
+    want = np.concatenate([m1.mean((1, 2)), m2.mean((1, 2)), (m1**2).mean((1, 2)), (m2**2).mean((1, 2))], axis=1)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-6)
+    with pytest.raises(TransferError, match="auto"):
+        models.build_features(enc, "auto", frozen=True)
 
 
 def test_frozen_encoder_weights_and_bn_statistics_unchanged_by_head_training():

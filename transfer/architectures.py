@@ -13,7 +13,8 @@ from dataclasses import dataclass
 
 from transfer.errors import TransferError
 
-READOUTS = ("flatten", "avg", "multi")
+READOUTS = ("auto", "avg", "multi", "stats", "flatten")
+READOUT_CANDIDATES = ("avg", "multi", "stats")  # what "auto" chooses from, by cross-validation
 
 @dataclass(frozen=True)
 class Block:

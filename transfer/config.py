@@ -104,7 +104,8 @@ class FineTuneConfig(RunConfig):
     labels_per_class: int | None = None  # None: all
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
-    readout: str = "avg"
+    readout: str = "auto"  # auto: chosen by cross-validation on the labeled images (see fine-tune)
+    adapt_bn: bool = False  # re-estimate BatchNorm statistics on the target images (AdaBN)
     head: tuple[int, ...] = ()  # (): linear softmax solved exactly; else hidden units trained by Adam
     dropout: float = 0.3
     unfreeze_top: int = 1

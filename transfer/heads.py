@@ -20,6 +20,34 @@ def standardization(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return x.mean(axis=0).astype("float32"), x.var(axis=0).astype("float32")
 
 
+CS = np.logspace(-4, 2, 7)  # the L2 strengths cross-validation chooses from
+
+
+def cross_validated(z: np.ndarray, labels: np.ndarray, num_classes: int):
+    """(weights, bias, C, mean CV accuracy) of the logistic regression whose inverse L2
+    strength C is chosen by stratified k-fold CV (k = min(5, smallest class)); with
+    fewer than 2 examples in some class, C = PROBE_C and no score (None)."""
+    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
+
+    folds = int(np.bincount(labels, minlength=num_classes).min())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # scikit-learn announces future defaults loudly
+        if folds >= 2:
+            clf = LogisticRegressionCV(Cs=CS, cv=min(folds, 5), max_iter=3000)
+            clf.fit(z, labels)
+            c, score = float(clf.C_[0]), float(np.mean(next(iter(clf.scores_.values())), axis=0).max())
+        else:
+            clf, c, score = LogisticRegression(C=PROBE_C, max_iter=3000).fit(z, labels), PROBE_C, None
+    weights, bias = _softmax_form(clf.coef_, clf.intercept_)
+    return weights, bias, c, score
+
+
+def _softmax_form(coef, bias):
+    if coef.shape[0] == 1:  # two classes: one row; the softmax equivalent splits it symmetrically
+        coef, bias = np.vstack([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
+    return coef.T.astype("float32"), bias.astype("float32")
+
+
 def fit_logistic(z: np.ndarray, labels: np.ndarray, num_classes: int, cross_validate: bool = False):
     """Softmax weights (D, K) and bias (K,) for standardized inputs z.
 
@@ -33,11 +61,8 @@ def fit_logistic(z: np.ndarray, labels: np.ndarray, num_classes: int, cross_vali
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # scikit-learn announces future defaults loudly
         if cross_validate and folds >= 2:
-            clf = LogisticRegressionCV(Cs=np.logspace(-4, 2, 7), cv=min(folds, 5), max_iter=3000)
+            clf = LogisticRegressionCV(Cs=CS, cv=min(folds, 5), max_iter=3000)
         else:
             clf = LogisticRegression(C=PROBE_C, max_iter=3000)
         clf.fit(z, labels)
-    coef, bias = clf.coef_, clf.intercept_
-    if coef.shape[0] == 1:  # two classes: one row; the softmax equivalent splits it symmetrically
-        coef, bias = np.vstack([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
-    return coef.T.astype("float32"), bias.astype("float32")
+    return _softmax_form(clf.coef_, clf.intercept_)

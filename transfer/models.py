@@ -112,19 +112,27 @@ def build_features(encoder: keras.Model, readout: str, frozen: bool) -> keras.Mo
         avg: global average pooling of the last block.
         multi: global average pooling of every block, concatenated, so that
             low-level features learned by pretraining reach the head too.
-    A frozen encoder is called with training=False: BatchNorm stays in
+        stats: an orderless (texture) readout: the per-channel mean and mean square
+            of every block's map over all positions, concatenated.
+    ("auto" is resolved by the fine-tune pipeline.) A frozen encoder is called with training=False: BatchNorm stays in
     inference mode and its moving statistics never change.
     """
     if readout not in READOUTS:
         raise TransferError(f"readout must be one of {READOUTS}. Received: readout={readout!r}")
     inputs = keras.Input(encoder.input.shape[1:], name="image")
     call_kwargs = {"training": False} if frozen else {}
-    if readout == "multi":
+    if readout == "auto":
+        raise TransferError("readout 'auto' is chosen by cross-validation in fine-tune; build a concrete readout")
+    if readout in ("multi", "stats"):
         taps = [encoder.get_layer(f"block{i}_out").output for i in range(1, encoder_blocks(encoder) + 1)]
         tapped = keras.Model(encoder.input, taps, name="encoder_taps")
         maps = tapped(inputs, **call_kwargs)
+        maps = maps if isinstance(maps, (list, tuple)) else [maps]
         pooled = [layers.GlobalAveragePooling2D(name=f"gap{i}")(m) for i, m in enumerate(maps, start=1)]
-        x = layers.Concatenate(name="readout")(pooled)
+        if readout == "stats":
+            pooled += [layers.GlobalAveragePooling2D(name=f"gap_sq{i}")(layers.Multiply(name=f"square{i}")([m, m]))
+                       for i, m in enumerate(maps, start=1)]
+        x = layers.Concatenate(name="readout")(pooled) if len(pooled) > 1 else layers.Identity(name="readout")(pooled[0])
     else:
         x = encoder(inputs, **call_kwargs)
         if readout == "flatten":

@@ -15,11 +15,13 @@ class Options:
         learning_rate: the optimizer's learning rate.
         batch_size: images per step (contrastive: also the negatives per image).
         seed: seed of the objective's own randomness (noise, fixed sample grids).
+        steps: training steps of the whole run (for learning-rate schedules; 0: unknown).
     """
 
     learning_rate: float
     batch_size: int
     seed: int = 0
+    steps: int = 0
 
 
 @dataclass

@@ -3,8 +3,12 @@ pulled together, and apart from the other images of the batch, by the NT-Xent lo
 through a small projection head that is dropped afterwards.
 
 The augmentations are those that keep an image's identity in most domains:
-shifts, small rotations and zooms, brightness/contrast jitter and noise. No
-flips (they change digits and text).
+random resized crops (zooms in to half the side, shifts), small rotations,
+strong brightness/contrast jitter (the colour jitter of SimCLR, for gray images
+too) and noise. No flips (they change digits and text). The recipe follows
+SimCLR's for small encoders: a projector with BatchNorm, temperature 0.3, Adam
+with a linear warm-up then cosine decay; the features kept are those before the
+projector.
 """
 
 from __future__ import annotations
@@ -20,19 +24,20 @@ from transfer.objectives.base import Options, Report
 NAME = "contrastive"
 LEARNING_RATE = 1e-3
 VALIDATES = True
-TEMPERATURE = 0.2
+TEMPERATURE = 0.3
 PROJECTION = (128, 64)
+WARMUP = 0.1  # fraction of the steps with a linearly rising learning rate
 
 
 def build_augment(channels: int, strength: float = 1.0) -> keras.Sequential:
     """The random view generator (only built-in layers)."""
     return keras.Sequential(
         [
+            layers.RandomZoom((-0.5 * strength, 0.1 * strength), fill_mode="constant"),  # resized crops
             layers.RandomTranslation(0.15 * strength, 0.15 * strength, fill_mode="constant"),
             layers.RandomRotation(0.04 * strength, fill_mode="constant"),
-            layers.RandomZoom((-0.2 * strength, 0.1 * strength), fill_mode="constant"),
-            layers.RandomContrast(0.4 * strength),
-            layers.RandomBrightness(0.2 * strength, value_range=(0.0, 1.0)),
+            layers.RandomContrast(min(0.6 * strength, 0.9)),
+            layers.RandomBrightness(0.3 * strength, value_range=(0.0, 1.0)),
             layers.GaussianNoise(0.05 * strength),
         ],
         name="augment",
@@ -73,7 +78,8 @@ class SimCLR(keras.Model):
         self.encoder, self.augment, self.temperature = encoder, augment, temperature
         self.pool = layers.GlobalAveragePooling2D()
         self.projector = keras.Sequential(
-            [layers.Dense(projection[0], activation="relu"), layers.Dense(projection[1])], name="projector"
+            [layers.Dense(projection[0], use_bias=False), layers.BatchNormalization(), layers.Activation("relu"),
+             layers.Dense(projection[1])], name="projector"
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
@@ -129,9 +135,19 @@ def view_agreement(model: SimCLR, images: np.ndarray, batch_size: int) -> float:
     return hits / max(total, 1)
 
 
+def schedule(learning_rate: float, steps: int):
+    """Linear warm-up over the first WARMUP of the steps, then cosine decay to 0 (a constant
+    rate when the number of steps is unknown)."""
+    if steps < 10:
+        return learning_rate
+    warmup = int(WARMUP * steps)
+    return keras.optimizers.schedules.CosineDecay(0.0, steps - warmup, warmup_target=learning_rate,
+                                                  warmup_steps=warmup)
+
+
 def build(encoder, blocks, shape, options: Options) -> SimCLR:
     model = SimCLR(encoder, build_augment(shape[-1]))
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate))
+    model.compile(optimizer=keras.optimizers.Adam(schedule(options.learning_rate, options.steps)))
     model.build((None, *shape))  # built, so that a backup can be restored into it
     model.batch_size = options.batch_size
     return model
