@@ -283,8 +283,9 @@ def pretrain(**params):
 @opt(FineTuneConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
 @opt(FineTuneConfig, "encoder", help="A pretrain run directory, or a baseline: random (with --freeze all|none), pixels (logistic regression on raw pixels).")
 @opt(FineTuneConfig, "freeze", type=click.Choice(["all", "none"]),
-     help="all: train only the head on the frozen encoder; none: train everything "
-          "(with --encoder random: from scratch).")
+     help="none (default): train everything with --augment (a pretrained encoder's head is fit on its "
+          "frozen features first; with --encoder random: from scratch); all: train only the head on the "
+          "frozen encoder (and --unfreeze-top K blocks after it).")
 @opt(FineTuneConfig, "labels-per-class", type=LabelBudget(), help="Labeled training images per class, or 'all'.")
 @opt(FineTuneConfig, "test-data", help="Separate labeled test set (default: a fixed split of --data).")
 @opt(FineTuneConfig, "test-fraction", type=float,

@@ -14,7 +14,9 @@
 
 A method is a baseline (`pixels-logreg`, `random-frozen`, `random-top<K>`,
 `scratch`), an objective name (pretrain with it, fine-tune with the defaults:
-the default recipe), or `<objective>-frozen|-top<K>|-finetuned`. Each objective
+the default recipe), or `<objective>-frozen|-top<K>|-finetuned`; with `-semi`
+(e.g. `scratch-semi`) it also learns from `unlabeled = SRC` of [fine_tune]
+(FixMatch), which the other methods ignore. Each objective
 is pretrained once and reused by all its fine-tunes. Paths are relative to the
 working directory. Re-running skips the runs whose rows are already in the
 table, and reuses finished pretrainings.
@@ -119,10 +121,14 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
     jobs = [(m, b, s) for b in budgets for s in spec["seeds"] for m in plan]
     todo = []
     for (given, method), budget, seed in jobs:
+        if method.semi and not fin.get("unlabeled"):
+            raise TransferError(f"method {given} learns from unlabeled images: give them as unlabeled = SRC in "
+                                "the experiment's [fine_tune] section")
         fcfg = FineTuneConfig(**{**fin, **method.settings, "labels_per_class": budget, "seed": int(seed),
+                                 "unlabeled": fin.get("unlabeled") if method.semi else None,
                                  "results": results_path, "experiment": spec["name"], "overwrite": True,
                                  **({"encoder": encoders[method.objective]} if method.objective else {})})
-        label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top)
+        label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
         if (label, str(budget or "all"), int(seed)) not in done:
             out = runs / "fine-tune" / f"{label}-{budget or 'all'}-{seed}"
             todo.append((label, dataclasses.replace(fcfg, out=str(out))))

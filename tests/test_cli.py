@@ -246,7 +246,8 @@ def test_compare_errors(tmp_path):
 def test_unfreeze_top_trains_top_block_only_and_keeps_batchnorm(workspace, tmp_path):
     out = tmp_path / "top1"
     result = ft(workspace, "--data", workspace / "labeled", "--encoder", workspace / "enc", "--labels-per-class", "3",
-                "--unfreeze-top", "1", "--fine-tune-epochs", "2", "--out", out, "--results", tmp_path / "r.csv")
+                "--freeze", "all", "--unfreeze-top", "1", "--fine-tune-epochs", "2", "--out", out,
+                "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["method"] == "autoencoder-top1" and row["unfreeze_top"] == 1
@@ -343,8 +344,9 @@ def test_freeze_audit_column_reports_a_violation(workspace, tmp_path, monkeypatc
         return original(features, head)
 
     monkeypatch.setattr(pipeline.models, "build_classifier", touching_build_classifier)
-    result = ft(workspace, "--data", workspace / "labeled", "--encoder", workspace / "enc", "--unfreeze-top", "0",
-                "--labels-per-class", "3", "--out", tmp_path / "run", "--results", tmp_path / "r.csv")
+    result = ft(workspace, "--data", workspace / "labeled", "--encoder", workspace / "enc", "--freeze", "all",
+                "--unfreeze-top", "0", "--labels-per-class", "3", "--out", tmp_path / "run",
+                "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert not pd.read_csv(tmp_path / "r.csv").iloc[0]["encoder_unchanged"]
 
@@ -385,7 +387,7 @@ def test_an_unexpected_failure_is_one_line_exit_1_and_a_saved_traceback(workspac
 
     monkeypatch.setattr(fine_tune, "_fit_frozen", broken)
     out = tmp_path / "run"
-    result = ft(workspace, "--data", workspace / "labeled", "--labels-per-class", "2", "--out", out,
+    result = ft(workspace, "--data", workspace / "labeled", "--freeze", "all", "--labels-per-class", "2", "--out", out,
                 "--results", tmp_path / "r.csv")
     assert result.exit_code == 1 and "Traceback" not in result.output
     lines = result.stderr.strip().splitlines()
@@ -401,7 +403,7 @@ def test_adapt_bn_re_estimates_batchnorm_statistics_on_the_target_images(workspa
 
     out = tmp_path / "ft"
     result = invoke("fine-tune", "--data", workspace / "labeled", "--encoder", workspace / "enc", "--adapt-bn",
-                    "--unfreeze-top", "0", "--labels-per-class", "3", "--out", out, "--results", tmp_path / "r.csv")
+                    "--freeze", "all", "--unfreeze-top", "0", "--labels-per-class", "3", "--out", out, "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert "BatchNorm statistics re-estimated on 9 target images" in result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]

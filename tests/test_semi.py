@@ -136,7 +136,7 @@ def test_pretrained_semi_keeps_bottom_blocks_and_reports_leakage(folders, tmp_pa
               for l in keras.saving.load_model(enc / "encoder.keras").layers}
     out, results = tmp_path / "semi", tmp_path / "r.csv"
     # the labeled folder as the pool: its test images are in it, which must be reported
-    result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", enc, "--unfreeze-top", "1",
+    result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", enc, "--freeze", "all", "--unfreeze-top", "1",
                     "--unlabeled", folders / "labeled", "--steps", "4", "--mu", "2", "--labels-per-class", "3",
                     "--out", out, "--results", results, "--batch-size", "4")
     assert result.exit_code == 0, result.output

@@ -100,7 +100,7 @@ class PretrainConfig(RunConfig):
 @dataclass(frozen=True)
 class FineTuneConfig(RunConfig):
     encoder: str = "random"
-    freeze: str = "all"
+    freeze: str = "none"  # measured best on digits: probe, then fine-tune everything with augmentation
     labels_per_class: int | None = None  # None: all
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
