@@ -5,8 +5,8 @@ from __future__ import annotations
 import dataclasses
 import os
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's C++ start-up chatter
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+VERBOSE_ENV = "TRANSFER_VERBOSE"  # 1: show TensorFlow's own log lines and warnings (as --verbose)
 
 import click  # noqa: E402
 
@@ -155,15 +155,31 @@ def _split(value) -> tuple[str, ...]:
     return tuple(x.strip() for x in str(value).split(",") if x.strip())
 
 
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow with its C++ start-up lines (printed before logging is set up) hidden.
+def _verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
 
-    If the import fails, what it printed is shown after all.
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow quietly unless --verbose (or TRANSFER_VERBOSE=1): its C++ log
+    lines (oneDNN, CUDA, absl; at any level, set before the import), its Python logger
+    and the library warnings Keras and TensorFlow raise are hidden, and so are the
+    lines the import itself prints. If the import fails, what it printed is shown after all.
     """
     import sys
     import tempfile
+    import warnings
 
+    verbose = _verbose()
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # multiworker's gRPC chatter
+        for module in ("keras", "tensorflow", "absl", "sklearn"):
+            warnings.filterwarnings("ignore", module=module)
     if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import tensorflow  # noqa: F401
+
         return
     sys.stderr.flush()
     saved = os.dup(2)
@@ -229,7 +245,8 @@ def _save_traceback(exc: BaseException) -> str:
 
 @click.group(cls=TransferGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
-def main():
+@click.option("--verbose", is_flag=True, help=f"Show TensorFlow's own log lines and warnings (or {VERBOSE_ENV}=1).")
+def main(verbose: bool):
     """Pretrain convolutional layers on unlabeled images, reuse them on labeled tasks, compare runs.
 
     Typical use: `transfer pretrain --data UNLABELED --out runs/enc`, then
@@ -239,6 +256,8 @@ def main():
 
     SRC is a directory of images (for labeled data: one subfolder per class), a CSV
     manifest with columns path[,label], or a built-in name: """
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
 
 
 main.help += ", ".join(builtins.names()) + "."

@@ -1,6 +1,7 @@
 """The CLI, in-process with click's CliRunner, on tiny generated images."""
 
 import json
+import re
 
 import numpy as np
 import pandas as pd
@@ -413,3 +414,31 @@ def test_adapt_bn_re_estimates_batchnorm_statistics_on_the_target_images(workspa
     before, after = (np.array(m.get_layer("block1_bn1").moving_mean) for m in (pretrained, tuned))
     assert not np.allclose(before, after)
     np.testing.assert_array_equal(pretrained.get_layer("block1_conv1").kernel, tuned.get_layer("block1_conv1").kernel)
+
+
+TF_LOG_LINE = re.compile(r"^([IWEF]\d{4} |WARNING: All log messages|.*(oneDNN|cuda|absl|UserWarning))")
+
+
+@pytest.mark.slow
+def test_normal_runs_are_quiet_and_verbose_shows_tensorflow(tmp_path):
+    """No TensorFlow/absl/oneDNN/CUDA line on stdout or stderr unless --verbose (the GAN's
+    training used to print a oneDNN E-line)."""
+    import os
+    import subprocess
+    import sys
+
+    make_labeled_dir(tmp_path / "d", per_class=6)
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "TRANSFER_VERBOSE")}
+
+    def pretrain(*flags):
+        return subprocess.run([sys.executable, "-c", "from cli import main; main()", *flags, "pretrain",
+                               "--data", str(tmp_path / "d"), "--objective", "gan", "--epochs", "1",
+                               "--overwrite", "--out", str(tmp_path / "enc"), "--results", str(tmp_path / "r.csv"),
+                               *map(str, TINY)], capture_output=True, text=True, env=env, cwd=os.getcwd())
+
+    quiet = pretrain()
+    assert quiet.returncode == 0, quiet.stderr
+    noise = [l for l in (quiet.stdout + quiet.stderr).splitlines() if TF_LOG_LINE.match(l)]
+    assert noise == [] and quiet.stderr == "", quiet.stderr
+    loud = pretrain("--verbose")
+    assert loud.returncode == 0 and any(TF_LOG_LINE.match(l) for l in loud.stderr.splitlines()), loud.stderr
