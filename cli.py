@@ -15,6 +15,7 @@ from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
     AUGMENT_POLICIES,
     OBJECTIVES,
+    PRECISIONS,
     STRATEGIES,
     CompareConfig,
     DemoConfig,
@@ -145,6 +146,21 @@ def arch_options(cls):
         ]):
             fn = o(fn)
         return fn
+
+    return decorate
+
+
+def speed_options(cls):
+    """--precision and --xla: switches for GPUs (measured on CPU, both slow training down)."""
+
+    def decorate(fn):
+        fn = opt(cls, "xla/--no-xla", "xla",
+                 help="Compile the training steps with XLA (jit_compile). Can help on GPUs; on CPU it made "
+                      "training slower here (see README, Benchmarks).")(fn)
+        return opt(cls, "precision", type=click.Choice(PRECISIONS),
+                   help="mixed: compute in bfloat16 with float32 variables (Keras's mixed_bfloat16 policy) "
+                        "for GPUs with bfloat16 (Ampere and later); the saved model keeps that policy. "
+                        "On CPU it is slower.")(fn)
 
     return decorate
 
@@ -285,6 +301,7 @@ main.help += ", ".join(builtins.names()) + "."
      help="tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines "
           "listed in TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several "
           "workers, mirrored if several GPUs, else one).")
+@speed_options(PretrainConfig)
 def pretrain(**params):
     """Pretrain an encoder on unlabeled images (SRC labels are ignored).
 
@@ -355,6 +372,7 @@ def pretrain(**params):
      help="tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines "
           "listed in TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several "
           "workers, mirrored if several GPUs, else one).")
+@speed_options(FineTuneConfig)
 def fine_tune(**params):
     """Fit a dense head on an encoder for a labeled task; log one row.
 

@@ -9,6 +9,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import keras
 import numpy as np
 
 from transfer import architectures, artifacts, data, distribute, results, training, visualize
@@ -56,9 +57,13 @@ class Run:
         self.facts.update(fields)
 
     def __enter__(self) -> "Run":
+        self._policy = keras.mixed_precision.global_policy()
+        if self.cfg.precision == "mixed":  # bfloat16 needs no loss scaling (unlike float16)
+            keras.mixed_precision.set_global_policy("mixed_bfloat16")
         return self
 
     def __exit__(self, kind, exc, tb) -> bool:
+        keras.mixed_precision.set_global_policy(self._policy)
         if isinstance(exc, TrainingDiverged):
             shutil.rmtree(self.staging, ignore_errors=True)
             results.append_row(self.cfg.results, {**self._common(), "status": "failed", "error": str(exc)})
@@ -101,6 +106,7 @@ class Run:
     def record(self, **fields) -> dict:
         """Append the finished run's row (common fields + `fields`) and return it."""
         row = {**self._common(), "status": "ok", **fields, "strategy": self.cfg.strategy,
+               "precision": self.cfg.precision, "xla": self.cfg.xla,
                "replicas": self.strategy.num_replicas_in_sync, "workers": distribute.workers(self.strategy),
                "seconds": round(time.perf_counter() - self.started, 2),
                "peak_memory_mb": round(training.peak_memory_mb(), 1)}

@@ -271,7 +271,7 @@ def _train(job: Job, classifier, learning_rate: float, epochs: int, phase: str) 
     suffix = "" if phase == "train" else f"-{phase}"
     training.fit(model, job.train.images, job.train.labels, epochs=epochs, batch_size=cfg.batch_size,
                  history_path=job.run.staging / f"history{suffix}.csv",
-                 backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log, log_prefix=f"{phase} ")
+                 backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log, log_prefix=f"{phase} ", jit_compile=cfg.xla)
     return {}
 
 
@@ -294,7 +294,7 @@ def _fit_semi(job: Job, classifier, learning_rate: float) -> dict:
     start = time.perf_counter()
     history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
                            history_path=job.run.staging / "history-semi.csv", backup_dir=job.run.backup_dir("backup-semi"),
-                           log=job.log, log_prefix="semi ")
+                           log=job.log, log_prefix="semi ", jit_compile=cfg.xla)
     seconds = time.perf_counter() - start
     report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
     mask = history.history.get("mask_rate") or [float("nan")]
@@ -329,11 +329,12 @@ def _fit_head(job: Job, features):
         _compile(model, cfg.learning_rate)
         training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
                      history_path=staging / "history.csv", backup_dir=job.run.backup_dir("backup-head"), log=log,
-                     log_prefix="head ")
+                     log_prefix="head ", jit_compile=cfg.xla)
         return head
     _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
     training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=staging / "history.csv", log=log, log_prefix="head ")  # cheap to redo: no backup
+                 history_path=staging / "history.csv", log=log, log_prefix="head ",
+                 jit_compile=cfg.xla)  # cheap to redo: no backup
     return head
 
 

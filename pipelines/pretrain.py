@@ -41,7 +41,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
                          backup_dir=run.backup_dir("backup"), log=log, log_prefix="pretrain ",
                          validation_data=(stream.in_memory(val_images).batches(options.batch_size, False)
                                           if objective.VALIDATES and len(val_images) > 1 else None),
-                         extra_callbacks=objective.callbacks(model, run.staging))
+                         extra_callbacks=objective.callbacks(model, run.staging), jit_compile=cfg.xla)
             fit_seconds = time.perf_counter() - fit_start
             report = objective.report(model, train, val_images)
         report_skipped(source.failed, log, "while streaming")

@@ -442,3 +442,26 @@ def test_normal_runs_are_quiet_and_verbose_shows_tensorflow(tmp_path):
     assert noise == [] and quiet.stderr == "", quiet.stderr
     loud = pretrain("--verbose")
     assert loud.returncode == 0 and any(TF_LOG_LINE.match(l) for l in loud.stderr.splitlines()), loud.stderr
+
+
+@pytest.mark.parametrize("objective", ["contrastive", "autoencoder", "gan"])
+def test_mixed_precision_and_xla_switches_train_on_cpu(workspace, tmp_path, objective):
+    """--precision mixed (bfloat16 compute) and --xla each pretrain and fine-tune; the loss stays
+    finite, the row records the switch, and the global policy is restored afterwards."""
+    import keras
+
+    enc = tmp_path / "enc"
+    result = invoke("pretrain", "--data", workspace / "labeled", "--objective", objective, "--epochs", "1",
+                    "--precision", "mixed", "--out", enc, "--results", tmp_path / "r.csv", *TINY)
+    assert result.exit_code == 0, result.output
+    assert keras.mixed_precision.global_policy().name == "float32"
+    loaded = keras.saving.load_model(enc / "encoder.keras")
+    assert loaded.get_layer("block1_conv1").dtype_policy.compute_dtype == "bfloat16"
+    result = invoke("fine-tune", "--data", workspace / "labeled", "--encoder", enc, "--xla", "--epochs", "1",
+                    "--labels-per-class", "3", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv",
+                    "--batch-size", "4")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "r.csv")
+    assert rows["precision"].tolist() == ["mixed", "float32"] and rows["xla"].tolist() == [False, True]
+    assert np.isfinite(pd.read_csv(enc / "history.csv")["loss"]).all()
+    assert np.isfinite(rows.iloc[1]["test_loss"])

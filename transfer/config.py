@@ -17,6 +17,7 @@ from transfer.errors import TransferError
 DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
 OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan")  # see transfer.objectives
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # see transfer.distribute
+PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy
 AUGMENT_POLICIES = ("label-preserving", "orientation-free", "none")  # see transfer.augment
 
 
@@ -72,11 +73,14 @@ class RunConfig(ArchConfig):
     overwrite: bool = False
     experiment: str | None = None  # tag recorded in the row
     strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
+    precision: str = "float32"  # mixed: compute in bfloat16, keep variables in float32 (for GPUs)
+    xla: bool = False  # compile training steps with XLA (jit_compile; for GPUs)
 
     def __post_init__(self):
         for name in ("image_size", "channels"):
             _positive(name, getattr(self, name))
         _choice("strategy", self.strategy, STRATEGIES)
+        _choice("precision", self.precision, PRECISIONS)
 
 
 @dataclass(frozen=True)

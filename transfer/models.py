@@ -95,7 +95,8 @@ def build_decoder(encoder: keras.Model, blocks: list[Block], channels: int) -> k
         x = layers.Activation("relu", name=f"up{i}_act")(x)
     if x.shape[1] != height:
         x = layers.Resizing(height, height, interpolation="bilinear", name="resize")(x)
-    outputs = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction")(x)
+    outputs = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="reconstruction",
+                            dtype="float32")(x)  # float32 under mixed precision: the loss needs it
     return keras.Model(inputs, outputs, name="decoder")
 
 
@@ -167,7 +168,7 @@ def build_head(
         x = layers.Dense(u, activation="relu", name=f"head_dense{i}")(x)
     if dropout and units:
         x = layers.Dropout(dropout, name="head_dropout_out")(x)
-    outputs = layers.Dense(num_classes, activation="softmax", name="head_out")(x)
+    outputs = layers.Dense(num_classes, activation="softmax", name="head_out", dtype="float32")(x)
     return keras.Model(inputs, outputs, name="head")
 
 

@@ -108,6 +108,7 @@ def fit(
     validation_data=None,
     extra_callbacks=(),
     steps_per_epoch: int | None = None,
+    jit_compile: bool = False,
 ):
     """model.fit with a CSV history and progress lines; returns the History.
 
@@ -118,6 +119,8 @@ def fit(
     the chief's (see `SafeBackupAndRestore`).
     """
     strategy = distribute.current()
+    if jit_compile:
+        model.jit_compile = True  # XLA for the train step (set before the first fit builds it)
     write_dir = None
     if distribute.is_multiworker(strategy):
         distribute.prepare_model(model, distribute.local_batch(x, y))

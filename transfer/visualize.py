@@ -89,7 +89,7 @@ def maximize_activation(
     select = tf.constant(np.eye(channels, dtype="float32")[units])  # (n, channels)
 
     def unit_means(images, which=0):
-        act = probe(images, training=False)[which]
+        act = tf.cast(probe(images, training=False)[which], tf.float32)  # bfloat16 under mixed precision
         return tf.reduce_sum(tf.reduce_mean(act, axis=(1, 2)) * select, axis=1)
 
     start = unit_means(x, 1).numpy()

@@ -51,6 +51,7 @@ def nt_xent(z1, z2, temperature: float = TEMPERATURE):
     contrasted with the views of *every* replica (all-gathered, as lightly's
     `gather_distributed` does), so the negatives are those of the global batch and the
     mean over replicas equals the one-device loss on the global batch."""
+    z1, z2 = ops.cast(z1, "float32"), ops.cast(z2, "float32")  # mixed precision computes the rest in float32
     z1 = z1 / (ops.norm(z1, axis=1, keepdims=True) + 1e-8)
     z2 = z2 / (ops.norm(z2, axis=1, keepdims=True) + 1e-8)
     n = tf.shape(z1)[0]

@@ -62,7 +62,7 @@ def build_generator(encoder, channels: int, latent: int = LATENT) -> keras.Model
         x = layers.Activation("relu", name=f"g{i}_act")(x)
     if x.shape[1] != size:
         x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
-    images = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="image")(x)
+    images = layers.Conv2D(channels, 3, padding="same", activation="sigmoid", name="image", dtype="float32")(x)
     return keras.Model(z, images, name="generator")
 
 
@@ -89,7 +89,7 @@ def build_discriminator(encoder) -> keras.Model:
     image = keras.Input(encoder.input.shape[1:], name="image")
     features = layers.Flatten(name="d_flatten")(encoder(image))
     x = MinibatchStd(name="d_batch_std")(features)
-    return keras.Model(image, [layers.Dense(1, name="d_logit")(x), features], name="discriminator")
+    return keras.Model(image, [layers.Dense(1, name="d_logit", dtype="float32")(x), features], name="discriminator")
 
 
 class GAN(keras.Model):
@@ -141,7 +141,7 @@ class GAN(keras.Model):
             _, features = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
             # Feature matching (Salimans et al. 2016): the mean encoder features of real images.
             real_mean = tf.stop_gradient(tf.reduce_mean(features[:n], axis=0))
-            g_loss = tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0)))
+            g_loss = tf.cast(tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0))), tf.float32)
             scaled = distribute.scale_loss(g_loss)
         g_vars = self.generator.trainable_variables
         self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
