@@ -160,3 +160,16 @@ def test_verdicts_follow_the_summary_grouping(tmp_path):
     output = invoke(small, vgg, "--by", "data,arch,method,labels_per_class").output
     assert "digits, arch small, 5 labels/class: pretraining paid" in output
     assert "digits, arch vgg, 5 labels/class: pretraining did NOT pay (it lost)" in output
+
+
+def test_scratch_semi_is_a_baseline_and_can_take_the_win_away(tmp_path):
+    """Semi-supervised methods are compared with the semi-supervised baseline: with scratch-semi
+    in the table the best baseline is scratch-semi, and a win over scratch becomes a loss."""
+    semi = [a + 0.05 for a in SCRATCH]
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "scratch-semi": semi,
+                                             "contrastive-semi": PRETRAINED})
+    result = invoke(table, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(io.StringIO(result.output)).set_index("method")
+    assert out.loc["contrastive-semi", "vs_best_baseline"] == pytest.approx(0.024 - 0.05)
+    assert "did NOT pay" in invoke(table).output
