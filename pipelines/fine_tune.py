@@ -14,6 +14,8 @@ from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
 
+ADAPT_BN_IMAGES = 2048  # pool images added to the labeled ones for --adapt-bn
+
 
 def _resolve_encoder(cfg: FineTuneConfig):
     """(encoder or None, manifest or None, image_size, channels or None, blocks or None)."""
@@ -226,9 +228,6 @@ def _readout_choice(job: Job) -> str:
     if job.readout_scores is None:
         return "default"
     return "cv " + " ".join(f"{r}={s:.3f}" for r, s in job.readout_scores.items())
-
-
-ADAPT_BN_IMAGES = 2048  # pool images added to the labeled ones for --adapt-bn
 
 
 def _fit_frozen(job: Job):

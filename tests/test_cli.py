@@ -289,7 +289,7 @@ def test_experiment_runs_grid_then_skips_done_rows(workspace, tmp_path, monkeypa
 name = "tiny"
 seeds = [0, 1]
 labels_per_class = [2]
-methods = ["autoencoder", "random-frozen", "scratch", "pixels-logreg"]
+methods = ["autoencoder", "random-frozen", "scratch", "pixels-logreg", "scratch-semi"]
 [pretrain]
 data = "{workspace / 'labeled'}"
 image_size = 8
@@ -301,16 +301,22 @@ data = "{workspace / 'labeled'}"
 image_size = 8
 filters = [4, 8]
 epochs = 2
+unlabeled = "{workspace / 'labeled'}"
+steps = 2
+mu = 1
 ''')
     result = invoke("experiment", "exp.toml")
     assert result.exit_code == 0, result.output
+    assert "(1/10)" in result.output and ", ETA " in result.output and "(10/10)" in result.output
     df = pd.read_csv(tmp_path / "experiments" / "tiny.csv")
     ft_rows = df[df["command"] == "fine-tune"]
-    assert len(ft_rows) == 8 and (df["experiment"] == "tiny").all()
-    assert sorted(ft_rows["method"].unique()) == ["autoencoder-top1", "pixels-logreg", "random-frozen", "scratch"]
+    assert len(ft_rows) == 10 and (df["experiment"] == "tiny").all()
+    assert sorted(ft_rows["method"].unique()) == ["autoencoder-finetuned", "pixels-logreg", "random-frozen",
+                                                  "scratch", "scratch-semi"]
+    assert ft_rows["unlabeled"].notna().sum() == 2  # only the -semi method uses the pool
     assert (df["command"] == "pretrain").sum() == 1
     again = invoke("experiment", "exp.toml")
-    assert again.exit_code == 0 and "8 of 8 fine-tunes already in" in again.output
+    assert again.exit_code == 0 and "10 of 10 fine-tunes already in" in again.output
     assert "reusing the autoencoder encoder" in again.output
     assert len(pd.read_csv(tmp_path / "experiments" / "tiny.csv")) == len(df)
 
@@ -320,6 +326,9 @@ def test_experiment_file_errors(tmp_path):
     assert_user_error(invoke("experiment", tmp_path / "bad.toml"), "unknown method 'magic'")
     (tmp_path / "esc.toml").write_text('name = "../x"\nseeds = [0]\nlabels_per_class = [1]\nmethods = ["scratch"]\n')
     assert_user_error(invoke("experiment", tmp_path / "esc.toml"), "name may use letters")
+    (tmp_path / "semi.toml").write_text('name = "s"\nseeds = [0]\nlabels_per_class = [1]\nmethods = ["scratch-semi"]\n'
+                                        '[fine_tune]\ndata = "digits"\n')
+    assert_user_error(invoke("experiment", tmp_path / "semi.toml"), "give them as unlabeled = SRC")
 
 
 def test_divergence_stops_the_run_and_marks_it_failed(workspace, tmp_path):
