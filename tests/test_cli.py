@@ -373,7 +373,7 @@ def test_gan_encoder_fine_tunes_through_the_normal_cli(workspace, tmp_path):
                 "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
-    assert row["method"] == "gan-top1" and row["objective"] == "gan"
+    assert row["method"] == "gan-finetuned" and row["objective"] == "gan"
 
 
 def test_unwritable_results_and_out_are_refused_before_training(guarded, tmp_path):
