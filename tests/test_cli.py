@@ -50,6 +50,7 @@ def test_pretrain_writes_a_complete_run_dir_and_a_row(workspace):
     assert row["run_dir"] == str(enc) and row["n_train"] == 27 and row["recon_mse"] > 0
 
 
+@pytest.mark.slow
 def test_contrastive_pretrain_writes_views_and_agreement(workspace, tmp_path):
     result = invoke("pretrain", "--data", workspace / "labeled", "--out", tmp_path / "c", "--epochs", "2",
                     "--objective", "contrastive", "--results", tmp_path / "r.csv", *TINY)
@@ -244,6 +245,7 @@ def test_compare_errors(tmp_path):
     assert_user_error(invoke("compare", "--results", tmp_path / "r.csv"), "no finished fine-tune runs")
 
 
+@pytest.mark.slow
 def test_unfreeze_top_trains_top_block_only_and_keeps_batchnorm(workspace, tmp_path):
     out = tmp_path / "top1"
     result = ft(workspace, "--data", workspace / "labeled", "--encoder", workspace / "enc", "--labels-per-class", "3",
@@ -408,6 +410,7 @@ def test_an_unexpected_failure_is_one_line_exit_1_and_a_saved_traceback(workspac
     assert not out.exists() and not (tmp_path / "r.csv").exists()  # nothing claimed, nothing damaged
 
 
+@pytest.mark.slow
 def test_adapt_bn_re_estimates_batchnorm_statistics_on_the_target_images(workspace, tmp_path):
     import keras
 
@@ -453,6 +456,7 @@ def test_normal_runs_are_quiet_and_verbose_shows_tensorflow(tmp_path):
     assert loud.returncode == 0 and any(TF_LOG_LINE.match(l) for l in loud.stderr.splitlines()), loud.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["contrastive", "autoencoder", "gan"])
 def test_mixed_precision_and_xla_switches_train_on_cpu(workspace, tmp_path, objective):
     """--precision mixed (bfloat16 compute) and --xla each pretrain and fine-tune; the loss stays

@@ -128,6 +128,7 @@ def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path):
     assert "mask_rate=" in result.output and "test accuracy" in result.output
 
 
+@pytest.mark.slow
 def test_pretrained_semi_keeps_bottom_blocks_and_reports_leakage(folders, tmp_path):
     enc = tmp_path / "enc"
     assert invoke("pretrain", "--data", folders / "labeled", "--objective", "autoencoder", "--epochs", "1",

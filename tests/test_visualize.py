@@ -53,6 +53,7 @@ def test_feature_maps_one_row_per_block(encoder):
     assert fm.shape[0] == 3 * (12 + 2) and fm.std() > 0.05  # the image row and 2 block rows, 1 px frames
 
 
+@pytest.mark.slow
 def test_visualize_command_writes_pngs_and_self_contained_html(tmp_path):
     from conftest import make_labeled_dir
 
