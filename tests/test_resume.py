@@ -45,3 +45,41 @@ def test_sigkill_then_same_command_resumes_with_each_epoch_once(tmp_path):
     assert epochs == list(range(60))
     assert (out / "manifest.json").is_file() and not (tmp_path / "enc.partial").exists()
     assert len(pd.read_csv(results)) == 1
+
+
+@pytest.mark.parametrize("torn", ["weights", "metadata"])
+def test_a_backup_torn_by_a_kill_falls_back_to_the_previous_one(tmp_path, torn):
+    """A kill while a backup is written leaves the latest weights or metadata torn; the chief
+    puts the previous pair back before anyone loads (several workers must never race on it)."""
+    import json
+    import shutil
+
+    import keras
+    import numpy as np
+
+    from transfer import training
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile("sgd", "mse")
+    x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
+    backup = tmp_path / "backup"
+    training.fit(model, x, y, epochs=3, batch_size=2, backup_dir=backup)  # finishes: backup deleted
+    cb = training.SafeBackupAndRestore(str(backup), double_checkpoint=True)
+    cb.set_model(model)
+    backup.mkdir()
+    model.save_weights(tmp_path / "w.weights.h5")
+    for path in (cb._prev_weights_path, cb._weights_path):
+        shutil.copy(tmp_path / "w.weights.h5", path)
+    (backup / "training_metadata.json.bkp").write_text(json.dumps({"epoch": 2, "batch": 0}))
+    (backup / "training_metadata.json").write_text(json.dumps({"epoch": 3, "batch": 0}))
+    if torn == "weights":
+        with open(cb._weights_path, "r+b") as f:
+            f.truncate(100)
+    else:
+        (backup / "training_metadata.json").write_text("")
+    lines = []
+    restarted = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    restarted.compile("sgd", "mse")
+    history = training.fit(restarted, x, y, epochs=5, batch_size=2, backup_dir=backup, log=lines.append)
+    assert any("continuing after epoch 2" in line for line in lines), lines
+    assert len(history.history["loss"]) == 3  # epochs 3..5

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 import resource
 import shutil
@@ -11,6 +12,7 @@ import tempfile
 import time
 from typing import Callable
 
+import h5py  # Keras's own format for weights (a Keras dependency)
 import keras
 import numpy as np
 
@@ -46,11 +48,33 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, **kwargs)
         self.write_dir, self.log = write_dir, log
 
+    def _repair(self) -> None:
+        """Chief only, before anyone loads: a torn latest backup is replaced by the previous
+        one (as Keras would), an unusable backup removed, so that the workers then only read."""
+        try:
+            _check_backup(self._weights_path, self._training_metadata_path)
+        except (OSError, ValueError):
+            try:
+                _check_backup(self._prev_weights_path, self._prev_training_metadata_path)
+                shutil.copy(self._prev_weights_path, self._weights_path)
+                if os.path.exists(self._prev_training_metadata_path):
+                    shutil.copy(self._prev_training_metadata_path, self._training_metadata_path)
+            except (OSError, ValueError) as exc:
+                if self.log is not None:
+                    self.log(f"the backup in {self.backup_dir} cannot be read ({exc}); starting over")
+                shutil.rmtree(self.backup_dir, ignore_errors=True)
+
     def on_train_begin(self, logs=None):
+        # Only the chief repairs the backup; every worker then reads it (loading is a collective
+        # under a multiworker strategy, so all load together), never while the chief writes it.
+        if self.write_dir is None:
+            self._repair()
+        distribute.barrier(f"{self.backup_dir}:repaired")
         try:
             super().on_train_begin(logs)
-        except OSError:  # h5py's error for a torn file
-            shutil.rmtree(self.backup_dir, ignore_errors=True)
+        except OSError as exc:  # unreadable after all (e.g. no shared file system): start over
+            if self.log is not None:
+                self.log(f"the backup in {self.backup_dir} cannot be read ({exc}); starting over")
             self._current_epoch = 0
         restored = int(self.model._initial_epoch or 0)
         if restored and self.log is not None:
@@ -66,6 +90,16 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             self._training_metadata_path = os.path.join(self.write_dir, "training_metadata.json")
             self._prev_weights_path = f"{self._weights_path}.bkp"
             self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
+
+
+def _check_backup(weights, metadata) -> None:
+    """Raise OSError or ValueError unless the backup's weights (HDF5) and metadata (JSON) that
+    exist are readable (a kill mid-write leaves either torn)."""
+    if os.path.exists(weights):
+        h5py.File(weights, "r").close()
+    if os.path.exists(metadata):
+        with open(metadata) as f:
+            json.load(f)
 
 
 class EpochLog(keras.callbacks.Callback):
