@@ -163,6 +163,7 @@ class Job:
     readout: str = "avg"  # the concrete readout (cfg.readout, or the one "auto" chose)
     readout_scores: dict | None = None  # "auto": mean CV accuracy of each candidate
     head_metrics: dict = field(default_factory=dict)  # what fitting the head chose (probe_c)
+    probes: dict = field(default_factory=dict)  # readout -> (features, cross_validated(...)): computed once
 
 
 @dataclass
@@ -210,15 +211,20 @@ def _prepare_encoder(job: Job) -> None:
     scores = {}
     for readout in READOUT_CANDIDATES:
         f = models.build_features(encoder, readout, frozen=True).predict(train.images, batch_size=256, verbose=0)
-        mean, var = heads.standardization(f)
-        scores[readout] = heads.cross_validated((f - mean) / np.sqrt(var + models.VARIANCE_FLOOR), train.labels,
-                                                n_classes)[3]
+        job.probes[readout] = f, _probe(f, train.labels, n_classes)
+        scores[readout] = job.probes[readout][1][3]
     if None in scores.values():
         job.log("readout avg (too few labels per class to cross-validate a choice)")
         return
     job.readout, job.readout_scores = max(scores, key=scores.get), scores
     job.log("readout chosen by cross-validation on the labeled images: "
             + ", ".join(f"{r} {s:.3f}" for r, s in scores.items()) + f" -> {job.readout}")
+
+
+def _probe(f: np.ndarray, labels: np.ndarray, n_classes: int):
+    """The linear probe on standardized features f: heads.cross_validated's (weights, bias, C, score)."""
+    mean, var = heads.standardization(f)
+    return heads.cross_validated((f - mean) / np.sqrt(var + models.VARIANCE_FLOOR), labels, n_classes)
 
 
 def _readout_choice(job: Job) -> str:
@@ -308,14 +314,14 @@ def _fit_head(job: Job, features):
     linear; else Adam for `epochs`, on augmented images through the frozen encoder, or on
     features computed once with --augment none (cheap: no encoder pass per epoch)."""
     cfg, train, log = job.cfg, job.train, job.log
-    f_train = features.predict(train.images, batch_size=256, verbose=0)
-    mean, var = heads.standardization(f_train)
     n_classes = len(train.class_names)
+    cached = job.probes.get(job.readout)  # the readout's features and probe, when "auto" computed them
+    f_train = cached[0] if cached else features.predict(train.images, batch_size=256, verbose=0)
+    mean, var = heads.standardization(f_train)
     head = models.build_head(f_train.shape[1], n_classes, cfg.head, cfg.dropout, mean, var)
     staging = job.run.staging
     if not cfg.head:
-        z = (f_train - mean) / np.sqrt(var + models.VARIANCE_FLOOR)
-        weights, bias, c, _ = heads.cross_validated(z, train.labels, n_classes)
+        weights, bias, c, _ = cached[1] if cached else _probe(f_train, train.labels, n_classes)
         head.get_layer("head_out").set_weights([weights, bias])
         _compile(head, cfg.learning_rate)
         loss, acc = head.evaluate(f_train, train.labels, verbose=0)
@@ -380,8 +386,7 @@ def _fit_pixels(job: Job):
     x_train = train.images.reshape(len(train), -1)
     mean, var = heads.standardization(x_train)
     n_classes = len(train.class_names)
-    z = (x_train - mean) / np.sqrt(var + models.VARIANCE_FLOOR)
-    weights, bias = heads.fit_logistic(z, train.labels, n_classes, cross_validate=True)
+    weights, bias, *_ = _probe(x_train, train.labels, n_classes)
     head = models.build_head(x_train.shape[1], n_classes, (), 0.0, mean, var)
     head.get_layer("head_out").set_weights([weights, bias])
     inputs = keras.Input(train.images.shape[1:], name="image")

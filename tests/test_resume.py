@@ -1,40 +1,26 @@
 """A pretraining killed with SIGKILL and started again continues from its last finished epoch."""
 
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import pandas as pd
 import pytest
-from conftest import make_labeled_dir
+from conftest import cli_command, kill_after_epochs, make_labeled_dir
 
 
 def _command(data, out, results):
-    return [sys.executable, "-c", "from cli import main; main()", "pretrain", "--data", str(data), "--out", str(out),
-            "--objective", "autoencoder", "--epochs", "60", "--image-size", "8", "--filters", "4,8",
-            "--batch-size", "4", "--results", str(results)]
+    return cli_command("pretrain", "--data", data, "--out", out, "--objective", "autoencoder", "--epochs", "60",
+                       "--image-size", "8", "--filters", "4,8", "--batch-size", "4", "--results", results)
 
 
 @pytest.mark.slow
 def test_sigkill_then_same_command_resumes_with_each_epoch_once(tmp_path):
     make_labeled_dir(tmp_path / "d", per_class=30)
     out, results = tmp_path / "enc", tmp_path / "r.csv"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen(_command(tmp_path / "d", out, results), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-    history = tmp_path / "enc.partial" / "history.csv"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        if history.exists() and history.read_text().count("\n") >= 4:  # header + 3 epochs
-            break
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    logged = kill_after_epochs(_command(tmp_path / "d", out, results), tmp_path / "enc.partial" / "history.csv", 3)
     assert not out.exists(), "a killed run must not look complete"
-    logged = history.read_text().count("\n") - 1
     assert 3 <= logged < 60
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
 
     again = subprocess.run(_command(tmp_path / "d", out, results), capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr

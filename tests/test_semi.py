@@ -2,17 +2,14 @@
 
 import json
 import os
-import signal
 import subprocess
-import sys
-import time
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import make_labeled_dir
+from conftest import cli_command, kill_after_epochs, make_labeled_dir
 
 from cli import main
 from transfer import augment, methods, semi
@@ -152,27 +149,19 @@ def test_pretrained_semi_keeps_bottom_blocks_and_reports_leakage(folders, tmp_pa
 
 
 def _semi_command(data, out, results):
-    return [sys.executable, "-c", "from cli import main; main()", "fine-tune", "--data", str(data),
-            "--encoder", "random", "--freeze", "none", "--unlabeled", str(data), "--steps", "3000",
-            "--labels-per-class", "3", "--image-size", "8", "--filters", "4,8", "--batch-size", "4", "--mu", "1",
-            "--out", str(out), "--results", str(results)]
+    return cli_command("fine-tune", "--data", data, "--encoder", "random", "--freeze", "none", "--unlabeled", data,
+                       "--steps", "3000", "--labels-per-class", "3", "--image-size", "8", "--filters", "4,8",
+                       "--batch-size", "4", "--mu", "1", "--out", out, "--results", results)
 
 
 @pytest.mark.slow
 def test_semi_resumes_after_sigkill(tmp_path):
     make_labeled_dir(tmp_path / "d", per_class=10, classes=("h", "v", "d"))
     out, results = tmp_path / "ft", tmp_path / "r.csv"
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    proc = subprocess.Popen(_semi_command(tmp_path / "d", out, results), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, env=env)
-    history = tmp_path / "ft.partial" / "history-semi.csv"
-    deadline = time.time() + 180
-    while time.time() < deadline and not (history.exists() and history.read_text().count("\n") >= 3):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    logged = history.read_text().count("\n") - 1
+    logged = kill_after_epochs(_semi_command(tmp_path / "d", out, results),
+                               tmp_path / "ft.partial" / "history-semi.csv", 2)
     assert 2 <= logged < 30 and not out.exists()
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
     again = subprocess.run(_semi_command(tmp_path / "d", out, results), capture_output=True, text=True, env=env)
     assert again.returncode == 0, again.stdout + again.stderr
     restored = int(again.stdout.split("continuing after epoch ")[1].split()[0])

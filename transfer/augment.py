@@ -19,8 +19,6 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-from transfer.config import AUGMENT_POLICIES as POLICIES  # noqa: F401 (the names, without Keras)
-
 
 def build(policy: str, strength: float = 1.0, name: str = "augment") -> keras.Sequential | None:
     """The augmentation of `policy` (None for "none"); `strength` scales every range."""

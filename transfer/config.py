@@ -118,7 +118,7 @@ class FineTuneConfig(RunConfig):
     epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
-    augment: str = "label-preserving"  # see transfer.augment.POLICIES
+    augment: str = "label-preserving"  # see AUGMENT_POLICIES and transfer.augment
     unlabeled: str | None = None  # a pool of unlabeled images: semi-supervised fine-tuning (FixMatch)
     mu: int = 7  # unlabeled images per labeled image in a step
     threshold: float = 0.95  # pseudo-label confidence

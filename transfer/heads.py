@@ -46,23 +46,3 @@ def _softmax_form(coef, bias):
     if coef.shape[0] == 1:  # two classes: one row; the softmax equivalent splits it symmetrically
         coef, bias = np.vstack([-coef / 2, coef / 2]), np.array([-bias[0] / 2, bias[0] / 2])
     return coef.T.astype("float32"), bias.astype("float32")
-
-
-def fit_logistic(z: np.ndarray, labels: np.ndarray, num_classes: int, cross_validate: bool = False):
-    """Softmax weights (D, K) and bias (K,) for standardized inputs z.
-
-    Args:
-        cross_validate: choose the L2 strength by stratified k-fold CV on (z,
-            labels) instead of using PROBE_C (needs >= 2 examples per class).
-    """
-    from sklearn.linear_model import LogisticRegression, LogisticRegressionCV
-
-    folds = int(np.bincount(labels, minlength=num_classes).min())
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # scikit-learn announces future defaults loudly
-        if cross_validate and folds >= 2:
-            clf = LogisticRegressionCV(Cs=CS, cv=min(folds, 5), max_iter=3000)
-        else:
-            clf = LogisticRegression(C=PROBE_C, max_iter=3000)
-        clf.fit(z, labels)
-    return _softmax_form(clf.coef_, clf.intercept_)
