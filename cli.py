@@ -216,13 +216,26 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
+class Console:
+    """The pipelines' `log`: lines through click.echo; `terminal` (stdout is a TTY) asks long
+    steps for Keras's progress bar instead of plain lines (see transfer.progress)."""
+
+    def __init__(self):
+        import sys
+
+        self.terminal = sys.stdout.isatty()
+
+    def __call__(self, message: str) -> None:
+        click.echo(message)
+
+
 def _run(pipeline, cls, params: dict):
     """Build the config and run. Bad input: one line, exit code 2. A lost worker: one line,
     exit code 1. Anything else: one line, exit code 1, the traceback saved to a log file
     (in the run's staging directory when there is one) that the line names."""
     try:
         cfg = cls(**params)
-        return pipeline.run(cfg, log=click.echo)
+        return pipeline.run(cfg, log=Console())
     except RunComplete as exc:
         click.echo(str(exc))
         return None

@@ -35,6 +35,7 @@ from pipelines import compare, fine_tune, pretrain
 from transfer import artifacts, methods, results
 from transfer.config import CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, read_toml
 from transfer.errors import TransferError
+from transfer.progress import Progress
 
 KEYS = {"name", "description", "results", "runs", "seeds", "labels_per_class", "methods", "pretrain", "fine_tune"}
 
@@ -84,7 +85,7 @@ def run(cfg: ExperimentConfig, log=print):
         encoders[objective] = _pretrained(objective, runs, pre, results_path, name, cfg.dry_run, log)
     jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
     log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")
-    grid_start = time.perf_counter()
+    progress = Progress(log, len(todo), "  run", every=1, bar=False)
     for i, (label, fcfg) in enumerate(todo, start=1):
         if cfg.dry_run:
             log(f"  would run {label} labels/class={fcfg.labels_per_class or 'all'} seed={fcfg.seed}")
@@ -92,17 +93,12 @@ def run(cfg: ExperimentConfig, log=print):
         keras.backend.clear_session()
         t = time.perf_counter()
         row = fine_tune.run(fcfg, log=lambda m: None)
-        log(f"  ({i}/{len(todo)}) {label:<22} labels/class={str(fcfg.labels_per_class or 'all'):<4} "
-            f"seed={fcfg.seed} test accuracy {row['test_accuracy']:.3f} ({time.perf_counter() - t:.1f}s"
-            f"{_eta(grid_start, i, len(todo))})")
+        progress.update(i, note=f" {label:<22} labels/class={str(fcfg.labels_per_class or 'all'):<4} "
+                                f"seed={fcfg.seed} test accuracy {row['test_accuracy']:.3f} in "
+                                f"{time.perf_counter() - t:.1f}s")
     if cfg.dry_run or not Path(results_path).is_file():
         return None
     return compare.run(CompareConfig(results=results_path), log=log)
-
-
-def _eta(start: float, done: int, total: int) -> str:
-    """', ETA Ns' for the rest of the grid at the mean pace so far ('' when done)."""
-    return f", ETA {(time.perf_counter() - start) / done * (total - done):.0f}s" if done < total else ""
 
 
 def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: str, dry_run: bool, log) -> str:

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import artifacts, augment, data, distribute, heads, methods, models, semi, stream, training
+from transfer import artifacts, augment, data, distribute, heads, layers, methods, models, semi, stream, training
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
@@ -24,6 +24,7 @@ def _resolve_encoder(cfg: FineTuneConfig):
     if cfg.encoder == "random":
         return None, None, cfg.image_size, cfg.channels, encoder_blocks(cfg)
     encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
+    layers.adopt(encoder)  # fused BatchNormalization when its top blocks or everything train
     pre = manifest["preprocessing"]
     if cfg.channels is not None and cfg.channels != pre["channels"]:
         raise TransferError(

@@ -13,6 +13,7 @@ from pipelines.common import report_skipped
 from transfer import artifacts, stream
 from transfer.config import PredictConfig
 from transfer.errors import TransferError
+from transfer.progress import Progress
 
 
 def run(cfg: PredictConfig, log=print) -> Path:
@@ -36,11 +37,13 @@ def run(cfg: PredictConfig, log=print) -> Path:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "predicted", *[f"prob_{c}" for c in classes]])
             batches = stream.records(source, np.arange(len(source)), size).batch(cfg.batch_size)
+            progress = Progress(log, len(source), "predicted", unit="image")
             for positions, images, _ in batches.as_numpy_iterator():
                 for i, p in zip(positions, np.asarray(model.predict_on_batch(images))):
                     writer.writerow([source.name(int(i)), classes[int(np.argmax(p))],
                                      *[f"{v:.6f}" for v in p]])
                     written += 1
+                progress.update(int(positions[-1]) + 1)
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

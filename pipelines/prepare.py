@@ -15,6 +15,7 @@ from pipelines.common import report_skipped
 from transfer import artifacts, builtins, data, listing, prepared, stream
 from transfer.config import PrepareConfig
 from transfer.errors import TransferError
+from transfer.progress import Progress
 
 
 def run(cfg: PrepareConfig, log=print) -> dict:
@@ -32,7 +33,7 @@ def run(cfg: PrepareConfig, log=print) -> dict:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        info = _write(source, staging, cfg.image_size)
+        info = _write(source, staging, cfg.image_size, log)
         staging.rename(out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -44,12 +45,13 @@ def run(cfg: PrepareConfig, log=print) -> dict:
     return info
 
 
-def _write(source: listing.Listing, staging: Path, image_size: int) -> dict:
+def _write(source: listing.Listing, staging: Path, image_size: int, log) -> dict:
     """The shards, index.npz and prepared.json of `source` in `staging`."""
     n_shards = max(1, math.ceil(len(source) / prepared.SHARD_IMAGES))
     shards = [f"shard-{k:05d}-of-{n_shards:05d}.tfrecord" for k in range(n_shards)]
     written = np.zeros(len(source), dtype=bool)
     writers = [tf.io.TFRecordWriter(str(staging / name)) for name in shards]
+    progress = Progress(log, len(source), "prepared", unit="image", every=max(1, min(len(source) // 5, 10_000)))
     try:
         for i, image, _ in stream.records(source, np.arange(len(source)), image_size).as_numpy_iterator():
             feature = {
@@ -59,6 +61,7 @@ def _write(source: listing.Listing, staging: Path, image_size: int) -> dict:
             writers[int(i) * n_shards // len(source)].write(
                 tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
             written[i] = True
+            progress.update(int(i) + 1)
     finally:
         for w in writers:
             w.close()

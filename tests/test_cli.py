@@ -309,7 +309,7 @@ mu = 1
 ''')
     result = invoke("experiment", "exp.toml")
     assert result.exit_code == 0, result.output
-    assert "(1/10)" in result.output and ", ETA " in result.output and "(10/10)" in result.output
+    assert "run 1/10 " in result.output and ", ETA " in result.output and "run 10/10 " in result.output
     df = pd.read_csv(tmp_path / "experiments" / "tiny.csv")
     ft_rows = df[df["command"] == "fine-tune"]
     assert len(ft_rows) == 10 and (df["experiment"] == "tiny").all()
@@ -335,7 +335,7 @@ def test_experiment_file_errors(tmp_path):
 
 def test_divergence_stops_the_run_and_marks_it_failed(workspace, tmp_path):
     result = ft(workspace, "--data", workspace / "labeled", "--encoder", "random", "--freeze", "none",
-                "--learning-rate", "1e30", "--epochs", "3", "--labels-per-class", "3", "--out", tmp_path / "run",
+                "--learning-rate", "1e38", "--epochs", "3", "--labels-per-class", "3", "--out", tmp_path / "run",
                 "--results", tmp_path / "r.csv")
     assert_user_error(result, "training diverged")
     df = pd.read_csv(tmp_path / "r.csv")

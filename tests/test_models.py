@@ -119,3 +119,50 @@ def test_recalibrate_batchnorm_moves_statistics_toward_data():
     np.testing.assert_allclose(
         np.array(enc.get_layer("block1_bn1").moving_mean), conv_out.mean(axis=(0, 1, 2)), rtol=0.05, atol=0.05
     )
+
+
+def test_fused_batchnorm_matches_the_builtin_layer():
+    """Outputs, gradients (input, gamma, beta) and moving statistics equal Keras's own layer."""
+    import tensorflow as tf
+
+    from transfer import layers
+
+    x = tf.constant(np.random.default_rng(0).normal(2.0, 3.0, (8, 5, 5, 3)).astype("float32"))
+    builtin, fused = keras.layers.BatchNormalization(momentum=0.8), layers.BatchNormalization(momentum=0.8)
+    for layer in (builtin, fused):
+        layer.build(x.shape)
+        layer.gamma.assign([0.5, 1.0, 2.0])
+        layer.beta.assign([0.1, -0.2, 0.3])
+    results = []
+    for layer in (builtin, fused):
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x, training=True)
+            loss = tf.reduce_sum(y * tf.range(3, dtype=tf.float32) + y**2)
+        grads = tape.gradient(loss, [x, layer.gamma, layer.beta])
+        results.append([np.array(y), *map(np.array, grads), np.array(layer.moving_mean),
+                        np.array(layer.moving_variance), np.array(layer(x, training=False))])
+    for ours, theirs in zip(results[1], results[0]):
+        np.testing.assert_allclose(ours, theirs, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(results[1][4], 0.0)  # the moving mean did move
+
+
+def test_fused_batchnorm_saves_as_the_builtin_and_is_adopted_after_loading(tmp_path):
+    import json
+    import zipfile
+
+    from transfer import layers
+
+    enc = models.build_encoder((8, 8, 1), [Block(4, 3)], "custom")
+    bns = [layer for layer in enc.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert bns and all(type(b) is layers.BatchNormalization for b in bns)
+    bns[0].moving_mean.assign(np.arange(4, dtype="float32"))
+    enc.save(tmp_path / "e.keras")
+    config = json.loads(zipfile.ZipFile(tmp_path / "e.keras").read("config.json"))
+    saved = [(layer["module"], layer["class_name"]) for layer in config["config"]["layers"]]
+    assert ("keras.layers", "BatchNormalization") in saved and all(m == "keras.layers" for m, _ in saved)
+    loaded = keras.models.load_model(tmp_path / "e.keras", safe_mode=True)  # plain Keras: the built-in
+    bn = loaded.get_layer(bns[0].name)
+    assert type(bn) is keras.layers.BatchNormalization
+    assert layers.adopt(loaded) == 1 and type(bn) is layers.BatchNormalization
+    np.testing.assert_array_equal(np.array(bn.moving_mean), np.arange(4))

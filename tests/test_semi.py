@@ -77,6 +77,34 @@ def test_augment_policies_keep_shape_and_range_and_none_is_none():
     assert "RandomErasing" in {type(l).__name__ for l in strong.layers}  # the cutout
 
 
+def test_affine_warp_turns_shifts_and_zooms_exactly():
+    """The one-warp geometry against NumPy: a quarter turn is rot90, a shift by one pixel
+    moves every pixel by one (zeros come in), a zoom by 2 shows the centre twice as large."""
+    x = np.random.default_rng(0).random((1, 6, 6, 1)).astype("float32")
+    one = np.ones(1, "float32")
+    turned = np.array(augment.affine(x, one * np.pi / 2, one, np.zeros((1, 2), "float32")))
+    assert any(np.allclose(turned[0, :, :, 0], np.rot90(x[0, :, :, 0], k), atol=1e-5) for k in (1, 3))
+    shifted = np.array(augment.affine(x, 0 * one, one, np.array([[1 / 6, 0.0]], "float32")))
+    np.testing.assert_allclose(shifted[0, :, 1:, 0], x[0, :, :-1, 0], atol=1e-5)
+    np.testing.assert_allclose(shifted[0, :, 0, 0], 0.0)
+    grid = np.zeros((1, 5, 5, 1), "float32")
+    grid[0, 2, 2, 0] = 1.0  # the centre pixel
+    zoomed = np.array(augment.affine(grid, 0 * one, one * 0.5, np.zeros((1, 2), "float32")))
+    np.testing.assert_allclose(zoomed[0, 1:4, 1:4, 0], [[0.25, 0.5, 0.25], [0.5, 1, 0.5], [0.25, 0.5, 0.25]], atol=1e-5)
+
+
+def test_random_affine_draws_within_its_ranges_and_passes_images_at_inference():
+    x = np.random.default_rng(1).random((64, 9, 9, 1)).astype("float32")
+    layer = augment.RandomAffine(0.0, 0.0, (0.0, 0.0), seed=1)
+    np.testing.assert_allclose(np.array(layer(x, training=True)), x, atol=1e-5)  # empty ranges: identity
+    layer = augment.RandomAffine(0.5, 0.2, (-0.3, 0.3), seed=1)
+    np.testing.assert_array_equal(np.array(layer(x, training=False)), x)
+    y = np.array(layer(x, training=True))
+    assert y.shape == x.shape and not np.allclose(y, x) and y.min() >= -1e-6 and y.max() <= 1 + 1e-6
+    differs = [not np.allclose(y[i], y[0]) for i in range(1, 64)]
+    assert all(differs)  # drawn per image
+
+
 def test_method_names_carry_semi():
     assert methods.name(None, "random", "none", semi=True) == "scratch-semi"
     assert methods.name("contrastive", "runs/c", "all", 1, semi=True) == "contrastive-top1-semi"

@@ -11,6 +11,7 @@ import keras
 from keras import layers
 
 from transfer.architectures import READOUTS, Block, block_shapes
+from transfer.layers import BatchNormalization
 from transfer.errors import TransferError
 
 BN_MOMENTUM = 0.9  # 0.99 needs thousands of steps to settle; few-label runs take hundreds
@@ -31,7 +32,7 @@ def conv_block(x, block: Block, name: str):
             name=f"{name}_conv{j}",
         )(x)
         if block.batch_norm:
-            x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{j}")(x)
+            x = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn{j}")(x)
         if not (block.residual and j == block.convs):
             x = layers.Activation(block.activation, name=f"{name}_act{j}")(x)
     if block.residual:
@@ -41,7 +42,7 @@ def conv_block(x, block: Block, name: str):
                 name=f"{name}_proj",
             )(shortcut)
             if block.batch_norm:
-                shortcut = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
+                shortcut = BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_proj_bn")(shortcut)
             if shortcut.shape[1:] != x.shape[1:]:
                 raise TransferError(f"{name}: a residual block needs padding='same'")
         x = layers.Add(name=f"{name}_add")([x, shortcut])
@@ -91,7 +92,7 @@ def build_decoder(encoder: keras.Model, blocks: list[Block], channels: int) -> k
         x = layers.Conv2DTranspose(
             width, 3, strides=factor, padding="same", use_bias=False, name=f"up{i}_deconv"
         )(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
+        x = BatchNormalization(momentum=BN_MOMENTUM, name=f"up{i}_bn")(x)
         x = layers.Activation("relu", name=f"up{i}_act")(x)
     if x.shape[1] != height:
         x = layers.Resizing(height, height, interpolation="bilinear", name="resize")(x)

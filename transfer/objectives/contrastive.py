@@ -18,7 +18,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers, ops
 
-from transfer import distribute, models
+from transfer import augment, distribute, models
+from transfer.layers import BatchNormalization
 from transfer.objectives.base import Options, Report
 
 NAME = "contrastive"
@@ -30,12 +31,11 @@ WARMUP = 0.1  # fraction of the steps with a linearly rising learning rate
 
 
 def build_augment(channels: int, strength: float = 1.0) -> keras.Sequential:
-    """The random view generator (only built-in layers)."""
+    """The random view generator (Keras preprocessing layers and the one-warp `augment.RandomAffine`)."""
     return keras.Sequential(
         [
-            layers.RandomZoom((-0.5 * strength, 0.1 * strength), fill_mode="constant"),  # resized crops
-            layers.RandomTranslation(0.15 * strength, 0.15 * strength, fill_mode="constant"),
-            layers.RandomRotation(0.04 * strength, fill_mode="constant"),
+            # resized crops (zoom in to half the side), shifts and small rotations, as one warp
+            augment.RandomAffine(0.04 * strength, 0.15 * strength, (-0.5 * strength, 0.1 * strength)),
             layers.RandomContrast(min(0.6 * strength, 0.9)),
             layers.RandomBrightness(0.3 * strength, value_range=(0.0, 1.0)),
             layers.GaussianNoise(0.05 * strength),
@@ -79,7 +79,7 @@ class SimCLR(keras.Model):
         self.encoder, self.augment, self.temperature = encoder, augment, temperature
         self.pool = layers.GlobalAveragePooling2D()
         self.projector = keras.Sequential(
-            [layers.Dense(projection[0], use_bias=False), layers.BatchNormalization(), layers.Activation("relu"),
+            [layers.Dense(projection[0], use_bias=False), BatchNormalization(), layers.Activation("relu"),
              layers.Dense(projection[1])], name="projector"
         )
         self.loss_tracker = keras.metrics.Mean(name="loss")

@@ -31,6 +31,7 @@ import tensorflow as tf
 from keras import layers
 
 from transfer import distribute, models, visualize
+from transfer.layers import BatchNormalization
 from transfer.objectives.base import Options, Report
 
 NAME = "gan"
@@ -52,13 +53,13 @@ def build_generator(encoder, channels: int, latent: int = LATENT) -> keras.Model
     width = min(256, 32 * 2**steps)
     z = keras.Input((latent,), name="noise")
     x = layers.Dense(start * start * width, use_bias=False, name="project")(z)
-    x = layers.BatchNormalization(momentum=models.BN_MOMENTUM, name="project_bn")(x)
+    x = BatchNormalization(momentum=models.BN_MOMENTUM, name="project_bn")(x)
     x = layers.Activation("relu", name="project_act")(x)
     x = layers.Reshape((start, start, width), name="to_maps")(x)
     for i in range(1, steps + 1):
         width = max(width // 2, 32)
         x = layers.Conv2DTranspose(width, 4, strides=2, padding="same", use_bias=False, name=f"g{i}_deconv")(x)
-        x = layers.BatchNormalization(momentum=models.BN_MOMENTUM, name=f"g{i}_bn")(x)
+        x = BatchNormalization(momentum=models.BN_MOMENTUM, name=f"g{i}_bn")(x)
         x = layers.Activation("relu", name=f"g{i}_act")(x)
     if x.shape[1] != size:
         x = layers.Resizing(size, size, interpolation="bilinear", name="resize")(x)
