@@ -58,7 +58,8 @@ def run(cfg: DemoConfig, log=print):
     log(f"[3/3] comparing ({table_path})")
     table = compare.run(CompareConfig(results=str(table_path)), log=log)
     timings["compare"] = time.perf_counter() - t
-    log("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()))
+    log("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items())
+        + f" (total {sum(timings.values()):.0f}s)")
     return table, timings
 
 
