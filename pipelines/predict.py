@@ -44,6 +44,7 @@ def run(cfg: PredictConfig, log=print) -> Path:
                                      *[f"{v:.6f}" for v in p]])
                     written += 1
                 progress.update(int(positions[-1]) + 1)
+            progress.update(len(source))
         os.replace(tmp, out)
     finally:
         tmp.unlink(missing_ok=True)

@@ -62,6 +62,7 @@ def _write(source: listing.Listing, staging: Path, image_size: int, log) -> dict
                 tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
             written[i] = True
             progress.update(int(i) + 1)
+        progress.update(len(source))  # the last line, when the last files failed to decode
     finally:
         for w in writers:
             w.close()

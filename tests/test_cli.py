@@ -127,6 +127,7 @@ def test_predict_writes_one_row_per_image(workspace, tmp_path):
     out = tmp_path / "pred.csv"
     result = invoke("predict", "--model", model, "--data", workspace / "labeled" / "h", "--out", out)
     assert result.exit_code == 0, result.output
+    assert "predicted 10/10 (" in result.output  # progress
     df = pd.read_csv(out)
     assert len(df) == 10 and list(df.columns) == ["path", "predicted", "prob_d", "prob_h", "prob_v"]
     np.testing.assert_allclose(df[["prob_d", "prob_h", "prob_v"]].sum(axis=1), 1.0, atol=1e-4)

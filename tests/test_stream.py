@@ -75,6 +75,7 @@ def test_prepare_round_trip_and_errors(mixed_dir, tmp_path):
     out = tmp_path / "prep"
     result = invoke("prepare", mixed_dir, "--out", out, "--image-size", "12", "--labeled")
     assert result.exit_code == 0, result.output
+    assert result.output.count("prepared 15/15 (") == 1  # progress, its last line once
     info = json.loads((out / "prepared.json").read_text())
     assert info["images"] == 14 and info["skipped"] == 1 and info["class_names"] == ["a", "b"]
     prepared = stream.open_source(str(out), True, 12)

@@ -50,8 +50,8 @@ class Progress:
         if self._bar is not None:
             self._bar.update(done - self.start, values=list(values.items()), finalize=done >= self.total)
             return
-        if done // self.every == self._shown // self.every and done < self.total:
-            return  # a line when a multiple of `every` is reached or passed, and at the end
+        if done <= self._shown or (done // self.every == self._shown // self.every and done < self.total):
+            return  # a line when a multiple of `every` is reached or passed, and at the end (once)
         self._shown = done
         elapsed = now - self._began
         since, at = self._first
