@@ -310,6 +310,9 @@ main.help += ", ".join(builtins.names()) + "."
 @opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")
 @opt(PretrainConfig, "plots/--no-plots", "plots",
      help="Write the preview PNG (reconstructions, views or samples) and the visualize/ report.")
+@opt(PretrainConfig, "probe-data", metavar="LABELED",
+     help="Labeled images to watch the features with while pretraining: a k-NN probe's accuracy every few "
+          "epochs (column probe_knn; images outside the source's test split; nothing is trained on them).")
 @opt(PretrainConfig, "strategy", type=click.Choice(STRATEGIES),
      help="tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines "
           "listed in TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several "

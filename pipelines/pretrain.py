@@ -5,10 +5,15 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+import numpy as np
+
 from pipelines import visualize
 from pipelines.common import Run, encoder_blocks, holdout_split, report_skipped, save_preview
-from transfer import artifacts, models, objectives, stream, training
-from transfer.config import PretrainConfig
+from transfer import artifacts, data, models, objectives, probe, stream, training
+from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
+from transfer.errors import TransferError
+
+PROBE_IMAGES = 1000  # labeled images the online probe watches, at most
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
@@ -35,15 +40,19 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             batch = min(cfg.batch_size, train.count)
             options = objectives.Options(learning_rate, batch, cfg.seed, cfg.epochs * -(-train.count // batch))
             model = objective.build(encoder, blocks, train.shape, options)
+            watch = _online_probe(cfg, encoder, source.channels, log)
             fit_start = time.perf_counter()
             training.fit(model, train.batches(options.batch_size, True, cfg.seed), None, epochs=cfg.epochs,
                          batch_size=None, history_path=run.staging / "history.csv",
                          backup_dir=run.backup_dir("backup"), log=log, log_prefix="pretrain ",
                          validation_data=(stream.in_memory(val_images).batches(options.batch_size, False)
                                           if objective.VALIDATES and len(val_images) > 1 else None),
-                         extra_callbacks=objective.callbacks(model, run.staging), jit_compile=cfg.xla)
+                         extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])],
+                         jit_compile=cfg.xla)
             fit_seconds = time.perf_counter() - fit_start
             report = objective.report(model, train, val_images)
+            if watch is not None:
+                report.metrics["probe_knn"] = watch.last
         report_skipped(source.failed, log, "while streaming")
         for w in report.warnings:
             log(f"warning: {w}")
@@ -57,6 +66,30 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
+
+
+def _online_probe(cfg, encoder, channels: int, log):
+    """The --probe-data callback: up to PROBE_IMAGES labeled images from outside the labeled
+    source's test split (checked before training starts), or None."""
+    if not cfg.probe_data:
+        return None
+    labeled = stream.open_source(cfg.probe_data, True, cfg.image_size, channels)
+    data.check_classes(labeled, cfg.probe_data)
+    if labeled.test_mask is not None:
+        pool = np.flatnonzero(~labeled.test_mask)
+    else:
+        pool = data.split_test(labeled.labels, labeled.ids, DEFAULT_TEST_FRACTION)[0]
+    n_classes = len(labeled.class_names)
+    per_class = min(max(2, PROBE_IMAGES // n_classes), int(np.bincount(labeled.labels[pool], minlength=n_classes).min()))
+    if per_class < 2:
+        raise TransferError(f"--probe-data {cfg.probe_data}: every class needs at least 2 labeled images outside "
+                            "its test split")
+    chosen = stream.load(labeled, data.sample_per_class(labeled.labels, pool, per_class, cfg.seed,
+                                                        labeled.class_names), cfg.image_size)
+    watch = probe.OnlineProbe(encoder, chosen.images, chosen.labels, n_classes, cfg.epochs, cfg.seed)
+    log(f"online probe: k-NN accuracy on {len(chosen)} labeled images of {cfg.probe_data} (half reference, half "
+        f"scored; outside its test split) every {watch.every} epoch(s), column probe_knn")
+    return watch
 
 
 def _write_extras(cfg, run: Run, encoder, source, val_images, report) -> None:
@@ -75,7 +108,7 @@ def _row_fields(cfg, metrics: dict, source, n_train: int, fit_seconds: float) ->
     flops = metrics.get("train_flops_per_image")
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
             "batch_size": cfg.batch_size, "skipped_files": len(source.skipped) + len(source.failed),
-            **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse")},
+            **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse", "probe_knn")},
             "images_per_second": round(images_per_second, 1), "train_flops_per_image": flops,
             "gflops_per_second": float(f"{flops * images_per_second / 1e9:.3g}") if flops else None}
 

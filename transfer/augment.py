@@ -39,7 +39,9 @@ class RandomAffine(layers.Layer):
         super().__init__(**kwargs)
         self.rotation, self.translation, self.zoom, self.fill_mode = rotation, translation, tuple(zoom), fill_mode
         self.seed_generator = keras.random.SeedGenerator(seed)
-        self.supports_masking = False
+        # The warp (ImageProjectiveTransformV3) has no XLA kernel: like Keras's own RandomRotation,
+        # a model holding this layer runs its step without XLA (Keras warns and turns jit_compile off).
+        self.supports_jit = False
 
     def call(self, images, training=True):
         if not training:

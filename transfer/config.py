@@ -90,6 +90,7 @@ class PretrainConfig(RunConfig):
     batch_size: int = 256
     learning_rate: float | None = None  # None: the objective's own (transfer.objectives)
     plots: bool = True
+    probe_data: str | None = None  # labeled images watched by an online k-NN probe while pretraining
 
     def __post_init__(self):
         super().__post_init__()

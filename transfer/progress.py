@@ -14,6 +14,7 @@ import time
 from typing import Callable
 
 import keras
+import numpy as np
 
 
 class Progress:
@@ -62,11 +63,11 @@ class Progress:
 
 
 def _number(v) -> bool:
+    """A finite number (a NaN marks a value not computed this time, e.g. the online probe)."""
     try:
-        float(v)
+        return bool(np.isfinite(float(v)))
     except (TypeError, ValueError):
         return False
-    return True
 
 
 def _duration(seconds: float) -> str:

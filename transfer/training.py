@@ -178,7 +178,8 @@ def fit(
         distribute.prepare_model(model, distribute.local_batch(x, y))
         if backup_dir is not None and not distribute.cluster()["chief"]:
             write_dir = tempfile.mkdtemp(prefix="transfer-backup-")  # only the chief writes backup_dir
-    callbacks = [keras.callbacks.TerminateOnNaN()]
+    # Extra callbacks first: what they add to an epoch's logs (the online probe) is in its history row.
+    callbacks = [keras.callbacks.TerminateOnNaN(), *extra_callbacks]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
     if backup_dir is not None:
@@ -187,7 +188,6 @@ def fit(
                                               double_checkpoint=True))
     if log is not None:
         callbacks.append(EpochLog(log, epochs, log_prefix))
-    callbacks.extend(extra_callbacks)
     if not distribute.is_multiworker(strategy):
         x, y, batch_size, steps_per_epoch = one_iterator(x, y, batch_size, steps_per_epoch)
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
