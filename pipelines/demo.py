@@ -11,6 +11,7 @@ import keras
 from pipelines import compare, fine_tune, pretrain
 from transfer import methods
 from transfer.config import CompareConfig, DemoConfig, FineTuneConfig, PretrainConfig
+from transfer.progress import Progress
 
 BASELINES = ("random-frozen", "scratch")  # beside the pretrained encoder's default recipe
 
@@ -35,9 +36,10 @@ def run(cfg: DemoConfig, log=print):
     variants = [("pretrained", {"encoder": str(out / "encoder")}),
                 *((name, methods.parse(name).settings) for name in BASELINES)]
     total = len(variants) * len(cfg.labels_per_class) * len(cfg.seeds)
-    done = 0
     log(f"[2/3] {total} fine-tunes: pretrained (default recipe), random-frozen, scratch x "
         f"labels per class {list(cfg.labels_per_class)} x seeds {list(cfg.seeds)}")
+    progress = Progress(log, total, "  run", every=1, bar=False)
+    done = 0
     for budget in cfg.labels_per_class:
         for seed in cfg.seeds:
             for short, settings in variants:
@@ -50,8 +52,8 @@ def run(cfg: DemoConfig, log=print):
                                    out=str(out / "fine-tune" / f"{budget}-{seed}-{short}")),
                     log=lambda _msg: None,
                 )
-                log(f"  ({done}/{total}) {row['method']:<20} labels/class={budget:<3} seed={seed} "
-                    f"test accuracy {row['test_accuracy']:.3f} ({row['seconds']:.1f}s)")
+                progress.update(done, note=f" {row['method']:<21} labels/class={budget:<3} seed={seed} "
+                                           f"test accuracy {row['test_accuracy']:.3f} in {row['seconds']:.1f}s")
     timings["fine-tune"] = time.perf_counter() - t
 
     t = time.perf_counter()

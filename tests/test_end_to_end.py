@@ -28,4 +28,5 @@ def test_demo_on_digits_runs_every_method_and_prints_the_table(tmp_path):
     assert (ft["test_in_pretraining"].dropna() == 0).all()  # the test split never reached pretraining
     for method in ("contrastive-finetuned", "random-frozen", "scratch"):
         assert method in result.output
-    assert "time: pretrain" in result.output
+    assert "time: pretrain" in result.output and "(total " in result.output
+    assert "run 1/6 " in result.output and ", ETA " in result.output and "run 6/6 " in result.output
