@@ -21,7 +21,7 @@ from keras import ops
 from transfer import distribute, stream
 from transfer.listing import Listing
 
-STEPS_PER_EPOCH = 100  # a backup, a history row and a progress line every 100 steps
+STEPS_PER_EPOCH = 100  # a history row (and a chance to back up, see training.fit) every 100 steps
 
 
 class FixMatch(keras.Model):

@@ -61,12 +61,12 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         super().__init__(backup_dir, **kwargs)
         self.write_dir, self.log = write_dir, log
         self.interval = BACKUP_SECONDS if interval is None else interval
+        self.every_epoch = distribute.is_multiworker(distribute.current())  # all workers decide alike
         self._saved_at = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch, self._last_batch_seen = epoch + 1, 0
-        every_epoch = distribute.is_multiworker(distribute.current())
-        if every_epoch or time.monotonic() - self._saved_at >= self.interval:
+        if self.every_epoch or time.monotonic() - self._saved_at >= self.interval:
             self._save_model()
             self._saved_at = time.monotonic()
 
@@ -165,9 +165,10 @@ def fit(
     """model.fit with a CSV history and progress lines; returns the History.
 
     x may be a `tf.data.Dataset` (then y and batch_size are None). With
-    `backup_dir`, training state is saved after every epoch and a fit started
-    again (after a crash or kill) continues from the last finished epoch; the
-    history then holds every epoch once. With several workers, `backup_dir` is
+    `backup_dir`, training state is saved at the end of an epoch once BACKUP_SECONDS
+    have passed since the last save (after every epoch with several workers), and a
+    fit started again (after a crash or kill) continues from the last saved epoch;
+    the history then holds every epoch once. With several workers, `backup_dir` is
     the chief's (see `SafeBackupAndRestore`).
     """
     strategy = distribute.current()
