@@ -242,12 +242,28 @@ def _run(pipeline, cls, params: dict):
     except TransferError as exc:
         raise UserError(str(exc)) from None
     except WorkerFailed as exc:
-        raise RunFailed(str(exc)) from None
+        _end_after_lost_peer(str(exc))
     except Exception as exc:  # a bug or an environment failure: never a traceback on the terminal
         log = _save_traceback(exc)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunFailed(f"{type(exc).__name__}{': ' + text[:300] if text else ''} "
                         f"(the full traceback is in {log})") from None
+
+
+def _end_after_lost_peer(message: str) -> None:
+    """Print the one line and end the process at once, exit code 1. TensorFlow cannot tear
+    down a cluster that lost a peer: at interpreter exit its destructors wait for the dead
+    worker (seen hanging indefinitely in garbage collection, after the message was printed),
+    so the process skips them. Everything the run wrote is already closed or flushed."""
+    import sys
+
+    click.echo(f"Error: {message}", err=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    _hard_exit(RunFailed.exit_code)
+
+
+_hard_exit = os._exit  # replaced in tests that run the CLI in-process
 
 
 def _save_traceback(exc: BaseException) -> str:

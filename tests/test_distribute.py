@@ -96,13 +96,61 @@ def test_a_worker_lost_mid_run_ends_the_job_with_a_message(tmp_path, images):
         time.sleep(0.5)
     time.sleep(3)
     procs[1].kill()
-    code = procs[0].wait(timeout=120)
+    try:
+        code = procs[0].wait(timeout=120)
+    except subprocess.TimeoutExpired:
+        procs[0].kill()
+        pytest.fail("worker 0 did not end:\n" + (tmp_path / "worker0.log").read_text()[-3000:])
     log = (tmp_path / "worker0.log").read_text()
     assert code == 1, log
     # Found by the lost heartbeat (usually) or by a collective's deadline, whichever comes first.
     assert ("Error: distributed training failed: worker 1 stopped responding" in log
             or "Error: distributed training failed: timed out waiting for a worker" in log), log
     assert not (tmp_path / "results.csv").exists() and not (tmp_path / "enc").exists()
+
+
+def test_a_lost_peer_prints_one_line_and_ends_the_process_at_once(tmp_path, images, monkeypatch):
+    # TensorFlow's teardown after a lost peer can wait forever for it (garbage collection at
+    # exit), so the CLI prints the line and ends the process without that teardown.
+    import cli
+    import pipelines.pretrain
+
+    def lost(cfg, log):
+        raise distribute.WorkerFailed("distributed training failed: worker 1 stopped responding")
+
+    exits = []
+
+    def hard_exit(code):
+        exits.append(code)
+        raise SystemExit(code)
+
+    monkeypatch.setattr(pipelines.pretrain, "run", lost)
+    monkeypatch.setattr(cli, "_hard_exit", hard_exit)
+    result = CliRunner().invoke(main, ["pretrain", "--data", str(images), "--out", str(tmp_path / "enc")])
+    assert exits == [1] and result.exit_code == 1
+    assert result.output.strip() == "Error: distributed training failed: worker 1 stopped responding"
+
+
+HEARTBEAT_LOST = """{{function_node __wrapped__CollectiveReduceV2_Nordering_token_1_device_/job:worker/replica:0/task:0/device:CPU:0}} Collective ops is aborted by: Error reported from /job:worker/task:1: The following tasks are unhealthy (stopped sending heartbeats):
+/job:worker/replica:0/task:1
+The tasks have crashed. Check the task logs for an earlier error. [Op:CollectiveReduceV2] on /job:worker/replica:0/task:0"""
+
+
+def test_a_lost_peer_is_named_from_tensorflows_message_and_never_this_worker(monkeypatch):
+    # TensorFlow's texts (TF 2.21) name this worker's own device too; only the listed peers are lost.
+    monkeypatch.setenv("TF_CONFIG", distribute.localhost_cluster(3)[0])
+    assert distribute.lost_peers(HEARTBEAT_LOST) == [("worker", "1")]
+    grpc = ("Graph execution error:\n\nDetected at node adam/CollectiveReduceV2 ...\nAdditional GRPC error "
+            "information from remote target /job:worker/replica:0/task:2 while calling /tensorflow.WorkerService/RecvBuf:")
+    assert distribute.lost_peers(grpc) == [("worker", "2")]
+    assert distribute.lost_peers("no task named") == []
+    monkeypatch.setenv("TF_CONFIG", distribute.localhost_cluster(3)[1])
+    assert distribute.lost_peers(HEARTBEAT_LOST) == []  # a worker never reports itself lost
+    import tensorflow as tf
+
+    monkeypatch.setenv("TF_CONFIG", distribute.localhost_cluster(3)[0])
+    line = distribute.describe(tf.errors.UnavailableError(None, None, HEARTBEAT_LOST))
+    assert line == "worker 1 stopped responding (crashed, killed or unreachable); the run was not saved"
 
 
 def test_cluster_roles_from_tf_config(monkeypatch):

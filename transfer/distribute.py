@@ -55,16 +55,36 @@ def __getattr__(name: str):
 
 def describe(exc: BaseException) -> str:
     """One line for a failed collective: which peer, and the cause."""
-    import re
-
     full, text = str(exc), _first_line(exc)
-    lost = sorted(set(re.findall(r"/job:(\w+)/replica:\d+/task:(\d+)", full.split("unhealthy", 1)[-1])))
     if "heartbeat" in full.lower() or "preempted" in full.lower() or isinstance(exc, _peer_errors()[0]):
-        who = ", ".join(f"{job} {task}" for job, task in lost) or "a worker"
+        who = ", ".join(f"{job} {task}" for job, task in lost_peers(full)) or "a worker"
         return f"{who} stopped responding (crashed, killed or unreachable); the run was not saved"
     if isinstance(exc, _peer_errors()[1]):
         return f"timed out waiting for a worker ({text[:200]})"
     return text[:300]
+
+
+def lost_peers(message: str) -> list[tuple[str, str]]:
+    """(job, task) of the peers a TensorFlow error names as lost: the task list after "The
+    following tasks are unhealthy", else the remote end of a failed call; never this task."""
+    import re
+
+    task = r"/job:(\w+)(?:/replica:\d+)?/task:(\d+)"
+    listed = re.search(r"unhealthy[^\n]*:\n((?:[ \t]*/job:\S+[ \t]*(?:\n|$))+)", message)
+    if listed:
+        found = re.findall(task, listed.group(1))
+    else:
+        found = re.findall(r"(?:remote target|reported from) " + task, message)
+    me = cluster()
+    here = ("chief" if me["chief"] and _has_chief_job() else "worker", str(me["index"]))
+    return sorted(set(found) - {here})
+
+
+def _has_chief_job() -> bool:
+    try:
+        return bool(json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {}).get("chief"))
+    except ValueError:
+        return False
 
 
 def cluster() -> dict:
