@@ -17,8 +17,10 @@ A method is a baseline (`pixels-logreg`, `random-frozen`, `random-top<K>`,
 the default recipe), or `<objective>-frozen|-top<K>|-finetuned`; with `-semi`
 (e.g. `scratch-semi`) it also learns from `unlabeled = SRC` of [fine_tune]
 (FixMatch), which the other methods ignore. Each objective
-is pretrained once and reused by all its fine-tunes. Paths are relative to the
-working directory. Re-running skips the runs whose rows are already in the
+is pretrained once (runs/pretrain-<objective>) and reused by all its fine-tunes
+(runs/fine-tune/<name>/...); experiments naming the same `runs` share its
+encoders and keep their fine-tunes apart. Paths are relative to the working
+directory. Re-running skips the runs whose rows are already in the
 table, and reuses finished pretrainings.
 """
 
@@ -133,6 +135,7 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
                                  **({"encoder": encoders[method.objective]} if method.objective else {})})
         label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
         if (label, str(budget or "all"), int(seed)) not in done:
-            out = runs / "fine-tune" / f"{label}-{budget or 'all'}-{seed}"
+            # Under the experiment's name: experiments sharing a runs directory share its encoders only.
+            out = runs / "fine-tune" / spec["name"] / f"{label}-{budget or 'all'}-{seed}"
             todo.append((label, dataclasses.replace(fcfg, out=str(out))))
     return len(jobs), todo

@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -322,6 +323,17 @@ mu = 1
     assert again.exit_code == 0 and "10 of 10 fine-tunes already in" in again.output
     assert "reusing the autoencoder encoder" in again.output
     assert len(pd.read_csv(tmp_path / "experiments" / "tiny.csv")) == len(df)
+    # A second experiment naming the same runs directory reuses its encoder; its fine-tunes stay apart.
+    spec = (tmp_path / "exp.toml").read_text().replace('name = "tiny"', 'name = "other"\nruns = "runs/tiny"')
+    (tmp_path / "other.toml").write_text(spec.replace("seeds = [0, 1]", "seeds = [0]").replace(
+        'methods = ["autoencoder", "random-frozen", "scratch", "pixels-logreg", "scratch-semi"]',
+        'methods = ["autoencoder"]'))
+    other = invoke("experiment", "other.toml")
+    assert other.exit_code == 0 and "reusing the autoencoder encoder" in other.output, other.output
+    row = pd.read_csv(tmp_path / "experiments" / "other.csv").iloc[0]
+    first = ft_rows[(ft_rows["method"] == "autoencoder-finetuned") & (ft_rows["seed"] == 0)].iloc[0]
+    assert Path(row["run_dir"]).parent.name == "other" and Path(first["run_dir"]).parent.name == "tiny"
+    assert Path(first["run_dir"], "manifest.json").is_file() and Path(row["run_dir"], "manifest.json").is_file()
 
 
 def test_experiment_file_errors(tmp_path):
