@@ -75,34 +75,30 @@ def lost_peers(message: str) -> list[tuple[str, str]]:
         found = re.findall(task, listed.group(1))
     else:
         found = re.findall(r"(?:remote target|reported from) " + task, message)
-    me = cluster()
-    here = ("chief" if me["chief"] and _has_chief_job() else "worker", str(me["index"]))
-    return sorted(set(found) - {here})
-
-
-def _has_chief_job() -> bool:
-    try:
-        return bool(json.loads(os.environ.get("TF_CONFIG", "") or "{}").get("cluster", {}).get("chief"))
-    except ValueError:
-        return False
+    job, index, _, _ = _task()
+    return sorted(set(found) - {(job, str(index))})
 
 
 def cluster() -> dict:
     """This process's place in the cluster, from TF_CONFIG: workers, index, chief."""
+    job, index, workers, chief_listed = _task()
+    return {"workers": max(workers, 1), "index": index,
+            "chief": (job == "chief") or (not chief_listed and job == "worker" and index == 0)}
+
+
+def _task() -> tuple[str, int, int, bool]:
+    """From TF_CONFIG: this task's job name and index, the number of workers, and whether
+    the cluster lists a chief job (a lone process: worker 0 of 1)."""
     raw = os.environ.get("TF_CONFIG", "")
     if not raw.strip():
-        return {"workers": 1, "index": 0, "chief": True}
+        return "worker", 0, 1, False
     try:
         config = json.loads(raw)
-        workers = list(config.get("cluster", {}).get("worker", []))
-        task = config.get("task", {})
-        index = int(task.get("index", 0))
-        kind = task.get("type", "worker")
+        jobs, task = config.get("cluster", {}), config.get("task", {})
+        return (task.get("type", "worker"), int(task.get("index", 0)), len(list(jobs.get("worker", []))),
+                bool(jobs.get("chief")))
     except (ValueError, TypeError, AttributeError) as exc:
         raise TransferError(f"TF_CONFIG is not valid JSON of the tf.distribute form ({exc})") from None
-    chief_listed = bool(config.get("cluster", {}).get("chief"))
-    return {"workers": max(len(workers), 1), "index": index,
-            "chief": (kind == "chief") or (not chief_listed and kind == "worker" and index == 0)}
 
 
 def localhost_cluster(workers: int) -> list[str]:
