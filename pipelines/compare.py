@@ -154,9 +154,7 @@ def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, 
         low = table["ci_low"] if "ci_low" in has else [math.nan] * len(table)
         high = table["ci_high"] if "ci_high" in has else [math.nan] * len(table)
         sig = table["significant"] if "significant" in has else [False] * len(table)
-        return "vs best baseline [95% CI]", [
-            num(v, True) + (f" [{num(lo, True)}, {num(hi, True)}]" if lo == lo else "") + (" *" if s else "")
-            for v, lo, hi, s in zip(values, low, high, sig)]
+        return "vs best baseline [95% CI]", [_difference(num, v, lo, hi, s) for v, lo, hi, s in zip(values, low, high, sig)]
     if column == "paired_seeds":
         kinds = table["comparison"] if "comparison" in has else [""] * len(table)
         return "paired", [("" if n != n else str(int(n))) + (" (unpaired)" if k == "unpaired" else "")
@@ -164,6 +162,13 @@ def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, 
     if column == "seconds":
         return "s/run", [f"{v:.1f}" if v == v else "" for v in values]
     return column, [str(v) for v in values]
+
+
+def _difference(num, v, low, high, significant) -> str:
+    """A difference with its interval; "(the same on every seed)" when every paired difference was zero."""
+    if low == low and low == high == v == 0:
+        return f"{num(v, True)} (the same on every seed)"
+    return num(v, True) + (f" [{num(low, True)}, {num(high, True)}]" if low == low else "") + (" *" if significant else "")
 
 
 def plot(df: pd.DataFrame, metric: str, path: str) -> None:

@@ -70,6 +70,13 @@ def test_noise_is_not_marked(tmp_path):
     assert row["ci_low"] < 0 < row["ci_high"] and not row["significant"]
 
 
+def test_identical_results_on_every_seed_are_said_in_words(tmp_path):
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-top1": SCRATCH})
+    text = invoke(table).output
+    assert "+0.0 (the same on every seed)" in text and "[+0.0, +0.0]" not in text
+    assert "no clear difference" in text and "the same result on every one of 5 paired seed(s)" in text
+
+
 def test_several_tables_read_as_one_with_their_names_and_aligned_columns(tmp_path):
     a = write_table(tmp_path / "digits.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED})
     b = tmp_path / "textures.csv"

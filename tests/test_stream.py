@@ -71,6 +71,22 @@ def test_dataset_shuffles_per_epoch_and_shards_disjointly(labeled_dir):
     assert set(parts[0]).isdisjoint(parts[1]) and sorted(parts[0] + parts[1]) == list(range(24))
 
 
+def test_forever_stream_gives_full_batches_of_reshuffled_whole_passes(labeled_dir):
+    """FixMatch's streams: every batch full (one shape, one trace of the step), and every
+    pass over the images holds each of them exactly once, in a new order each time."""
+    files = stream.open_source(str(labeled_dir), True, 8)
+    in_memory = stream.load(files, np.arange(len(files)), 8)
+    for listing in (files, in_memory):
+        ds = stream.dataset(listing, np.arange(24), 8, batch_size=5, shuffle=True, seed=1, with_labels=True,
+                            forever=True)
+        batches = list(ds.take(24).as_numpy_iterator())  # 120 images: five passes of 24
+        assert {x.shape for x, _ in batches} == {(5, 8, 8, 1)} and {y.shape for _, y in batches} == {(5,)}
+        images = np.concatenate([x for x, _ in batches]).reshape(5, 24, -1)
+        key = [sorted(map(bytes, p)) for p in images]
+        assert all(k == key[0] for k in key) and len(set(key[0])) == 24  # each pass: every image once
+        assert not np.array_equal(images[0], images[1])  # reshuffled
+
+
 def test_prepare_round_trip_and_errors(mixed_dir, tmp_path):
     out = tmp_path / "prep"
     result = invoke("prepare", mixed_dir, "--out", out, "--image-size", "12", "--labeled")

@@ -27,8 +27,12 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
         best = pretrained.loc[pretrained["mean"].idxmax()]
         where = ", ".join(_describe(c, v) for c, v in zip(context, keys if isinstance(keys, tuple) else (keys,)))
         diff, low, high = best["vs_best_baseline"] * scale, best["ci_low"] * scale, best["ci_high"] * scale
-        sure = (f"95% CI {low:+.1f} to {high:+.1f}, {best['comparison']} over {int(best['paired_seeds'])} seed(s)"
-                if not math.isnan(low) else "no interval: too few runs")
+        if math.isnan(low):
+            sure = "no interval: too few runs"
+        elif low == high == diff == 0:
+            sure = f"the same result on every one of {int(best['paired_seeds'])} paired seed(s)"
+        else:
+            sure = f"95% CI {low:+.1f} to {high:+.1f}, {best['comparison']} over {int(best['paired_seeds'])} seed(s)"
         if best["significant"] and diff > 0:
             word = "pretraining paid"
         elif best["significant"]:

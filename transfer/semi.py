@@ -77,16 +77,17 @@ class FixMatch(keras.Model):
 
 def batches(train: Listing, unlabeled: Listing, unlabeled_index, image_size: int, batch_size: int, mu: int,
             seed: int, steps_per_epoch: int):
-    """((labeled images, labels), unlabeled images) batches, both repeated forever, for `fit`
+    """((labeled images, labels), unlabeled images) batches, both endless streams of
+    reshuffled passes in full batches (one batch shape: the step is traced once), for `fit`
     under the current strategy; the unlabeled pool is streamed (never all in memory)."""
     batch_size = min(batch_size, len(train))
 
     def make(b, shard):
         # Each worker draws from every labeled image (there are few) and from its shard of the pool.
         labeled = stream.dataset(train, np.arange(len(train)), image_size, batch_size=b, shuffle=True, seed=seed,
-                                 with_labels=True).repeat()
+                                 with_labels=True, forever=True)
         pool = stream.dataset(unlabeled, unlabeled_index, image_size, batch_size=mu * b, shuffle=True,
-                              seed=seed + 1, shard=shard).repeat()
+                              seed=seed + 1, shard=shard, forever=True)
         return tf.data.Dataset.zip((labeled, pool)).prefetch(tf.data.AUTOTUNE)
 
     return distribute.batches(make, batch_size, steps_per_epoch * batch_size), batch_size

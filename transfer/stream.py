@@ -64,9 +64,13 @@ def _order(ds, buffer: int, shuffle: bool, seed: int, shard):
 
 
 def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle: bool = False, seed: int = 0,
-            with_labels: bool = False, shard: tuple[int, int] | None = None):
+            with_labels: bool = False, shard: tuple[int, int] | None = None, forever: bool = False):
     """A `tf.data.Dataset` of batches of float32 images (and int64 labels with `with_labels`)
-    of the images at `index`; `shard` streams a disjoint part (one per worker)."""
+    of the images at `index`; `shard` streams a disjoint part (one per worker).
+
+    `forever`: an endless stream of passes (reshuffled each time with `shuffle`) cut into
+    full batches, as FixMatch's samplers draw: every batch has the same shape, so a
+    training step is traced once (a last, smaller batch of each pass would trace it again)."""
     index = np.sort(np.asarray(index, dtype=np.int64))
     if source.images is not None:  # shuffle positions, then gather a whole batch at once
         images, labels = tf.constant(source.images), tf.constant(source.label_array())
@@ -76,10 +80,12 @@ def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle
             return (batch, tf.gather(labels, positions)) if with_labels else batch
 
         ds = _order(tf.data.Dataset.from_tensor_slices(index), len(index), shuffle, seed, shard)
-        ds = ds.batch(batch_size).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.repeat() if forever else ds
+        ds = ds.batch(batch_size, drop_remainder=forever).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
     else:
         ds = records(source, index, image_size, shuffle=shuffle, seed=seed, shard=shard)
-        ds = ds.map(_image_label if with_labels else _image_only).batch(batch_size)
+        ds = ds.repeat() if forever else ds
+        ds = ds.map(_image_label if with_labels else _image_only).batch(batch_size, drop_remainder=forever)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded above
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
