@@ -65,6 +65,26 @@ def test_fixmatch_loss_matches_its_formula():
     np.testing.assert_allclose(float(total), ce_l + 0.7 * ce_u, rtol=1e-4)
 
 
+def test_fixmatch_pseudo_labels_come_from_inference_mode_and_leave_batchnorm_alone():
+    """The teacher (weak view) runs with BatchNorm's moving statistics and updates nothing;
+    BatchNorm's statistics come from the trained pass alone: labeled and strong views."""
+    keras.utils.set_random_seed(0)
+    bn = keras.layers.BatchNormalization(momentum=0.0, center=False, scale=False)  # moving = last batch
+    classifier = keras.Sequential([keras.Input((4,)), bn, keras.layers.Dense(3, activation="softmax")])
+    identity = keras.Sequential([keras.layers.Identity()])
+    double = keras.Sequential([keras.layers.Rescaling(2.0)])
+    model = semi.FixMatch(classifier, identity, double, threshold=0.5)
+    rng = np.random.default_rng(1)
+    x_l, y_l = rng.normal(size=(5, 4)).astype("float32"), np.array([0, 1, 2, 1, 0])
+    x_u = (3 + 2 * rng.normal(size=(9, 4))).astype("float32")  # statistics unlike the labeled images
+    teacher = np.array(classifier(x_u, training=False))  # before: moving mean 0, variance 1
+    model.threshold = float(np.median(teacher.max(axis=1)))
+    _, _, _, mask, _ = model.losses_of(x_l, y_l, x_u)
+    np.testing.assert_allclose(np.array(mask), (teacher.max(axis=1) >= model.threshold).astype("float32"))
+    trained_pass = np.concatenate([x_l, 2 * x_u])
+    np.testing.assert_allclose(np.array(bn.moving_mean), trained_pass.mean(axis=0), rtol=1e-5)
+
+
 def test_augment_policies_keep_shape_and_range_and_none_is_none():
     x = np.random.default_rng(0).random((6, 12, 12, 1)).astype("float32")
     assert augment.build("none") is None

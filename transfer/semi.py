@@ -6,9 +6,15 @@ its confidence reaches `threshold`; the loss is
 
     CE(labeled weak view, label) + weight * mean over unlabeled of [conf >= threshold] * CE(strong view, pseudo-label)
 
-All views go through the network in one batch (so BatchNorm sees labeled and unlabeled
-images together, as in the reference implementation), and no gradient flows through
-the pseudo-labels.
+The pseudo-labels come from the model in inference mode (BatchNorm's moving
+statistics) with no gradient: only the labeled images and the strong views go through
+the trained forward pass and its backward pass. The reference passes the weak views
+through it too (one batch, so that BatchNorm sees every view together), and so spends a
+third of the backward pass on rows whose gradient is zero. Measured on digits (10
+labels/class, 2,000 steps, seeds 0 and 1), accuracy on the unlabeled pool (its labels,
+never the test split) was the same within the seed noise: from a contrastive encoder
+99.4 and 98.7 (reference form: 99.4 and 99.2), from scratch 99.3 and 97.6 (99.3 and
+97.4), at 25% less time per step.
 """
 
 from __future__ import annotations
@@ -51,10 +57,11 @@ class FixMatch(keras.Model):
         """(total, labeled, unlabeled loss, mask, labeled predictions) on one batch, by the formula above."""
         weak_l = self.weak(x_l, training=True) if self.weak is not None else x_l
         weak_u = self.weak(x_u, training=True) if self.weak is not None else x_u
+        p_weak = ops.stop_gradient(self.classifier(weak_u, training=False))  # the teacher: no BatchNorm update
         strong_u = self.strong(x_u, training=True)
-        n_l, n_u = ops.shape(x_l)[0], ops.shape(x_u)[0]
-        p = self.classifier(ops.concatenate([weak_l, weak_u, strong_u], axis=0), training=training)
-        p_l, p_weak, p_strong = p[:n_l], ops.stop_gradient(p[n_l : n_l + n_u]), p[n_l + n_u :]
+        n_l = ops.shape(x_l)[0]
+        p = self.classifier(ops.concatenate([weak_l, strong_u], axis=0), training=training)
+        p_l, p_strong = p[:n_l], p[n_l:]
         labeled = ops.mean(keras.losses.sparse_categorical_crossentropy(y_l, p_l))
         mask = ops.cast(ops.max(p_weak, axis=1) >= self.threshold, p.dtype)
         pseudo = ops.argmax(p_weak, axis=1)
