@@ -125,6 +125,18 @@ def _check_backup(weights, metadata) -> None:
             json.load(f)
 
 
+class EpochSeconds(keras.callbacks.Callback):
+    """Adds each epoch's wall time (its training steps, before the callbacks after this one)
+    to its logs, hence to its history row as `seconds`."""
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["seconds"] = round(time.perf_counter() - self._start, 3)
+
+
 class EpochLog(keras.callbacks.Callback):
     """Epochs, their metrics and the ETA through `log` (see `transfer.progress`: a bar on a
     terminal, else a line every `every` epochs and at the last)."""
@@ -143,7 +155,7 @@ class EpochLog(keras.callbacks.Callback):
                                       unit="epoch")
 
     def on_epoch_end(self, epoch, logs=None):
-        self._progress.update(epoch + 1, {k: v for k, v in (logs or {}).items() if k != "learning_rate"})
+        self._progress.update(epoch + 1, {k: v for k, v in (logs or {}).items() if k not in ("learning_rate", "seconds")})
 
 
 def fit(
@@ -179,8 +191,9 @@ def fit(
         distribute.prepare_model(model, distribute.local_batch(x, y))
         if backup_dir is not None and not distribute.cluster()["chief"]:
             write_dir = tempfile.mkdtemp(prefix="transfer-backup-")  # only the chief writes backup_dir
-    # Extra callbacks first: what they add to an epoch's logs (the online probe) is in its history row.
-    callbacks = [keras.callbacks.TerminateOnNaN(), *extra_callbacks]
+    # Extra callbacks first: what they add to an epoch's logs (the online probe) is in its history row;
+    # the epoch's seconds before them, so that they do not count the probe.
+    callbacks = [keras.callbacks.TerminateOnNaN(), EpochSeconds(), *extra_callbacks]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
     if backup_dir is not None:
