@@ -177,7 +177,8 @@ class Pool:
 
 
 def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, log) -> Pool | None:
-    """The --unlabeled pool (listed, not decoded), with the test images found in it counted."""
+    """The --unlabeled pool, with the test images found in it counted; files are decoded once
+    (FixMatch passes over the pool hundreds of times)."""
     if not cfg.unlabeled:
         return None
     source = stream.open_source(cfg.unlabeled, False, image_size, channels)
@@ -185,7 +186,7 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSp
     leaked = int(np.isin(source.ids, test.ids).sum())
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
-    return Pool(source, np.arange(len(source)), leaked)
+    return Pool(*stream.decode_once(source, np.arange(len(source)), image_size, log), leaked)
 
 
 def _prepare_encoder(job: Job) -> None:

@@ -30,9 +30,11 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         report_skipped(source.skipped, log)
         train_idx, val_idx = holdout_split(source.ids)
         val_images = stream.load(source, val_idx, cfg.image_size).images
-        train = stream.TrainImages(source, train_idx, cfg.image_size)
+        many = cfg.epochs > 1  # every epoch passes over the images: decode files once, not every epoch
+        train = stream.TrainImages(*(stream.decode_once(source, train_idx, cfg.image_size, log) if many
+                                     else (source, train_idx)), cfg.image_size)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
-            f"({'in memory' if source.images is not None else 'streamed'}; {len(val_idx)} held out), "
+            f"({_how_held(train.source)}; {len(val_idx)} held out), "
             f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")
         with run.distributed():
             training.set_seed(cfg.seed)
@@ -66,6 +68,12 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
+
+
+def _how_held(source) -> str:
+    if source.images is not None:
+        return "in memory"
+    return "streamed, decoded once" if source.decoded else "streamed"
 
 
 def _online_probe(cfg, encoder, channels: int, log):

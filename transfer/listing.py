@@ -43,6 +43,7 @@ class Listing:
         channels: the channel count every image is converted to.
         skipped: (path, reason) of files that could not be read at listing.
         prepared: the prepared directory's description, when the source is one.
+        decoded: where its pixels were decoded once (`transfer.decoded`), when they were.
         images: float32 (N, H, W, C) pixels when held in memory (built-in data, decoded subsets).
         test_mask: a fixed test split the source defines, or None.
         failed: (path, reason) of files that failed to decode while streaming.
@@ -56,6 +57,7 @@ class Listing:
     channels: int = 1
     skipped: list[tuple[str, str]] = field(default_factory=list)
     prepared: dict | None = None
+    decoded: dict | None = None
     images: np.ndarray | None = None
     test_mask: np.ndarray | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
@@ -81,7 +83,10 @@ class Listing:
         return self.labels.astype(np.int64) if self.labels is not None else np.full(len(self), -1, np.int64)
 
     def check_size(self, image_size: int) -> None:
-        """A prepared source has one image size and refuses another."""
+        """A prepared (or decoded) source has one image size and refuses another."""
+        if self.decoded and int(self.decoded["image_size"]) != int(image_size):
+            raise TransferError(f"{self.src} was decoded at {self.decoded['image_size']}x{self.decoded['image_size']}. "
+                                f"Received: image_size={image_size}")
         if self.prepared and int(self.prepared["image_size"]) != int(image_size):
             raise TransferError(
                 f"{self.src} was prepared at {self.prepared['image_size']}x{self.prepared['image_size']}; "

@@ -7,7 +7,8 @@ without decoding (`transfer.listing`). Every batch leaves through `dataset`,
 `records` or `TrainImages`: images held in memory are gathered a whole batch at
 a time; files are decoded on the fly by `transfer.data.decode_image` (the same
 preprocessing contract everywhere), in parallel, epoch after epoch, never all at
-once. Files that fail to decode while streaming (truncated data behind a valid
+once, unless `decode_once` first decoded them into a file read back a batch at a
+time (`transfer.decoded`: for training that passes over them many times). Files that fail to decode while streaming (truncated data behind a valid
 header) are dropped and counted in `Listing.failed`.
 """
 
@@ -19,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from transfer import builtins, data, distribute, listing, prepared
+from transfer import builtins, data, decoded, distribute, listing, prepared
 from transfer.errors import TransferError
 from transfer.listing import Listing
 
@@ -53,6 +54,15 @@ def open_for_prediction(src: str, image_size: int, channels: int) -> Listing:
     return open_source(src, False, image_size, channels)
 
 
+def decode_once(source: Listing, index, image_size: int, log=print) -> tuple[Listing, np.ndarray]:
+    """(listing, index) to stream the images of `source` at `index` from, many times: a
+    file source decoded once into a temporary file (see `transfer.decoded`); a built-in,
+    prepared or already decoded source as it is (its pixels need no decoding)."""
+    if source.images is not None or source.prepared or source.decoded:
+        return source, index
+    return decoded.build(source, index, image_size, records, log) or (source, index)
+
+
 # --------------------------------------------------------------------------- batches
 
 
@@ -82,6 +92,13 @@ def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle
         ds = _order(tf.data.Dataset.from_tensor_slices(index), len(index), shuffle, seed, shard)
         ds = ds.repeat() if forever else ds
         ds = ds.batch(batch_size, drop_remainder=forever).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+    elif source.decoded:  # shuffle positions, then read a whole batch at once
+        source.check_size(image_size)
+        ds = _order(tf.data.Dataset.from_tensor_slices((index, source.label_array()[index])), len(index), shuffle,
+                    seed, shard)
+        ds = ds.repeat() if forever else ds
+        ds = ds.batch(batch_size, drop_remainder=forever).map(_reading(source), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(_image_label if with_labels else _image_only)
     else:
         ds = records(source, index, image_size, shuffle=shuffle, seed=seed, shard=shard)
         ds = ds.repeat() if forever else ds
@@ -89,6 +106,18 @@ def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded above
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def _reading(source: Listing):
+    """(positions, labels) -> (positions, float32 images, labels), read from a decoded listing's file."""
+    read, size = decoded.reader(source), source.decoded["image_size"]
+
+    def load(positions, labels):
+        images = tf.numpy_function(read, [positions], tf.float32, stateful=False)
+        images.set_shape((None, size, size, source.channels))
+        return positions, images, labels
+
+    return load
 
 
 def _image_label(position, image, label):
@@ -117,6 +146,10 @@ def records(source: Listing, index, image_size: int, *, shuffle: bool = False, s
     if source.images is not None:
         ds = tf.data.Dataset.from_tensor_slices((index, source.images[index], labels[index]))
         return _order(ds, len(index), shuffle, seed, shard)
+    if source.decoded:
+        source.check_size(image_size)
+        ds = _order(tf.data.Dataset.from_tensor_slices((index, labels[index])), len(index), shuffle, seed, shard)
+        return ds.batch(256).map(_reading(source)).unbatch()
     paths = np.array(source.paths, dtype=object)[index].astype(str)
     # Shuffling names, not pixels: a full shuffle costs a few bytes per image.
     ds = _order(tf.data.Dataset.from_tensor_slices((index, paths, labels[index])), len(index), shuffle, seed, shard)
