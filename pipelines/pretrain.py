@@ -30,9 +30,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         report_skipped(source.skipped, log)
         train_idx, val_idx = holdout_split(source.ids)
         val_images = stream.load(source, val_idx, cfg.image_size).images
-        many = cfg.epochs > 1  # every epoch passes over the images: decode files once, not every epoch
-        train = stream.TrainImages(*(stream.decode_once(source, train_idx, cfg.image_size, log) if many
-                                     else (source, train_idx)), cfg.image_size)
+        train = _train_images(cfg, source, train_idx, log)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
             f"({_how_held(train.source)}; {len(val_idx)} held out), "
             f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")
@@ -68,6 +66,12 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
+
+
+def _train_images(cfg, source, train_idx, log) -> stream.TrainImages:
+    """The images to train on; with more than one epoch, files are decoded once, not every epoch."""
+    found = stream.decode_once(source, train_idx, cfg.image_size, log) if cfg.epochs > 1 else (source, train_idx)
+    return stream.TrainImages(*found, cfg.image_size)
 
 
 def _how_held(source) -> str:
