@@ -56,7 +56,7 @@ def stream_worker(mode: str, folder: str, prepared_dir: str, image_size: int, ba
     source = stream.open_source(src, False, image_size)
     index = np.arange(len(source))
     if mode == "decoded":
-        source, index = stream.decode_once(source, index, image_size, log=lambda line: None)
+        source, index = stream.decode_once(source, index, image_size, passes=batches, log=lambda line: None)
     it = iter(stream.dataset(source, index, image_size, batch_size=224, shuffle=True, forever=True))
     for _ in range(3):
         next(it)
@@ -74,8 +74,9 @@ def run_worker(kind: str, mode: str, folder: str, image_size: int, workdir: str)
     from cli import main
     from transfer import stream
 
-    if mode == "files":  # the previous behaviour: every pass decodes the files
-        stream.decode_once = lambda source, index, image_size, log=print: (source, index)  # the pipelines call it
+    if mode == "files":
+        # the previous behaviour: every pass decodes the files (the pipelines call stream.decode_once)
+        stream.decode_once = lambda source, index, image_size, passes, log=print: (source, index)
     out = Path(tempfile.mkdtemp(dir=workdir)) / "run"
     common = ["--image-size", str(image_size), "--out", str(out), "--results", str(out.parent / "r.csv")]
     if kind == "fixmatch":

@@ -178,7 +178,7 @@ class Pool:
 
 def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, log) -> Pool | None:
     """The --unlabeled pool, with the test images found in it counted; files are decoded once
-    (FixMatch passes over the pool hundreds of times)."""
+    when FixMatch will draw more images than the pool holds (on digits: 300 passes)."""
     if not cfg.unlabeled:
         return None
     source = stream.open_source(cfg.unlabeled, False, image_size, channels)
@@ -186,7 +186,8 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSp
     leaked = int(np.isin(source.ids, test.ids).sum())
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
-    return Pool(*stream.decode_once(source, np.arange(len(source)), image_size, log), leaked)
+    passes = cfg.steps * cfg.mu * cfg.batch_size / max(len(source), 1)
+    return Pool(*stream.decode_once(source, np.arange(len(source)), image_size, passes, log), leaked)
 
 
 def _prepare_encoder(job: Job) -> None:

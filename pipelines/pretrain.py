@@ -69,9 +69,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
 
 
 def _train_images(cfg, source, train_idx, log) -> stream.TrainImages:
-    """The images to train on; with more than one epoch, files are decoded once, not every epoch."""
-    found = stream.decode_once(source, train_idx, cfg.image_size, log) if cfg.epochs > 1 else (source, train_idx)
-    return stream.TrainImages(*found, cfg.image_size)
+    """The images to train on; files are decoded once, not every epoch."""
+    return stream.TrainImages(*stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, log), cfg.image_size)
 
 
 def _how_held(source) -> str:

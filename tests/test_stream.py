@@ -79,7 +79,7 @@ def test_forever_stream_gives_full_batches_of_reshuffled_whole_passes(labeled_di
     pass over the images holds each of them exactly once, in a new order each time."""
     files = stream.open_source(str(labeled_dir), True, 8)
     in_memory = stream.load(files, np.arange(len(files)), 8)
-    decoded_once, _ = stream.decode_once(files, np.arange(len(files)), 8, log=lambda line: None)
+    decoded_once, _ = stream.decode_once(files, np.arange(len(files)), 8, passes=5, log=lambda line: None)
     for listing in (files, in_memory, decoded_once):
         ds = stream.dataset(listing, np.arange(24), 8, batch_size=5, shuffle=True, seed=1, with_labels=True,
                             forever=True)
@@ -93,7 +93,8 @@ def test_forever_stream_gives_full_batches_of_reshuffled_whole_passes(labeled_di
 
 def test_decode_once_keeps_the_decoders_pixels_drops_torn_files_and_removes_its_file(mixed_dir, monkeypatch):
     listing, torn, lines = stream.open_source(str(mixed_dir), True, 12), str(mixed_dir / "b" / "torn.png"), []
-    once, index = stream.decode_once(listing, np.arange(len(listing)), 12, log=lines.append)
+    assert stream.decode_once(listing, np.arange(len(listing)), 12, passes=1)[0] is listing  # one pass: no gain
+    once, index = stream.decode_once(listing, np.arange(len(listing)), 12, passes=2, log=lines.append)
     assert once.decoded and len(once) == len(index) == 14 and "decoded 14 images" in lines[0]
     assert [n for n, _ in listing.failed] == [torn] and [n for n, _ in once.failed] == [torn]
     expected = decoded_files(mixed_dir, 12)
@@ -107,7 +108,7 @@ def test_decode_once_keeps_the_decoders_pixels_drops_torn_files_and_removes_its_
     np.testing.assert_array_equal(y, read.labels)
     with pytest.raises(TransferError, match="decoded at 12x12"):
         stream.dataset(once, index, 16, batch_size=4)
-    assert stream.decode_once(once, index, 12)[0] is once and stream.decode_once(read, index, 12)[0] is read
+    assert stream.decode_once(once, index, 12, 2)[0] is once and stream.decode_once(read, index, 12, 2)[0] is read
     folder = Path(once.decoded["folder"].name)
     assert (folder / "images.f16").stat().st_size == 14 * 12 * 12 * 3 * 2
     del once, read
@@ -115,7 +116,7 @@ def test_decode_once_keeps_the_decoders_pixels_drops_torn_files_and_removes_its_
     assert not folder.exists()  # removed with the listing that owns it
     # No room on the disk: streamed from the files as before, and said so.
     monkeypatch.setattr("transfer.decoded.shutil.disk_usage", lambda path: namedtuple("U", "free")(0))
-    same, same_index = stream.decode_once(listing, np.arange(len(listing)), 12, log=lines.append)
+    same, same_index = stream.decode_once(listing, np.arange(len(listing)), 12, passes=2, log=lines.append)
     assert same is listing and list(same_index) == list(range(15)) and "not decoding" in lines[-1]
 
 

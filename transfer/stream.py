@@ -8,8 +8,9 @@ without decoding (`transfer.listing`). Every batch leaves through `dataset`,
 a time; files are decoded on the fly by `transfer.data.decode_image` (the same
 preprocessing contract everywhere), in parallel, epoch after epoch, never all at
 once, unless `decode_once` first decoded them into a file read back a batch at a
-time (`transfer.decoded`: for training that passes over them many times). Files that fail to decode while streaming (truncated data behind a valid
-header) are dropped and counted in `Listing.failed`.
+time (`transfer.decoded`: for training that passes over them many times). Files
+that fail to decode while streaming (truncated data behind a valid header) are
+dropped and counted in `Listing.failed`.
 """
 
 from __future__ import annotations
@@ -54,11 +55,12 @@ def open_for_prediction(src: str, image_size: int, channels: int) -> Listing:
     return open_source(src, False, image_size, channels)
 
 
-def decode_once(source: Listing, index, image_size: int, log=print) -> tuple[Listing, np.ndarray]:
-    """(listing, index) to stream the images of `source` at `index` from, many times: a
-    file source decoded once into a temporary file (see `transfer.decoded`); a built-in,
+def decode_once(source: Listing, index, image_size: int, passes: float, log=print) -> tuple[Listing, np.ndarray]:
+    """(listing, index) to stream the images of `source` at `index` from, `passes` times
+    over: a file source decoded once into a temporary file (see `transfer.decoded`) when
+    that is more than one pass (decoding them once costs about one pass); a built-in,
     prepared or already decoded source as it is (its pixels need no decoding)."""
-    if source.images is not None or source.prepared or source.decoded:
+    if passes <= 1 or source.images is not None or source.prepared or source.decoded:
         return source, index
     return decoded.build(source, index, image_size, records, log) or (source, index)
 
