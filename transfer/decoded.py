@@ -52,11 +52,8 @@ def build(source: Listing, index, image_size: int, records, log=print) -> tuple[
             out.write(images.astype(DTYPE).tobytes())
             kept.append(positions)
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    decoded = Listing(src=source.src, paths=[source.name(i) for i in kept], ids=source.ids[kept],
-                      labels=None if source.labels is None else source.labels[kept],
-                      class_names=list(source.class_names), channels=source.channels,
-                      failed=list(source.failed),
-                      decoded={"path": path, "image_size": int(image_size), "folder": folder})
+    decoded = source.subset(kept, failed=list(source.failed),
+                            decoded={"path": path, "image_size": int(image_size), "folder": folder})
     log(f"decoded {len(kept)} images of {source.src} once ({image_size}x{image_size}x{source.channels}, "
         f"{nbytes(len(kept), image_size, source.channels) / 2**20:.1f} MiB on disk) in "
         f"{time.perf_counter() - start:.1f}s")

@@ -72,6 +72,12 @@ class Listing:
         return cls(src=src, paths=[], ids=np.arange(len(images)).astype(str), channels=int(images.shape[-1]),
                    images=images)
 
+    def subset(self, positions: np.ndarray, **fields) -> "Listing":
+        """The images at `positions` (names, ids, labels, classes and channels), with `fields` set."""
+        return Listing(src=self.src, paths=[self.name(i) for i in positions], ids=self.ids[positions],
+                       labels=None if self.labels is None else self.labels[positions],
+                       class_names=list(self.class_names), channels=self.channels, **fields)
+
     def fingerprint(self) -> str:
         return data.fingerprint(self.ids)
 

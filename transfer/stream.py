@@ -84,22 +84,13 @@ def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle
     full batches, as FixMatch's samplers draw: every batch has the same shape, so a
     training step is traced once (a last, smaller batch of each pass would trace it again)."""
     index = np.sort(np.asarray(index, dtype=np.int64))
-    if source.images is not None:  # shuffle positions, then gather a whole batch at once
-        images, labels = tf.constant(source.images), tf.constant(source.label_array())
-
-        def gather(positions):
-            batch = tf.gather(images, positions)
-            return (batch, tf.gather(labels, positions)) if with_labels else batch
-
-        ds = _order(tf.data.Dataset.from_tensor_slices(index), len(index), shuffle, seed, shard)
-        ds = ds.repeat() if forever else ds
-        ds = ds.batch(batch_size, drop_remainder=forever).map(gather, num_parallel_calls=tf.data.AUTOTUNE)
-    elif source.decoded:  # shuffle positions, then read a whole batch at once
+    if source.images is not None or source.decoded:  # shuffle positions, then load a whole batch at once
         source.check_size(image_size)
         ds = _order(tf.data.Dataset.from_tensor_slices((index, source.label_array()[index])), len(index), shuffle,
                     seed, shard)
         ds = ds.repeat() if forever else ds
-        ds = ds.batch(batch_size, drop_remainder=forever).map(_reading(source), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=forever).map(_batch_loader(source),
+                                                              num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(_image_label if with_labels else _image_only)
     else:
         ds = records(source, index, image_size, shuffle=shuffle, seed=seed, shard=shard)
@@ -110,8 +101,12 @@ def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
-def _reading(source: Listing):
-    """(positions, labels) -> (positions, float32 images, labels), read from a decoded listing's file."""
+def _batch_loader(source: Listing):
+    """(positions, labels) -> (positions, float32 images, labels) of a whole batch: gathered
+    from memory, or read from a decoded listing's file."""
+    if source.images is not None:
+        images = tf.constant(source.images)
+        return lambda positions, labels: (positions, tf.gather(images, positions), labels)
     read, size = decoded.reader(source), source.decoded["image_size"]
 
     def load(positions, labels):
@@ -151,7 +146,7 @@ def records(source: Listing, index, image_size: int, *, shuffle: bool = False, s
     if source.decoded:
         source.check_size(image_size)
         ds = _order(tf.data.Dataset.from_tensor_slices((index, labels[index])), len(index), shuffle, seed, shard)
-        return ds.batch(256).map(_reading(source)).unbatch()
+        return ds.batch(256).map(_batch_loader(source)).unbatch()
     paths = np.array(source.paths, dtype=object)[index].astype(str)
     # Shuffling names, not pixels: a full shuffle costs a few bytes per image.
     ds = _order(tf.data.Dataset.from_tensor_slices((index, paths, labels[index])), len(index), shuffle, seed, shard)
@@ -188,10 +183,7 @@ def load(source: Listing, index, image_size: int) -> Listing:
         images = (np.concatenate([x for _, x in parts]) if parts
                   else np.zeros((0, image_size, image_size, source.channels), np.float32))
         skipped = source.failed[before:]
-    return Listing(src=source.src, paths=[source.name(i) for i in positions], ids=source.ids[positions],
-                   labels=None if source.labels is None else source.labels[positions],
-                   class_names=list(source.class_names), channels=source.channels, skipped=list(skipped),
-                   images=images)
+    return source.subset(positions, skipped=list(skipped), images=images)
 
 
 # --------------------------------------------------------------------------- training images
