@@ -42,8 +42,9 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             model = objective.build(encoder, blocks, train.shape, options)
             watch = _online_probe(cfg, encoder, source.channels, log)
             fit_start = time.perf_counter()
-            training.fit(model, train.batches(options.batch_size, True, cfg.seed), None, epochs=cfg.epochs,
-                         batch_size=None, history_path=run.staging / "history.csv",
+            batches, steps = train.training_batches(options.batch_size, cfg.seed)
+            training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
+                         history_path=run.staging / "history.csv",
                          backup_dir=run.backup_dir("backup"), log=log, log_prefix="pretrain ",
                          validation_data=(stream.in_memory(val_images).batches(options.batch_size, False)
                                           if objective.VALIDATES and len(val_images) > 1 else None),

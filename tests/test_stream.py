@@ -91,6 +91,19 @@ def test_forever_stream_gives_full_batches_of_reshuffled_whole_passes(labeled_di
         assert not np.array_equal(images[0], images[1])  # reshuffled
 
 
+def test_pretraining_batches_are_full_and_an_epoch_is_one_pass_rounded_up():
+    """Pretraining draws full batches (one shape: traced once; no batch of one image at an
+    epoch's end), ceil(n / batch) of them an epoch, from reshuffled whole passes."""
+    images = np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 1), np.float32)
+    batches, steps = stream.in_memory(images).training_batches(4, seed=3)
+    assert steps == 3  # 10 images, batches of 4
+    drawn = [x[:, 0, 0, 0] for x in batches.take(5).as_numpy_iterator()]  # 20 images: two passes
+    assert [len(d) for d in drawn] == [4] * 5
+    order = np.concatenate(drawn).astype(int)
+    assert sorted(order[:10]) == sorted(order[10:]) == list(range(10))
+    assert list(order[:10]) != list(order[10:])  # reshuffled
+
+
 def test_decode_once_keeps_the_decoders_pixels_drops_torn_files_and_removes_its_file(mixed_dir, monkeypatch):
     listing, torn, lines = stream.open_source(str(mixed_dir), True, 12), str(mixed_dir / "b" / "torn.png"), []
     assert stream.decode_once(listing, np.arange(len(listing)), 12, passes=1)[0] is listing  # one pass: no gain

@@ -217,6 +217,18 @@ class TrainImages:
             lambda b, shard: dataset(self.source, self.index, self.image_size, batch_size=b, shuffle=shuffle,
                                      seed=seed, shard=shard), batch_size, self.count)
 
+    def training_batches(self, batch_size: int, seed: int = 0):
+        """(batches, steps per epoch) to train on: endless reshuffled passes cut into full
+        batches, ceil(count / batch_size) of them an epoch (as `training.one_iterator` draws
+        arrays). Every step has the same shape, so the step is traced once, and no epoch
+        ends on a batch of a few images (a batch of one leaves BatchNorm's statistics and a
+        contrastive loss nothing to compare). Several workers: each its shard's full batches,
+        count // batch_size steps an epoch (`distribute.batches`; steps None)."""
+        ds = distribute.batches(
+            lambda b, shard: dataset(self.source, self.index, self.image_size, batch_size=b, shuffle=True,
+                                     seed=seed, shard=shard, forever=True), batch_size, self.count)
+        return ds, (None if distribute.is_multiworker(distribute.current()) else -(-self.count // batch_size))
+
     def sample(self, n: int) -> np.ndarray:
         """Up to n images, in order (for statistics such as the mean image)."""
         return load(self.source, self.index[:n], self.image_size).images
