@@ -44,12 +44,11 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             fit_start = time.perf_counter()
             batches, steps = train.training_batches(options.batch_size, cfg.seed)
             training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
-                         history_path=run.staging / "history.csv",
-                         backup_dir=run.backup_dir("backup"), log=log, log_prefix="pretrain ",
+                         history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"), log=log,
+                         log_prefix="pretrain ", jit_compile=cfg.xla,
                          validation_data=(stream.in_memory(val_images).batches(options.batch_size, False)
                                           if objective.VALIDATES and len(val_images) > 1 else None),
-                         extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])],
-                         jit_compile=cfg.xla)
+                         extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
             fit_seconds = time.perf_counter() - fit_start
             report = objective.report(model, train, val_images)
             if watch is not None:
