@@ -46,7 +46,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
                          history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"), log=log,
                          log_prefix="pretrain ", jit_compile=cfg.xla,
-                         validation_data=(stream.in_memory(val_images).batches(options.batch_size, False)
+                         validation_data=(stream.in_memory(val_images).batches(options.batch_size)
                                           if objective.VALIDATES and len(val_images) > 1 else None),
                          extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
             fit_seconds = time.perf_counter() - fit_start

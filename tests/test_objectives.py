@@ -26,7 +26,7 @@ def pretrain(name, images, folder, epochs=2, learning_rate=1e-2, seed=0):
     batches, steps = train.training_batches(16, seed)
     training.fit(model, batches, None, epochs=epochs, batch_size=None, steps_per_epoch=steps,
                  history_path=folder / "h.csv", extra_callbacks=objective.callbacks(model, folder),
-                 validation_data=stream.in_memory(images[32:]).batches(16, False) if objective.VALIDATES else None)
+                 validation_data=stream.in_memory(images[32:]).batches(16) if objective.VALIDATES else None)
     return enc, objective.report(model, train, images[32:])
 
 

@@ -211,11 +211,12 @@ class TrainImages:
     def shape(self) -> tuple[int, int, int]:
         return (self.image_size, self.image_size, self.source.channels)
 
-    def batches(self, batch_size: int, shuffle: bool, seed: int = 0):
-        """Batches for `fit` under the current tf.distribute strategy (see `transfer.distribute`)."""
+    def batches(self, batch_size: int):
+        """The images in order, in batches, under the current tf.distribute strategy (see
+        `distribute.batches`): held-out images to evaluate (training: `training_batches`)."""
         return distribute.batches(
-            lambda b, shard: dataset(self.source, self.index, self.image_size, batch_size=b, shuffle=shuffle,
-                                     seed=seed, shard=shard), batch_size, self.count)
+            lambda b, shard: dataset(self.source, self.index, self.image_size, batch_size=b, shard=shard),
+            batch_size, self.count)
 
     def training_batches(self, batch_size: int, seed: int = 0):
         """(batches, steps per epoch) to train on: endless reshuffled passes cut into full
