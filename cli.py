@@ -442,7 +442,8 @@ def prepare(**params):
 @opt(CompareConfig, "by", type=str, default=",".join(CompareConfig.by), callback=lambda c, p, v: _split(v),
      help="Columns to group runs by (comma-separated; `table` is the table a row came from).")
 @opt(CompareConfig, "metric", help="Numeric column to compare.")
-@opt(CompareConfig, "where", help="Keep only the rows matching this pandas query, e.g. \"arch == 'vgg' and seed < 3\".")
+@opt(CompareConfig, "where", help="Keep only the rows matching this filter, e.g. \"arch == 'vgg' and seed < 3\": column names, "
+          "literals, comparisons, in [...], and/or/not, parentheses; nothing else (no calls).")
 @opt(CompareConfig, "sort", help="Sort the summary by this column (e.g. mean, vs_best_baseline, seconds).")
 @opt(CompareConfig, "descending", is_flag=True, help="Sort from the largest value.")
 @opt(CompareConfig, "top", type=int, help="Show only the first N rows of the summary.")

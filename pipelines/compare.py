@@ -9,7 +9,7 @@ import tempfile
 import numpy as np
 import pandas as pd
 
-from transfer import artifacts, methods, report, results, stats
+from transfer import artifacts, methods, report, results, rowfilter, stats
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
@@ -101,7 +101,7 @@ def _known(table: pd.DataFrame, names: list[str], option: str) -> None:
 def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
     """Render a summary as text, markdown, csv or json (csv and json keep raw numbers)."""
     if fmt == "csv":
-        return table.to_csv(index=False)
+        return neutralized(table).to_csv(index=False)
     if fmt == "json":
         return table.to_json(orient="records", indent=1)
     shown = rendered(table, metric)
@@ -111,6 +111,20 @@ def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
         rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
         return "\n".join([header, rule, *rows])
     return shown.to_string(index=False)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (OWASP CSV injection)
+
+
+def neutralized(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every text cell that a spreadsheet would run as a formula prefixed
+    with `'` (OWASP's advice for CSV exports); numbers are left as they are."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out
 
 
 def rendered(table: pd.DataFrame, metric: str) -> pd.DataFrame:
@@ -285,10 +299,7 @@ def finished_fine_tunes(df: pd.DataFrame, where: str | None, source: str) -> pd.
     if "status" in df:
         df = df[df["status"].fillna("ok") == "ok"]
     if where:
-        try:
-            df = df.query(where)
-        except Exception as exc:  # pandas raises many types for a bad expression
-            raise TransferError(f"--where {where!r}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}")
+        df = rowfilter.apply(df, where)  # compares, never calls (not DataFrame.query)
     if df.empty:
         raise TransferError(f"{source} has no finished fine-tune runs to compare"
                             + (f" matching --where {where!r}" if where else ""))

@@ -180,3 +180,57 @@ def test_scratch_semi_is_a_baseline_and_can_take_the_win_away(tmp_path):
     out = pd.read_csv(io.StringIO(result.output)).set_index("method")
     assert out.loc["contrastive-semi", "vs_best_baseline"] == pytest.approx(0.024 - 0.05)
     assert "did NOT pay" in invoke(table).output
+
+
+@pytest.mark.parametrize("where, refused", [
+    ("@pd.io.common.os.system('touch {f}')", "'@' (a Python variable)"),
+    ("seed.__class__.__init__.__globals__['sys'].modules['os'].system('touch {f}')", "not allowed"),
+    ("__import__('os').system('touch {f}') == 0", "a call"),
+    ("method.str.startswith('x')", "not allowed"),
+    ("seed + 1 == 2", "arithmetic"),
+    ("seed in method", "'in' with anything but a list of literals"),
+    ("[open('{f}', 'w') for x in [1]] == 1", "not allowed"),
+])
+def test_where_cannot_run_code(tmp_path, where, refused):
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH})
+    marker = tmp_path / "F"
+    result = invoke(table, "--where", where.format(f=marker))
+    assert result.exit_code == 2, result.output
+    assert not marker.exists()  # nothing was evaluated
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: --where") and refused in lines[0], lines
+
+
+def test_where_language_compares_numbers_with_numbers(tmp_path):
+    table = tmp_path / "r.csv"
+    rows = [{"command": "fine-tune", "status": "ok", "data": "digits", "method": m, "labels_per_class": b,
+             "seed": s, "test_accuracy": 0.5 + 0.01 * s, "arch": "small"}
+            for m in ("scratch", "contrastive") for b in ("2", "10", "all") for s in range(3)]
+    pd.DataFrame(rows).to_csv(table, index=False)
+
+    def kept(where):
+        result = invoke(table, "--where", where, "--by", "method,labels_per_class", "--format", "json")
+        assert result.exit_code == 0, result.output
+        return {(r["method"], str(r["labels_per_class"]), r["n"]) for r in json.loads(result.output)}
+
+    assert kept("labels_per_class == 10") == {("scratch", "10", 3), ("contrastive", "10", 3)}
+    assert kept("labels_per_class == '10'") == kept("labels_per_class == 10")
+    assert kept("labels_per_class == 'all' and method != 'scratch'") == {("contrastive", "all", 3)}
+    assert kept("labels_per_class < 5") == {("scratch", "2", 3), ("contrastive", "2", 3)}  # 'all' is no number
+    assert kept("labels_per_class != 2 and not (method in ['scratch'])") == {("contrastive", "10", 3),
+                                                                              ("contrastive", "all", 3)}
+    assert kept("(seed >= 1) & (seed < 2) | ~(arch == 'small')") == kept("seed == 1")
+    assert {n for *_, n in kept("0 < seed <= 2 and labels_per_class in [2, 'all']")} == {2}
+    result = invoke(table, "--where", "nope == 1")
+    assert result.exit_code == 2 and "unknown column 'nope'" in result.stderr
+
+
+def test_csv_output_defuses_spreadsheet_formulas(tmp_path):
+    table = write_table(tmp_path / "r.csv", {"=HYPERLINK(\"http://x\")": SCRATCH, "+1+cmd": SCRATCH,
+                                             "@SUM(A1)": SCRATCH, "scratch": SCRATCH, "-bad": SCRATCH})
+    result = invoke(table, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(io.StringIO(result.output))
+    assert set(out["method"]) == {"'=HYPERLINK(\"http://x\")", "'+1+cmd", "'@SUM(A1)", "scratch", "'-bad"}
+    assert (out["mean"] > 0).all() and out["vs_best_baseline"].notna().any()  # numbers as they were (negatives too)
+    assert out["vs_scratch"].min() == pytest.approx(0.0)

@@ -11,6 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer import rowfilter
 from transfer.architectures import READOUTS
 from transfer.errors import TransferError
 
@@ -171,7 +172,7 @@ class CompareConfig:
     results: str = "experiments/results.csv"
     by: tuple[str, ...] = ("data", "method", "labels_per_class")
     metric: str = "test_accuracy"
-    where: str | None = None  # a pandas query on the rows, e.g. "arch == 'vgg' and seed < 3"
+    where: str | None = None  # a row filter (transfer.rowfilter), e.g. "arch == 'vgg' and seed < 3"
     sort: str | None = None  # a column of the summary
     descending: bool = False
     top: int | None = None
@@ -183,6 +184,8 @@ class CompareConfig:
     def __post_init__(self):
         _choice("format", self.format, ("text", "markdown", "csv", "json"))
         _positive("top", self.top)
+        if self.where:
+            rowfilter.check(self.where)  # refused before any table is read
 
 
 @dataclass(frozen=True)
