@@ -32,7 +32,8 @@ class Run:
     def __init__(self, command: str, cfg, out: str | None, log):
         """`out`: the run directory (None: runs/RUN_ID)."""
         self.command, self.cfg, self.log = command, cfg, log
-        artifacts.check_writable(cfg.results, "--results")  # before any work, not after hours of training
+        artifacts.check_writable(results.target(cfg.results), "--results")  # before any work, not after hours
+        results.check_table(cfg.results)
         self.run_id = results.new_run_id(command)
         self.out = Path(out) if out else Path("runs") / self.run_id
         self.started = time.perf_counter()

@@ -79,6 +79,8 @@ def run(cfg: ExperimentConfig, log=print):
     name = spec["name"]
     results_path = spec.get("results", f"experiments/{name}.csv")
     runs = Path(spec.get("runs", f"runs/{name}"))
+    artifacts.check_writable(results.target(results_path), "results")
+    results.check_table(results_path, f"{cfg.file}: results")
     pre = _section(spec, "pretrain", PretrainConfig, cfg.file)
     fin = _section(spec, "fine_tune", FineTuneConfig, cfg.file)
     plan = [(m, methods.parse(m)) for m in spec["methods"]]

@@ -54,3 +54,35 @@ def test_half_written_last_line_is_skipped_on_read_and_cut_before_append(tmp_pat
     df = results.read_results(path, warn=warned.append)
     assert df["run_id"].tolist() == ["a", "c"] and len(warned) == 1
     assert df["test_accuracy"].tolist() == [0.5, 0.7]
+
+
+def test_a_file_that_is_not_a_results_table_is_refused_and_left_untouched(tmp_path):
+    import pytest
+
+    from transfer.errors import TransferError
+
+    passwd = tmp_path / "passwd"
+    passwd.write_bytes(b"root:x:0:0:root:/root:/bin/bash\nnobody:x:65534")  # no final newline: 'torn'
+    link = tmp_path / "results.csv"
+    link.symlink_to(passwd)
+    before = passwd.read_bytes()
+    for path in (link, passwd):
+        with pytest.raises(TransferError, match="not a results table"):
+            results.check_table(path)
+        with pytest.raises(TransferError, match="not a results table"):
+            results.append_row(path, {"run_id": "a", "command": "fine-tune"})
+    assert passwd.read_bytes() == before and link.is_symlink()
+
+
+def test_a_symlinked_table_is_written_through_and_stays_a_link_when_it_grows(tmp_path):
+    real = tmp_path / "shared" / "table.csv"
+    real.parent.mkdir()
+    results.append_row(real, {"run_id": "a", "command": "fine-tune", "test_accuracy": 0.5})
+    link = tmp_path / "mine.csv"
+    link.symlink_to(real)
+    results.append_row(link, {"run_id": "b", "command": "fine-tune", "test_accuracy": 0.6})
+    results.append_row(link, {"run_id": "c", "command": "fine-tune", "a_new_column": 3})  # the header widens
+    assert link.is_symlink() and link.resolve() == real
+    df = results.read_results(real)
+    assert df["run_id"].tolist() == ["a", "b", "c"] and df["a_new_column"].tolist()[2] == 3
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv", "shared"]

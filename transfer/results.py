@@ -45,12 +45,38 @@ def _format(value) -> str:
     return str(value)
 
 
+def target(path: str | os.PathLike) -> Path:
+    """The file a table path writes to: a symbolic link's target (the link stays a link)."""
+    return Path(os.path.realpath(path))
+
+
+def check_table(path: str | os.PathLike, option: str = "--results") -> None:
+    """Refuse, before any work, a path whose file exists and is not a results table (its
+    header does not start with run_id): appending would damage a file the user never
+    meant as one (a symlink to /etc/passwd, a notes.csv of their own)."""
+    real = target(path)
+    if not real.is_file() or real.stat().st_size == 0:
+        return
+    try:
+        with open(real, encoding="utf-8", newline="") as f:
+            first = f.readline(4096)
+        header = next(csv.reader([first]), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        header = []
+    if not header or header[0] != "run_id":
+        shown = f" (through the link {path})" if real != Path(path).absolute() else ""
+        raise TransferError(f"{option} {real}{shown} is not a results table (its first line does not start with "
+                            f"run_id): it is left untouched; give a new file or an existing results table")
+
+
 def append_row(path: str | os.PathLike, row: dict) -> None:
-    """Append one row under a file lock; widen the header if the row brings new columns."""
-    path = Path(path)
+    """Append one row under a file lock; widen the header if the row brings new columns.
+    A symbolic link is written through; a file that is not a results table is refused."""
+    path = target(path)
     unknown = [k for k in row if k not in COLUMNS]
     path.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=60):
+        check_table(path)  # under the lock: nothing below cuts or rewrites a file that is not a table
         _drop_torn_tail(path)
         header = _read_header(path)
         if header is None:
