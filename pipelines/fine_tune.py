@@ -120,15 +120,21 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
         else "none", unlabeled=cfg.unlabeled,
         n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked,
-        skipped_files=_skipped_count(source, test.source), **metrics)
+        **_skipped_counts(source, test.source, pool), **metrics)
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
 
 
-def _skipped_count(*sources) -> int:
-    """Unreadable files of the distinct sources (listing and streaming alike)."""
-    unique = {id(s): s for s in sources}.values()
-    return sum(len(s.skipped) + len(s.failed) for s in unique)
+def _skipped_counts(source, test_source, pool: "Pool | None") -> dict:
+    """Unreadable files (at listing and while decoding) of every source the run read:
+    `skipped_data` (--data), `skipped_test_data` (--test-data), `skipped_unlabeled`
+    (--unlabeled), and their total `skipped_files`."""
+    counts = {"skipped_data": len(source.skipped) + len(source.failed)}
+    if test_source is not source:
+        counts["skipped_test_data"] = len(test_source.skipped) + len(test_source.failed)
+    if pool is not None:
+        counts["skipped_unlabeled"] = pool.skipped + len(pool.source.failed)
+    return {"skipped_files": sum(counts.values()), **counts}
 
 
 def _compile(model, learning_rate, steps_per_execution: int = 1):
@@ -174,6 +180,7 @@ class Pool:
     source: stream.Listing
     index: np.ndarray
     leaked: int  # test images found in it
+    skipped: int  # files skipped as unreadable when the pool was listed (decoding failures: source.failed)
 
 
 def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, log) -> Pool | None:
@@ -187,7 +194,8 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSp
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
     passes = cfg.steps * cfg.mu * cfg.batch_size / max(len(source), 1)
-    return Pool(*stream.decode_once(source, np.arange(len(source)), image_size, passes, log), leaked)
+    return Pool(*stream.decode_once(source, np.arange(len(source)), image_size, passes, log), leaked,
+                len(source.skipped))
 
 
 def _prepare_encoder(job: Job) -> None:

@@ -221,3 +221,25 @@ def test_semi_resumes_after_sigkill(tmp_path):
     row = pd.read_csv(results).iloc[0]
     assert row["method"] == "scratch-semi" and row["steps"] == 3000
     assert json.loads((out / "manifest.json").read_text())["method"] == "scratch-semi"
+
+
+def test_the_row_counts_skipped_files_of_every_source(folders, tmp_path):
+    import shutil
+
+    pool = tmp_path / "pool"
+    shutil.copytree(folders / "pool", pool)
+    (pool / "h" / "empty.png").write_bytes(b"")  # unreadable at listing
+    (pool / "v" / "junk.png").write_bytes(b"not an image at all")  # unreadable at listing
+    good = (pool / "d" / "0.png").read_bytes()
+    (pool / "d" / "torn.png").write_bytes(good[: len(good) // 2])  # its header reads; decoding fails
+    test = tmp_path / "test"
+    shutil.copytree(folders / "labeled", test)
+    (test / "h" / "bad.png").write_bytes(b"")
+    out, results = tmp_path / "semi", tmp_path / "r.csv"
+    result = invoke("fine-tune", "--data", folders / "labeled", "--test-data", test, "--encoder", "random",
+                    "--freeze", "none", "--unlabeled", pool, "--steps", "2", "--mu", "2", "--labels-per-class", "3",
+                    "--out", out, "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    row = _row(results, out)
+    assert row["skipped_unlabeled"] == 3 and row["skipped_test_data"] == 1 and row["skipped_data"] == 0
+    assert row["skipped_files"] == 4

@@ -22,7 +22,8 @@ COLUMNS = [
     "method", "arch", "image_size", "channels", "freeze", "unfreeze_top", "readout", "head", "labels_per_class",
     "n_train", "n_test", "seed", "epochs", "batch_size", "learning_rate", "test_accuracy",
     "test_loss", "train_accuracy", "recon_mse", "baseline_zeros_mse", "baseline_mean_mse",
-    "test_in_pretraining", "encoder_unchanged", "skipped_files", "seconds", "images_per_second", "peak_memory_mb", "run_dir", "error",
+    "test_in_pretraining", "encoder_unchanged", "skipped_files", "skipped_data", "skipped_test_data",
+    "skipped_unlabeled", "seconds", "images_per_second", "peak_memory_mb", "run_dir", "error",
     "gflops_per_second", "train_flops_per_image", "strategy", "replicas", "workers",
 ]
 
