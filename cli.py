@@ -233,9 +233,16 @@ def _run(pipeline, cls, params: dict):
     """Build the config and run. Bad input: one line, exit code 2. A lost worker: one line,
     exit code 1. Anything else: one line, exit code 1, the traceback saved to a log file
     (in the run's staging directory when there is one) that the line names."""
+    from transfer import stopping
+
+    for prefix in ("transfer-decoded-", "transfer-worker-"):  # left by a process killed outright (SIGKILL)
+        stopping.remove_stale(prefix)
     try:
         cfg = cls(**params)
-        return pipeline.run(cfg, log=Console())
+        with stopping.handled():  # SIGINT, SIGTERM, SIGHUP: one line, staging kept, exit 128 + signal
+            return pipeline.run(cfg, log=Console())
+    except stopping.Stopped as exc:
+        _end_after_stop(exc)
     except RunComplete as exc:
         click.echo(str(exc))
         return None
@@ -248,6 +255,14 @@ def _run(pipeline, cls, params: dict):
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunFailed(f"{type(exc).__name__}{': ' + text[:300] if text else ''} "
                         f"(the full traceback is in {log})") from None
+
+
+def _end_after_stop(exc) -> None:
+    """One line: what stopped the run, what was kept, how to go on; exit 128 + the signal."""
+    staging = getattr(exc, "staging", None)
+    kept = f"; its partial run is kept in {staging}" if staging else ""
+    click.echo(f"Stopped by {exc.name}{kept}: run the same command again to resume.", err=True)
+    raise click.exceptions.Exit(exc.exit_code)
 
 
 def _end_after_lost_peer(message: str) -> None:

@@ -5,14 +5,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
 import keras
 import numpy as np
 
-from transfer import architectures, artifacts, data, distribute, results, training, visualize
+from transfer import architectures, artifacts, data, distribute, results, stopping, training, visualize
 from transfer.errors import TrainingDiverged, TransferError
 
 
@@ -39,13 +38,19 @@ class Run:
         self.started = time.perf_counter()
         self.strategy = distribute.make_strategy(cfg.strategy)
         self.chief = distribute.cluster()["chief"] if distribute.is_multiworker(self.strategy) else True
+        with self.strategy.scope():  # the chief's --out is the run's on every worker (backups, barriers)
+            chief_out = Path(distribute.chief_value("out", str(self.out)))
+        if chief_out != self.out:
+            log(f"this worker's --out {self.out} differs from the chief's; the chief's {chief_out} is the run's")
+            self.out = chief_out
         self.facts = {"data": cfg.data, "seed": cfg.seed}  # row fields known so far
         if self.chief:
             self.staging, resumed = artifacts.start_run_dir(self.out, cfg.overwrite, config_dict(cfg))
             if resumed:
                 log(f"resuming the interrupted run in {self.staging}")
         else:  # only the chief writes artifacts; a worker's files go to a scratch directory
-            self.staging = Path(tempfile.mkdtemp(prefix="transfer-worker-"))
+            self._scratch = stopping.temporary_directory("transfer-worker-")
+            self.staging = Path(self._scratch.name)
         distribute.barrier(f"staging:{self.out}")  # the chief's staging is settled before anyone reads it
 
     def backup_dir(self, name: str) -> Path:
@@ -70,10 +75,10 @@ class Run:
             results.append_row(self.cfg.results, {**self._common(), "status": "failed", "error": str(exc)})
         elif isinstance(exc, TransferError):
             shutil.rmtree(self.staging, ignore_errors=True)
-        elif isinstance(exc, distribute.WorkerFailed) and not self.chief:
+        elif isinstance(exc, (distribute.WorkerFailed, stopping.Stopped)) and not self.chief:
             shutil.rmtree(self.staging, ignore_errors=True)
-        elif isinstance(exc, Exception) and self.chief and self.staging.is_dir():
-            exc.staging = self.staging
+        elif isinstance(exc, (Exception, stopping.Stopped)) and self.chief and self.staging.is_dir():
+            exc.staging = self.staging  # kept: a stopped or failed run resumes from it
         return False
 
     @contextlib.contextmanager

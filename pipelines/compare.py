@@ -298,6 +298,8 @@ def finished_fine_tunes(df: pd.DataFrame, where: str | None, source: str) -> pd.
         df = df[df["command"] == "fine-tune"]
     if "status" in df:
         df = df[df["status"].fillna("ok") == "ok"]
+    if "method" in df:
+        df = df[df["method"].notna()]  # a row that names no method cannot be compared
     if where:
         df = rowfilter.apply(df, where)  # compares, never calls (not DataFrame.query)
     if df.empty:

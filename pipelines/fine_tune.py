@@ -320,10 +320,11 @@ def _fit_semi(job: Job, classifier, learning_rate: float) -> dict:
             "images_per_second": round(epochs * per_epoch * batch * (1 + 2 * cfg.mu) / seconds, 1)}
 
 
-def _fit_head(job: Job, features):
+def _fit_head(job: Job, features, history: str = "history.csv"):
     """The head on the frozen features: an exact logistic-regression solve when it is
     linear; else Adam for `epochs`, on augmented images through the frozen encoder, or on
-    features computed once with --augment none (cheap: no encoder pass per epoch)."""
+    features computed once with --augment none (cheap: no encoder pass per epoch). Its
+    epochs go to `history` in the staging directory."""
     cfg, train, log = job.cfg, job.train, job.log
     n_classes = len(train.class_names)
     cached = job.probes.get(job.readout)  # the readout's features and probe, when "auto" computed them
@@ -336,7 +337,7 @@ def _fit_head(job: Job, features):
         head.get_layer("head_out").set_weights([weights, bias])
         _compile(head, cfg.learning_rate)
         loss, acc = head.evaluate(f_train, train.labels, verbose=0)
-        (staging / "history.csv").write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
+        (staging / history).write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
         log(f"linear head solved (L2 C={c:g}, chosen by cross-validation): train accuracy {acc:.4f}")
         job.head_metrics["probe_c"] = c
         return head
@@ -344,12 +345,12 @@ def _fit_head(job: Job, features):
         model = augment.training_model(models.build_classifier(features, head), augment.build(cfg.augment))
         _compile(model, cfg.learning_rate)
         training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     history_path=staging / "history.csv", backup_dir=job.run.backup_dir("backup-head"), log=log,
+                     history_path=staging / history, backup_dir=job.run.backup_dir("backup-head"), log=log,
                      log_prefix="head ", jit_compile=cfg.xla)
         return head
     _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
     training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=staging / "history.csv", log=log, log_prefix="head ",
+                 history_path=staging / history, log=log, log_prefix="head ",
                  jit_compile=cfg.xla)  # cheap to redo: no backup
     return head
 
@@ -371,7 +372,7 @@ def _fit_end_to_end(job: Job):
     cfg, encoder = job.cfg, job.encoder
     if job.pretrained:
         models.freeze(encoder)
-        head = _fit_head(job, models.build_features(encoder, job.readout, frozen=True))
+        head = _fit_head(job, models.build_features(encoder, job.readout, frozen=True), "history-head.csv")
         models.unfreeze(encoder)
     else:
         head = None

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import __version__, data, results
+from transfer import __version__, data, results, stopping
 from transfer.errors import RunComplete, TransferError
 
 MANIFEST = "manifest.json"
@@ -135,12 +135,13 @@ def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:
     """Move a complete staging directory into place, replacing an old `out` last."""
     out = Path(out)
     old = None
-    if out.exists():
-        old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    with stopping.critical():  # a stop signal waits until the run directory is in place
+        if out.exists():
+            old = out.with_name(f"{out.name}.old-{uuid.uuid4().hex[:8]}")
+            os.replace(out, old)
+        os.replace(staging, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
     return out
 
 
@@ -153,8 +154,9 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically: under a temporary name, then renamed into place."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with stopping.critical():  # never a temporary file left behind by a stop signal
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def _json_default(obj):
@@ -173,9 +175,10 @@ def save_model(model, path: str | os.PathLike) -> str:
     """Save a Keras model atomically; returns the file's SHA-256."""
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{uuid.uuid4().hex[:8]}.tmp.keras")
-    model.save(tmp)
-    digest = sha256_file(tmp)
-    os.replace(tmp, path)
+    with stopping.critical():
+        model.save(tmp)
+        digest = sha256_file(tmp)
+        os.replace(tmp, path)
     return digest
 
 

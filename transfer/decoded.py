@@ -12,18 +12,19 @@ Memory stays bounded: the file is read with `os.preadv`, never mapped, so a batc
 all the process holds. The file lives in a temporary directory (`$TMPDIR`), removed
 when the listing that owns it is garbage collected or the process exits; it is not
 written when the disk lacks room for it (twice its size free), and the source is then
-streamed as before. Pixels are stored as float16, as prepared shards store them.
+streamed as before. A stop signal removes it too; the folder of a process killed
+outright (SIGKILL) is removed by the next run that decodes (`transfer.stopping`). Pixels are stored as float16, as prepared shards store them.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import time
 
 import numpy as np
 
+from transfer import stopping
 from transfer.listing import Listing
 
 DTYPE = np.dtype(np.float16)
@@ -40,7 +41,7 @@ def build(source: Listing, index, image_size: int, records, log=print) -> tuple[
     and recorded in both listings' `failed`."""
     index = np.sort(np.asarray(index, dtype=np.int64))
     size = nbytes(len(index), image_size, source.channels)
-    folder = tempfile.TemporaryDirectory(prefix="transfer-decoded-")
+    folder = stopping.temporary_directory("transfer-decoded-")
     if shutil.disk_usage(folder.name).free < 2 * size:
         log(f"not decoding {source.src} once: {size / 2**20:.0f} MiB would not fit in {folder.name}; "
             "decoding every pass instead")

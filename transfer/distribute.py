@@ -24,6 +24,7 @@ import os
 import subprocess
 import sys
 
+from transfer import stopping
 from transfer.errors import TransferError
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
@@ -144,8 +145,9 @@ def make_strategy(name: str):
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(join), message],
                                 stdin=subprocess.PIPE)
     try:
-        _configure_coordination(join)
-        return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+        with stopping.immediate():  # the join waits inside C++, where no Python handler runs; nothing is written yet
+            _configure_coordination(join)
+            return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
     except (tf.errors.OpError, RuntimeError, ValueError) as exc:
         raise WorkerFailed(f"could not join the cluster in TF_CONFIG: {_first_line(exc)}") from None
     finally:
@@ -202,26 +204,62 @@ def _configure_coordination(join_timeout: int) -> None:
         heartbeat_timeout_in_ms=min(HEARTBEAT_TIMEOUT, join_timeout) * 1000)
 
 
+POLL_MS = 1000  # waits on peers return to Python this often, so that a stop signal takes effect
+_uses: dict[str, int] = {}
+
+
+def _key(name: str) -> str:
+    """A coordination-service key for the n-th use of `name` in this process (every worker
+    makes the same calls in the same order, so the n-th uses meet)."""
+    _uses[name] = _uses.get(name, 0) + 1
+    return f"transfer:{name}:{_uses[name]}"
+
+
+def _wait_for_key(key: str, what: str) -> str:
+    """The value a peer put under `key`, polled every POLL_MS (a wait inside TensorFlow
+    never returns to Python, so SIGTERM would be ignored for as long as it lasts)."""
+    import time
+
+    import tensorflow as tf
+    from tensorflow.python.eager import context
+
+    deadline = time.monotonic() + _timeouts()[0]
+    while True:
+        try:
+            return context.context().get_config_key_value(key, POLL_MS)
+        except tf.errors.DeadlineExceededError:
+            if time.monotonic() > deadline:
+                raise tf.errors.DeadlineExceededError(None, None, f"timed out waiting for {what}") from None
+
+
 def barrier(name: str) -> None:
     """Wait until every worker of a multiworker run gets here (no-op otherwise)."""
     if not is_multiworker(current()):
         return
     from tensorflow.python.eager import context
 
-    context.context().wait_at_barrier(f"transfer:{name}", _timeouts()[0] * 1000)
+    key, info = _key(f"barrier:{name}"), cluster()
+    context.context().set_config_key_value(f"{key}:{info['index']}", "1")
+    for index in range(info["workers"]):
+        _wait_for_key(f"{key}:{index}", f"worker {index} at {name}")
+
+
+def chief_value(name: str, value: str) -> str:
+    """The chief's `value` of `name`, on every worker (the chief's own, on the chief)."""
+    if not is_multiworker(current()):
+        return value
+    from tensorflow.python.eager import context
+
+    key = _key(name)
+    if cluster()["chief"]:
+        context.context().set_config_key_value(key, value)
+        return value
+    return _wait_for_key(key, f"the chief's {name}")
 
 
 def same_on_every_worker(name: str, value: str) -> None:
     """Refuse a multiworker run whose workers disagree on `value` (the chief's is the reference)."""
-    if not is_multiworker(current()):
-        return
-    from tensorflow.python.eager import context
-
-    key = f"transfer:{name}"
-    if cluster()["chief"]:
-        context.context().set_config_key_value(key, value)
-        return
-    chief = context.context().get_config_key_value(key, _timeouts()[0] * 1000)
+    chief = chief_value(name, value)
     if chief != value:
         raise TransferError(f"worker {cluster()['index']} disagrees with the chief on {name}: {value} here, "
                             f"{chief} on the chief")

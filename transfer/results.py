@@ -15,6 +15,7 @@ from pathlib import Path
 
 from filelock import FileLock
 
+from transfer import stopping
 from transfer.errors import TransferError
 
 COLUMNS = [
@@ -76,7 +77,7 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     path = target(path)
     unknown = [k for k in row if k not in COLUMNS]
     path.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=60):
+    with FileLock(str(path) + ".lock", timeout=60), stopping.critical():  # a stop signal waits for the row
         check_table(path)  # under the lock: nothing below cuts or rewrites a file that is not a table
         _drop_torn_tail(path)
         header = _read_header(path)

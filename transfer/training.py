@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import distribute
+from transfer import distribute, stopping
 from transfer.progress import Progress
 from transfer.errors import TrainingDiverged, TransferError
 
@@ -67,7 +67,8 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
     def on_epoch_end(self, epoch, logs=None):
         self._current_epoch, self._last_batch_seen = epoch + 1, 0
         if self.every_epoch or time.monotonic() - self._saved_at >= self.interval:
-            self._save_model()
+            with stopping.critical():  # a stop signal waits: an interrupted write leaves a valid but partial file
+                self._save_model()
             self._saved_at = time.monotonic()
 
     def _repair(self) -> None:
@@ -94,7 +95,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         distribute.barrier(f"{self.backup_dir}:repaired")
         try:
             super().on_train_begin(logs)
-        except OSError as exc:  # unreadable after all (e.g. no shared file system): start over
+        except (OSError, ValueError) as exc:  # unreadable or incomplete after all (e.g. no shared file system)
             if self.log is not None:
                 self.log(f"the backup in {self.backup_dir} cannot be read ({exc}); starting over")
             self._current_epoch = 0

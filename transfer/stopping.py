@@ -1,0 +1,134 @@
+"""Stopping a run politely: SIGINT (Ctrl-C), SIGTERM (a scheduler, `timeout`, `kill`) and
+SIGHUP (a closed terminal) all end a run the same way.
+
+While `handled()` is active, each of these signals raises `Stopped` in the main thread:
+the run's staging directory is kept for a resume (`transfer.artifacts`), temporary files
+are removed on the way out (their finalizers run), and the CLI prints one line and exits
+with 128 + the signal's number. A signal that arrives inside `critical()` (appending a
+results row, moving a run directory into place, writing a file atomically) is held until
+that block ends, so that no file is left half-written or half-moved. Where nothing has
+been written yet and Python cannot run a handler (joining a cluster, inside TensorFlow's
+C++), `immediate()` lets the signal end the process at once instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import tempfile
+import threading
+
+SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
+
+_state = {"depth": 0, "pending": None}
+
+
+class Stopped(BaseException):
+    """The run was stopped by a signal (a BaseException, as KeyboardInterrupt is, so that no
+    `except Exception` on the way up records it as a failure)."""
+
+    def __init__(self, signum: int):
+        self.signum = int(signum)
+        super().__init__(f"stopped by {signal.Signals(self.signum).name}")
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signum).name
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum
+
+
+def _handler(signum, frame):
+    if _state["depth"]:
+        _state["pending"] = _state["pending"] or signum
+        return
+    raise Stopped(signum)
+
+
+def _main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+@contextlib.contextmanager
+def handled():
+    """Within the block, SIGINT, SIGTERM and SIGHUP raise `Stopped` (main thread only)."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+        _state["pending"] = None
+
+
+@contextlib.contextmanager
+def critical():
+    """A block that a stop signal does not interrupt: the signal takes effect when it ends."""
+    _state["depth"] += 1
+    try:
+        yield
+    finally:
+        _state["depth"] -= 1
+        if not _state["depth"] and _state["pending"] and _main_thread():
+            signum, _state["pending"] = _state["pending"], None
+            raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def immediate():
+    """Within the block, the stop signals end the process at once (their default action):
+    for waits inside C++ that never return to Python, before anything was written."""
+    if not _main_thread():
+        yield
+        return
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in SIGNALS}
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+def alive(pid: int) -> bool:
+    """Whether process `pid` exists (for removing what a killed process left behind)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def temporary_directory(prefix: str) -> tempfile.TemporaryDirectory:
+    """A temporary directory named `<prefix><pid>-...`, removed when it is garbage collected
+    or the process exits (a stop signal included); the ones of the same prefix that a
+    killed process (SIGKILL, a crash) left behind are removed first."""
+    remove_stale(prefix)
+    return tempfile.TemporaryDirectory(prefix=f"{prefix}{os.getpid()}-")
+
+
+def remove_stale(prefix: str, folder: str | None = None) -> list[str]:
+    """Remove `<prefix><pid>-*` directories whose process is gone; returns their paths."""
+    folder = folder or tempfile.gettempdir()
+    pattern = re.compile(re.escape(prefix) + r"(\d+)-")
+    removed = []
+    try:
+        names = os.listdir(folder)
+    except OSError:
+        return removed
+    for name in names:
+        match = pattern.match(name)
+        path = os.path.join(folder, name)
+        if match and int(match.group(1)) != os.getpid() and not alive(int(match.group(1))) and os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
