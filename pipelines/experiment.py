@@ -35,11 +35,17 @@ import keras
 
 from pipelines import compare, fine_tune, pretrain
 from transfer import artifacts, methods, results
-from transfer.config import CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, read_toml
+from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
+                             check_type, read_toml)
 from transfer.errors import TransferError
 from transfer.progress import Progress
 
 KEYS = {"name", "description", "results", "runs", "seeds", "labels_per_class", "methods", "pretrain", "fine_tune"}
+
+
+# The top-level keys' types (the sections' come from their config classes).
+TYPES = {"name": str, "description": str, "results": str, "runs": str, "seeds": list[int],
+         "labels_per_class": list[int | str], "methods": list[str], "pretrain": dict, "fine_tune": dict}
 
 
 def _section(spec: dict, key: str, cls, path) -> dict:
@@ -48,20 +54,42 @@ def _section(spec: dict, key: str, cls, path) -> dict:
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise TransferError(f"{path}: unknown [{key}] option(s) {unknown}")
+    check_section(section, cls, f"{path} [{key}]")
     return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
 
 
 def load(path: str) -> dict:
+    """The experiment file, every key checked for its type and value before anything runs."""
     spec = read_toml(path, "experiment file")
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise TransferError(f"{path}: unknown key(s) {unknown}. Known: {sorted(KEYS)}")
     for key in ("name", "seeds", "labels_per_class", "methods"):
-        if not spec.get(key):
+        if key not in spec or (isinstance(spec[key], (list, str)) and not spec[key]):
             raise TransferError(f"{path}: '{key}' is required")
+    for key, value in spec.items():
+        check_type(value, TYPES[key], key, path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", spec["name"]) or spec["name"].startswith("."):
         raise TransferError(f"{path}: name may use letters, digits, '_', '-' and '.'. Received: {spec['name']!r}")
+    if any(s < 0 for s in spec["seeds"]):
+        raise TransferError(f"{path}: seeds must be >= 0. Received: seeds={spec['seeds']!r}")
+    for b in spec["labels_per_class"]:
+        if (isinstance(b, str) and b != "all") or (isinstance(b, int) and b < 1):
+            raise TransferError(f"{path}: labels_per_class holds whole numbers >= 1 or 'all'. "
+                                f"Received: labels_per_class={spec['labels_per_class']!r}")
+    for m in spec["methods"]:
+        methods.parse(m)  # an unknown method is refused now, not after the pretrainings
     return spec
+
+
+def _check_values(path, pre: dict, fin: dict) -> None:
+    """The sections' values checked as the CLI checks its options (ranges, choices), before
+    anything runs: a bad [fine_tune] value is not found after hours of pretraining."""
+    for key, cls, fields in (("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)):
+        try:
+            cls(**fields)
+        except TransferError as exc:
+            raise TransferError(f"{path} [{key}]: {exc}") from None
 
 
 def _done(results_path: str, name: str) -> set[tuple[str, str, int]]:
@@ -79,11 +107,12 @@ def run(cfg: ExperimentConfig, log=print):
     name = spec["name"]
     results_path = spec.get("results", f"experiments/{name}.csv")
     runs = Path(spec.get("runs", f"runs/{name}"))
-    artifacts.check_writable(results.target(results_path), "results")
-    results.check_table(results_path, f"{cfg.file}: results")
     pre = _section(spec, "pretrain", PretrainConfig, cfg.file)
     fin = _section(spec, "fine_tune", FineTuneConfig, cfg.file)
     plan = [(m, methods.parse(m)) for m in spec["methods"]]
+    _check_values(cfg.file, pre, fin)
+    artifacts.check_writable(results.target(results_path), "results")
+    results.check_table(results_path, f"{cfg.file}: results")
     encoders = {}
     for objective in dict.fromkeys(m.objective for _, m in plan if m.objective):
         encoders[objective] = _pretrained(objective, runs, pre, results_path, name, cfg.dry_run, log)

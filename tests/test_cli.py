@@ -491,3 +491,32 @@ def test_mixed_precision_and_xla_switches_train_on_cpu(workspace, tmp_path, obje
     assert rows["precision"].tolist() == ["mixed", "float32"] and rows["xla"].tolist() == [False, True]
     assert np.isfinite(pd.read_csv(enc / "history.csv")["loss"]).all()
     assert np.isfinite(rows.iloc[1]["test_loss"])
+
+
+@pytest.mark.parametrize("line, section, message", [
+    ('seeds = "abc"', "", "seeds must be a list, each a whole number. Received: seeds='abc'"),
+    ("seeds = [0, 1.5]", "", "seeds must be a list, each a whole number"),
+    ("seeds = [-1]", "", "seeds must be >= 0"),
+    ('labels_per_class = ["many"]', "", "labels_per_class holds whole numbers >= 1 or 'all'"),
+    ('methods = "scratch"', "", "methods must be a list, each text"),
+    ('methods = ["scrach"]', "", "scrach"),
+    ('name = 3', "", "name must be text. Received: name=3"),
+    ('epochs = "many"', "[fine_tune]", "[fine_tune]: epochs must be a whole number. Received: epochs='many'"),
+    ("learning_rate = true", "[pretrain]", "[pretrain]: learning_rate must be a number"),
+    ("epochs = 0", "[fine_tune]", "[fine_tune]: epochs must be >= 1"),
+    ('filters = "4,8"', "[pretrain]", "filters must be a list, each a whole number"),
+])
+def test_every_experiment_key_is_checked_before_anything_runs(tmp_path, monkeypatch, line, section, message):
+    monkeypatch.chdir(tmp_path)
+    base = {"name": 'name = "bad"', "seeds": "seeds = [0]", "labels_per_class": "labels_per_class = [2]",
+            "methods": 'methods = ["scratch"]'}
+    key = line.split("=")[0].strip()
+    top = [v for k, v in base.items() if not (not section and k == key)] + ([line] if not section else [])
+    sections = {"[pretrain]": ['data = "digits"'], "[fine_tune]": ['data = "digits"']}
+    if section:
+        sections[section].append(line)
+    text = "\n".join(top + [f"{s}\n" + "\n".join(v) for s, v in sections.items()]) + "\n"
+    (tmp_path / "bad.toml").write_text(text)
+    result = invoke("experiment", "bad.toml")
+    assert_user_error(result, message)
+    assert not (tmp_path / "experiments").exists() and not (tmp_path / "runs").exists()  # nothing ran

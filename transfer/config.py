@@ -271,3 +271,62 @@ def load_toml(path: str | Path, allowed: set[str]) -> dict:
             value = ",".join(str(v) for v in value)
         out[name] = value
     return out
+
+
+def check_type(value, hint, name: str, where: str) -> None:
+    """Refuse `value` unless it is of the type a config field is annotated with (TOML values:
+    no None; lists for tuples; whole numbers are numbers): one line naming the key, the type
+    expected and what was received."""
+    if not _fits(value, hint):
+        raise TransferError(f"{where}: {name} must be {_describe_type(hint)}. Received: {name}={value!r}")
+
+
+def _arms(hint) -> list:
+    import types
+    import typing
+
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return [a for a in typing.get_args(hint) if a is not type(None)]
+    return [hint]
+
+
+def _fits(value, hint) -> bool:
+    import typing
+
+    for arm in _arms(hint):
+        if typing.get_origin(arm) in (tuple, list):
+            item = typing.get_args(arm)[0] if typing.get_args(arm) else object
+            if isinstance(value, (list, tuple)) and all(_fits(v, item) for v in value):
+                return True
+        elif arm is float:
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                return True
+        elif arm is int:
+            if isinstance(value, int) and not isinstance(value, bool):
+                return True
+        elif arm is object or isinstance(value, arm):
+            return True
+    return False
+
+
+def _describe_type(hint) -> str:
+    import typing
+
+    words = {int: "a whole number", float: "a number", bool: "true or false", str: "text"}
+    parts = []
+    for arm in _arms(hint):
+        if typing.get_origin(arm) in (tuple, list):
+            item = typing.get_args(arm)[0] if typing.get_args(arm) else object
+            parts.append(f"a list, each {_describe_type(item)}" if item is not object else "a list")
+        else:
+            parts.append(words.get(arm, getattr(arm, "__name__", str(arm))))
+    return " or ".join(parts)
+
+
+def check_section(section: dict, cls, where: str) -> None:
+    """Every key of a TOML section against `cls`'s field types (dataclass fields)."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    for key, value in section.items():
+        check_type(value, hints[key], key, where)
