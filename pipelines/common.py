@@ -44,8 +44,14 @@ class Run:
             log(f"this worker's --out {self.out} differs from the chief's; the chief's {chief_out} is the run's")
             self.out = chief_out
         self.facts = {"data": cfg.data, "seed": cfg.seed}  # row fields known so far
+        self._lock = contextlib.ExitStack()
         if self.chief:
-            self.staging, resumed = artifacts.start_run_dir(self.out, cfg.overwrite, config_dict(cfg))
+            self._lock.enter_context(artifacts.run_lock(self.out))  # one process per run directory
+            try:
+                self.staging, resumed = artifacts.start_run_dir(self.out, cfg.overwrite, config_dict(cfg))
+            except BaseException:
+                self._lock.close()
+                raise
             if resumed:
                 log(f"resuming the interrupted run in {self.staging}")
         else:  # only the chief writes artifacts; a worker's files go to a scratch directory
@@ -70,6 +76,14 @@ class Run:
 
     def __exit__(self, kind, exc, tb) -> bool:
         keras.mixed_precision.set_global_policy(self._policy)
+        try:
+            self._on_failure(exc)
+        finally:
+            if exc is not None:
+                self._lock.close()  # after the failure's row: the run directory is free again
+        return False
+
+    def _on_failure(self, exc) -> None:
         if isinstance(exc, TrainingDiverged):
             shutil.rmtree(self.staging, ignore_errors=True)
             results.append_row(self.cfg.results, {**self._common(), "status": "failed", "error": str(exc)})
@@ -79,7 +93,6 @@ class Run:
             shutil.rmtree(self.staging, ignore_errors=True)
         elif isinstance(exc, (Exception, stopping.Stopped)) and self.chief and self.staging.is_dir():
             exc.staging = self.staging  # kept: a stopped or failed run resumes from it
-        return False
 
     @contextlib.contextmanager
     def distributed(self):
@@ -117,6 +130,7 @@ class Run:
                "seconds": round(time.perf_counter() - self.started, 2),
                "peak_memory_mb": round(training.peak_memory_mb(), 1)}
         results.append_row(self.cfg.results, row)
+        self._lock.close()  # the row is in: another process may now take the run directory
         return row
 
     def _common(self) -> dict:

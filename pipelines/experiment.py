@@ -26,6 +26,7 @@ table, and reuses finished pretrainings.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import re
 import time
@@ -120,33 +121,56 @@ def run(cfg: ExperimentConfig, log=print):
     log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")
     progress = Progress(log, len(todo), "  run", every=1, bar=False)
     for i, (label, fcfg) in enumerate(todo, start=1):
+        what = f"{label:<22} labels/class={str(fcfg.labels_per_class or 'all'):<4} seed={fcfg.seed}"
         if cfg.dry_run:
-            log(f"  would run {label} labels/class={fcfg.labels_per_class or 'all'} seed={fcfg.seed}")
+            log(f"  would run {what}")
             continue
-        keras.backend.clear_session()
         t = time.perf_counter()
-        row = fine_tune.run(fcfg, log=lambda m: None)
-        progress.update(i, note=f" {label:<22} labels/class={str(fcfg.labels_per_class or 'all'):<4} "
-                                f"seed={fcfg.seed} test accuracy {row['test_accuracy']:.3f} in "
-                                f"{time.perf_counter() - t:.1f}s")
+        row = _fine_tune(fcfg, (label, str(fcfg.labels_per_class or "all"), fcfg.seed), results_path, name)
+        progress.update(i, note=f" {what} " + (f"test accuracy {row['test_accuracy']:.3f} in "
+                                               f"{time.perf_counter() - t:.1f}s" if row else f"skipped: {getattr(row, 'note', '')}"))
     if cfg.dry_run or not Path(results_path).is_file():
         return None
     return compare.run(CompareConfig(results=results_path), log=log)
 
 
+class Skipped(dict):
+    """No row: another process ran (or is running) this fine-tune."""
+
+    def __init__(self, note: str):
+        super().__init__()
+        self.note = note
+
+
+def _fine_tune(fcfg: FineTuneConfig, key: tuple, results_path: str, name: str) -> dict:
+    """One fine-tune of the grid, unless another process holds its run directory or has
+    already appended its row (two experiments on one file share the grid)."""
+    try:
+        with artifacts.run_lock(fcfg.out):
+            if key in _done(results_path, name):
+                return Skipped("another process ran it")
+            keras.backend.clear_session()
+            return fine_tune.run(fcfg, log=lambda m: None)
+    except artifacts.RunBusy:
+        return Skipped("another process is running it")
+
+
 def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: str, dry_run: bool, log) -> str:
     """The run directory of the experiment's encoder for `objective`, pretrained unless it exists."""
     out = runs / f"pretrain-{objective}"
-    try:
-        artifacts.read_manifest(out, "encoder")
-        log(f"reusing the {objective} encoder in {out}")
-    except TransferError:
-        log(f"pretraining {objective} -> {out}")
-        if not dry_run:
-            keras.backend.clear_session()
-            pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
-                                           "results": results_path, "experiment": name}),
-                         log=lambda m: log("  " + m))
+    with contextlib.ExitStack() as held:
+        if not dry_run:  # another experiment pretraining the same encoder: wait for it, then reuse
+            held.enter_context(artifacts.run_lock(out, wait=True, on_wait=lambda m: log("  " + m)))
+        try:
+            artifacts.read_manifest(out, "encoder")
+            log(f"reusing the {objective} encoder in {out}")
+        except TransferError:
+            log(f"pretraining {objective} -> {out}")
+            if not dry_run:
+                keras.backend.clear_session()
+                pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
+                                               "results": results_path, "experiment": name}),
+                             log=lambda m: log("  " + m))
     return str(out)
 
 

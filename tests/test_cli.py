@@ -520,3 +520,69 @@ def test_every_experiment_key_is_checked_before_anything_runs(tmp_path, monkeypa
     result = invoke("experiment", "bad.toml")
     assert_user_error(result, message)
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "runs").exists()  # nothing ran
+
+
+def test_a_run_directory_another_process_writes_is_refused(workspace, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ft"
+    holder = subprocess.Popen([sys.executable, "-c", "from transfer import artifacts; import sys, time\n"
+                               f"with artifacts.run_lock({str(out)!r}):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        for command in (["fine-tune", "--data", workspace / "labeled", "--labels-per-class", "2", "--epochs", "1"],
+                        ["pretrain", "--data", workspace / "labeled", "--epochs", "1", "--objective", "autoencoder"]):
+            result = invoke(*command, "--out", out, "--results", tmp_path / "r.csv", *TINY)
+            assert_user_error(result, f"run directory {out} is being written by another process (pid {holder.pid})")
+        assert not (tmp_path / "ft.partial").exists() and not (tmp_path / "r.csv").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    result = invoke("fine-tune", "--data", workspace / "labeled", "--labels-per-class", "2", "--epochs", "1",
+                    "--out", out, "--results", tmp_path / "r.csv", *TINY)  # the holder died: the lock went with it
+    assert result.exit_code == 0, result.output
+    assert not (tmp_path / "ft.lock").exists()
+
+
+@pytest.mark.slow
+def test_two_experiments_on_one_file_share_the_grid(workspace, tmp_path):
+    import subprocess
+
+    from conftest import cli_command
+
+    (tmp_path / "exp.toml").write_text(f'''
+name = "both"
+seeds = [0, 1, 2]
+labels_per_class = [2]
+methods = ["autoencoder", "scratch", "random-frozen"]
+[pretrain]
+data = "{workspace / 'labeled'}"
+image_size = 8
+filters = [4, 8]
+epochs = 3
+batch_size = 8
+[fine_tune]
+data = "{workspace / 'labeled'}"
+image_size = 8
+filters = [4, 8]
+epochs = 30
+''')
+    import os
+
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [subprocess.Popen(cli_command("experiment", "exp.toml"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    df = pd.read_csv(tmp_path / "experiments" / "both.csv")
+    ft = df[df["command"] == "fine-tune"]
+    assert len(ft) == 9 and not ft.duplicated(["method", "labels_per_class", "seed"]).any()
+    assert (df["command"] == "pretrain").sum() == 1
+    ran = [len(re.findall(r"test accuracy \d\.\d{3} in", o)) for o in outputs]
+    assert sum(ran) == 9, outputs  # each fine-tune ran once, in one of the two
+    for history in (tmp_path / "runs").rglob("history*.csv"):
+        epochs = pd.read_csv(history)["epoch"].tolist()
+        assert epochs == list(range(len(epochs))), history
+    assert not list((tmp_path / "runs").rglob("error-*.log")) and not list((tmp_path / "runs").rglob("*.partial"))

@@ -8,6 +8,8 @@ loading checks it and uses Keras's `safe_mode=True`.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -91,6 +93,70 @@ def _writable_folder(folder: Path, problem: str) -> None:
         raise TransferError(f"{problem}: its folder {folder} cannot be created ({exc.strerror or exc})") from None
     if not os.access(folder, os.W_OK):
         raise TransferError(f"{problem}: {folder} is not writable")
+
+
+class RunBusy(TransferError):
+    """Another process is writing this run directory."""
+
+
+_held: dict[str, list] = {}  # lock path -> [fd, depth]: the run locks this process holds
+
+
+@contextlib.contextmanager
+def run_lock(out: str | os.PathLike, wait: bool = False, on_wait=None):
+    """Hold `<out>.lock` (an advisory lock next to `<out>.partial`): a run directory belongs
+    to one process at a time. Re-entrant within a process. Without `wait`, a directory
+    another process holds is refused (`RunBusy`); with it, `on_wait` is told once and the
+    lock is waited for. Released when the block ends, or when the process dies."""
+    path = os.path.abspath(f"{out}.lock")
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield
+        finally:
+            _held[path][1] -= 1
+        return
+    fd = _acquire(path, wait, on_wait, out)
+    _held[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _held[path]
+        with stopping.critical():
+            try:
+                os.unlink(path)  # while still held: a waiter that opened it retries on the new file
+            except OSError:
+                pass
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
+
+
+def _acquire(path: str, wait: bool, on_wait, out) -> int:
+    _writable_folder(Path(path).parent, f"run directory {out} cannot be created")
+    told = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+            if not wait:
+                os.close(fd)
+                raise RunBusy(f"run directory {out} is being written by another process (pid {holder}); "
+                              "wait for it to finish, or choose another --out") from None
+            if on_wait is not None and not told:
+                on_wait(f"waiting for another process (pid {holder}) to finish {out}")
+                told = True
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:  # not a file its last holder removed while we waited
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            return fd
+        os.close(fd)
 
 
 def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None = None) -> tuple[Path, bool]:
