@@ -86,3 +86,94 @@ def test_a_symlinked_table_is_written_through_and_stays_a_link_when_it_grows(tmp
     df = results.read_results(real)
     assert df["run_id"].tolist() == ["a", "b", "c"] and df["a_new_column"].tolist()[2] == 3
     assert sorted(p.name for p in tmp_path.iterdir()) == ["mine.csv", "shared"]
+
+
+# ------------------------------------------------------------------ properties of the table
+import os  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_EXTRA = ["probe_knn", "mask_rate", "brand_new"]
+_OPS = st.lists(st.one_of(
+    st.tuples(st.just("append"), st.sets(st.sampled_from(_EXTRA)), st.booleans()),  # new columns?, via the link?
+    st.tuples(st.just("torn"), st.integers(1, 40), st.booleans()),  # a process killed mid-append
+), min_size=1, max_size=12)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(ops=_OPS)
+def test_any_sequence_of_appends_kills_and_growth_leaves_a_readable_table(tmp_path_factory, ops):
+    """Appends from any process serialize on the lock, so an interleaving is a sequence of
+    appends; a kill mid-append leaves a torn last line. Whatever the sequence: pandas reads
+    the table, every completed row is there once, in order, and no other file changed."""
+    root = tmp_path_factory.mktemp("prop")
+    real = root / "tables" / "t.csv"
+    real.parent.mkdir()
+    link = root / "link.csv"
+    link.symlink_to(real)
+    other = root / "tables" / "notes.txt"
+    other.write_text("not to be touched\n")
+    completed = []
+    for k, (kind, arg, via_link) in enumerate(ops):
+        path = link if via_link else real
+        if kind == "append":
+            row = {"run_id": f"r{k}", "command": "fine-tune", "test_accuracy": k / 100, **{c: k for c in arg}}
+            results.append_row(path, row)
+            completed.append(f"r{k}")
+        else:
+            if real.exists():  # a kill before the first append leaves nothing
+                with open(real, "a") as f:
+                    f.write(f"x{k},2026-12-01,fine-tune,ok,,,,,,,,,,,,,,"[:arg])  # never its newline
+    assert link.is_symlink() and other.read_text() == "not to be touched\n"
+    assert sorted(p.name for p in real.parent.iterdir()) in (["notes.txt", "t.csv", "t.csv.lock"], ["notes.txt"])
+    if not completed:
+        return
+    df = results.read_results(real, warn=lambda m: None)
+    assert df["run_id"].tolist() == completed
+    for k, (kind, arg, _) in enumerate(ops):
+        if kind == "append":
+            for c in arg:
+                assert df.loc[df["run_id"] == f"r{k}", c].item() == k
+
+
+_WRITER = """
+import sys
+from transfer import results
+path, tag, columns = sys.argv[1], sys.argv[2], sys.argv[3].split(",")
+for i in range(10_000):
+    row = {"run_id": f"{tag}-{i}", "command": "fine-tune", "test_accuracy": 0.5}
+    if i % 7 == 3:
+        row[columns[i % len(columns)]] = i  # the schema grows while others append
+    results.append_row(path, row)
+    print(f"{tag}-{i}", flush=True)
+"""
+
+
+def test_processes_appending_and_killed_at_random_leave_every_completed_row_once(tmp_path):
+    real = tmp_path / "t.csv"
+    link = tmp_path / "link.csv"
+    link.symlink_to(real)
+    env = {**os.environ, "PYTHONPATH": os.getcwd()}
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, str(link if w % 2 else real), f"w{w}",
+                               f"c{w}a,c{w}b,shared"], stdout=subprocess.PIPE, text=True, env=env)
+             for w in range(4)]
+    time.sleep(2.5)
+    for p in procs:
+        p.send_signal(signal.SIGKILL)  # mid-write, most likely: they do nothing else
+    printed = set()
+    for p in procs:
+        out, _ = p.communicate()
+        printed |= set(out.split())
+    results.append_row(link, {"run_id": "after", "command": "fine-tune"})  # the next run repairs what a kill left
+    printed.add("after")
+    df = results.read_results(real, warn=lambda m: None)
+    ids = df["run_id"].tolist()
+    assert len(ids) == len(set(ids)) and ids[-1] == "after"  # no row twice
+    assert printed <= set(ids)  # every completed row
+    assert len(set(ids) - printed) <= len(procs)  # at most the one in flight per process (written, not yet told)
+    assert link.is_symlink() and sorted(p.name for p in tmp_path.iterdir()) == ["link.csv", "t.csv", "t.csv.lock"]

@@ -80,6 +80,8 @@ def append_row(path: str | os.PathLike, row: dict) -> None:
     with FileLock(str(path) + ".lock", timeout=60), stopping.critical():  # a stop signal waits for the row
         check_table(path)  # under the lock: nothing below cuts or rewrites a file that is not a table
         _drop_torn_tail(path)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a widening killed mid-way (SIGKILL)
+            stale.unlink(missing_ok=True)
         header = _read_header(path)
         if header is None:
             header = COLUMNS + unknown
