@@ -586,3 +586,20 @@ epochs = 30
         epochs = pd.read_csv(history)["epoch"].tolist()
         assert epochs == list(range(len(epochs))), history
     assert not list((tmp_path / "runs").rglob("error-*.log")) and not list((tmp_path / "runs").rglob("*.partial"))
+
+
+def test_results_that_are_not_a_table_are_refused_before_training(workspace, tmp_path, monkeypatch):
+    passwd = tmp_path / "passwd"
+    passwd.write_text("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/bin/false")
+    link = tmp_path / "results.csv"
+    link.symlink_to(passwd)
+    for command in (["fine-tune", "--data", workspace / "labeled", "--labels-per-class", "2"],
+                    ["pretrain", "--data", workspace / "labeled", "--objective", "autoencoder"]):
+        result = invoke(*command, "--out", tmp_path / "run", "--results", link, *TINY)
+        assert_user_error(result, "is not a results table")
+    assert passwd.read_text().endswith("/bin/false") and link.is_symlink()
+    assert not (tmp_path / "run").exists() and not (tmp_path / "run.partial").exists()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "e.toml").write_text(f'name = "e"\nresults = "{link}"\nseeds = [0]\nlabels_per_class = [2]\n'
+                                     f'methods = ["scratch"]\n[fine_tune]\ndata = "{workspace / "labeled"}"\n')
+    assert_user_error(invoke("experiment", "e.toml"), "is not a results table")
