@@ -19,6 +19,7 @@ from transfer.config import (  # noqa: E402
     STRATEGIES,
     CompareConfig,
     DemoConfig,
+    EvaluateConfig,
     ExperimentConfig,
     FineTuneConfig,
     PredictConfig,
@@ -430,6 +431,32 @@ def fine_tune(**params):
     from pipelines import fine_tune as pipeline
 
     _run(pipeline, FineTuneConfig, params)
+
+
+@main.command()
+@config_option(EvaluateConfig)
+@opt(EvaluateConfig, "encoder", required=True, help="A pretrain run directory.")
+@opt(EvaluateConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
+@opt(EvaluateConfig, "test-data", help="Separate labeled test set (default: the fixed test split of --data).")
+@opt(EvaluateConfig, "test-fraction", type=float, help="Fraction of each class held out when --data has no fixed split.")
+@opt(EvaluateConfig, "readouts", type=str, default=",".join(EvaluateConfig.readouts),
+     callback=lambda c, p, v: _split(v), help="Readouts of the encoders to score (comma-separated: avg, multi, stats, flatten).")
+@opt(EvaluateConfig, "baselines/--no-baselines", "baselines",
+     help="Also score a random encoder of the same architecture (raw pixels are always scored).")
+@opt(EvaluateConfig, "draws", type=int, help="Random draws of the few labels per class.")
+@opt(EvaluateConfig, "seed", type=int, help="Seed of the draws and of the random encoder.")
+@opt(EvaluateConfig, "results", type=click.Path(dir_okay=False), help="Results table to append the rows to.")
+def evaluate(**params):
+    """Score an encoder's features the standard way, beside raw pixels and a random encoder.
+
+    Weighted 20-NN (cosine) and a linear probe with every pool label, and 1-NN / probe from
+    1, 4 and 10 labels per class (random draws), on the test split; for each readout. One
+    row per (features, readout), with the k-NN error as a ratio of the pixels' (below 1: better).
+    """
+    _import_tensorflow_quietly()
+    from pipelines import evaluate as pipeline
+
+    _run(pipeline, EvaluateConfig, params)
 
 
 @main.command()

@@ -9,7 +9,8 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import artifacts, augment, data, distribute, heads, layers, methods, models, semi, stream, training
+from transfer import (artifacts, augment, data, distribute, heads, layers, methods, models, semi, splits, stream,
+                      training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
@@ -53,25 +54,13 @@ class TestSplit:
 
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
     """(source, labeled training images in memory, TestSplit)."""
-    source = stream.open_source(cfg.data, True, image_size, channels)
-    report_skipped(source.skipped, log)
-    data.check_classes(source, cfg.data)
-    if cfg.test_data:
-        test_source = stream.open_source(cfg.test_data, True, image_size, source.channels, source.class_names)
-        report_skipped(test_source.skipped, log)
-        pool, test = np.arange(len(source)), TestSplit(test_source, np.arange(len(test_source)))
-    elif source.test_mask is not None:
-        pool, test = np.flatnonzero(~source.test_mask), TestSplit(source, np.flatnonzero(source.test_mask))
-    else:
-        pool, test_idx = data.split_test(source.labels, source.ids, cfg.test_fraction)
-        test = TestSplit(source, test_idx)
-    chosen = data.sample_per_class(source.labels, pool, cfg.labels_per_class, cfg.seed, source.class_names)
-    if len(test) == 0:
-        raise TransferError(f"{cfg.data}: the test split is empty; give --test-data or more images")
+    found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, log)
+    source = found.source
+    chosen = data.sample_per_class(source.labels, found.pool, cfg.labels_per_class, cfg.seed, source.class_names)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
     train = stream.load(source, chosen, image_size)
     report_skipped(train.skipped, log, "while decoding")
-    return source, train, test
+    return source, train, TestSplit(found.test_source, found.test_index)
 
 
 def run(cfg: FineTuneConfig, log=print) -> dict:

@@ -8,6 +8,10 @@
   photographs (3 classes). Training patches come from the top half of each
   photograph, test patches from the bottom half: a fixed test split.
 - `faces`: scikit-image's `lfw_subset`, 200 25x25 gray images, face vs non-face.
+- `animals`: the `animal-mnist` package's 10,000 28x28 gray silhouettes of 10 animals
+  (1,000 each; MIT), harder than digits. A fixed test split by content id (about one
+  image in five, the same for identical images, so the 284 duplicated images never
+  sit on both sides).
 
 A built-in used as a *pretraining* source gives only the images outside its
 test split (the fixed one, or else the content-hash split with
@@ -18,6 +22,11 @@ sees the images a later fine-tune is tested on.
 from __future__ import annotations
 
 import functools
+import gzip
+import importlib
+import importlib.resources
+import io
+import pickle
 from dataclasses import dataclass
 
 import numpy as np
@@ -120,7 +129,48 @@ def _faces() -> _Raw:
     return _Raw(images, _ids(raw), labels, ("face", "non-face"))
 
 
-_SOURCES = {"digits": _digits, "photos": _photos, "textures": _textures, "faces": _faces}
+ANIMALS = ("bear", "bird", "cat", "cow", "dog", "elephant", "giraffe", "horse", "sheep", "zebra")  # labels 0-9
+ANIMALS_TEST = 5  # one content-id bucket in 5 is the test split
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles numpy arrays and nothing else: the package's data files are pickles, and
+    a pickle may otherwise name any callable to run."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"refused to unpickle {module}.{name}: only numpy arrays are allowed")
+        if module == "numpy.core.multiarray":
+            module = "numpy._core.multiarray" if hasattr(np, "_core") else module
+        return getattr(importlib.import_module(module), name)
+
+
+def _arrays(resource) -> np.ndarray:
+    array = _ArraysOnly(io.BytesIO(gzip.decompress(resource.read_bytes()))).load()
+    if not isinstance(array, np.ndarray):
+        raise TransferError(f"{resource}: expected a numpy array, found {type(array).__name__}")
+    return array
+
+
+@functools.lru_cache(maxsize=None)
+def _animals() -> _Raw:
+    try:
+        folder = importlib.resources.files("animal_mnist") / "data" / "Animal_MNIST"
+    except ModuleNotFoundError:
+        raise TransferError("built-in 'animals' needs the animal-mnist package (pip install animal-mnist)") from None
+    images = _arrays(folder / "animal_data_version_3.gz")
+    labels = _arrays(folder / "animal_label_version_3.gz").astype(np.int64)
+    if images.shape != (len(labels), 28, 28) or labels.min() < 0 or labels.max() >= len(ANIMALS):
+        raise TransferError(f"animal-mnist: unexpected data {images.shape}, labels {labels.shape}")
+    ids = _ids(images)
+    test = np.array([int(i, 16) % ANIMALS_TEST == 0 for i in ids])
+    return _Raw([(im / 255.0).astype(np.float32)[..., None] for im in images], ids, labels, ANIMALS, test)
+
+
+_SOURCES = {"digits": _digits, "photos": _photos, "textures": _textures, "faces": _faces, "animals": _animals}
 
 
 def names() -> list[str]:

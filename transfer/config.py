@@ -154,6 +154,29 @@ class FineTuneConfig(RunConfig):
 
 
 @dataclass(frozen=True)
+class EvaluateConfig:
+    """`transfer evaluate`: the standard feature evaluation (transfer.evaluation)."""
+
+    encoder: str = ""
+    data: str = ""
+    test_data: str | None = None
+    test_fraction: float = DEFAULT_TEST_FRACTION
+    readouts: tuple[str, ...] = ("avg", "multi", "stats")
+    baselines: bool = True  # a random encoder of the same architecture (pixels are always scored)
+    draws: int = 5  # random draws of the few labels per class
+    seed: int = 0
+    results: str = "experiments/results.csv"
+    experiment: str | None = None
+
+    def __post_init__(self):
+        if not self.encoder:
+            raise TransferError("evaluate needs an encoder run directory (--encoder)")
+        for r in self.readouts:
+            _choice("readout", r, [x for x in READOUTS if x != "auto"])
+        _positive("draws", self.draws)
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     src: str = ""
     out: str = ""

@@ -26,6 +26,7 @@ COLUMNS = [
     "test_in_pretraining", "encoder_unchanged", "skipped_files", "skipped_data", "skipped_test_data",
     "skipped_unlabeled", "seconds", "images_per_second", "peak_memory_mb", "run_dir", "error",
     "gflops_per_second", "train_flops_per_image", "strategy", "replicas", "workers",
+    "knn_accuracy", "probe_accuracy", "knn_error_vs_pixels", "probe_error_vs_pixels", "feature_dim",
 ]
 
 

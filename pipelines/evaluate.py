@@ -1,0 +1,79 @@
+"""Evaluate an encoder's features the standard way, beside raw pixels and a random encoder
+of the same architecture; one results row per (features, readout)."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from pipelines.common import report_skipped
+from transfer import artifacts, evaluation, features, models, results, splits, training
+from transfer.architectures import Block
+from transfer.config import EvaluateConfig
+from transfer.errors import TransferError
+
+
+def run(cfg: EvaluateConfig, log=print) -> list[dict]:
+    """Score pixels, a random encoder and `cfg.encoder` (each readout) by k-NN, linear probe
+    and few-label 1-NN / probe on the test split; append and return the rows."""
+    artifacts.check_writable(results.target(cfg.results), "--results")
+    results.check_table(cfg.results)
+    encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
+    size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
+    found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, size, channels, log)
+    n_classes = len(found.source.class_names)
+    candidates = [("pixels", None, "pixels")]
+    if cfg.baselines:
+        training.set_seed(cfg.seed)
+        blocks = [Block(**b) for b in manifest["arch"]["blocks"]]
+        random = models.build_encoder((size, size, channels), blocks, manifest["arch"]["preset"])
+        candidates += [("random", random, r) for r in cfg.readouts]
+    candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts]
+    log(f"evaluating {cfg.encoder} on {cfg.data}: {len(found.pool)} pool images (every label for k-NN and the "
+        f"probe, {'/'.join(map(str, evaluation.BUDGETS))} per class for the few-label scores, {cfg.draws} draws), "
+        f"{len(found.test_index)} test images")
+    rows, reference = [], None
+    for method, model, readout in candidates:
+        start = time.perf_counter()
+        net = None if model is None else models.build_features(model, readout, frozen=True)
+        pool_f, pool_y, _ = features.compute(net, found.source, found.pool, size)
+        test_f, test_y, _ = features.compute(net, found.test_source, found.test_index, size)
+        if len(pool_f) == 0 or len(test_f) == 0:
+            raise TransferError(f"{cfg.data}: no readable images to evaluate on")
+        got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed)
+        reference = reference or got
+        rows.append(_row(cfg, manifest, method, readout, got, reference, len(pool_f), len(test_f), pool_f.shape[1],
+                         time.perf_counter() - start))
+    report_skipped(found.source.failed + (found.test_source.failed if found.test_source is not found.source else []),
+                   log, "while decoding")
+    for row in rows:
+        results.append_row(cfg.results, row)
+    log(table(rows))
+    return rows
+
+
+def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, seconds) -> dict:
+    return {"run_id": results.new_run_id("evaluate"), "timestamp": results.now(), "command": "evaluate",
+            "status": "ok", "experiment": cfg.experiment, "data": cfg.data, "test_data": cfg.test_data,
+            "encoder": cfg.encoder, "objective": manifest["objective"], "method": method,
+            "arch": manifest["arch"]["preset"], "readout": None if method == "pixels" else readout,
+            "n_train": n_pool, "n_test": n_test, "seed": cfg.seed, "feature_dim": dim,
+            **{f"{k}_accuracy" if k in ("knn", "probe") else k: round(v, 5) for k, v in got.items()},
+            "knn_error_vs_pixels": round(evaluation.error_ratio(got["knn"], reference["knn"]), 4),
+            "probe_error_vs_pixels": round(evaluation.error_ratio(got["probe"], reference["probe"]), 4),
+            "seconds": round(seconds, 2)}
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as people read them: accuracies in %, error ratios to pixels."""
+    head = ["features", "readout", "dim", "20-NN", "probe", "k-NN err vs pixels"] + [
+        f"1-NN@{b}" for b in evaluation.BUDGETS] + [f"probe@{b}" for b in evaluation.BUDGETS]
+    lines = [head]
+    for r in rows:
+        lines.append([r["method"], r["readout"] or "", str(r["feature_dim"]), f"{100 * r['knn_accuracy']:.1f}",
+                      f"{100 * r['probe_accuracy']:.1f}", f"{r['knn_error_vs_pixels']:.2f}x"]
+                     + [f"{100 * r[f'nn1_{b}']:.1f} ± {100 * r[f'nn1_{b}_std']:.1f}" for b in evaluation.BUDGETS]
+                     + [f"{100 * r[f'probe_{b}']:.1f}" for b in evaluation.BUDGETS])
+    widths = [max(len(line[i]) for line in lines) for i in range(len(head))]
+    return "\n".join("  ".join(c.rjust(w) for c, w in zip(line, widths)) for line in lines)

@@ -1,0 +1,28 @@
+"""Feature passes: a model's outputs for the images of a listing, computed a batch at a
+time from the stream (bounded memory), with the labels and positions of the images that
+decoded. One implementation for every consumer (evaluate, and what will reuse it)."""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from transfer import stream
+from transfer.listing import Listing
+
+BATCH = 256
+
+
+def compute(model, source: Listing, index, image_size: int, batch_size: int = BATCH):
+    """(features float32 (n, d), labels int64 (n,), positions (n,)) of `model` (a Keras model,
+    or None for the raw pixels, flattened) over `source`'s images at `index`."""
+    call = None if model is None else tf.function(lambda x: model(x, training=False))
+    feats, labels, positions = [], [], []
+    for pos, images, y in stream.records(source, index, image_size).batch(batch_size).as_numpy_iterator():
+        f = images.reshape(len(images), -1) if call is None else np.asarray(call(tf.constant(images)))
+        feats.append(f.reshape(len(f), -1).astype(np.float32))
+        labels.append(y)
+        positions.append(pos)
+    if not feats:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(feats), np.concatenate(labels).astype(np.int64), np.concatenate(positions)

@@ -1,0 +1,54 @@
+"""Which labeled images are the pool (labels may be drawn from it) and which are the test
+split: the one rule every command that reports on a test split follows.
+
+The test split is `--test-data` when given, else the split the source defines (a
+built-in's fixed one), else a content-hash split of every class (`data.split_test`): it
+depends only on image content, never on the seed or the label budget, so methods and
+budgets are scored on the same images.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from transfer import data, stream
+from transfer.errors import TransferError
+from transfer.listing import Listing
+
+
+@dataclass
+class Splits:
+    """The labeled source, its pool positions, and the test images (`test_source` at `test_index`)."""
+
+    source: Listing
+    pool: np.ndarray
+    test_source: Listing
+    test_index: np.ndarray
+
+
+def open_labeled(src: str, test_src: str | None, test_fraction: float, image_size: int,
+                 channels: int | None, log=None) -> Splits:
+    """Open the labeled source (and the test source), report skipped files through `log`,
+    and split them; an empty test split is refused."""
+    source = stream.open_source(src, True, image_size, channels)
+    _report(source, log)
+    data.check_classes(source, src)
+    if test_src:
+        test_source = stream.open_source(test_src, True, image_size, source.channels, source.class_names)
+        _report(test_source, log)
+        splits = Splits(source, np.arange(len(source)), test_source, np.arange(len(test_source)))
+    elif source.test_mask is not None:
+        splits = Splits(source, np.flatnonzero(~source.test_mask), source, np.flatnonzero(source.test_mask))
+    else:
+        pool, test = data.split_test(source.labels, source.ids, test_fraction)
+        splits = Splits(source, pool, source, test)
+    if len(splits.test_index) == 0:
+        raise TransferError(f"{src}: the test split is empty; give --test-data or more images")
+    return splits
+
+
+def _report(source: Listing, log) -> None:
+    if log is not None and source.skipped:
+        log(f"skipped {len(source.skipped)} unreadable file(s); first: {source.skipped[0][1]}")
