@@ -6,7 +6,7 @@ from click.testing import CliRunner
 from conftest import make_labeled_dir
 
 from cli import main
-from transfer import probe
+from transfer import evaluation, probe
 
 
 def test_knn_accuracy_is_the_weighted_vote_of_the_k_most_similar():
@@ -19,11 +19,11 @@ def test_knn_accuracy_is_the_weighted_vote_of_the_k_most_similar():
         top = np.argsort(-sim)[:4]
         votes = [sum(np.exp(sim[i] / 0.1) for i in top if train_y[i] == c) for c in range(3)]
         expected.append(int(np.argmax(votes)))
-    got = probe.knn_accuracy(train_f, train_y, val_f, val_y, 3, k=4, temperature=0.1)
+    got = evaluation.knn_accuracy(train_f, train_y, val_f, val_y, 3, k=4, temperature=0.1)
     assert got == np.mean(np.array(expected) == val_y)
     # features that separate the classes are scored perfectly
     centers = np.eye(3) * 10
-    assert probe.knn_accuracy(centers[train_y] + rng.normal(size=(30, 3)), train_y,
+    assert evaluation.knn_accuracy(centers[train_y] + rng.normal(size=(30, 3)), train_y,
                               centers[val_y] + rng.normal(size=(12, 3)), val_y, 3) == 1.0
 
 

@@ -2,7 +2,8 @@
 
 While an encoder pretrains, a weighted k-nearest-neighbour classifier on its
 average-pooled features (cosine similarity, k = 20, votes weighted by
-exp(similarity / 0.07): the monitor of InstDisc and solo-learn) is fitted to one
+exp(similarity / 0.07): the monitor of InstDisc and solo-learn; `transfer.evaluation`,
+the code `transfer evaluate` scores with) is fitted to one
 half of a small labeled set and scored on the other half, every few epochs. The
 accuracy goes into the epoch's logs (`probe_knn`: the history, the progress lines,
 the results row). It only watches: nothing is trained on the labels, and the
@@ -16,22 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-K = 20
-TEMPERATURE = 0.07
-
-
-def knn_accuracy(train_f: np.ndarray, train_y: np.ndarray, val_f: np.ndarray, val_y: np.ndarray,
-                 n_classes: int, k: int = K, temperature: float = TEMPERATURE) -> float:
-    """Accuracy on (val_f, val_y) of the weighted k-NN vote of (train_f, train_y), by cosine similarity."""
-    a = train_f / (np.linalg.norm(train_f, axis=1, keepdims=True) + 1e-8)
-    b = val_f / (np.linalg.norm(val_f, axis=1, keepdims=True) + 1e-8)
-    sim = b @ a.T
-    k = min(k, len(a))
-    nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]
-    weights = np.exp(np.take_along_axis(sim, nearest, axis=1) / temperature)
-    votes = np.zeros((len(b), n_classes))
-    np.add.at(votes, (np.repeat(np.arange(len(b)), k), train_y[nearest].ravel()), weights.ravel())
-    return float(np.mean(votes.argmax(axis=1) == val_y))
+from transfer.evaluation import knn_accuracy  # the same k-NN as `transfer evaluate`
 
 
 def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:

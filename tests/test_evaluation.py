@@ -1,0 +1,73 @@
+"""The feature evaluation (transfer.evaluation, `transfer evaluate`) against its formulas."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import make_labeled_dir
+
+from cli import main
+from transfer import evaluation
+
+
+def test_one_nearest_neighbour_is_by_cosine_similarity():
+    train = np.array([[1.0, 0.0], [0.0, 1.0]])
+    # [10, 1] is far from [1, 0] in Euclidean distance but at a small angle: cosine picks class 0
+    test = np.array([[10.0, 1.0], [0.1, 3.0]])
+    assert evaluation.nearest_accuracy(train, np.array([0, 1]), test, np.array([0, 1])) == 1.0
+    assert evaluation.nearest_accuracy(train, np.array([0, 1]), test, np.array([1, 1])) == 0.5
+
+
+def test_knn_blocks_give_the_same_votes_as_one_block():
+    rng = np.random.default_rng(0)
+    train, test = rng.normal(size=(200, 8)), rng.normal(size=(70, 8))
+    labels = rng.integers(0, 4, 200)
+    whole = evaluation.knn_predict(train, labels, test, 4, batch=1000)
+    assert np.array_equal(whole, evaluation.knn_predict(train, labels, test, 4, batch=7))
+
+
+def test_draws_take_the_budget_of_every_class_and_differ():
+    labels = np.repeat(np.arange(3), 10)
+    rng = np.random.default_rng(0)
+    a, b = evaluation.draw_per_class(labels, 4, rng), evaluation.draw_per_class(labels, 4, rng)
+    assert np.bincount(labels[a]).tolist() == [4, 4, 4] and not np.array_equal(a, b)
+
+
+def test_scores_separate_informative_features_from_noise():
+    rng = np.random.default_rng(1)
+    centers = rng.normal(size=(3, 16)) * 3
+    y, yt = rng.integers(0, 3, 150), rng.integers(0, 3, 60)
+    good = evaluation.scores(centers[y] + rng.normal(size=(150, 16)), y, centers[yt] + rng.normal(size=(60, 16)), yt,
+                             3, budgets=(1, 4), draws=3)
+    noise = evaluation.scores(rng.normal(size=(150, 16)), y, rng.normal(size=(60, 16)), yt, 3, budgets=(1,), draws=3)
+    assert good["knn"] > 0.95 and good["probe"] > 0.95 and good["nn1_4"] > 0.9 and good["nn1_1_std"] >= 0
+    assert noise["knn"] < 0.6 and noise["nn1_1"] < 0.6
+    assert evaluation.error_ratio(0.97, 0.95) == pytest.approx(0.6)
+
+
+def test_evaluate_writes_a_row_per_features_and_readout(tmp_path):
+    labeled = make_labeled_dir(tmp_path / "labeled", per_class=14, classes=("h", "v", "d"), size=12)
+    runner = CliRunner()
+    result = runner.invoke(main, ["pretrain", "--data", str(labeled), "--out", str(tmp_path / "enc"), "--epochs", "1",
+                                  "--objective", "autoencoder", "--image-size", "8", "--filters", "4,8",
+                                  "--batch-size", "8", "--results", str(tmp_path / "r.csv"), "--no-plots"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(main, ["evaluate", "--encoder", str(tmp_path / "enc"), "--data", str(labeled),
+                                  "--readouts", "avg,stats", "--draws", "2", "--results", str(tmp_path / "r.csv")])
+    assert result.exit_code == 0, result.output
+    df = pd.read_csv(tmp_path / "r.csv")
+    rows = df[df["command"] == "evaluate"]
+    assert [(m, r if r == r else "") for m, r in zip(rows["method"], rows["readout"])] == [
+        ("pixels", ""), ("random", "avg"), ("random", "stats"), ("autoencoder", "avg"), ("autoencoder", "stats")]
+    pixels = rows.iloc[0]
+    assert pixels["feature_dim"] == 64 and pixels["knn_error_vs_pixels"] == 1.0
+    assert (rows["n_test"] == 9).all() and (rows["n_train"] == 33).all()  # 3 of each 14 held out by content
+    for r in rows.itertuples():
+        assert 0 <= r.knn_accuracy <= 1 and 0 <= r.nn1_4 <= 1 and r.nn1_1_std >= 0
+        assert r.knn_error_vs_pixels == pytest.approx((1 - r.knn_accuracy) / max(1 - pixels["knn_accuracy"], 1e-9),
+                                                      abs=1e-3)
+    assert "k-NN err vs pixels" in result.output and "1-NN@4" in result.output
+    bad = runner.invoke(main, ["evaluate", "--encoder", str(tmp_path / "nope"), "--data", str(labeled)])
+    assert bad.exit_code == 2 and "not found" in bad.output
