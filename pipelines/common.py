@@ -45,6 +45,7 @@ class Run:
             self.out = chief_out
         self.facts = {"data": cfg.data, "seed": cfg.seed}  # row fields known so far
         self._lock = contextlib.ExitStack()
+        self._temporary = contextlib.ExitStack()  # temporary files of the run, removed when it ends, however
         if self.chief:
             self._lock.enter_context(artifacts.run_lock(self.out))  # one process per run directory
             try:
@@ -74,8 +75,16 @@ class Run:
             keras.mixed_precision.set_global_policy("mixed_bfloat16")
         return self
 
+    def temporary(self, listing):
+        """`listing` (from `stream.decode_once`), whose decoded-once file is removed when the run
+        ends, finished, failed or stopped (not left to the garbage collector)."""
+        if listing.decoded and listing.decoded.get("folder") is not None:
+            self._temporary.callback(listing.decoded["folder"].cleanup)
+        return listing
+
     def __exit__(self, kind, exc, tb) -> bool:
         keras.mixed_precision.set_global_policy(self._policy)
+        self._temporary.close()
         try:
             self._on_failure(exc)
         finally:

@@ -85,6 +85,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             pool = _open_pool(cfg, image_size, channels, test, log)
+            if pool is not None:
+                run.temporary(pool.source)
             job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log)
             if encoder is not None:
                 _prepare_encoder(job)

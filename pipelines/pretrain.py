@@ -31,6 +31,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         train_idx, val_idx = holdout_split(source.ids)
         val_images = stream.load(source, val_idx, cfg.image_size).images
         train = _train_images(cfg, source, train_idx, log)
+        run.temporary(train.source)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
             f"({_how_held(train.source)}; {len(val_idx)} held out), "
             f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")

@@ -201,7 +201,7 @@ def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
 
 # Every objective and every fine-tune mode under both strategies (the existing multiworker test
 # above covers the autoencoder pretrain and the default fine-tune recipe).
-OTHER_OBJECTIVES = ["contrastive", "denoising", "masked", "gan"]
+OTHER_OBJECTIVES = ["contrastive", "denoising", "masked", "gan", "vicreg"]
 FINE_TUNE_MODES = {"frozen-linear": ["--unfreeze-top", "0"], "hidden-head": ["--unfreeze-top", "0", "--head", "8"],
                    "unfreeze-top2": ["--unfreeze-top", "2"], "freeze-none": ["--freeze", "none"],
                    "scratch": ["--encoder", "random", "--freeze", "none"],

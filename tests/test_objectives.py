@@ -173,3 +173,25 @@ def test_contrastive_negatives_are_gathered_across_replicas(sizes):
     assert result["replicas"] == 2
     assert result["loss"] == pytest.approx(result["ref"], rel=1e-5)
     assert result["grad_error"] < 1e-5
+
+
+def test_vicreg_loss_matches_its_formula():
+    """The authors' and lightly's formulation, written out in numpy."""
+    from transfer.objectives import vicreg
+
+    rng = np.random.default_rng(3)
+    z1, z2 = rng.normal(size=(12, 5)).astype("float32") * 0.7, rng.normal(size=(12, 5)).astype("float32")
+
+    def var_term(z):
+        return np.mean(np.maximum(0.0, 1.0 - np.sqrt(z.var(axis=0, ddof=1) + 1e-4)))
+
+    def cov_term(z):
+        c = np.cov(z, rowvar=False)  # (N - 1) normalization
+        return (np.sum(c ** 2) - np.sum(np.diag(c) ** 2)) / z.shape[1]
+
+    expected = (25 * np.mean((z1 - z2) ** 2) + 25 * 0.5 * (var_term(z1) + var_term(z2))
+                + cov_term(z1) + cov_term(z2))
+    assert float(vicreg.vicreg_loss(z1, z2)) == pytest.approx(expected, rel=1e-5)
+    # no collapse is rewarded: identical constant embeddings pay the full variance term
+    same = np.zeros((12, 5), "float32")
+    assert float(vicreg.vicreg_loss(same, same)) == pytest.approx(25 * (1 - np.sqrt(1e-4)), rel=1e-5)

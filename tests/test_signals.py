@@ -37,7 +37,7 @@ def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("signals")
     make_labeled_dir(root / "labeled", per_class=8, classes=("h", "v", "d"), size=12)
     _pool(root / "pool", 96)
-    _pool(root / "many", 3000)  # prepare: enough files to be stopped mid-way
+    _pool(root / "many", 4000)  # prepare: enough files to be stopped mid-way
     return root
 
 
@@ -53,7 +53,7 @@ methods = ["autoencoder", "scratch"]
 data = "{data / 'pool'}"
 image_size = 8
 filters = [4, 8]
-epochs = 40
+epochs = 15
 batch_size = 16
 plots = false
 [fine_tune]
@@ -69,16 +69,16 @@ epochs = 5
 def _command(name: str, case: Path, data: Path):
     out, table = case / "out", case / "results.csv"
     if name == "pretrain":
-        return (["pretrain", "--data", data / "pool", "--out", out, "--objective", "autoencoder", "--epochs", "40",
+        return (["pretrain", "--data", data / "pool", "--out", out, "--objective", "autoencoder", "--epochs", "15",
                  "--batch-size", "16", "--no-plots", "--results", table, *TINY], out.with_name("out.partial") /
                 "history.csv", 1)
     if name == "fine-tune":
         return (["fine-tune", "--data", data / "labeled", "--encoder", "random", "--freeze", "none", "--epochs",
-                 "120", "--labels-per-class", "4", "--out", out, "--results", table, *TINY],
+                 "60", "--labels-per-class", "4", "--out", out, "--results", table, *TINY],
                 out.with_name("out.partial") / "history.csv", 1)
     if name == "fixmatch":
         return (["fine-tune", "--data", data / "labeled", "--encoder", "random", "--freeze", "none", "--unlabeled",
-                 data / "pool", "--steps", "600", "--mu", "2", "--batch-size", "4", "--labels-per-class", "3",
+                 data / "pool", "--steps", "300", "--mu", "2", "--batch-size", "4", "--labels-per-class", "3",
                  "--out", out, "--results", table, *TINY], out.with_name("out.partial") / "history-semi.csv", 1)
     if name == "experiment":
         return _experiment(case, data), case / "runs" / "pretrain-autoencoder.partial" / "history.csv", 3
@@ -109,43 +109,107 @@ def _epochs_once(case: Path) -> None:
         assert epochs == list(range(len(epochs))), (history, epochs)
 
 
+COMMANDS = ["pretrain", "fine-tune", "fixmatch", "experiment", "prepare"]
+
+
+def _seed_table(case: Path) -> bytes:
+    results.append_row(case / "results.csv", {"run_id": "earlier", "command": "fine-tune", "status": "ok",
+                                              "data": "other", "method": "scratch", "labels_per_class": 2,
+                                              "seed": 0, "test_accuracy": 0.5})
+    return (case / "results.csv").read_bytes()
+
+
+def _finished(case: Path, command: str, rows: int) -> None:
+    """After the rerun: nothing left behind, the earlier row kept, one new row per run, each epoch once."""
+    assert _leftovers(case) == [], _leftovers(case)  # SIGKILL's leftovers removed by the rerun
+    table = pd.read_csv(case / "results.csv")  # (its header may have grown by the new rows' columns)
+    assert table.loc[0, "run_id"] == "earlier" and len(table) == 1 + rows and table["run_id"].is_unique
+    assert table["status"].fillna("ok").eq("ok").all()
+    _epochs_once(case)
+    assert (case / "out").is_dir() or command == "experiment"
+    assert not list(case.rglob("*.partial"))
+    assert [p.name for p in case.rglob("*.lock")] == ["results.csv.lock"]  # run-directory locks are gone
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("command", ["pretrain", "fine-tune", "fixmatch", "experiment", "prepare"])
-def test_every_signal_stops_cleanly_and_the_rerun_finishes(data, tmp_path, command):
+def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_finishes(data, tmp_path):
+    """As a scheduler or `kill` would: separate processes, all ten side by side, then their reruns."""
     cases = {}
-    for name in SIGNALS:
-        case = tmp_path / name
-        case.mkdir()
-        results.append_row(case / "results.csv", {"run_id": "earlier", "command": "fine-tune", "status": "ok",
-                                                  "data": "other", "method": "scratch", "labels_per_class": 2,
-                                                  "seed": 0, "test_accuracy": 0.5})
-        args, marker, rows = _command(command, case, data)
-        cases[name] = (case, args, marker, rows, (case / "results.csv").read_bytes(), _start(args, case))
-    for name, (case, args, marker, rows, before, proc) in cases.items():
-        deadline = time.time() + 120
-        while not _started(marker) and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.05)
-        assert proc.poll() is None, f"{command} {name} ended before it could be stopped"
-        proc.send_signal(getattr(signal, name))
-    for name, (case, args, marker, rows, before, proc) in cases.items():
-        signum = getattr(signal, name)
+    for command in COMMANDS:
+        for name in ("SIGTERM", "SIGKILL"):
+            case = tmp_path / f"{command}-{name}"
+            case.mkdir()
+            before = _seed_table(case)
+            args, marker, rows = _command(command, case, data)
+            cases[command, name] = (case, args, marker, rows, before, _start(args, case))
+    waiting, deadline = dict(cases), time.time() + 240
+    while waiting and time.time() < deadline:  # each one signalled as soon as it is under way
+        for (command, name), (case, args, marker, rows, before, proc) in list(waiting.items()):
+            assert proc.poll() is None, f"{command} {name} ended before it could be stopped"
+            if _started(marker):
+                proc.send_signal(getattr(signal, name))
+                del waiting[command, name]
+        time.sleep(0.02)
+    assert not waiting, list(waiting)
+    for (command, name), (case, args, marker, rows, before, proc) in cases.items():
         code = proc.wait(timeout=120)
         stderr = (case / "stderr.log").read_text().strip().splitlines()
         if name == "SIGKILL":
             assert code == -signal.SIGKILL
         else:
-            assert code == 128 + signum, (name, code, stderr)
-            assert len(stderr) == 1 and stderr[0].startswith(f"Stopped by {name}") and "resume" in stderr[0], stderr
-            assert _leftovers(case) == [], (name, _leftovers(case))
+            assert code == 128 + signal.SIGTERM, (command, code, stderr)
+            assert len(stderr) == 1 and stderr[0].startswith("Stopped by SIGTERM") and "resume" in stderr[0], stderr
+            assert _leftovers(case) == [], (command, _leftovers(case))  # the process removed its temporary files
         assert (case / "results.csv").read_bytes() == before  # no row, no torn line
-    for name, (case, args, marker, rows, before, _) in cases.items():
-        cases[name] = (case, args, marker, rows, before, _start(args, case))
-    for name, (case, args, marker, rows, before, proc) in cases.items():
-        assert proc.wait(timeout=300) == 0, (name, (case / "stderr.log").read_text())
-        assert _leftovers(case) == [], (name, _leftovers(case))  # SIGKILL's leftovers removed by the rerun
-        table = pd.read_csv(case / "results.csv")  # (its header may have grown by the new rows' columns)
-        assert table.loc[0, "run_id"] == "earlier" and len(table) == 1 + rows and table["run_id"].is_unique
-        assert table["status"].fillna("ok").eq("ok").all()
-        _epochs_once(case)
-        assert (case / "out").is_dir() or command == "experiment"
-        assert not list(case.rglob("*.partial"))
+    reruns = {key: _start(args, case) for key, (case, args, *_) in cases.items()}
+    for key, proc in reruns.items():
+        case, args, marker, rows, *_ = cases[key]
+        assert proc.wait(timeout=300) == 0, (key, (case / "stderr.log").read_text())
+        _finished(case, key[0], rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS)
+@pytest.mark.parametrize("name", ["SIGINT", "SIGHUP"])
+def test_ctrl_c_and_a_closed_terminal_stop_every_command_in_process(data, tmp_path, monkeypatch, command, name):
+    """The same handler for SIGINT and SIGHUP, delivered to the CLI running in this process
+    (as the terminal would) once training is under way; then the same command again."""
+    import gc
+    import tempfile
+    import threading
+
+    from click.testing import CliRunner
+
+    from cli import main
+
+    case = tmp_path / "case"
+    case.mkdir()
+    (case / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(case / "tmp"))
+    monkeypatch.chdir(case)
+    before = _seed_table(case)
+    args, marker, rows = _command(command, case, data)
+    stop = threading.Event()
+
+    def signal_when_started():
+        while not stop.is_set() and not _started(marker):
+            time.sleep(0.01)
+        if not stop.is_set():
+            os.kill(os.getpid(), getattr(signal, name))
+
+    watcher = threading.Thread(target=signal_when_started, daemon=True)
+    watcher.start()
+    try:
+        result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    finally:
+        stop.set()
+        watcher.join()
+    gc.collect()  # in a real process the exit removes them; here, the last reference going does
+    assert result.exit_code == 128 + getattr(signal, name), result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Stopped by {name}") and "resume" in lines[0], lines
+    assert _leftovers(case) == [] and (case / "results.csv").read_bytes() == before
+    again = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+    assert again.exit_code == 0, again.output
+    gc.collect()
+    _finished(case, command, rows)

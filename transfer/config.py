@@ -16,7 +16,7 @@ from transfer.architectures import READOUTS
 from transfer.errors import TransferError
 
 DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
-OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan")  # see transfer.objectives
+OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan", "vicreg")  # see transfer.objectives
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # see transfer.distribute
 PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy
 AUGMENT_POLICIES = ("label-preserving", "orientation-free", "none")  # see transfer.augment

@@ -23,7 +23,7 @@ import threading
 
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
 
-_state = {"depth": 0, "pending": None}
+_state = {"depth": 0, "deferred": 0, "pending": None}
 
 
 class Stopped(BaseException):
@@ -44,7 +44,7 @@ class Stopped(BaseException):
 
 
 def _handler(signum, frame):
-    if _state["depth"]:
+    if _state["depth"] or _state["deferred"]:
         _state["pending"] = _state["pending"] or signum
         return
     raise Stopped(signum)
@@ -77,9 +77,29 @@ def critical():
         yield
     finally:
         _state["depth"] -= 1
-        if not _state["depth"] and _state["pending"] and _main_thread():
-            signum, _state["pending"] = _state["pending"], None
-            raise Stopped(signum)
+    if not _state["deferred"]:
+        check()
+
+
+@contextlib.contextmanager
+def at_checkpoints():
+    """A block (a `fit`) in which a stop signal is held until the next `check()` (after a
+    training step: a safe point, where no data iterator or library state is half-way) or
+    the block's end. Raising at an arbitrary bytecode inside TensorFlow and Keras can turn
+    the stop into another error."""
+    _state["deferred"] += 1
+    try:
+        yield
+    finally:
+        _state["deferred"] -= 1
+    check()
+
+
+def check() -> None:
+    """Raise `Stopped` for a signal that arrived while it was held (outside any critical block)."""
+    if _state["pending"] and not _state["depth"] and _main_thread():
+        signum, _state["pending"] = _state["pending"], None
+        raise Stopped(signum)
 
 
 @contextlib.contextmanager

@@ -126,6 +126,19 @@ def _check_backup(weights, metadata) -> None:
             json.load(f)
 
 
+class StopAtSignal(keras.callbacks.Callback):
+    """Where a stop signal (SIGINT, SIGTERM, SIGHUP) held during `fit` takes effect: after a step."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        stopping.check()
+
+    def on_test_batch_end(self, batch, logs=None):
+        stopping.check()
+
+    def on_epoch_end(self, epoch, logs=None):
+        stopping.check()
+
+
 class EpochSeconds(keras.callbacks.Callback):
     """Adds each epoch's wall time (its training steps, before the callbacks after this one)
     to its logs, hence to its history row as `seconds`."""
@@ -194,7 +207,7 @@ def fit(
             write_dir = tempfile.mkdtemp(prefix="transfer-backup-")  # only the chief writes backup_dir
     # Extra callbacks first: what they add to an epoch's logs (the online probe) is in its history row;
     # the epoch's seconds before them, so that they do not count the probe.
-    callbacks = [keras.callbacks.TerminateOnNaN(), EpochSeconds(), *extra_callbacks]
+    callbacks = [StopAtSignal(), keras.callbacks.TerminateOnNaN(), EpochSeconds(), *extra_callbacks]
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
     if backup_dir is not None:
@@ -205,8 +218,9 @@ def fit(
         callbacks.append(EpochLog(log, epochs, log_prefix))
     if not distribute.is_multiworker(strategy):
         x, y, batch_size, steps_per_epoch = one_iterator(x, y, batch_size, steps_per_epoch)
-    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
-                        callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
+    with stopping.at_checkpoints():  # a stop signal takes effect after a step, not inside one
+        history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
+                            callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
     if history_path is not None:
         dedupe_history(history_path)
     losses = history.history.get("loss", [])

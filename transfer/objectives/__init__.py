@@ -19,10 +19,10 @@ from __future__ import annotations
 
 from transfer.config import OBJECTIVES
 from transfer.errors import TransferError
-from transfer.objectives import autoencoder, contrastive, denoising, gan, masked
+from transfer.objectives import autoencoder, contrastive, denoising, gan, masked, vicreg
 from transfer.objectives.base import Options, Report
 
-_REGISTRY = {m.NAME: m for m in (contrastive, autoencoder, denoising, masked, gan)}
+_REGISTRY = {m.NAME: m for m in (contrastive, autoencoder, denoising, masked, gan, vicreg)}
 assert tuple(_REGISTRY) == OBJECTIVES
 
 

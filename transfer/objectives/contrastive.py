@@ -71,17 +71,23 @@ def nt_xent(z1, z2, temperature: float = TEMPERATURE):
     return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
 
 
-class SimCLR(keras.Model):
-    """Training wrapper: augment twice, encode, project, NT-Xent. Only the encoder is kept."""
+def projector(widths) -> keras.Sequential:
+    """The MLP on the pooled features: Dense + BatchNorm + ReLU for every width but the last."""
+    hidden = [part for w in widths[:-1]
+              for part in (layers.Dense(w, use_bias=False), BatchNormalization(), layers.Activation("relu"))]
+    return keras.Sequential([*hidden, layers.Dense(widths[-1])], name="projector")
 
-    def __init__(self, encoder, augment, projection=PROJECTION, temperature=TEMPERATURE, **kwargs):
+
+class SimCLR(keras.Model):
+    """Training wrapper: augment twice, encode, project, a two-view loss (NT-Xent by default).
+    Only the encoder is kept."""
+
+    def __init__(self, encoder, augment, projection=PROJECTION, temperature=TEMPERATURE, loss=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.augment, self.temperature = encoder, augment, temperature
+        self.two_view_loss = loss or (lambda z1, z2: nt_xent(z1, z2, self.temperature))
         self.pool = layers.GlobalAveragePooling2D()
-        self.projector = keras.Sequential(
-            [layers.Dense(projection[0], use_bias=False), BatchNormalization(), layers.Activation("relu"),
-             layers.Dense(projection[1])], name="projector"
-        )
+        self.projector = projector(projection)
         self.loss_tracker = keras.metrics.Mean(name="loss")
 
     @property
@@ -104,7 +110,7 @@ class SimCLR(keras.Model):
         v1 = self.augment(x, training=True)
         v2 = self.augment(x, training=True)
         with tf.GradientTape() as tape:
-            loss = nt_xent(self.embed(v1, True), self.embed(v2, True), self.temperature)
+            loss = self.two_view_loss(self.embed(v1, True), self.embed(v2, True))
             scaled = distribute.scale_loss(loss)  # inside the tape, or its gradient is None
         variables = self.encoder.trainable_variables + self.projector.trainable_variables
         grads = tape.gradient(scaled, variables)
@@ -114,8 +120,8 @@ class SimCLR(keras.Model):
 
     def test_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
-        loss = nt_xent(self.embed(self.augment(x, training=True), False),
-                       self.embed(self.augment(x, training=True), False), self.temperature)
+        loss = self.two_view_loss(self.embed(self.augment(x, training=True), False),
+                                  self.embed(self.augment(x, training=True), False))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
