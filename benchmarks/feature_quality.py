@@ -32,6 +32,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 IMAGE_SIZE = {"digits": 16, "animals": 28}
 SETTINGS = {  # name: PretrainConfig fields over the defaults
     "defaults": {},
+    "vicreg": {"objective": "vicreg"},
+    "epochs-300": {"epochs": 300},
+    "vicreg-epochs-300": {"objective": "vicreg", "epochs": 300},
+    "batch-64": {"batch_size": 64},
     "autoencoder": {"objective": "autoencoder"},
 }
 READOUTS = ("avg", "multi")
@@ -79,7 +83,7 @@ def worker(data: str, setting: str, on: str, out: str) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="digits,animals")
-    parser.add_argument("--settings", default=",".join(SETTINGS))
+    parser.add_argument("--settings", default="defaults,vicreg")
     parser.add_argument("--on", choices=("validation", "test"), default="validation")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
-
 from pipelines.common import report_skipped
 from transfer import artifacts, evaluation, features, models, results, splits, training
 from transfer.architectures import Block

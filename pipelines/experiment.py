@@ -35,7 +35,7 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
-from transfer import artifacts, methods, results
+from transfer import artifacts, methods, results, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, read_toml)
 from transfer.errors import TransferError
@@ -125,6 +125,7 @@ def run(cfg: ExperimentConfig, log=print):
         if cfg.dry_run:
             log(f"  would run {what}")
             continue
+        stopping.check()  # between runs
         t = time.perf_counter()
         row = _fine_tune(fcfg, (label, str(fcfg.labels_per_class or "all"), fcfg.seed), results_path, name)
         progress.update(i, note=f" {what} " + (f"test accuracy {row['test_accuracy']:.3f} in "

@@ -84,9 +84,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                 encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
-            pool = _open_pool(cfg, image_size, channels, test, log)
-            if pool is not None:
-                run.temporary(pool.source)
+            pool = _open_pool(cfg, image_size, channels, test, run)
             job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log)
             if encoder is not None:
                 _prepare_encoder(job)
@@ -174,19 +172,21 @@ class Pool:
     skipped: int  # files skipped as unreadable when the pool was listed (decoding failures: source.failed)
 
 
-def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, log) -> Pool | None:
+def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, run: Run) -> Pool | None:
     """The --unlabeled pool, with the test images found in it counted; files are decoded once
-    when FixMatch will draw more images than the pool holds (on digits: 300 passes)."""
+    when FixMatch will draw more images than the pool holds (on digits: 300 passes), and
+    removed when the run ends."""
     if not cfg.unlabeled:
         return None
+    log = run.log
     source = stream.open_source(cfg.unlabeled, False, image_size, channels)
     report_skipped(source.skipped, log)
     leaked = int(np.isin(source.ids, test.ids).sum())
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
     passes = cfg.steps * cfg.mu * cfg.batch_size / max(len(source), 1)
-    return Pool(*stream.decode_once(source, np.arange(len(source)), image_size, passes, log), leaked,
-                len(source.skipped))
+    decoded, index = stream.decode_once(source, np.arange(len(source)), image_size, passes, log)
+    return Pool(run.temporary(decoded), index, leaked, len(source.skipped))
 
 
 def _prepare_encoder(job: Job) -> None:

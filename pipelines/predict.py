@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, stream
+from transfer import artifacts, stopping, stream
 from transfer.config import PredictConfig
 from transfer.errors import TransferError
 from transfer.progress import Progress
@@ -39,6 +39,7 @@ def run(cfg: PredictConfig, log=print) -> Path:
             batches = stream.records(source, np.arange(len(source)), size).batch(cfg.batch_size)
             progress = Progress(log, len(source), "predicted", unit="image")
             for positions, images, _ in batches.as_numpy_iterator():
+                stopping.check()
                 for i, p in zip(positions, np.asarray(model.predict_on_batch(images))):
                     writer.writerow([source.name(int(i)), classes[int(np.argmax(p))],
                                      *[f"{v:.6f}" for v in p]])

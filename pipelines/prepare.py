@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.common import report_skipped
-from transfer import artifacts, builtins, data, listing, prepared, stream
+from transfer import artifacts, builtins, data, listing, prepared, stopping, stream
 from transfer.config import PrepareConfig
 from transfer.errors import TransferError
 from transfer.progress import Progress
@@ -54,6 +54,7 @@ def _write(source: listing.Listing, staging: Path, image_size: int, log) -> dict
     progress = Progress(log, len(source), "prepared", unit="image", every=max(1, min(len(source) // 5, 10_000)))
     try:
         for i, image, _ in stream.records(source, np.arange(len(source)), image_size).as_numpy_iterator():
+            stopping.check()  # a safe point for a stop signal, between images
             feature = {
                 "index": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(i)])),
                 "image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.astype(np.float16).tobytes()])),

@@ -30,8 +30,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         report_skipped(source.skipped, log)
         train_idx, val_idx = holdout_split(source.ids)
         val_images = stream.load(source, val_idx, cfg.image_size).images
-        train = _train_images(cfg, source, train_idx, log)
-        run.temporary(train.source)
+        train = _train_images(cfg, source, train_idx, run)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
             f"({_how_held(train.source)}; {len(val_idx)} held out), "
             f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")
@@ -69,9 +68,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     return row
 
 
-def _train_images(cfg, source, train_idx, log) -> stream.TrainImages:
-    """The images to train on; files are decoded once, not every epoch."""
-    return stream.TrainImages(*stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, log), cfg.image_size)
+def _train_images(cfg, source, train_idx, run) -> stream.TrainImages:
+    """The images to train on; files are decoded once, not every epoch (removed when the run ends)."""
+    decoded, index = stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, run.log)
+    return stream.TrainImages(run.temporary(decoded), index, cfg.image_size)
 
 
 def _how_held(source) -> str:

@@ -1,8 +1,5 @@
 import os
-import signal
-import subprocess
 import sys
-import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
@@ -57,16 +54,3 @@ def unlabeled_dir(tmp_path):
 def cli_command(*args) -> list[str]:
     """The `transfer` command line as a subprocess argument list."""
     return [sys.executable, "-c", "from cli import main; main()", *map(str, args)]
-
-
-def kill_after_epochs(command: list[str], history, epochs: int, timeout: float = 180) -> int:
-    """Start `command`, SIGKILL it once `history` (a CSVLogger file) holds `epochs` rows;
-    return the rows it holds then."""
-    env = {**os.environ, "PYTHONPATH": os.getcwd(), "TRANSFER_BACKUP_SECONDS": "0"}  # a backup every epoch
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
-    deadline = time.time() + timeout
-    while time.time() < deadline and not (history.exists() and history.read_text().count("\n") >= epochs + 1):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    return history.read_text().count("\n") - 1

@@ -522,6 +522,7 @@ def test_every_experiment_key_is_checked_before_anything_runs(tmp_path, monkeypa
     assert not (tmp_path / "experiments").exists() and not (tmp_path / "runs").exists()  # nothing ran
 
 
+@pytest.mark.slow
 def test_a_run_directory_another_process_writes_is_refused(workspace, tmp_path):
     import subprocess
     import sys
@@ -588,6 +589,7 @@ epochs = 30
     assert not list((tmp_path / "runs").rglob("error-*.log")) and not list((tmp_path / "runs").rglob("*.partial"))
 
 
+@pytest.mark.slow
 def test_results_that_are_not_a_table_are_refused_before_training(workspace, tmp_path, monkeypatch):
     passwd = tmp_path / "passwd"
     passwd.write_text("root:x:0:0:root:/root:/bin/bash\nnobody:x:65534:65534::/:/bin/false")

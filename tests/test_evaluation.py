@@ -1,7 +1,5 @@
 """The feature evaluation (transfer.evaluation, `transfer evaluate`) against its formulas."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -47,6 +45,7 @@ def test_scores_separate_informative_features_from_noise():
     assert evaluation.error_ratio(0.97, 0.95) == pytest.approx(0.6)
 
 
+@pytest.mark.slow
 def test_evaluate_writes_a_row_per_features_and_readout(tmp_path):
     labeled = make_labeled_dir(tmp_path / "labeled", per_class=14, classes=("h", "v", "d"), size=12)
     runner = CliRunner()

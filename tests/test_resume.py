@@ -1,36 +1,7 @@
-"""A pretraining killed with SIGKILL and started again continues from its last finished epoch."""
+"""Backups torn by a kill fall back to the previous one (the kill-and-resume runs themselves:
+tests/test_signals.py, every command and signal)."""
 
-import os
-import subprocess
-
-import pandas as pd
 import pytest
-from conftest import cli_command, kill_after_epochs, make_labeled_dir
-
-
-def _command(data, out, results):
-    return cli_command("pretrain", "--data", data, "--out", out, "--objective", "autoencoder", "--epochs", "60",
-                       "--image-size", "8", "--filters", "4,8", "--batch-size", "4", "--results", results)
-
-
-@pytest.mark.slow
-def test_sigkill_then_same_command_resumes_with_each_epoch_once(tmp_path):
-    make_labeled_dir(tmp_path / "d", per_class=30)
-    out, results = tmp_path / "enc", tmp_path / "r.csv"
-    logged = kill_after_epochs(_command(tmp_path / "d", out, results), tmp_path / "enc.partial" / "history.csv", 3)
-    assert not out.exists(), "a killed run must not look complete"
-    assert 3 <= logged < 60
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-
-    again = subprocess.run(_command(tmp_path / "d", out, results), capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    assert "resuming the interrupted run" in again.stdout
-    restored = int(again.stdout.split("continuing after epoch ")[1].split()[0])
-    assert logged - 1 <= restored <= logged
-    epochs = pd.read_csv(out / "history.csv")["epoch"].tolist()
-    assert epochs == list(range(60))
-    assert (out / "manifest.json").is_file() and not (tmp_path / "enc.partial").exists()
-    assert len(pd.read_csv(results)) == 1
 
 
 @pytest.mark.parametrize("torn", ["weights", "metadata"])

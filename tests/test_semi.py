@@ -1,15 +1,11 @@
 """Augmentation in fine-tuning and semi-supervised fine-tuning (FixMatch, --unlabeled)."""
 
-import json
-import os
-import subprocess
-
 import keras
 import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import cli_command, kill_after_epochs, make_labeled_dir
+from conftest import make_labeled_dir
 
 from cli import main
 from transfer import augment, methods, semi
@@ -197,30 +193,6 @@ def test_pretrained_semi_keeps_bottom_blocks_and_reports_leakage(folders, tmp_pa
     assert all(np.array_equal(a, b) for a, b in zip(after["block1_conv1"], before["block1_conv1"]))
     assert not np.array_equal(after["block2_conv1"][0], before["block2_conv1"][0])  # the top block trained
     assert all(np.array_equal(a, b) for a, b in zip(after["block2_bn1"], before["block2_bn1"]))  # BN kept
-
-
-def _semi_command(data, out, results):
-    return cli_command("fine-tune", "--data", data, "--encoder", "random", "--freeze", "none", "--unlabeled", data,
-                       "--steps", "3000", "--labels-per-class", "3", "--image-size", "8", "--filters", "4,8",
-                       "--batch-size", "4", "--mu", "1", "--out", out, "--results", results)
-
-
-@pytest.mark.slow
-def test_semi_resumes_after_sigkill(tmp_path):
-    make_labeled_dir(tmp_path / "d", per_class=10, classes=("h", "v", "d"))
-    out, results = tmp_path / "ft", tmp_path / "r.csv"
-    logged = kill_after_epochs(_semi_command(tmp_path / "d", out, results),
-                               tmp_path / "ft.partial" / "history-semi.csv", 2)
-    assert 2 <= logged < 30 and not out.exists()
-    env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    again = subprocess.run(_semi_command(tmp_path / "d", out, results), capture_output=True, text=True, env=env)
-    assert again.returncode == 0, again.stdout + again.stderr
-    restored = int(again.stdout.split("continuing after epoch ")[1].split()[0])
-    assert logged - 1 <= restored <= logged
-    assert pd.read_csv(out / "history-semi.csv")["epoch"].tolist() == list(range(30))
-    row = pd.read_csv(results).iloc[0]
-    assert row["method"] == "scratch-semi" and row["steps"] == 3000
-    assert json.loads((out / "manifest.json").read_text())["method"] == "scratch-semi"
 
 
 def test_the_row_counts_skipped_files_of_every_source(folders, tmp_path):

@@ -94,8 +94,10 @@ def _start(args, case: Path) -> subprocess.Popen:
 
 
 def _started(marker: Path) -> bool:
+    """Training is under way: two epochs logged (the first one's backup is complete), or the
+    staging folder exists (prepare)."""
     if marker.suffix == ".csv":
-        return marker.is_file() and marker.read_text().count("\n") >= 2
+        return marker.is_file() and marker.read_text().count("\n") >= 3
     return marker.is_dir()
 
 
@@ -131,9 +133,23 @@ def _finished(case: Path, command: str, rows: int) -> None:
     assert [p.name for p in case.rglob("*.lock")] == ["results.csv.lock"]  # run-directory locks are gone
 
 
+RESUMABLE = {"pretrain", "fine-tune", "fixmatch"}  # a backup after every epoch (TRANSFER_BACKUP_SECONDS=0)
+
+
+def _history_rows(marker: Path) -> int:
+    return marker.read_text().count("\n") - 1 if marker.suffix == ".csv" and marker.is_file() else 0
+
+
 @pytest.mark.slow
-def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_finishes(data, tmp_path):
-    """As a scheduler or `kill` would: separate processes, all ten side by side, then their reruns."""
+def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_resumes(data, tmp_path, monkeypatch):
+    """As a scheduler or `kill` would: separate processes, all ten side by side; then each
+    rerun (in this process) continues from the last backed-up epoch."""
+    import tempfile
+
+    from click.testing import CliRunner
+
+    from cli import main
+
     cases = {}
     for command in COMMANDS:
         for name in ("SIGTERM", "SIGKILL"):
@@ -151,6 +167,7 @@ def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_finishes(data, tmp
                 del waiting[command, name]
         time.sleep(0.02)
     assert not waiting, list(waiting)
+    logged = {}
     for (command, name), (case, args, marker, rows, before, proc) in cases.items():
         code = proc.wait(timeout=120)
         stderr = (case / "stderr.log").read_text().strip().splitlines()
@@ -161,11 +178,17 @@ def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_finishes(data, tmp
             assert len(stderr) == 1 and stderr[0].startswith("Stopped by SIGTERM") and "resume" in stderr[0], stderr
             assert _leftovers(case) == [], (command, _leftovers(case))  # the process removed its temporary files
         assert (case / "results.csv").read_bytes() == before  # no row, no torn line
-    reruns = {key: _start(args, case) for key, (case, args, *_) in cases.items()}
-    for key, proc in reruns.items():
-        case, args, marker, rows, *_ = cases[key]
-        assert proc.wait(timeout=300) == 0, (key, (case / "stderr.log").read_text())
-        _finished(case, key[0], rows)
+        logged[command, name] = _history_rows(marker)
+    for (command, name), (case, args, marker, rows, before, _) in cases.items():
+        monkeypatch.setattr(tempfile, "tempdir", str(case / "tmp"))  # where that process kept its files
+        monkeypatch.chdir(case)
+        again = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert again.exit_code == 0, (command, name, again.output)
+        if command in RESUMABLE:
+            assert "resuming the interrupted run" in again.output, again.output
+            restored = int(again.output.split("continuing after epoch ")[1].split()[0])
+            assert logged[command, name] - 1 <= restored <= logged[command, name], (command, name, restored)
+        _finished(case, command, rows)
 
 
 @pytest.mark.slow
@@ -173,7 +196,7 @@ def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_finishes(data, tmp
 @pytest.mark.parametrize("name", ["SIGINT", "SIGHUP"])
 def test_ctrl_c_and_a_closed_terminal_stop_every_command_in_process(data, tmp_path, monkeypatch, command, name):
     """The same handler for SIGINT and SIGHUP, delivered to the CLI running in this process
-    (as the terminal would) once training is under way; then the same command again."""
+    (as the terminal would) once training is under way; after SIGINT, the same command again."""
     import gc
     import tempfile
     import threading
@@ -209,6 +232,8 @@ def test_ctrl_c_and_a_closed_terminal_stop_every_command_in_process(data, tmp_pa
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Stopped by {name}") and "resume" in lines[0], lines
     assert _leftovers(case) == [] and (case / "results.csv").read_bytes() == before
+    if name == "SIGHUP":
+        return  # the same handler as SIGINT's, whose rerun is checked
     again = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
     assert again.exit_code == 0, again.output
     gc.collect()

@@ -50,6 +50,7 @@ def build(source: Listing, index, image_size: int, records, log=print) -> tuple[
     start, path, kept = time.perf_counter(), os.path.join(folder.name, "images.f16"), []
     with open(path, "wb") as out:
         for positions, images, _ in records(source, index, image_size).batch(256).as_numpy_iterator():
+            stopping.check()
             out.write(images.astype(DTYPE).tobytes())
             kept.append(positions)
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)

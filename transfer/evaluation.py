@@ -19,6 +19,8 @@ import warnings
 import numpy as np
 from threadpoolctl import threadpool_limits
 
+from transfer import heads
+
 K = 20
 TEMPERATURE = 0.07
 BUDGETS = (1, 4, 10)  # labels per class for the few-label scores
@@ -66,8 +68,6 @@ def probe_accuracy(train_f, train_y, test_f, test_y, n_classes: int, seed: int =
     chosen by cross-validation on (a sample of) the training features (a fixed C = 1 when
     some class has a single example)."""
     from sklearn.linear_model import LogisticRegression
-
-    from transfer import heads
 
     train_f = np.asarray(train_f, np.float32).reshape(len(train_f), -1)
     test_f = np.asarray(test_f, np.float32).reshape(len(test_f), -1)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
-from transfer import stream
+from transfer import stopping, stream
 from transfer.listing import Listing
 
 BATCH = 256
@@ -19,6 +19,7 @@ def compute(model, source: Listing, index, image_size: int, batch_size: int = BA
     call = None if model is None else tf.function(lambda x: model(x, training=False))
     feats, labels, positions = [], [], []
     for pos, images, y in stream.records(source, index, image_size).batch(batch_size).as_numpy_iterator():
+        stopping.check()  # a safe point for a stop signal, between batches
         f = images.reshape(len(images), -1) if call is None else np.asarray(call(tf.constant(images)))
         feats.append(f.reshape(len(f), -1).astype(np.float32))
         labels.append(y)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import data
+from transfer import data, stopping
 from transfer.errors import TransferError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -246,6 +246,7 @@ def _read_headers(paths: list[Path]):
     """(kept paths, kept indices, ids, channel counts, skipped) from hashing and header reads."""
     kept, index, ids, chans, skipped = [], [], [], [], []
     for i, p in enumerate(paths):
+        stopping.check()  # a safe point for a stop signal, between files
         try:
             raw = p.read_bytes()
         except OSError as exc:

@@ -1,7 +1,8 @@
 """Stopping a run politely: SIGINT (Ctrl-C), SIGTERM (a scheduler, `timeout`, `kill`) and
 SIGHUP (a closed terminal) all end a run the same way.
 
-While `handled()` is active, each of these signals raises `Stopped` in the main thread:
+While `handled()` is active, each of these signals raises `Stopped` in the main thread at
+the next safe point (`check()`: after a training step, between files or batches):
 the run's staging directory is kept for a resume (`transfer.artifacts`), temporary files
 are removed on the way out (their finalizers run), and the CLI prints one line and exits
 with 128 + the signal's number. A signal that arrives inside `critical()` (appending a
@@ -13,6 +14,7 @@ C++), `immediate()` lets the signal end the process at once instead.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import re
@@ -20,10 +22,13 @@ import shutil
 import signal
 import tempfile
 import threading
+import time
 
 SIGNALS = tuple(s for s in (getattr(signal, n, None) for n in ("SIGINT", "SIGTERM", "SIGHUP")) if s is not None)
 
-_state = {"depth": 0, "deferred": 0, "pending": None}
+GRACE = 5.0  # seconds a signal waits for a safe point before it is raised wherever the program is
+
+_state = {"depth": 0, "pending": None, "since": 0.0}
 
 
 class Stopped(BaseException):
@@ -44,10 +49,24 @@ class Stopped(BaseException):
 
 
 def _handler(signum, frame):
-    if _state["depth"] or _state["deferred"]:
-        _state["pending"] = _state["pending"] or signum
+    """Note the signal; it takes effect at the next `check()` (a safe point: after a training
+    step, between files or batches). Raising at an arbitrary bytecode inside TensorFlow can
+    turn the stop into another error, so only a signal repeated, or one still waiting after
+    GRACE seconds (a long step), is raised where the program is, outside critical blocks."""
+    if _state["pending"] is None:  # the first: wait for a safe point
+        _state["pending"], _state["since"] = signum, time.monotonic()
+        timer = threading.Timer(GRACE, _past_grace, (signum,))
+        timer.daemon = True
+        timer.start()
         return
-    raise Stopped(signum)
+    if not _state["depth"]:  # repeated, or the grace is over (_past_grace): stop here
+        signum, _state["pending"] = _state["pending"], None
+        raise Stopped(signum)
+
+
+def _past_grace(signum: int) -> None:
+    if _state["pending"] == signum:
+        _thread.interrupt_main(signum)  # the handler again, in the main thread: now it raises
 
 
 def _main_thread() -> bool:
@@ -56,7 +75,7 @@ def _main_thread() -> bool:
 
 @contextlib.contextmanager
 def handled():
-    """Within the block, SIGINT, SIGTERM and SIGHUP raise `Stopped` (main thread only)."""
+    """Within the block, SIGINT, SIGTERM and SIGHUP stop the run (`Stopped`; main thread only)."""
     if not _main_thread():
         yield
         return
@@ -69,6 +88,13 @@ def handled():
         _state["pending"] = None
 
 
+def check() -> None:
+    """A safe point: raise `Stopped` for a signal that arrived (outside any critical block)."""
+    if _state["pending"] is not None and not _state["depth"] and _main_thread():
+        signum, _state["pending"] = _state["pending"], None
+        raise Stopped(signum)
+
+
 @contextlib.contextmanager
 def critical():
     """A block that a stop signal does not interrupt: the signal takes effect when it ends."""
@@ -77,29 +103,7 @@ def critical():
         yield
     finally:
         _state["depth"] -= 1
-    if not _state["deferred"]:
-        check()
-
-
-@contextlib.contextmanager
-def at_checkpoints():
-    """A block (a `fit`) in which a stop signal is held until the next `check()` (after a
-    training step: a safe point, where no data iterator or library state is half-way) or
-    the block's end. Raising at an arbitrary bytecode inside TensorFlow and Keras can turn
-    the stop into another error."""
-    _state["deferred"] += 1
-    try:
-        yield
-    finally:
-        _state["deferred"] -= 1
     check()
-
-
-def check() -> None:
-    """Raise `Stopped` for a signal that arrived while it was held (outside any critical block)."""
-    if _state["pending"] and not _state["depth"] and _main_thread():
-        signum, _state["pending"] = _state["pending"], None
-        raise Stopped(signum)
 
 
 @contextlib.contextmanager

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from transfer import builtins, data, decoded, distribute, listing, prepared
+from transfer import builtins, data, decoded, distribute, listing, prepared, stopping
 from transfer.errors import TransferError
 from transfer.listing import Listing
 
@@ -178,7 +178,10 @@ def load(source: Listing, index, image_size: int) -> Listing:
         skipped = []
     else:
         before = len(source.failed)
-        parts = [(i, image) for i, image, _ in records(source, index, image_size).batch(256).as_numpy_iterator()]
+        parts = []
+        for i, image, _ in records(source, index, image_size).batch(256).as_numpy_iterator():
+            stopping.check()  # a safe point for a stop signal, between batches
+            parts.append((i, image))
         positions = np.concatenate([p for p, _ in parts]) if parts else np.zeros(0, np.int64)
         images = (np.concatenate([x for _, x in parts]) if parts
                   else np.zeros((0, image_size, image_size, source.channels), np.float32))

@@ -218,9 +218,9 @@ def fit(
         callbacks.append(EpochLog(log, epochs, log_prefix))
     if not distribute.is_multiworker(strategy):
         x, y, batch_size, steps_per_epoch = one_iterator(x, y, batch_size, steps_per_epoch)
-    with stopping.at_checkpoints():  # a stop signal takes effect after a step, not inside one
-        history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
-                            callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
+    history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
+                        callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
+    stopping.check()
     if history_path is not None:
         dedupe_history(history_path)
     losses = history.history.get("loss", [])
