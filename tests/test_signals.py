@@ -53,14 +53,14 @@ methods = ["autoencoder", "scratch"]
 data = "{data / 'pool'}"
 image_size = 8
 filters = [4, 8]
-epochs = 15
+epochs = 8
 batch_size = 16
 plots = false
 [fine_tune]
 data = "{data / 'labeled'}"
 image_size = 8
 filters = [4, 8]
-epochs = 5
+epochs = 3
 ''')
     return ["experiment", case / "exp.toml"]
 
