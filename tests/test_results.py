@@ -3,6 +3,7 @@
 import multiprocessing
 
 import pandas as pd
+import pytest
 
 from transfer import results
 
@@ -154,6 +155,7 @@ for i in range(10_000):
 """
 
 
+@pytest.mark.slow
 def test_processes_appending_and_killed_at_random_leave_every_completed_row_once(tmp_path):
     real = tmp_path / "t.csv"
     link = tmp_path / "link.csv"

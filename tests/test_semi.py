@@ -195,6 +195,7 @@ def test_pretrained_semi_keeps_bottom_blocks_and_reports_leakage(folders, tmp_pa
     assert all(np.array_equal(a, b) for a, b in zip(after["block2_bn1"], before["block2_bn1"]))  # BN kept
 
 
+@pytest.mark.slow
 def test_the_row_counts_skipped_files_of_every_source(folders, tmp_path):
     import shutil
 
