@@ -230,6 +230,29 @@ def pretraining_cost(df: pd.DataFrame) -> list[str]:
             f"reused by every fine-tune of its encoder" for r in done.itertuples()]
 
 
+def feature_quality(df: pd.DataFrame) -> list[str]:
+    """One line per evaluated encoder and data set (`transfer evaluate` rows): its best
+    readout's k-NN accuracy and error as a ratio of the raw pixels', and 1-NN from 4 labels
+    per class beside the pixels'."""
+    needed = {"command", "method", "knn_accuracy", "knn_error_vs_pixels", "encoder", "data"}
+    if not needed <= set(df.columns):
+        return []
+    rows = df[(df["command"] == "evaluate") & (df["status"].fillna("ok") == "ok")]
+    lines = []
+    for (data, encoder), group in rows.groupby(["data", "encoder"], sort=True):
+        pixels = group[group["method"] == "pixels"]
+        mine = group[~group["method"].isin(["pixels", "random"])]
+        if mine.empty or pixels.empty:
+            continue
+        best, ref = mine.loc[mine["knn_accuracy"].idxmax()], pixels.iloc[-1]
+        few = (f", 1-NN from 4 labels/class {100 * best['nn1_4']:.1f}% ({100 * (best['nn1_4'] - ref['nn1_4']):+.1f} "
+               "vs pixels)" if "nn1_4" in group and best["nn1_4"] == best["nn1_4"] else "")
+        lines.append(f"features of {encoder} ({best['method']}, readout {best['readout']}) on {data}: "
+                     f"20-NN {100 * best['knn_accuracy']:.1f}%, k-NN error vs pixels: {best['knn_error_vs_pixels']:.2f}x"
+                     + few)
+    return lines
+
+
 NOTE = ("* the 95% confidence interval of the difference from the best baseline (the best method without "
         "pretraining; paired t over the seeds both share, Welch when unpaired) excludes zero")
 
@@ -256,7 +279,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
             log(NOTE)
-        for line in sentences + pretraining_cost(everything):
+        for line in sentences + pretraining_cost(everything) + feature_quality(everything):
             log(line)
     if cfg.html:
         write_html(cfg, table, df, everything, sentences)

@@ -234,3 +234,18 @@ def test_csv_output_defuses_spreadsheet_formulas(tmp_path):
     assert set(out["method"]) == {"'=HYPERLINK(\"http://x\")", "'+1+cmd", "'@SUM(A1)", "scratch", "'-bad"}
     assert (out["mean"] > 0).all() and out["vs_best_baseline"].notna().any()  # numbers as they were (negatives too)
     assert out["vs_scratch"].min() == pytest.approx(0.0)
+
+
+def test_compare_says_how_the_evaluated_features_compare_with_pixels(tmp_path):
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-top1": PRETRAINED})
+    df = pd.read_csv(table)
+    evaluated = pd.DataFrame([
+        {"command": "evaluate", "status": "ok", "data": "animals", "encoder": "runs/enc", "method": m, "readout": r,
+         "knn_accuracy": k, "knn_error_vs_pixels": (1 - k) / (1 - 0.825), "nn1_4": n}
+        for m, r, k, n in [("pixels", None, 0.825, 0.379), ("random", "avg", 0.841, 0.423),
+                           ("contrastive", "avg", 0.926, 0.603), ("contrastive", "multi", 0.925, 0.607)]])
+    pd.concat([df, evaluated], ignore_index=True).to_csv(table, index=False)
+    result = invoke(table)
+    assert result.exit_code == 0, result.output
+    assert ("features of runs/enc (contrastive, readout avg) on animals: 20-NN 92.6%, k-NN error vs pixels: 0.42x, "
+            "1-NN from 4 labels/class 60.3% (+22.4 vs pixels)") in result.output
