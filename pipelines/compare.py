@@ -237,7 +237,8 @@ def feature_quality(df: pd.DataFrame) -> list[str]:
     needed = {"command", "method", "knn_accuracy", "knn_error_vs_pixels", "encoder", "data"}
     if not needed <= set(df.columns):
         return []
-    rows = df[(df["command"] == "evaluate") & (df["status"].fillna("ok") == "ok")]
+    status = df["status"].fillna("ok") if "status" in df else pd.Series("ok", index=df.index)
+    rows = df[(df["command"] == "evaluate") & (status == "ok")]
     lines = []
     for (data, encoder), group in rows.groupby(["data", "encoder"], sort=True):
         pixels = group[group["method"] == "pixels"]
