@@ -35,6 +35,7 @@ def _append_many(args):
         results.append_row(path, {"run_id": f"{worker}-{i}", "command": "fine-tune", "test_accuracy": i / 10})
 
 
+@pytest.mark.slow  # 8 processes
 def test_concurrent_appends_lose_no_row(tmp_path):
     path = str(tmp_path / "r.csv")
     with multiprocessing.get_context("spawn").Pool(8) as pool:

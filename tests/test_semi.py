@@ -154,6 +154,7 @@ def test_bad_augment_and_threshold_are_refused(folders):
         assert result.exit_code == 2 and pattern in result.output and "Traceback" not in result.output
 
 
+@pytest.mark.slow
 def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path):
     out, results = tmp_path / "semi", tmp_path / "r.csv"
     result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
