@@ -13,6 +13,7 @@ import numpy as np
 
 from transfer import architectures, artifacts, data, distribute, results, stopping, training, visualize
 from transfer.errors import TrainingDiverged, TransferError
+from transfer.listing import report_skipped  # noqa: F401 (the pipelines' one line for skipped files)
 
 
 class Run:
@@ -152,12 +153,6 @@ def config_dict(cfg) -> dict:
     d = {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
     d.pop("overwrite", None)
     return d
-
-
-def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
-    """One line for the files skipped as unreadable (`skipped` holds (path, reason) pairs)."""
-    if skipped:
-        log(f"skipped {len(skipped)} unreadable file(s){' ' + when if when else ''}; first: {skipped[0][1]}")
 
 
 def encoder_blocks(cfg) -> list[architectures.Block]:

@@ -113,6 +113,12 @@ class Listing:
             self.failed.append((name, reason))
 
 
+def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
+    """One line for the files skipped as unreadable (`skipped` holds (path, reason) pairs)."""
+    if skipped:
+        log(f"skipped {len(skipped)} unreadable file(s){' ' + when if when else ''}; first: {skipped[0][1]}")
+
+
 def encode_labels(labels: list[str], class_names: list[str], src: str) -> np.ndarray:
     index = {c: i for i, c in enumerate(class_names)}
     unknown = sorted(set(labels) - set(index))

@@ -15,7 +15,7 @@ import numpy as np
 
 from transfer import data, stream
 from transfer.errors import TransferError
-from transfer.listing import Listing
+from transfer.listing import Listing, report_skipped
 
 
 @dataclass
@@ -29,15 +29,15 @@ class Splits:
 
 
 def open_labeled(src: str, test_src: str | None, test_fraction: float, image_size: int,
-                 channels: int | None, log=None) -> Splits:
+                 channels: int | None, log=print) -> Splits:
     """Open the labeled source (and the test source), report skipped files through `log`,
     and split them; an empty test split is refused."""
     source = stream.open_source(src, True, image_size, channels)
-    _report(source, log)
+    report_skipped(source.skipped, log)
     data.check_classes(source, src)
     if test_src:
         test_source = stream.open_source(test_src, True, image_size, source.channels, source.class_names)
-        _report(test_source, log)
+        report_skipped(test_source.skipped, log)
         splits = Splits(source, np.arange(len(source)), test_source, np.arange(len(test_source)))
     elif source.test_mask is not None:
         splits = Splits(source, np.flatnonzero(~source.test_mask), source, np.flatnonzero(source.test_mask))
@@ -48,7 +48,3 @@ def open_labeled(src: str, test_src: str | None, test_fraction: float, image_siz
         raise TransferError(f"{src}: the test split is empty; give --test-data or more images")
     return splits
 
-
-def _report(source: Listing, log) -> None:
-    if log is not None and source.skipped:
-        log(f"skipped {len(source.skipped)} unreadable file(s); first: {source.skipped[0][1]}")
