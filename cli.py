@@ -10,7 +10,7 @@ VERBOSE_ENV = "TRANSFER_VERBOSE"  # 1: show TensorFlow's own log lines and warni
 
 import click  # noqa: E402
 
-from transfer import builtins  # noqa: E402
+from transfer import builtins, internals  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
     AUGMENT_POLICIES,
@@ -319,6 +319,10 @@ def main(verbose: bool):
     manifest with columns path[,label], or a built-in name: """
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
+    try:
+        internals.check_versions()  # private Keras/TF surfaces are used (transfer.internals): tested versions only
+    except TransferError as exc:
+        raise UserError(str(exc)) from None
 
 
 main.help += ", ".join(builtins.names()) + "."

@@ -605,3 +605,35 @@ def test_results_that_are_not_a_table_are_refused_before_training(workspace, tmp
     (tmp_path / "e.toml").write_text(f'name = "e"\nresults = "{link}"\nseeds = [0]\nlabels_per_class = [2]\n'
                                      f'methods = ["scratch"]\n[fine_tune]\ndata = "{workspace / "labeled"}"\n')
     assert_user_error(invoke("experiment", "e.toml"), "is not a results table")
+
+
+def test_an_untested_keras_or_tensorflow_is_refused_with_one_line(tmp_path, monkeypatch):
+    """Private Keras/TF surfaces are fenced in transfer.internals for the tested versions: any
+    other version is one Error line and exit 2 before anything runs, unless the user insists."""
+    import keras
+
+    from transfer import internals
+
+    monkeypatch.delenv(internals.UNTESTED_ENV, raising=False)
+    major, minor = map(int, keras.__version__.split(".")[:2])
+    monkeypatch.setitem(internals.TESTED, "keras", ((major, minor + 1), (major, minor + 2)))
+    result = CliRunner().invoke(main, ["compare", "--results", str(tmp_path / "none.csv")])
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"Error: keras {keras.__version__} is outside the versions"), lines
+    assert f"keras>={major}.{minor + 1},<{major}.{minor + 3}" in lines[0]
+    monkeypatch.setenv(internals.UNTESTED_ENV, "1")
+    result = CliRunner().invoke(main, ["compare", "--results", str(tmp_path / "none.csv")])
+    assert "outside the versions" not in result.output
+    internals.check_versions({"keras": "3.15.9", "tensorflow": "2.21.0rc1"})  # dev suffixes read as their minor
+
+
+def test_the_declared_dependency_range_is_the_tested_one():
+    """pyproject.toml's bounds and transfer.internals.TESTED say the same."""
+    import tomllib
+
+    from transfer import internals
+
+    deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
+    for name, ((lo_major, lo_minor), (hi_major, hi_minor)) in internals.TESTED.items():
+        assert f"{name}>={lo_major}.{lo_minor},<{hi_major}.{hi_minor + 1}" in deps

@@ -23,6 +23,8 @@ import math
 import keras
 from keras import layers, ops
 
+POLICIES = ("label-preserving", "orientation-free", "none")  # `--augment`; see above
+
 
 class RandomAffine(layers.Layer):
     """Random rotation, shift and zoom about the centre, as one affine warp per image.

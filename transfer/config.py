@@ -13,13 +13,12 @@ from pathlib import Path
 
 from transfer import rowfilter
 from transfer.architectures import READOUTS
+from transfer.augment import POLICIES as AUGMENT_POLICIES
+from transfer.distribute import PRECISIONS, STRATEGIES
 from transfer.errors import TransferError
+from transfer.objectives import OBJECTIVES
 
 DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
-OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan", "vicreg")  # see transfer.objectives
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # see transfer.distribute
-PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy
-AUGMENT_POLICIES = ("label-preserving", "orientation-free", "none")  # see transfer.augment
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -120,7 +119,7 @@ class FineTuneConfig(RunConfig):
     epochs: int = 100
     batch_size: int = 32
     learning_rate: float = 1e-3
-    augment: str = "label-preserving"  # see AUGMENT_POLICIES and transfer.augment
+    augment: str = "label-preserving"  # see transfer.augment.POLICIES
     unlabeled: str | None = None  # a pool of unlabeled images: semi-supervised fine-tuning (FixMatch)
     mu: int = 7  # unlabeled images per labeled image in a step
     threshold: float = 0.95  # pseudo-label confidence

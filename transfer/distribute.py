@@ -24,10 +24,11 @@ import os
 import subprocess
 import sys
 
-from transfer import stopping
+from transfer import internals, stopping
 from transfer.errors import TransferError
 
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")
+PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy (variables stay float32)
 # Seconds a worker waits for all workers to join, and a collective op for its peers, before failing;
 # TRANSFER_WORKER_TIMEOUT overrides both (cluster schedulers may start workers minutes apart).
 JOIN_TIMEOUT = 600
@@ -187,21 +188,13 @@ def _configure_coordination(join_timeout: int) -> None:
     deadlines: by default a worker waits forever for a peer that never starts (and ignores
     SIGTERM while it waits)."""
     import tensorflow as tf
-    from tensorflow.python.eager import context
 
-    # The protobuf module the strategy itself uses (its location moves between TensorFlow releases).
-    from tensorflow.python.distribute.collective_all_reduce_strategy import coordination_config_pb2
-
-    if context.context().coordination_service is not None:
+    if internals.coordination_configured():
         return
     spec = tf.distribute.cluster_resolver.TFConfigClusterResolver().cluster_spec()
-    jobs = [coordination_config_pb2.CoordinatedJob(name=job, num_tasks=spec.num_tasks(job))
-            for job in ("chief", "worker") if job in spec.jobs]
-    leader = "chief" if "chief" in spec.jobs else "worker"
-    context.context().configure_coordination_service(
-        service_type="standalone", service_leader=f"/job:{leader}/replica:0/task:0", coordinated_jobs=jobs,
-        cluster_register_timeout_in_ms=join_timeout * 1000,
-        heartbeat_timeout_in_ms=min(HEARTBEAT_TIMEOUT, join_timeout) * 1000)
+    jobs = {job: spec.num_tasks(job) for job in ("chief", "worker") if job in spec.jobs}
+    internals.configure_coordination(jobs, "chief" if "chief" in spec.jobs else "worker", join_timeout * 1000,
+                                     min(HEARTBEAT_TIMEOUT, join_timeout) * 1000)
 
 
 POLL_MS = 1000  # waits on peers return to Python this often, so that a stop signal takes effect
@@ -221,12 +214,11 @@ def _wait_for_key(key: str, what: str) -> str:
     import time
 
     import tensorflow as tf
-    from tensorflow.python.eager import context
 
     deadline = time.monotonic() + _timeouts()[0]
     while True:
         try:
-            return context.context().get_config_key_value(key, POLL_MS)
+            return internals.get(key, POLL_MS)
         except tf.errors.DeadlineExceededError:
             if time.monotonic() > deadline:
                 raise tf.errors.DeadlineExceededError(None, None, f"timed out waiting for {what}") from None
@@ -236,10 +228,8 @@ def barrier(name: str) -> None:
     """Wait until every worker of a multiworker run gets here (no-op otherwise)."""
     if not is_multiworker(current()):
         return
-    from tensorflow.python.eager import context
-
     key, info = _key(f"barrier:{name}"), cluster()
-    context.context().set_config_key_value(f"{key}:{info['index']}", "1")
+    internals.put(f"{key}:{info['index']}", "1")
     for index in range(info["workers"]):
         _wait_for_key(f"{key}:{index}", f"worker {index} at {name}")
 
@@ -248,11 +238,9 @@ def chief_value(name: str, value: str) -> str:
     """The chief's `value` of `name`, on every worker (the chief's own, on the chief)."""
     if not is_multiworker(current()):
         return value
-    from tensorflow.python.eager import context
-
     key = _key(name)
     if cluster()["chief"]:
-        context.context().set_config_key_value(key, value)
+        internals.put(key, value)
         return value
     return _wait_for_key(key, f"the chief's {name}")
 
@@ -352,10 +340,8 @@ def prepare_model(model, sample_batch) -> None:
     strategy = tf.distribute.get_strategy()
     if not is_multiworker(strategy):
         return
-    if getattr(model, "compiled", False):  # an uncompiled model (predict only) has nothing more to build
-        with strategy.scope():
-            model._symbolic_build(data_batch=sample_batch)
-    model._maybe_symbolic_build = lambda *args, **kwargs: None
+    with strategy.scope():
+        internals.build_from_local_batch(model, sample_batch)
     for step in ("train_step", "test_step"):
         original = getattr(model, step)
         setattr(model, step, _with_leading_axis(original))

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import keras
 import tensorflow as tf
-from keras.src import api_export  # the table that names Keras's public classes when a model is saved
+
+from transfer import internals
 
 PUBLIC_NAME = "keras.layers.BatchNormalization"
 
@@ -49,15 +50,10 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
 
 # Saved under the built-in's public name (its config is the built-in's), so artifacts need no custom class.
-api_export.REGISTERED_OBJS_TO_NAMES[BatchNormalization] = PUBLIC_NAME
+internals.save_as(BatchNormalization, PUBLIC_NAME)
 
 
 def adopt(model: keras.Model) -> int:
     """Give the built-in BatchNormalization layers of `model` (loaded from a file) the fused
     training arithmetic; the layers keep their variables. Returns how many changed."""
-    changed = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if type(layer) is keras.layers.BatchNormalization:
-            layer.__class__ = BatchNormalization  # a subclass that adds no state: only `call` differs
-            changed += 1
-    return changed
+    return internals.adopt_class(model, keras.layers.BatchNormalization, BatchNormalization)

@@ -18,7 +18,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from transfer.config import OBJECTIVES
+from transfer.objectives import OBJECTIVES
 from transfer.errors import TransferError
 
 _TOP = re.compile(r"^(?P<base>.+)-top(?P<k>\d+)$")

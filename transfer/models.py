@@ -213,12 +213,25 @@ def unfreeze(model: keras.Model) -> None:
         layer.trainable = True
 
 
+def all_layers(model: keras.Model) -> list:
+    """Every layer inside `model`, nested models' included (each once), through `.layers`."""
+    found, stack, seen = [], list(reversed(model.layers)), set()
+    while stack:
+        layer = stack.pop()
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        found.append(layer)
+        stack.extend(reversed(getattr(layer, "layers", [])))
+    return found
+
+
 def forward_flops(model: keras.Model) -> int:
     """Floating-point operations (a multiply-add counts 2) of one image's forward pass through
     the model's convolutions and dense layers, nested models included. Normalization,
     activations and pooling are left out: they are a few percent of a conv net's work."""
     total = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in all_layers(model):
         if isinstance(layer, (layers.Conv2DTranspose,)):
             h, w = layer.input.shape[1:3]
             kh, kw = layer.kernel_size

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import distribute, stopping
+from transfer import distribute, internals, stopping
 from transfer.progress import Progress
 from transfer.errors import TrainingDiverged, TransferError
 
@@ -65,23 +65,23 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._saved_at = time.monotonic()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._current_epoch, self._last_batch_seen = epoch + 1, 0
         if self.every_epoch or time.monotonic() - self._saved_at >= self.interval:
             with stopping.critical():  # a stop signal waits: an interrupted write leaves a valid but partial file
-                self._save_model()
+                internals.save_backup(self, epoch + 1)
             self._saved_at = time.monotonic()
 
     def _repair(self) -> None:
         """Chief only, before anyone loads: a torn latest backup is replaced by the previous
         one (as Keras would), an unusable backup removed, so that the workers then only read."""
+        weights, metadata, prev_weights, prev_metadata = internals.backup_files(self)
         try:
-            _check_backup(self._weights_path, self._training_metadata_path)
+            _check_backup(weights, metadata)
         except (OSError, ValueError):
             try:
-                _check_backup(self._prev_weights_path, self._prev_training_metadata_path)
-                shutil.copy(self._prev_weights_path, self._weights_path)
-                if os.path.exists(self._prev_training_metadata_path):
-                    shutil.copy(self._prev_training_metadata_path, self._training_metadata_path)
+                _check_backup(prev_weights, prev_metadata)
+                shutil.copy(prev_weights, weights)
+                if os.path.exists(prev_metadata):
+                    shutil.copy(prev_metadata, metadata)
             except (OSError, ValueError) as exc:
                 if self.log is not None:
                     self.log(f"the backup in {self.backup_dir} cannot be read ({exc}); starting over")
@@ -98,9 +98,9 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         except (OSError, ValueError) as exc:  # unreadable or incomplete after all (e.g. no shared file system)
             if self.log is not None:
                 self.log(f"the backup in {self.backup_dir} cannot be read ({exc}); starting over")
-            self._current_epoch = 0
+            internals.forget_restored(self)
         self._saved_at = time.monotonic()
-        restored = int(self.model._initial_epoch or 0)
+        restored = internals.restored_epoch(self.model)
         if restored and self.log is not None:
             self.log(f"continuing after epoch {restored} from the backup in {self.backup_dir}")
         try:
@@ -109,11 +109,7 @@ class SafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             raise TransferError(f"{exc}; resuming a run of several workers needs the chief's run directory "
                                 "on a file system every worker reaches") from None
         if self.write_dir is not None:
-            self.backup_dir = self.write_dir
-            self._weights_path = os.path.join(self.write_dir, "latest.weights.h5")
-            self._training_metadata_path = os.path.join(self.write_dir, "training_metadata.json")
-            self._prev_weights_path = f"{self._weights_path}.bkp"
-            self._prev_training_metadata_path = f"{self._training_metadata_path}.bkp"
+            internals.write_backups_to(self, self.write_dir)
 
 
 def _check_backup(weights, metadata) -> None:
