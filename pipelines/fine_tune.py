@@ -85,7 +85,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             pool = _open_pool(cfg, image_size, channels, test, run)
-            job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log)
+            job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log,
+                      trainer=FixMatchTrainer(pool) if pool is not None else SupervisedTrainer())
             if encoder is not None:
                 _prepare_encoder(job)
             fit = _fit_pixels if encoder is None else _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
@@ -109,7 +110,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
         else "none", unlabeled=cfg.unlabeled,
         n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked,
-        **_skipped_counts(source, test.source, pool), **metrics)
+        **_skipped_counts(source, test.source, pool), **metrics, **job.pace.row())
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
 
@@ -160,6 +161,25 @@ class Job:
     readout_scores: dict | None = None  # "auto": mean CV accuracy of each candidate
     head_metrics: dict = field(default_factory=dict)  # what fitting the head chose (probe_c)
     probes: dict = field(default_factory=dict)  # readout -> (features, cross_validated(...)): computed once
+    trainer: "SupervisedTrainer | FixMatchTrainer | None" = None  # how the classifier trains by gradient
+    pace: "Pace" = field(default_factory=lambda: Pace())  # images trained on and seconds, over every phase
+
+
+@dataclass
+class Pace:
+    """What the training phases of a run timed: the images they trained on (an image once per
+    pass; FixMatch: its labeled and both views of its unlabeled images) and their seconds, for
+    a true `images_per_second` in every mode (an exact linear head: one feature pass)."""
+
+    images: int = 0
+    seconds: float = 0.0
+
+    def add(self, images: int, seconds: float) -> None:
+        self.images, self.seconds = self.images + int(images), self.seconds + seconds
+
+    def row(self) -> dict:
+        return {"images_trained": self.images, "train_seconds": round(self.seconds, 3),
+                "images_per_second": round(self.images / self.seconds, 1) if self.seconds > 0 else None}
 
 
 @dataclass
@@ -247,9 +267,7 @@ def _fit_frozen(job: Job):
     features = models.build_features(encoder, job.readout, frozen=True)
     before = training.snapshot_weights(encoder)
     distribute.prepare_model(features, _example_batch(features))
-    fit_start = time.perf_counter()
     head = _fit_head(job, features)
-    seconds = time.perf_counter() - fit_start
     classifier = models.build_classifier(features, head)
     _compile(classifier, cfg.learning_rate)
     metrics = dict(job.head_metrics)
@@ -257,58 +275,66 @@ def _fit_frozen(job: Job):
         unfrozen = models.unfreeze_top(encoder, cfg.unfreeze_top)
         job.log(f"unfreezing {len(unfrozen)} layer(s) of the top {cfg.unfreeze_top} block(s), BatchNorm kept frozen")
     if cfg.unfreeze_top or job.unlabeled:
-        fit_start = time.perf_counter()
-        metrics = _train(job, classifier, cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, "unfreeze")
-        seconds = time.perf_counter() - fit_start
+        metrics = job.trainer.fit(job, classifier, cfg.fine_tune_learning_rate, cfg.fine_tune_epochs, "unfreeze")
     # by design the encoder changed when its top blocks trained; the column audits frozen runs
     metrics["encoder_unchanged"] = None if cfg.unfreeze_top else training.weights_identical(encoder, before)
     metrics.update(_evaluate(classifier, job.train, job.test))
-    metrics.setdefault("images_per_second", round(len(job.train) * max(cfg.epochs, 1) / max(seconds, 1e-9), 1))
     return classifier, metrics
 
 
-def _train(job: Job, classifier, learning_rate: float, epochs: int, phase: str) -> dict:
-    """Train `classifier` by gradient: FixMatch on the labeled and unlabeled images when
-    there is a pool, else on the labeled images with the --augment policy. Its metrics."""
-    cfg = job.cfg
-    if job.unlabeled is not None:
-        return _fit_semi(job, classifier, learning_rate)
-    model = augment.training_model(classifier, augment.build(cfg.augment))
-    _compile(model, learning_rate)
-    suffix = "" if phase == "train" else f"-{phase}"
-    training.fit(model, job.train.images, job.train.labels, epochs=epochs, batch_size=cfg.batch_size,
-                 history_path=job.run.staging / f"history{suffix}.csv",
-                 backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log, log_prefix=f"{phase} ", jit_compile=cfg.xla)
-    return {}
+class SupervisedTrainer:
+    """Gradient training of the classifier on the labeled images, with the --augment policy
+    in front (in the training model only), for the phase's epochs."""
+
+    def fit(self, job: Job, classifier, learning_rate: float, epochs: int, phase: str) -> dict:
+        cfg = job.cfg
+        model = augment.training_model(classifier, augment.build(cfg.augment))
+        _compile(model, learning_rate)
+        suffix = "" if phase == "train" else f"-{phase}"
+        start = time.perf_counter()
+        history = training.fit(model, job.train.images, job.train.labels, epochs=epochs, batch_size=cfg.batch_size,
+                               history_path=job.run.staging / f"history{suffix}.csv",
+                               backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log,
+                               log_prefix=f"{phase} ", jit_compile=cfg.xla)
+        job.pace.add(len(job.train) * len(history.history.get("loss", [])), time.perf_counter() - start)
+        return {}
 
 
-def _fit_semi(job: Job, classifier, learning_rate: float) -> dict:
-    """FixMatch for cfg.steps steps (in epochs of semi.STEPS_PER_EPOCH, each backed up)."""
-    cfg, pool = job.cfg, job.unlabeled
-    image_size = classifier.input.shape[1]
-    per_epoch = min(semi.STEPS_PER_EPOCH, cfg.steps)
-    ds, batch = semi.batches(job.train, pool.source, pool.index, image_size, cfg.batch_size, cfg.mu, cfg.seed,
-                             per_epoch)
-    policy = cfg.augment if cfg.augment != "none" else "label-preserving"
-    model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
-                          cfg.unlabeled_weight)
-    model.compile(optimizer=keras.optimizers.Adam(semi.schedule(learning_rate, cfg.steps)))
-    model.build(classifier.input.shape)  # built, so that a backup can be restored into it
-    distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
-    epochs = -(-cfg.steps // per_epoch)
-    job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled + {cfg.mu * batch} unlabeled images "
-            f"from {len(pool.index)}, threshold {cfg.threshold}")
-    start = time.perf_counter()
-    history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
-                           history_path=job.run.staging / "history-semi.csv", backup_dir=job.run.backup_dir("backup-semi"),
-                           log=job.log, log_prefix="semi ", jit_compile=cfg.xla)
-    seconds = time.perf_counter() - start
-    report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
-    mask = history.history.get("mask_rate") or [float("nan")]
-    return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight,
-            "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
-            "n_unlabeled": len(pool.index), "test_in_unlabeled": pool.leaked,
-            "images_per_second": round(epochs * per_epoch * batch * (1 + 2 * cfg.mu) / seconds, 1)}
+class FixMatchTrainer:
+    """FixMatch (`transfer.semi`) on the labeled images and the unlabeled pool, for cfg.steps
+    steps (in epochs of semi.STEPS_PER_EPOCH, each backed up) in the phase it trains: the
+    supervised trainer's epochs do not apply."""
+
+    def __init__(self, pool: Pool):
+        self.pool = pool
+
+    def fit(self, job: Job, classifier, learning_rate: float, epochs: int, phase: str) -> dict:
+        cfg, pool = job.cfg, self.pool
+        image_size = classifier.input.shape[1]
+        per_epoch = min(semi.STEPS_PER_EPOCH, cfg.steps)
+        ds, batch = semi.batches(job.train, pool.source, pool.index, image_size, cfg.batch_size, cfg.mu, cfg.seed,
+                                 per_epoch)
+        policy = cfg.augment if cfg.augment != "none" else "label-preserving"
+        model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
+                              cfg.unlabeled_weight)
+        model.compile(optimizer=keras.optimizers.Adam(semi.schedule(learning_rate, cfg.steps)))
+        model.build(classifier.input.shape)  # built, so that a backup can be restored into it
+        distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
+        epochs = -(-cfg.steps // per_epoch)
+        job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled + {cfg.mu * batch} unlabeled "
+                f"images from {len(pool.index)}, threshold {cfg.threshold}")
+        start = time.perf_counter()
+        history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
+                               history_path=job.run.staging / "history-semi.csv",
+                               backup_dir=job.run.backup_dir("backup-semi"), log=job.log, log_prefix="semi ",
+                               jit_compile=cfg.xla)
+        steps_run = per_epoch * len(history.history.get("loss", []))
+        job.pace.add(steps_run * batch * (1 + 2 * cfg.mu), time.perf_counter() - start)
+        report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
+        mask = history.history.get("mask_rate") or [float("nan")]
+        return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight,
+                "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
+                "n_unlabeled": len(pool.index), "test_in_unlabeled": pool.leaked}
 
 
 def _fit_head(job: Job, features, history: str = "history.csv"):
@@ -317,6 +343,7 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
     features computed once with --augment none (cheap: no encoder pass per epoch). Its
     epochs go to `history` in the staging directory."""
     cfg, train, log = job.cfg, job.train, job.log
+    start = time.perf_counter()
     n_classes = len(train.class_names)
     cached = job.probes.get(job.readout)  # the readout's features and probe, when "auto" computed them
     f_train = cached[0] if cached else features.predict(train.images, batch_size=256, verbose=0)
@@ -331,18 +358,20 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
         (staging / history).write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
         log(f"linear head solved (L2 C={c:g}, chosen by cross-validation): train accuracy {acc:.4f}")
         job.head_metrics["probe_c"] = c
+        job.pace.add(len(train), time.perf_counter() - start)  # one pass of the images (their features)
         return head
     if cfg.augment != "none":
         model = augment.training_model(models.build_classifier(features, head), augment.build(cfg.augment))
         _compile(model, cfg.learning_rate)
-        training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                     history_path=staging / history, backup_dir=job.run.backup_dir("backup-head"), log=log,
-                     log_prefix="head ", jit_compile=cfg.xla)
-        return head
-    _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
-    training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                 history_path=staging / history, log=log, log_prefix="head ",
-                 jit_compile=cfg.xla)  # cheap to redo: no backup
+        fitted = training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                              history_path=staging / history, backup_dir=job.run.backup_dir("backup-head"), log=log,
+                              log_prefix="head ", jit_compile=cfg.xla)
+    else:
+        _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
+        fitted = training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
+                              history_path=staging / history, log=log, log_prefix="head ",
+                              jit_compile=cfg.xla)  # cheap to redo: no backup
+    job.pace.add(len(train) * len(fitted.history.get("loss", [])), time.perf_counter() - start)
     return head
 
 
@@ -371,25 +400,23 @@ def _fit_end_to_end(job: Job):
     if head is None:
         head = models.build_head(features.output.shape[1], len(job.train.class_names), cfg.head, cfg.dropout)
     classifier = models.build_classifier(features, head)
-    fit_start = time.perf_counter()
-    metrics = _train(job, classifier, cfg.learning_rate, cfg.epochs, "train")
-    seconds = time.perf_counter() - fit_start
+    metrics = job.trainer.fit(job, classifier, cfg.learning_rate, cfg.epochs, "train")
     if job.unlabeled is None:  # FixMatch's thousands of steps leave settled statistics
         training.recalibrate_batchnorm(encoder, job.train.images, cfg.batch_size, seed=cfg.seed)
     _compile(classifier, cfg.learning_rate)
-    return classifier, {**job.head_metrics, **metrics, **_evaluate(classifier, job.train, job.test),
-                        "images_per_second": metrics.get("images_per_second",
-                                                         round(len(job.train) * cfg.epochs / seconds, 1))}
+    return classifier, {**job.head_metrics, **metrics, **_evaluate(classifier, job.train, job.test)}
 
 
 def _fit_pixels(job: Job):
     """Baseline: multinomial logistic regression on standardized raw pixels, its L2
     strength chosen by cross-validation on the labeled training images only."""
     cfg, train, test, run = job.cfg, job.train, job.test, job.run
+    start = time.perf_counter()
     x_train = train.images.reshape(len(train), -1)
     mean, var = heads.standardization(x_train)
     n_classes = len(train.class_names)
     weights, bias, *_ = _probe(x_train, train.labels, n_classes)
+    job.pace.add(len(train), time.perf_counter() - start)
     head = models.build_head(x_train.shape[1], n_classes, (), 0.0, mean, var)
     head.get_layer("head_out").set_weights([weights, bias])
     inputs = keras.Input(train.images.shape[1:], name="image")

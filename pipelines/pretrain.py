@@ -43,13 +43,13 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             watch = _online_probe(cfg, encoder, source.channels, log)
             fit_start = time.perf_counter()
             batches, steps = train.training_batches(options.batch_size, cfg.seed)
-            training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
-                         history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"), log=log,
-                         log_prefix="pretrain ", jit_compile=cfg.xla,
-                         validation_data=(stream.in_memory(val_images).batches(options.batch_size)
-                                          if objective.VALIDATES and len(val_images) > 1 else None),
-                         extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
-            fit_seconds = time.perf_counter() - fit_start
+            history = training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
+                                   history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"),
+                                   log=log, log_prefix="pretrain ", jit_compile=cfg.xla, validation_data=(
+                                       stream.in_memory(val_images).batches(options.batch_size)
+                                       if objective.VALIDATES and len(val_images) > 1 else None),
+                                   extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
+            fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, train.count)
             report = objective.report(model, train, val_images)
             if watch is not None:
                 report.metrics["probe_knn"] = watch.last
@@ -63,7 +63,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
                        arch={"preset": cfg.arch, "blocks": [vars(b) for b in blocks]}, metrics=report.metrics,
                        data={"source": cfg.data, "images": len(source), "fingerprint": source.fingerprint(),
                              "skipped": len(source.skipped) + len(source.failed)})
-    row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), fit_seconds))
+    row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
 
@@ -72,6 +72,12 @@ def _train_images(cfg, source, train_idx, run) -> stream.TrainImages:
     """The images to train on; files are decoded once, not every epoch (removed when the run ends)."""
     decoded, index = stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, run.log)
     return stream.TrainImages(run.temporary(decoded), index, cfg.image_size)
+
+
+def _images_trained(history, steps: int | None, batch: int, count: int) -> int:
+    """Images the fit trained on in this process (epochs resumed from a backup are not counted)."""
+    per_epoch = steps * batch if steps else count  # full batches cut from reshuffled passes
+    return per_epoch * len(history.history.get("loss", []))
 
 
 def _how_held(source) -> str:
@@ -115,13 +121,14 @@ def _write_extras(cfg, run: Run, encoder, source, val_images, report) -> None:
                                title=f"{cfg.objective} encoder, {cfg.arch} ({Path(cfg.out).name})")
 
 
-def _row_fields(cfg, metrics: dict, source, n_train: int, fit_seconds: float) -> dict:
-    images_per_second = n_train * cfg.epochs / fit_seconds
+def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seconds: float) -> dict:
+    images_per_second = trained / fit_seconds
     flops = metrics.get("train_flops_per_image")
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
             "batch_size": cfg.batch_size, "skipped_files": len(source.skipped) + len(source.failed),
             **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse", "probe_knn")},
-            "images_per_second": round(images_per_second, 1), "train_flops_per_image": flops,
+            "images_per_second": round(images_per_second, 1), "images_trained": trained,
+            "train_seconds": round(fit_seconds, 3), "train_flops_per_image": flops,
             "gflops_per_second": float(f"{flops * images_per_second / 1e9:.3g}") if flops else None}
 
 

@@ -637,3 +637,26 @@ def test_the_declared_dependency_range_is_the_tested_one():
     deps = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]["dependencies"]
     for name, ((lo_major, lo_minor), (hi_major, hi_minor)) in internals.TESTED.items():
         assert f"{name}>={lo_major}.{lo_minor},<{hi_major}.{hi_minor + 1}" in deps
+
+
+@pytest.mark.parametrize("mode", ["linear-head", "unfreeze", "fixmatch", "scratch"])
+def test_images_per_second_counts_what_each_mode_trained_on(workspace, mode):
+    """The row's images_trained, train_seconds and images_per_second agree with what ran: the
+    exact linear head is one pass of the labeled images; unfreezing adds its epochs; FixMatch
+    adds its steps' labeled and two views of its unlabeled images (not the supervised epochs)."""
+    out = workspace / f"pace-{mode}"
+    args = {"linear-head": ["--encoder", workspace / "enc", "--freeze", "all", "--unfreeze-top", "0"],
+            "unfreeze": ["--encoder", workspace / "enc", "--freeze", "all", "--unfreeze-top", "1",
+                         "--fine-tune-epochs", "3"],
+            "fixmatch": ["--encoder", workspace / "enc", "--freeze", "all", "--unfreeze-top", "0",
+                         "--unlabeled", workspace / "labeled", "--steps", "4", "--mu", "2"],
+            "scratch": ["--encoder", "random", "--freeze", "none"]}[mode]
+    result = invoke("fine-tune", "--data", workspace / "labeled", *args, "--labels-per-class", "3", "--epochs", "5",
+                    "--out", out, "--results", workspace / "pace.csv", *TINY)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(workspace / "pace.csv").set_index("run_dir").loc[str(out)]
+    n = row["n_train"]
+    expected = {"linear-head": n, "unfreeze": n + 3 * n, "fixmatch": n + 4 * 8 * (1 + 2 * 2), "scratch": 5 * n}[mode]
+    assert row["images_trained"] == expected
+    assert 0 < row["train_seconds"] <= row["seconds"]
+    assert row["images_per_second"] == pytest.approx(expected / row["train_seconds"], rel=0.01)
