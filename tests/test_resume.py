@@ -14,7 +14,7 @@ def test_a_backup_torn_by_a_kill_falls_back_to_the_previous_one(tmp_path, torn):
     import keras
     import numpy as np
 
-    from transfer import training
+    from transfer import internals, training
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile("sgd", "mse")
@@ -25,12 +25,13 @@ def test_a_backup_torn_by_a_kill_falls_back_to_the_previous_one(tmp_path, torn):
     cb.set_model(model)
     backup.mkdir()
     model.save_weights(tmp_path / "w.weights.h5")
-    for path in (cb._prev_weights_path, cb._weights_path):
+    weights, _, prev_weights, _ = internals.backup_files(cb)  # Keras's names for its backup files
+    for path in (prev_weights, weights):
         shutil.copy(tmp_path / "w.weights.h5", path)
     (backup / "training_metadata.json.bkp").write_text(json.dumps({"epoch": 2, "batch": 0}))
     (backup / "training_metadata.json").write_text(json.dumps({"epoch": 3, "batch": 0}))
     if torn == "weights":
-        with open(cb._weights_path, "r+b") as f:
+        with open(weights, "r+b") as f:
             f.truncate(100)
     else:
         (backup / "training_metadata.json").write_text("")

@@ -8,7 +8,8 @@ from click.testing import CliRunner
 from conftest import make_labeled_dir
 
 from cli import main
-from transfer import augment, methods, semi
+from transfer import augment, methods, models, semi
+from transfer.objectives import contrastive
 
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "4"]
 
@@ -30,11 +31,14 @@ def _row(results, out):
     return df[df["run_dir"] == str(out)].iloc[0]
 
 
-def _layer_types(model):
-    found = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        found.add(type(layer).__name__)
-    return found
+def _augmentation_layers(model):
+    """The layers of `model` whose class is one the augmentation policies are built from
+    (every policy, FixMatch's strong view, the contrastive views)."""
+    used = {type(layer) for policy in augment.POLICIES if augment.build(policy) is not None
+            for layer in augment.build(policy).layers}
+    used |= {type(layer) for layer in augment.strong("label-preserving").layers}
+    used |= {type(layer) for layer in contrastive.build_augment(1).layers}
+    return [layer for layer in models.all_layers(model) if type(layer) in used]
 
 
 def test_fixmatch_loss_matches_its_formula():
@@ -139,7 +143,9 @@ def test_scratch_trains_with_augmentation_that_is_not_saved(folders, tmp_path):
     row = _row(results, out)
     assert row["method"] == "scratch" and row["augment"] == "label-preserving"
     saved = keras.saving.load_model(out / "classifier.keras")
-    assert not {"RandomTranslation", "RandomRotation", "RandomZoom"} & _layer_types(saved)
+    assert _augmentation_layers(saved) == []
+    leaky = augment.training_model(saved, augment.build("label-preserving"))  # what a leak would look like
+    assert len(_augmentation_layers(leaky)) == 3
     out2 = tmp_path / "ft2"
     assert invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
                   "--augment", "none", "--labels-per-class", "3", "--epochs", "2", "--out", out2,

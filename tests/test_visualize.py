@@ -1,3 +1,4 @@
+import keras
 import numpy as np
 import pytest
 from click.testing import CliRunner
@@ -28,9 +29,15 @@ def encoder(tmp_path_factory):
 
 
 def test_filter_grid_shows_every_kernel_in_color(encoder):
+    """Tile o of the grid is kernel o of the first conv layer (its RGB weights), scaled to [0, 1]."""
     grid = vis.filter_grid(encoder)
     assert grid.shape[-1] == 3 and grid.shape[1] == 6 * (3 + 1) + 1  # 6 RGB tiles of 3 px, 1 px gaps
-    assert grid.std() > 0.05  # not constant
+    kernel = np.array(vis.first_conv(encoder).kernel)  # (3, 3, 3, 6)
+    for o in range(6):
+        k = kernel[:, :, :, o]
+        expected = (k - k.min()) / (k.max() - k.min())
+        np.testing.assert_allclose(grid[1:4, 1 + 4 * o:4 + 4 * o], expected, atol=1e-6)
+    assert np.all(grid[0] == 1.0) and np.all(grid[:, 4] == 1.0)  # white gaps between tiles
 
 
 def test_activation_maximization_raises_the_unit_by_a_large_factor(encoder):
@@ -49,9 +56,19 @@ def test_activation_maximization_bad_layer_or_unit(encoder):
 
 
 def test_feature_maps_one_row_per_block(encoder):
+    """Row 0 is the image itself; row b, tile c is channel c of block b's output for it (scaled
+    to [0, 1], enlarged to the image's size, gray in all three colors)."""
     img = np.random.default_rng(0).random((12, 12, 3)).astype("float32")
     fm = vis.feature_maps(encoder, img)
-    assert fm.shape[0] == 3 * (12 + 2) and fm.std() > 0.05  # the image row and 2 block rows, 1 px frames
+    assert fm.shape[0] == 3 * (12 + 2)  # the image row and 2 block rows, 1 px frames
+    np.testing.assert_allclose(fm[1:13, 1:13], img, atol=1e-6)
+    block1 = np.array(keras.Model(encoder.input, encoder.get_layer("block1_out").output)(img[None]))[0]
+    for c in range(6):
+        m = block1[..., c]
+        scaled = (m - m.min()) / max(m.max() - m.min(), 1e-12)
+        enlarged = np.kron(scaled, np.ones((12 // m.shape[0], 12 // m.shape[1])))
+        tile = fm[15:27, 1 + 13 * c:13 + 13 * c]
+        np.testing.assert_allclose(tile, np.repeat(enlarged[..., None], 3, -1), atol=1e-5)
 
 
 @pytest.mark.slow
