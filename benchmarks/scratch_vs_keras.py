@@ -26,7 +26,7 @@ import numpy as np  # noqa: E402
 from keras import layers  # noqa: E402
 
 from pipelines import fine_tune  # noqa: E402
-from transfer import augment, training  # noqa: E402
+from transfer import augment, splits, training  # noqa: E402
 from transfer.config import FineTuneConfig  # noqa: E402
 
 
@@ -46,12 +46,13 @@ def plain_keras_cnn(shape, classes: int) -> keras.Model:
 
 def run_plain(cfg: FineTuneConfig, epochs: int) -> tuple[float, float]:
     start = time.perf_counter()
-    _, train, test = fine_tune._load_splits(cfg, cfg.image_size, cfg.channels, lambda m: None)
+    found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, cfg.image_size, cfg.channels, log=lambda m: None)
+    train = found.labeled(cfg.labels_per_class, cfg.seed, cfg.image_size, log=lambda m: None)
     training.set_seed(cfg.seed)
     model = plain_keras_cnn(train.images.shape[1:], len(train.class_names))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train.images, train.labels, epochs=epochs, batch_size=32, verbose=0)
-    accuracy = model.evaluate(test.batches(cfg.image_size), verbose=0, return_dict=True)["accuracy"]
+    accuracy = model.evaluate(found.test_batches(cfg.image_size), verbose=0, return_dict=True)["accuracy"]
     return float(accuracy), time.perf_counter() - start
 
 

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import (artifacts, augment, data, distribute, heads, layers, methods, models, semi, splits, stream,
+from transfer import (artifacts, augment, distribute, heads, layers, methods, models, semi, splits, stream,
                       training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
@@ -55,12 +55,9 @@ class TestSplit:
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
     """(source, labeled training images in memory, TestSplit)."""
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, log)
-    source = found.source
-    chosen = data.sample_per_class(source.labels, found.pool, cfg.labels_per_class, cfg.seed, source.class_names)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
-    train = stream.load(source, chosen, image_size)
-    report_skipped(train.skipped, log, "while decoding")
-    return source, train, TestSplit(found.test_source, found.test_index)
+    train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, log)
+    return found.source, train, TestSplit(found.test_source, found.test_index)
 
 
 def run(cfg: FineTuneConfig, log=print) -> dict:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipelines import visualize
 from pipelines.common import Run, encoder_blocks, holdout_split, report_skipped, save_preview
-from transfer import artifacts, data, models, objectives, probe, stream, training
+from transfer import artifacts, data, models, objectives, probe, stream, training, visualize
 from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 

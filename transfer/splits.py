@@ -27,6 +27,18 @@ class Splits:
     test_source: Listing
     test_index: np.ndarray
 
+    def labeled(self, per_class: int | None, seed: int, image_size: int, log=print) -> Listing:
+        """The labeled training images, decoded into memory: `per_class` of every class drawn
+        from the pool with `seed` (None: the whole pool); files that fail to decode reported."""
+        chosen = data.sample_per_class(self.source.labels, self.pool, per_class, seed, self.source.class_names)
+        train = stream.load(self.source, chosen, image_size)
+        report_skipped(train.skipped, log, "while decoding")
+        return train
+
+    def test_batches(self, image_size: int, batch_size: int = 256):
+        """The test images with their labels, streamed in batches (never all in memory)."""
+        return stream.dataset(self.test_source, self.test_index, image_size, batch_size=batch_size, with_labels=True)
+
 
 def open_labeled(src: str, test_src: str | None, test_fraction: float, image_size: int,
                  channels: int | None, log=print) -> Splits:
