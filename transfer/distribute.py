@@ -297,6 +297,20 @@ def scale_loss(loss):
     return loss / n if n > 1 else loss
 
 
+def gradient_step(optimizer, variables, compute):
+    """One optimizer step of a custom `train_step`: `compute()` runs under a gradient tape and
+    returns the per-replica mean loss (or a tuple whose first item it is); the loss is scaled
+    for the replicas inside the tape (`scale_loss`) and `optimizer` applies its gradients to
+    `variables`. Returns what `compute` returned."""
+    import tensorflow as tf
+
+    with tf.GradientTape() as tape:
+        out = compute()
+        scaled = scale_loss(out[0] if isinstance(out, tuple) else out)  # inside the tape, or the gradient is None
+    optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+    return out
+
+
 def batches(make, global_batch: int, count: int):
     """Batches for `fit` under the current strategy.
 

@@ -71,11 +71,8 @@ class FixMatch(keras.Model):
 
     def train_step(self, data):
         (x_l, y_l), x_u = data
-        with tf.GradientTape() as tape:
-            loss, labeled, unlabeled, mask, p_l = self.losses_of(x_l, y_l, x_u)
-            scaled = distribute.scale_loss(loss)  # inside the tape, or its gradient is None
-        variables = self.classifier.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        loss, labeled, unlabeled, mask, p_l = distribute.gradient_step(
+            self.optimizer, self.classifier.trainable_variables, lambda: self.losses_of(x_l, y_l, x_u))
         hits = ops.cast(ops.equal(ops.cast(ops.argmax(p_l, axis=1), "int32"), ops.cast(y_l, "int32")), "float32")
         for name, value in (("loss", loss), ("labeled_loss", labeled), ("unlabeled_loss", unlabeled),
                             ("mask_rate", ops.mean(mask)), ("accuracy", ops.mean(hits))):

@@ -49,11 +49,7 @@ class Reconstruction(keras.Model):
         return tf.reduce_mean(tf.square(self(self.corrupt(x), training=training) - x))
 
     def train_step(self, data):
-        with tf.GradientTape() as tape:
-            loss = self._loss(data, True)
-            scaled = distribute.scale_loss(loss)  # inside the tape, or its gradient is None
-        variables = self.trainable_variables
-        self.optimizer.apply_gradients(zip(tape.gradient(scaled, variables), variables))
+        loss = distribute.gradient_step(self.optimizer, self.trainable_variables, lambda: self._loss(data, True))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

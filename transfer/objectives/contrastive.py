@@ -109,12 +109,9 @@ class SimCLR(keras.Model):
         x = data[0] if isinstance(data, tuple) else data
         v1 = self.augment(x, training=True)
         v2 = self.augment(x, training=True)
-        with tf.GradientTape() as tape:
-            loss = self.two_view_loss(self.embed(v1, True), self.embed(v2, True))
-            scaled = distribute.scale_loss(loss)  # inside the tape, or its gradient is None
-        variables = self.encoder.trainable_variables + self.projector.trainable_variables
-        grads = tape.gradient(scaled, variables)
-        self.optimizer.apply_gradients(zip(grads, variables))
+        loss = distribute.gradient_step(self.optimizer,
+                                        self.encoder.trainable_variables + self.projector.trainable_variables,
+                                        lambda: self.two_view_loss(self.embed(v1, True), self.embed(v2, True)))
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 

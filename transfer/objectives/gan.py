@@ -121,31 +121,31 @@ class GAN(keras.Model):
     def metrics(self):
         return list(self.trackers.values())
 
+    def _discriminator_loss(self, real, z, n):
+        fake = self.generator(z, training=True)
+        # One batch of real and fake together: with two batches, BatchNorm's per-batch
+        # statistics alone would tell them apart, and the discriminator wins outright.
+        logits, _ = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
+        real_logits, fake_logits = logits[:n], logits[n:]
+        return self.bce(tf.fill(tf.shape(real_logits), REAL_LABEL), real_logits) + self.bce(
+            tf.zeros_like(fake_logits), fake_logits)
+
+    def _generator_loss(self, real, z, n):
+        fake = self.generator(z, training=True)
+        _, features = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
+        # Feature matching (Salimans et al. 2016): the mean encoder features of real images.
+        real_mean = tf.stop_gradient(tf.reduce_mean(features[:n], axis=0))
+        return tf.cast(tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0))), tf.float32)
+
     def train_step(self, data):
         real = data[0] if isinstance(data, tuple) else data
         n = tf.shape(real)[0]
         z = keras.random.normal((n, self.latent), seed=self.noise)
-        with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)
-            # One batch of real and fake together: with two batches, BatchNorm's per-batch
-            # statistics alone would tell them apart, and the discriminator wins outright.
-            logits, _ = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
-            real_logits, fake_logits = logits[:n], logits[n:]
-            d_loss = self.bce(tf.fill(tf.shape(real_logits), REAL_LABEL), real_logits) + self.bce(
-                tf.zeros_like(fake_logits), fake_logits)
-            scaled = distribute.scale_loss(d_loss)  # inside the tape, or its gradient is None
-        d_vars = self.discriminator.trainable_variables
-        self.d_optimizer.apply_gradients(zip(tape.gradient(scaled, d_vars), d_vars))
+        d_loss = distribute.gradient_step(self.d_optimizer, self.discriminator.trainable_variables,
+                                          lambda: self._discriminator_loss(real, z, n))
         z = keras.random.normal((n, self.latent), seed=self.noise)
-        with tf.GradientTape() as tape:
-            fake = self.generator(z, training=True)
-            _, features = self.discriminator(self._blur(tf.concat([real, fake], axis=0)), training=True)
-            # Feature matching (Salimans et al. 2016): the mean encoder features of real images.
-            real_mean = tf.stop_gradient(tf.reduce_mean(features[:n], axis=0))
-            g_loss = tf.cast(tf.reduce_mean(tf.square(real_mean - tf.reduce_mean(features[n:], axis=0))), tf.float32)
-            scaled = distribute.scale_loss(g_loss)
-        g_vars = self.generator.trainable_variables
-        self.g_optimizer.apply_gradients(zip(tape.gradient(scaled, g_vars), g_vars))
+        g_loss = distribute.gradient_step(self.g_optimizer, self.generator.trainable_variables,
+                                          lambda: self._generator_loss(real, z, n))
         for key, value in (("loss", d_loss + g_loss), ("d_loss", d_loss), ("g_loss", g_loss)):
             self.trackers[key].update_state(value)
         return {k: t.result() for k, t in self.trackers.items()}
