@@ -341,6 +341,16 @@ main.help += ", ".join(builtins.names()) + "."
      help="Images per step (contrastive: also the number of negatives each image is contrasted with).")
 @opt(PretrainConfig, "learning-rate", type=float,
      help="Adam's learning rate (default: the objective's own: 1e-3, gan 2e-4).")
+@opt(PretrainConfig, "temperature", type=float,
+     help="contrastive: the softmax temperature of NT-Xent (default 0.3).")
+@opt(PretrainConfig, "projector", type=IntList(),
+     help="contrastive, vicreg: widths of the projection MLP dropped after pretraining "
+          "(default 128,64; vicreg 512,512,512).")
+@opt(PretrainConfig, "crop", type=float,
+     help="contrastive, vicreg: the smallest side of a view's random crop, as a fraction of the image's "
+          "(default 0.5).")
+@opt(PretrainConfig, "blur", type=float, help="contrastive, vicreg: the strength of the views' random "
+     "Gaussian blur, 0 to 1 (default 0: none).")
 @opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")

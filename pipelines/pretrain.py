@@ -37,7 +37,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             training.set_seed(cfg.seed)
             encoder = models.build_encoder(train.shape, blocks, cfg.arch)
             batch = min(cfg.batch_size, train.count)
-            options = objectives.Options(learning_rate, batch, cfg.seed, cfg.epochs * -(-train.count // batch))
+            options = _options(cfg, learning_rate, batch, cfg.epochs * -(-train.count // batch))
             model = objective.build(encoder, blocks, train.shape, options)
             watch = _online_probe(cfg, encoder, source.channels, log)
             fit_start = time.perf_counter()
@@ -71,6 +71,11 @@ def _train_images(cfg, source, train_idx, run) -> stream.TrainImages:
     """The images to train on; files are decoded once, not every epoch (removed when the run ends)."""
     decoded, index = stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, run.log)
     return stream.TrainImages(run.temporary(decoded), index, cfg.image_size)
+
+
+def _options(cfg: PretrainConfig, learning_rate: float, batch: int, steps: int) -> objectives.Options:
+    return objectives.Options(learning_rate, batch, cfg.seed, steps, cfg.temperature,
+                              tuple(cfg.projector) if cfg.projector else None, cfg.crop, cfg.blur)
 
 
 def _images_trained(history, steps: int | None, batch: int, count: int) -> int:

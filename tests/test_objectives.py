@@ -196,3 +196,36 @@ def test_vicreg_loss_matches_its_formula():
     # no collapse is rewarded: identical constant embeddings pay the full variance term
     same = np.zeros((12, 5), "float32")
     assert float(vicreg.vicreg_loss(same, same)) == pytest.approx(25 * (1 - np.sqrt(1e-4)), rel=1e-5)
+
+
+def test_contrastive_recipe_options_reach_the_model_and_are_checked():
+    """--temperature, --projector, --crop and --blur build the model they name; the defaults are
+    the objective's own; bad values and objectives without views are refused in one line."""
+    import keras
+    import pytest
+
+    from transfer import models
+    from transfer.architectures import preset_blocks
+    from transfer.config import PretrainConfig
+    from transfer.errors import TransferError
+    from transfer.objectives import contrastive, vicreg
+
+    blocks = preset_blocks("small", (4, 8))
+    shape = (16, 16, 1)
+    default = contrastive.build(models.build_encoder(shape, blocks), blocks, shape, objectives.Options(1e-3, 8))
+    assert default.temperature == contrastive.TEMPERATURE
+    assert [l.units for l in default.projector.layers if isinstance(l, keras.layers.Dense)] == [128, 64]
+    assert not any(isinstance(l, keras.layers.RandomGaussianBlur) for l in default.augment.layers)
+    tuned = contrastive.build(models.build_encoder(shape, blocks), blocks, shape,
+                              objectives.Options(1e-3, 8, temperature=0.1, projector=(32, 16), crop=0.8, blur=0.5))
+    assert tuned.temperature == 0.1
+    assert [l.units for l in tuned.projector.layers if isinstance(l, keras.layers.Dense)] == [32, 16]
+    assert tuned.augment.layers[0].zoom[0] == pytest.approx(-0.2)  # zoom in to 0.8 of the side at most
+    assert [l.factor for l in tuned.augment.layers if isinstance(l, keras.layers.RandomGaussianBlur)]
+    expander = vicreg.build(models.build_encoder(shape, blocks), blocks, shape, objectives.Options(1e-3, 8))
+    assert [l.units for l in expander.projector.layers if isinstance(l, keras.layers.Dense)] == list(vicreg.EXPANDER)
+    for bad, match in (({"temperature": 0}, "temperature must be > 0"), ({"crop": 1.5}, r"crop must be in \(0, 1\]"),
+                       ({"blur": -0.1}, r"blur must be in \[0, 1\]"), ({"projector": (0,)}, "projector widths"),
+                       ({"objective": "autoencoder", "crop": 0.8}, "objective autoencoder has no views")):
+        with pytest.raises(TransferError, match=match):
+            PretrainConfig(data="digits", out="x", **bad)

@@ -91,6 +91,11 @@ class PretrainConfig(RunConfig):
     learning_rate: float | None = None  # None: the objective's own (transfer.objectives)
     plots: bool = True
     probe_data: str | None = None  # labeled images watched by an online k-NN probe while pretraining
+    # The two-view objectives' (contrastive, vicreg) recipe; None: the objective's own default.
+    temperature: float | None = None
+    projector: tuple[int, ...] | None = None
+    crop: float | None = None  # smallest side of a random crop, as a fraction of the image's
+    blur: float | None = None  # strength of the random Gaussian blur of the views (0: none)
 
     def __post_init__(self):
         super().__post_init__()
@@ -100,6 +105,17 @@ class PretrainConfig(RunConfig):
         for name in ("epochs", "batch_size"):
             _positive(name, getattr(self, name))
         _rate("learning_rate", self.learning_rate)
+        _rate("temperature", self.temperature)
+        for name, value in (("crop", self.crop), ("blur", self.blur)):
+            if value is not None and not (0.0 < value <= 1.0 if name == "crop" else 0.0 <= value <= 1.0):
+                bounds = "in (0, 1]" if name == "crop" else "in [0, 1]"
+                raise TransferError(f"{name} must be {bounds}. Received: {name}={value}")
+        for width in self.projector or ():
+            _positive("projector widths", width)
+        if self.objective not in ("contrastive", "vicreg") and any(
+                v is not None for v in (self.temperature, self.projector, self.crop, self.blur)):
+            raise TransferError(f"--temperature, --projector, --crop and --blur are the contrastive and vicreg "
+                                f"objectives' options; objective {self.objective} has no views to tune")
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,22 @@ LEARNING_RATE = 1e-3
 VALIDATES = True
 TEMPERATURE = 0.3
 PROJECTION = (128, 64)
+CROP = 0.5  # the smallest crop side, as a fraction of the image's
+BLUR = 0.0  # the views' Gaussian blur strength (keras.layers.RandomGaussianBlur's factor)
 WARMUP = 0.1  # fraction of the steps with a linearly rising learning rate
 
 
-def build_augment(channels: int, strength: float = 1.0) -> keras.Sequential:
+def build_augment(channels: int, strength: float = 1.0, crop: float | None = None,
+                  blur: float | None = None) -> keras.Sequential:
     """The random view generator (Keras preprocessing layers and the one-warp `augment.RandomAffine`)."""
+    crop, blur = CROP if crop is None else crop, BLUR if blur is None else blur
     return keras.Sequential(
         [
-            # resized crops (zoom in to half the side), shifts and small rotations, as one warp
-            augment.RandomAffine(0.04 * strength, 0.15 * strength, (-0.5 * strength, 0.1 * strength)),
+            # resized crops (zoom in to `crop` of the side), shifts and small rotations, as one warp
+            augment.RandomAffine(0.04 * strength, 0.15 * strength, (-(1.0 - crop) * strength, 0.1 * strength)),
             layers.RandomContrast(min(0.6 * strength, 0.9)),
             layers.RandomBrightness(0.3 * strength, value_range=(0.0, 1.0)),
+            *([layers.RandomGaussianBlur(blur, kernel_size=3, value_range=(0.0, 1.0))] if blur else []),
             layers.GaussianNoise(0.05 * strength),
         ],
         name="augment",
@@ -149,8 +154,14 @@ def schedule(learning_rate: float, steps: int):
                                                   warmup_steps=warmup)
 
 
+def views(shape, options: Options) -> keras.Sequential:
+    """The view generator of `options` (its crop and blur, or the defaults)."""
+    return build_augment(shape[-1], crop=options.crop, blur=options.blur)
+
+
 def build(encoder, blocks, shape, options: Options) -> SimCLR:
-    model = SimCLR(encoder, build_augment(shape[-1]))
+    model = SimCLR(encoder, views(shape, options), projection=options.projector or PROJECTION,
+                   temperature=options.temperature or TEMPERATURE)
     model.compile(optimizer=keras.optimizers.Adam(schedule(options.learning_rate, options.steps)))
     model.build((None, *shape))  # built, so that a backup can be restored into it
     model.batch_size = options.batch_size

@@ -48,7 +48,8 @@ def vicreg_loss(z1, z2, lam: float = LAMBDA, mu: float = MU, nu: float = NU):
 
 
 def build(encoder, blocks, shape, options: Options) -> contrastive.SimCLR:
-    model = contrastive.SimCLR(encoder, contrastive.build_augment(shape[-1]), projection=EXPANDER, loss=vicreg_loss)
+    model = contrastive.SimCLR(encoder, contrastive.views(shape, options), projection=options.projector or EXPANDER,
+                               loss=vicreg_loss)
     model.compile(optimizer=keras.optimizers.Adam(contrastive.schedule(options.learning_rate, options.steps)))
     model.build((None, *shape))  # built, so that a backup can be restored into it
     model.batch_size = options.batch_size
