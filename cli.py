@@ -152,9 +152,14 @@ def arch_options(cls):
 
 
 def speed_options(cls):
-    """--precision and --xla: switches for GPUs (measured on CPU, both slow training down)."""
+    """--precision and --xla (switches for GPUs: measured on CPU, both slow training down), and
+    --tensorboard."""
 
     def decorate(fn):
+        fn = opt(cls, "tensorboard", metavar="DIR", type=click.Path(file_okay=False),
+                 help="Write TensorBoard logs under DIR/<run id>: every fit's losses, metrics and learning "
+                      "rate, the preview images, and one HParams record with the run's final metrics "
+                      "(tensorboard --logdir DIR).")(fn)
         fn = opt(cls, "xla/--no-xla", "xla",
                  help="Compile the training steps with XLA (jit_compile). Can help on GPUs; on CPU it made "
                       "training slower here (see README, Benchmarks).")(fn)

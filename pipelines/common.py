@@ -11,7 +11,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from transfer import architectures, artifacts, data, distribute, results, stopping, training, visualize
+from transfer import architectures, artifacts, board, data, distribute, results, stopping, training, visualize
 from transfer.errors import TrainingDiverged, TransferError
 from transfer.listing import report_skipped  # noqa: F401 (the pipelines' one line for skipped files)
 
@@ -132,14 +132,20 @@ class Run:
         self.out = artifacts.finish_run_dir(self.staging, self.out)
         return self.out
 
+    def board(self, phase: str):
+        """The TensorBoard directory of one fit of this run (`--tensorboard`; None: none, or not the chief)."""
+        return board.phase_dir(self.cfg.tensorboard, self.run_id, phase) if self.chief else None
+
     def record(self, **fields) -> dict:
-        """Append the finished run's row (common fields + `fields`) and return it."""
+        """Append the finished run's row (common fields + `fields`) and return it; with
+        `--tensorboard`, also its HParams record."""
         row = {**self._common(), "status": "ok", **fields, "strategy": self.cfg.strategy,
                "precision": self.cfg.precision, "xla": self.cfg.xla,
                "replicas": self.strategy.num_replicas_in_sync, "workers": distribute.workers(self.strategy),
                "seconds": round(time.perf_counter() - self.started, 2),
                "peak_memory_mb": round(training.peak_memory_mb(), 1)}
         results.append_row(self.cfg.results, row)
+        board.write_hparams(self.cfg.tensorboard, self.run_id, row)
         self._lock.close()  # the row is in: another process may now take the run directory
         return row
 

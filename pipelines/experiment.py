@@ -3,6 +3,7 @@
     name = "digits"
     results = "experiments/digits.csv"     # default experiments/<name>.csv
     runs = "runs/digits"                   # default runs/<name>
+    tensorboard = "tb/digits"              # optional: TensorBoard logs of every run, DIR/<run id>
     seeds = [0, 1, 2, 3, 4]
     labels_per_class = [5, 10, 25, 100]
     methods = ["contrastive", "autoencoder", "random-frozen", "scratch", "pixels-logreg"]
@@ -41,16 +42,18 @@ from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, Pr
 from transfer.errors import TransferError
 from transfer.progress import Progress
 
-KEYS = {"name", "description", "results", "runs", "seeds", "labels_per_class", "methods", "pretrain", "fine_tune"}
+KEYS = {"name", "description", "results", "runs", "tensorboard", "seeds", "labels_per_class", "methods", "pretrain",
+        "fine_tune"}
 
 
 # The top-level keys' types (the sections' come from their config classes).
-TYPES = {"name": str, "description": str, "results": str, "runs": str, "seeds": list[int],
+TYPES = {"name": str, "description": str, "results": str, "runs": str, "tensorboard": str, "seeds": list[int],
          "labels_per_class": list[int | str], "methods": list[str], "pretrain": dict, "fine_tune": dict}
 
 
 def _section(spec: dict, key: str, cls, path) -> dict:
-    section = spec.get(key, {})
+    """The [key] section's options (the top-level `tensorboard` for every run, unless it names its own)."""
+    section = {**({"tensorboard": spec["tensorboard"]} if "tensorboard" in spec else {}), **spec.get(key, {})}
     allowed = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(section) - allowed)
     if unknown:

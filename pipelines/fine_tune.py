@@ -292,7 +292,7 @@ class SupervisedTrainer:
         history = training.fit(model, job.train.images, job.train.labels, epochs=epochs, batch_size=cfg.batch_size,
                                history_path=job.run.staging / f"history{suffix}.csv",
                                backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log,
-                               log_prefix=f"{phase} ", jit_compile=cfg.xla)
+                               log_prefix=f"{phase} ", jit_compile=cfg.xla, tensorboard=job.run.board(phase))
         job.pace.add(len(job.train) * len(history.history.get("loss", [])), time.perf_counter() - start)
         return {}
 
@@ -324,7 +324,7 @@ class FixMatchTrainer:
         history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
                                history_path=job.run.staging / "history-semi.csv",
                                backup_dir=job.run.backup_dir("backup-semi"), log=job.log, log_prefix="semi ",
-                               jit_compile=cfg.xla)
+                               jit_compile=cfg.xla, tensorboard=job.run.board("semi"))
         steps_run = per_epoch * len(history.history.get("loss", []))
         job.pace.add(steps_run * batch * (1 + 2 * cfg.mu), time.perf_counter() - start)
         report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
@@ -362,12 +362,12 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
         _compile(model, cfg.learning_rate)
         fitted = training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
                               history_path=staging / history, backup_dir=job.run.backup_dir("backup-head"), log=log,
-                              log_prefix="head ", jit_compile=cfg.xla)
+                              log_prefix="head ", jit_compile=cfg.xla, tensorboard=job.run.board("head"))
     else:
         _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
         fitted = training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
                               history_path=staging / history, log=log, log_prefix="head ",
-                              jit_compile=cfg.xla)  # cheap to redo: no backup
+                              jit_compile=cfg.xla, tensorboard=job.run.board("head"))  # cheap to redo: no backup
     job.pace.add(len(train) * len(fitted.history.get("loss", [])), time.perf_counter() - start)
     return head
 

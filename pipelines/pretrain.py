@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, holdout_split, report_skipped, save_preview
-from transfer import artifacts, data, models, objectives, probe, stream, training, visualize
+from transfer import artifacts, board, data, models, objectives, probe, stream, training, visualize
 from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 
@@ -44,14 +44,13 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             batches, steps = train.training_batches(options.batch_size, cfg.seed)
             history = training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
                                    history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"),
-                                   log=log, log_prefix="pretrain ", jit_compile=cfg.xla, validation_data=(
+                                   log=log, log_prefix="pretrain ", jit_compile=cfg.xla,
+                                   tensorboard=run.board("pretrain"), validation_data=(
                                        stream.in_memory(val_images).batches(options.batch_size)
                                        if objective.VALIDATES and len(val_images) > 1 else None),
                                    extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
             fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, train.count)
-            report = objective.report(model, train, val_images)
-            if watch is not None:
-                report.metrics["probe_knn"] = watch.last
+            report = _report(objective, model, train, val_images, watch)
         report_skipped(source.failed, log, "while streaming")
         for w in report.warnings:
             log(f"warning: {w}")
@@ -71,6 +70,14 @@ def _train_images(cfg, source, train_idx, run) -> stream.TrainImages:
     """The images to train on; files are decoded once, not every epoch (removed when the run ends)."""
     decoded, index = stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, run.log)
     return stream.TrainImages(run.temporary(decoded), index, cfg.image_size)
+
+
+def _report(objective, model, train, val_images, watch):
+    """The objective's report, with the online probe's last k-NN accuracy when it watched."""
+    report = objective.report(model, train, val_images)
+    if watch is not None:
+        report.metrics["probe_knn"] = watch.last
+    return report
 
 
 def _options(cfg: PretrainConfig, learning_rate: float, batch: int, steps: int) -> objectives.Options:
@@ -119,6 +126,9 @@ def _write_extras(cfg, run: Run, encoder, source, val_images, report) -> None:
     artifacts.save_pretrain_ids(run.staging, source.ids)
     if cfg.plots and report.preview is not None:
         save_preview(run.staging / report.preview_name, val_images[: len(report.preview)], report.preview)
+    if report.preview is not None:  # held-out images, then what the objective made of them
+        board.write_images(cfg.tensorboard, run.run_id, Path(report.preview_name).stem,
+                           np.concatenate([val_images[: len(report.preview)], report.preview]), step=cfg.epochs)
     if cfg.plots:
         visualize.write_report(encoder, run.staging / "visualize", image=val_images[0], layer=None, units=None,
                                run_dir=run.staging, seed=cfg.seed,
@@ -130,7 +140,8 @@ def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seco
     flops = metrics.get("train_flops_per_image")
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
             "batch_size": cfg.batch_size, "skipped_files": len(source.skipped) + len(source.failed),
-            **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse", "probe_knn")},
+            **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse", "probe_knn",
+                                           "view_agreement")},
             "images_per_second": round(images_per_second, 1), "images_trained": trained,
             "train_seconds": round(fit_seconds, 3), "train_flops_per_image": flops,
             "gflops_per_second": float(f"{flops * images_per_second / 1e9:.3g}") if flops else None}

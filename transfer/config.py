@@ -75,6 +75,7 @@ class RunConfig(ArchConfig):
     strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
     precision: str = "float32"  # mixed: compute in bfloat16, keep variables in float32 (for GPUs)
     xla: bool = False  # compile training steps with XLA (jit_compile; for GPUs)
+    tensorboard: str | None = None  # TensorBoard logs under DIR/<run id> (see transfer.board)
 
     def __post_init__(self):
         for name in ("image_size", "channels"):

@@ -17,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import distribute, internals, stopping
+from transfer import board, distribute, internals, stopping
 from transfer.progress import Progress
 from transfer.errors import TrainingDiverged, TransferError
 
@@ -181,6 +181,7 @@ def fit(
     log_prefix: str = "",
     validation_data=None,
     extra_callbacks=(),
+    tensorboard=None,
     steps_per_epoch: int | None = None,
     jit_compile: bool = False,
 ):
@@ -204,6 +205,8 @@ def fit(
     # Extra callbacks first: what they add to an epoch's logs (the online probe) is in its history row;
     # the epoch's seconds before them, so that they do not count the probe.
     callbacks = [StopAtSignal(), keras.callbacks.TerminateOnNaN(), EpochSeconds(), *extra_callbacks]
+    if tensorboard is not None:  # the chief's (callers pass None on other workers)
+        callbacks.append(board.callback(tensorboard))
     if history_path is not None:
         callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
     if backup_dir is not None:
