@@ -10,12 +10,67 @@ VERBOSE_ENV = "TRANSFER_VERBOSE"  # 1: show TensorFlow's own log lines and warni
 
 import click  # noqa: E402
 
+
+def _verbose() -> bool:
+    import sys
+
+    return ("--verbose" in sys.argv[1:2] or
+            os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no"))
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow quietly unless --verbose (or TRANSFER_VERBOSE=1): its C++ log
+    lines (oneDNN, CUDA, absl; at any level, set before the import), its Python logger
+    and the library warnings Keras and TensorFlow raise are hidden, and so are the
+    lines the import itself prints. If the import fails, what it printed is shown after all.
+    """
+    import sys
+    import tempfile
+    import warnings
+
+    verbose = _verbose()
+    if not verbose:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # multiworker's gRPC chatter
+        for module in ("keras", "tensorflow", "absl", "sklearn"):
+            warnings.filterwarnings("ignore", module=module)
+    if "tensorflow" in sys.modules:
+        return
+    if verbose:
+        import tensorflow  # noqa: F401
+
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            import tensorflow
+
+            tensorflow.config.list_physical_devices()  # device probing prints too (e.g. no CUDA driver)
+            tensorflow.get_logger().setLevel("ERROR")  # retracing notices are not the user's concern
+        except BaseException:
+            os.dup2(saved, 2)
+            sink.seek(0)
+            sys.stderr.write(sink.read().decode(errors="replace"))
+            raise
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
+# The toolkit's modules import Keras and TensorFlow (the vocabulary of objectives, strategies and
+# augmentations lives with its owners): import them quietly first, so that no command prints
+# TensorFlow's start-up lines.
+_import_tensorflow_quietly()
+
 from transfer import builtins, internals  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
     AUGMENT_POLICIES,
     OBJECTIVES,
     PRECISIONS,
+    SELECTIONS,
     STRATEGIES,
     CompareConfig,
     DemoConfig,
@@ -25,6 +80,7 @@ from transfer.config import (  # noqa: E402
     PredictConfig,
     PrepareConfig,
     PretrainConfig,
+    SelectConfig,
     VisualizeConfig,
     field_defaults,
     load_toml,
@@ -175,51 +231,6 @@ def _split(value) -> tuple[str, ...]:
     if isinstance(value, (tuple, list)):
         return tuple(value)
     return tuple(x.strip() for x in str(value).split(",") if x.strip())
-
-
-def _verbose() -> bool:
-    return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def _import_tensorflow_quietly() -> None:
-    """Import TensorFlow quietly unless --verbose (or TRANSFER_VERBOSE=1): its C++ log
-    lines (oneDNN, CUDA, absl; at any level, set before the import), its Python logger
-    and the library warnings Keras and TensorFlow raise are hidden, and so are the
-    lines the import itself prints. If the import fails, what it printed is shown after all.
-    """
-    import sys
-    import tempfile
-    import warnings
-
-    verbose = _verbose()
-    if not verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        os.environ.setdefault("GRPC_VERBOSITY", "NONE")  # multiworker's gRPC chatter
-        for module in ("keras", "tensorflow", "absl", "sklearn"):
-            warnings.filterwarnings("ignore", module=module)
-    if "tensorflow" in sys.modules:
-        return
-    if verbose:
-        import tensorflow  # noqa: F401
-
-        return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as sink:
-        os.dup2(sink.fileno(), 2)
-        try:
-            import tensorflow
-
-            tensorflow.config.list_physical_devices()  # device probing prints too (e.g. no CUDA driver)
-            tensorflow.get_logger().setLevel("ERROR")  # retracing notices are not the user's concern
-        except BaseException:
-            os.dup2(saved, 2)
-            sink.seek(0)
-            sys.stderr.write(sink.read().decode(errors="replace"))
-            raise
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
 
 
 class Console:
@@ -476,6 +487,45 @@ def evaluate(**params):
     from pipelines import evaluate as pipeline
 
     _run(pipeline, EvaluateConfig, params)
+
+
+@main.command("select")
+@config_option(SelectConfig)
+@opt(SelectConfig, "data", required=True, help="The pool to choose from: directory, CSV manifest or built-in name.")
+@opt(SelectConfig, "encoder", required=True,
+     help="A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder of --arch).")
+@opt(SelectConfig, "budget", type=int, required=True, help="How many images to label (in all, not per class).")
+@opt(SelectConfig, "out", required=True, type=click.Path(dir_okay=False),
+     help="CSV to write (path,label in the order to label them); the contact sheet goes beside it (.png, .html).")
+@opt(SelectConfig, "strategy", type=click.Choice(SELECTIONS),
+     help="typiclust: the most typical image of each k-means cluster of the features (small budgets); "
+          "kcenter: greedy core-set, each image the farthest from those chosen (larger budgets); "
+          "random: uniform (the baseline).")
+@opt(SelectConfig, "exclude", metavar="CSV",
+     help="Images already labeled (a CSV with a path column, e.g. an earlier --out): the next round.")
+@opt(SelectConfig, "labeled", is_flag=True,
+     help="The pool has labels (class subfolders or a label column; built-ins always): they are written "
+          "beside the chosen images, for simulations, and its test split is left out as fine-tune leaves it.")
+@opt(SelectConfig, "readout", type=click.Choice([r for r in READOUTS if r != "auto"]),
+     help="How the encoder's last block becomes one feature vector.")
+@opt(SelectConfig, "image-size", type=int, help="Image size for pixels and random (an encoder brings its own).")
+@opt(SelectConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
+@arch_options(SelectConfig)
+@opt(SelectConfig, "seed", type=int, help="Seed of k-means, k-center's first image, random draws.")
+@opt(SelectConfig, "sheet/--no-sheet", "sheet", help="Write the contact sheet of the chosen images.")
+@opt(SelectConfig, "results", type=click.Path(dir_okay=False), help="Results table to append the row to.")
+def select(**params):
+    """Choose which images of an unlabeled pool to label, before any label exists.
+
+    Computes the features of every pool image in batches, then picks --budget images by
+    --strategy. Run it with --encoder pixels or random too: selection without pretraining is
+    the baseline to compare with. One row in the results table (labeled_classes: how many
+    classes the choice covers, when the pool's labels are known).
+    """
+    _import_tensorflow_quietly()
+    from pipelines import select as pipeline
+
+    _run(pipeline, SelectConfig, params)
 
 
 @main.command()

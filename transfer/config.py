@@ -17,6 +17,7 @@ from transfer.augment import POLICIES as AUGMENT_POLICIES
 from transfer.distribute import PRECISIONS, STRATEGIES
 from transfer.errors import TransferError
 from transfer.objectives import OBJECTIVES
+from transfer.selection import STRATEGIES as SELECTIONS
 
 DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
 
@@ -190,6 +191,37 @@ class EvaluateConfig:
         for r in self.readouts:
             _choice("readout", r, [x for x in READOUTS if x != "auto"])
         _positive("draws", self.draws)
+
+
+@dataclass(frozen=True)
+class SelectConfig(ArchConfig):
+    """`transfer select`: which images of a pool to label (transfer.selection)."""
+
+    data: str = ""
+    encoder: str = ""  # a pretrain run directory, or pixels / random (with the arch options)
+    budget: int = 0
+    out: str = ""  # the CSV to write (path,label); the contact sheet beside it
+    strategy: str = "typiclust"
+    exclude: str | None = None  # a CSV with a path column: images already labeled
+    labeled: bool = False  # the pool has labels (class folders, a label column): filled in, test split left out
+    readout: str = "avg"
+    image_size: int = 32  # for pixels and random (a pretrained encoder brings its own)
+    channels: int | None = None
+    seed: int = 0
+    sheet: bool = True
+    results: str = "experiments/results.csv"
+    experiment: str | None = None
+
+    def __post_init__(self):
+        if not self.encoder:
+            raise TransferError("select needs an encoder: a pretrain run directory, pixels or random (--encoder)")
+        if not self.out:
+            raise TransferError("select needs the CSV to write (--out)")
+        _positive("budget", self.budget)
+        _positive("image_size", self.image_size)
+        _positive("channels", self.channels)
+        _choice("strategy", self.strategy, SELECTIONS)
+        _choice("readout", self.readout, [x for x in READOUTS if x != "auto"])
 
 
 @dataclass(frozen=True)
