@@ -68,6 +68,7 @@ from transfer import builtins, internals  # noqa: E402
 from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
     AUGMENT_POLICIES,
+    BUDGET_SELECTIONS,
     OBJECTIVES,
     PRECISIONS,
     SELECTIONS,
@@ -400,7 +401,18 @@ def pretrain(**params):
      help="none (default): train everything with --augment (a pretrained encoder's head is fit on its "
           "frozen features first; with --encoder random: from scratch); all: train only the head on the "
           "frozen encoder (and --unfreeze-top K blocks after it).")
-@opt(FineTuneConfig, "labels-per-class", type=LabelBudget(), help="Labeled training images per class, or 'all'.")
+@opt(FineTuneConfig, "labels-per-class", type=LabelBudget(),
+     help="Labeled training images per class, or 'all' (a stratified draw: the oracle a user with an "
+          "unlabeled pool cannot make; see --labels).")
+@opt(FineTuneConfig, "labels", type=int,
+     help="A total label budget instead: N images of the pool, chosen by --selection (a class may get none).")
+@opt(FineTuneConfig, "selection", type=click.Choice(BUDGET_SELECTIONS),
+     help="How the --labels images are chosen: random (default: a blind draw, as users label), stratified "
+          "(N / classes of each: the oracle), typiclust or kcenter (by features, before any label: see "
+          "transfer select).")
+@opt(FineTuneConfig, "select-encoder",
+     help="Features for --selection typiclust|kcenter: a pretrain run directory, or pixels "
+          "(default: --encoder when it is pretrained, else pixels).")
 @opt(FineTuneConfig, "test-data", help="Separate labeled test set (default: a fixed split of --data).")
 @opt(FineTuneConfig, "test-fraction", type=float,
      help="Fraction of each class held out for testing; the split depends only on image content.")

@@ -15,10 +15,11 @@ from transfer.errors import TransferError
 
 
 def _budget_key(value) -> float:
+    """A budget's number: N per class, or the total of "N in all (selection)"; "all" sorts last."""
     try:
-        return float(value)
+        return float(str(value).split(" in all")[0])
     except (TypeError, ValueError):
-        return math.inf  # "all" sorts last
+        return math.inf
 
 
 def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:

@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import (artifacts, augment, distribute, heads, layers, methods, models, semi, splits, stream,
+from transfer import (artifacts, augment, budget, distribute, heads, layers, methods, models, semi, splits, stream,
                       training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
@@ -56,15 +56,35 @@ def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log
     """(source, labeled training images in memory, TestSplit)."""
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, log)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
-    train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, log)
+    if cfg.labels is None:
+        train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, log)
+    else:
+        train = found.at(_choose_labels(cfg, found, image_size, log), image_size, log)
     return found.source, train, TestSplit(found.test_source, found.test_index)
+
+
+def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, log) -> np.ndarray:
+    """The --labels images of the pool, chosen by --selection (on --select-encoder's features)."""
+    how = cfg.selection or "random"
+    net, name = None, None
+    if how in ("typiclust", "kcenter"):
+        name = cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
+        net, size, _, _ = budget.feature_model(name)
+        if size is not None and size != image_size:
+            raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
+                                f"{image_size}x{image_size}")
+    chosen = budget.choose(how, found.source, found.pool, cfg.labels, cfg.seed, net, image_size)
+    present = len(np.unique(found.source.labels[chosen]))
+    log(f"{cfg.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
+        + f": {present} of {len(found.source.class_names)} classes have at least one")
+    return chosen
 
 
 def run(cfg: FineTuneConfig, log=print) -> dict:
     """Fine-tune, save the classifier run directory, append and return the results row
     ({} on a non-chief worker)."""
     with Run("fine-tune", cfg, cfg.out, log) as run:  # a finished run is reported before anything loads
-        run.note(encoder=cfg.encoder, labels_per_class=cfg.labels_per_class or "all", epochs=cfg.epochs,
+        run.note(encoder=cfg.encoder, labels_per_class=_budget_name(cfg), epochs=cfg.epochs,
                  learning_rate=cfg.learning_rate)
         with run.distributed():  # models built and trained under the tf.distribute strategy
             encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
@@ -106,10 +126,23 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         unfreeze_top=cfg.unfreeze_top if trained and cfg.freeze == "all" else None,
         augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
         else "none", unlabeled=cfg.unlabeled,
-        n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked,
+        n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked, **_budget_fields(cfg, train),
         **_skipped_counts(source, test.source, pool), **metrics, **job.pace.row())
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
+
+
+def _budget_name(cfg: FineTuneConfig) -> str | int:
+    """The row's labels_per_class: N (stratified per class), 'all', or 'T in all (selection)' for a total."""
+    if cfg.labels is not None:
+        return f"{cfg.labels} in all ({cfg.selection or 'random'})"
+    return cfg.labels_per_class or "all"
+
+
+def _budget_fields(cfg: FineTuneConfig, train) -> dict:
+    """The row's label budget: the total and how it was chosen (with --labels), the classes it covers."""
+    return {"labels": cfg.labels, "selection": (cfg.selection or "random") if cfg.labels else None,
+            "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
 
 
 def _skipped_counts(source, test_source, pool: "Pool | None") -> dict:

@@ -31,8 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transfer.config import DEFAULT_TEST_FRACTION
-from transfer.data import LUMA, content_id, convert_channels, resize, split_test
+from transfer.data import DEFAULT_TEST_FRACTION, LUMA, content_id, convert_channels, resize, split_test
 from transfer.errors import TransferError
 from transfer.listing import Listing
 

@@ -14,12 +14,13 @@ from pathlib import Path
 from transfer import rowfilter
 from transfer.architectures import READOUTS
 from transfer.augment import POLICIES as AUGMENT_POLICIES
+from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.distribute import PRECISIONS, STRATEGIES
 from transfer.errors import TransferError
 from transfer.objectives import OBJECTIVES
+from transfer.budget import SELECTIONS as BUDGET_SELECTIONS
 from transfer.selection import STRATEGIES as SELECTIONS
 
-DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id; built-ins hold it out of pretraining too
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -124,7 +125,10 @@ class PretrainConfig(RunConfig):
 class FineTuneConfig(RunConfig):
     encoder: str = "random"
     freeze: str = "none"  # measured best on digits: probe, then fine-tune everything with augmentation
-    labels_per_class: int | None = None  # None: all
+    labels_per_class: int | None = None  # None: all (stratified: the oracle draw, N of every class)
+    labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
+    selection: str | None = None  # random (default with labels) | stratified | typiclust | kcenter
+    select_encoder: str | None = None  # typiclust/kcenter features: a pretrain run or pixels (default: the encoder's)
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
     readout: str = "auto"  # auto: chosen by cross-validation on the labeled images (see fine-tune)
@@ -155,7 +159,15 @@ class FineTuneConfig(RunConfig):
             raise TransferError(f"unlabeled_weight must be >= 0. Received: unlabeled_weight={self.unlabeled_weight}")
         if self.unlabeled and self.encoder == "pixels":
             raise TransferError("--unlabeled needs an encoder to train (not --encoder pixels)")
-        for name in ("labels_per_class", "epochs", "batch_size", "fine_tune_epochs"):
+        if self.labels is not None and self.labels_per_class is not None:
+            raise TransferError("give --labels (a total) or --labels-per-class, not both")
+        if self.selection is not None and self.labels is None:
+            raise TransferError("--selection chooses the --labels images; give --labels N")
+        if self.selection is not None:
+            _choice("selection", self.selection, BUDGET_SELECTIONS)
+        if self.select_encoder and self.selection not in ("typiclust", "kcenter"):
+            raise TransferError("--select-encoder serves --selection typiclust or kcenter")
+        for name in ("labels_per_class", "labels", "epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
         _choice("freeze", self.freeze, ("all", "none"))

@@ -31,6 +31,8 @@ from transfer.errors import TransferError
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 
+DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id (`split_test`); built-ins hold it out of pretraining too
+
 def preprocessing_contract(image_size: int, channels: int) -> dict:
     """The preprocessing as recorded in manifests."""
     return {

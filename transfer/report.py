@@ -46,7 +46,8 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
 
 def _describe(column: str, value) -> str:
     if column == "labels_per_class":
-        return f"{value} labels/class"
+        total, _, how = str(value).partition(" in all ")
+        return f"{total} labels in all {how}" if how else f"{value} labels/class"
     return str(value) if column in ("data", "table") else f"{column} {value}"
 
 

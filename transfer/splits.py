@@ -31,7 +31,11 @@ class Splits:
         """The labeled training images, decoded into memory: `per_class` of every class drawn
         from the pool with `seed` (None: the whole pool); files that fail to decode reported."""
         chosen = data.sample_per_class(self.source.labels, self.pool, per_class, seed, self.source.class_names)
-        train = stream.load(self.source, chosen, image_size)
+        return self.at(chosen, image_size, log)
+
+    def at(self, positions: np.ndarray, image_size: int, log=print) -> Listing:
+        """The images of the source at `positions` (labeled training images), decoded into memory."""
+        train = stream.load(self.source, positions, image_size)
         report_skipped(train.skipped, log, "while decoding")
         return train
 

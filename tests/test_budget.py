@@ -1,0 +1,109 @@
+"""Label budgets as totals (fine-tune --labels N --selection ...): a blind draw may miss classes."""
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+from conftest import make_labeled_dir
+
+from cli import main
+from transfer import budget, heads
+from transfer.listing import Listing
+
+TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "8"]
+
+
+def test_a_probe_fit_on_some_classes_never_predicts_the_others():
+    rng = np.random.default_rng(0)
+    z = np.concatenate([rng.normal(size=(6, 4)) + 3, rng.normal(size=(6, 4)) - 3]).astype(np.float32)
+    labels = np.array([0] * 6 + [2] * 6)  # class 1 of 3 has no label
+    weights, bias, _, score = heads.cross_validated(z, labels, 3)
+    assert weights.shape == (4, 3) and bias[1] == heads.ABSENT and np.all(weights[:, 1] == 0)
+    assert score is not None  # folds over the classes that are there
+    predicted = np.argmax(rng.normal(size=(50, 4)) @ weights + bias, axis=1)
+    assert 1 not in predicted
+    weights, bias, _, score = heads.cross_validated(z[:6], labels[:6], 3)  # one class only
+    assert np.all(np.argmax(rng.normal(size=(20, 4)) @ weights + bias, axis=1) == 0) and score is None
+
+
+def test_stratified_spreads_the_total_and_random_is_blind():
+    labels = np.repeat(np.arange(4), 25)
+    source = Listing(src="m", paths=[], ids=np.arange(100).astype(str), labels=labels, class_names=list("abcd"))
+    chosen = budget.choose("stratified", source, np.arange(100), 10, seed=0)
+    assert len(chosen) == 10 and sorted(np.bincount(labels[chosen])) == [2, 2, 3, 3]
+    coverage = [len(set(labels[budget.choose("random", source, np.arange(100), 4, seed=s)])) for s in range(30)]
+    assert min(coverage) < 4 and max(coverage) == 4  # a blind draw of 4 over 4 classes often misses one
+    with pytest.raises(Exception, match="more than the 100 images"):
+        budget.choose("random", source, np.arange(100), 101, seed=0)
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def labeled(tmp_path_factory):
+    root = tmp_path_factory.mktemp("budget")
+    make_labeled_dir(root / "labeled", per_class=10, classes=("h", "v", "d"))
+    return root
+
+
+def test_fine_tune_with_a_total_budget_records_it_and_a_missing_class_is_never_predicted(labeled, tmp_path):
+    results = tmp_path / "r.csv"
+    result = invoke("fine-tune", "--data", labeled / "labeled", "--encoder", "random", "--freeze", "all",
+                    "--unfreeze-top", "0", "--labels", "2", "--seed", "0", "--out", tmp_path / "ft",
+                    "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(results).iloc[-1]
+    assert row["labels"] == 2 and row["selection"] == "random" and row["n_train"] == 2
+    assert row["labels_per_class"] == "2 in all (random)" and row["labeled_classes"] <= 2
+    assert "2 labels in all, chosen by random" in result.output
+    classifier = keras.saving.load_model(tmp_path / "ft" / "classifier.keras")
+    x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
+    predicted = set(np.argmax(classifier.predict(x, verbose=0), axis=1).tolist())
+    assert len(predicted) <= row["labeled_classes"]  # a class without a label is never predicted
+
+
+@pytest.mark.parametrize("selection", ["stratified", "typiclust", "kcenter"])
+def test_fine_tune_selections(labeled, tmp_path, selection):
+    results = tmp_path / "r.csv"
+    result = invoke("fine-tune", "--data", labeled / "labeled", "--encoder", "random", "--freeze", "none",
+                    "--labels", "6", "--selection", selection, "--epochs", "2", "--out", tmp_path / "ft",
+                    "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(results).iloc[-1]
+    assert row["selection"] == selection and row["n_train"] == 6
+    if selection == "stratified":
+        assert row["labeled_classes"] == 3
+    if selection != "stratified":
+        assert f"chosen by {selection} on pixels" in result.output
+
+
+def test_total_budgets_are_compared_and_read_as_totals(labeled, tmp_path):
+    results = tmp_path / "r.csv"
+    for seed in (0, 1):
+        for encoder, freeze in (("random", "none"), ("random", "all")):
+            assert invoke("fine-tune", "--data", labeled / "labeled", "--encoder", encoder, "--freeze", freeze,
+                          "--unfreeze-top", "0", "--labels", "6", "--selection", "stratified", "--epochs", "2",
+                          "--seed", seed, "--out", tmp_path / f"ft-{seed}-{freeze}", "--results", results,
+                          *TINY).exit_code == 0
+    result = invoke("compare", "--results", results)
+    assert result.exit_code == 0, result.output
+    assert "6 in all (stratified)" in result.output
+    from transfer import report
+
+    assert report._describe("labels_per_class", "6 in all (stratified)") == "6 labels in all (stratified)"
+    assert report._describe("labels_per_class", 5) == "5 labels/class"
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--labels", "3", "--labels-per-class", "1"], "not both"),
+    (["--selection", "typiclust"], "give --labels N"),
+    (["--labels", "4", "--select-encoder", "pixels"], "serves --selection typiclust or kcenter"),
+    (["--labels", "1000"], "more than the"),
+])
+def test_bad_budgets_are_one_error_line(labeled, tmp_path, args, message):
+    result = invoke("fine-tune", "--data", labeled / "labeled", "--encoder", "random", *args,
+                    "--out", tmp_path / "ft", "--results", tmp_path / "r.csv", *TINY)
+    assert result.exit_code == 2 and message in result.output, result.output

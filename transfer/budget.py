@@ -1,0 +1,61 @@
+"""Label budgets the way users have them: a total number of images to label, chosen from the
+pool blindly or by a selection, not "N of every class".
+
+- `random`: N images drawn uniformly, unstratified; at 1-2 per class several classes
+  may get none (at 10 draws over 10 classes, about 3.5 are missing on average).
+- `stratified`: N / C of every class (the remainder to randomly chosen classes): the
+  oracle of `--labels-per-class`, which a user with an unlabeled pool cannot draw.
+- `typiclust`, `kcenter`: chosen from the features of every pool image
+  (`transfer.selection`) by an encoder, or by raw pixels, before any label is seen.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from transfer import artifacts, features, models, selection
+from transfer.errors import TransferError
+from transfer.listing import Listing
+
+SELECTIONS = ("random", "stratified", *[s for s in selection.STRATEGIES if s != "random"])
+
+
+def feature_model(encoder: str, readout: str = "avg"):
+    """(the feature model of a pretrain run directory, or None for "pixels"; its image size or
+    None; its channels or None; its objective or "pixels")."""
+    if encoder == "pixels":
+        return None, None, None, "pixels"
+    model, manifest = artifacts.load_model_run(encoder, "encoder")
+    pre = manifest["preprocessing"]
+    return (models.build_features(model, readout, frozen=True), int(pre["image_size"]), int(pre["channels"]),
+            manifest["objective"])
+
+
+def stratified(labels: np.ndarray, pool: np.ndarray, n: int, seed: int) -> np.ndarray:
+    """n images spread over the classes present in the pool: n // C each, one more for n % C
+    classes drawn at random (all of a class smaller than its share)."""
+    rng = np.random.default_rng(seed)
+    classes = np.unique(labels[pool])
+    share = np.full(len(classes), n // len(classes))
+    share[rng.permutation(len(classes))[: n % len(classes)]] += 1
+    chosen = [rng.permutation(pool[labels[pool] == c])[:k] for c, k in zip(classes, share)]
+    return np.concatenate(chosen).astype(np.int64)
+
+
+def choose(how: str, source: Listing, pool: np.ndarray, n: int, seed: int, net=None,
+           image_size: int | None = None) -> np.ndarray:
+    """Positions of `source` (from `pool`) to label, `n` of them, chosen `how`. `net` (a
+    feature model, None: raw pixels) and `image_size` serve typiclust and kcenter."""
+    pool = np.sort(np.asarray(pool, dtype=np.int64))
+    if how not in SELECTIONS:
+        raise TransferError(f"selection must be one of {', '.join(SELECTIONS)}. Received: selection={how!r}")
+    if n > len(pool):
+        raise TransferError(f"a budget of {n} labels is more than the {len(pool)} images of the pool")
+    if how == "random":
+        return np.random.default_rng(seed).permutation(pool)[:n]
+    if how == "stratified":
+        if source.labels is None:
+            raise TransferError("a stratified draw needs the pool's labels")
+        return stratified(source.labels, pool, n, seed)
+    f, _, positions = features.compute(net, source, pool, image_size)
+    return positions[selection.select(how, f, n, (), seed)]
