@@ -5,7 +5,9 @@
     runs = "runs/digits"                   # default runs/<name>
     tensorboard = "tb/digits"              # optional: TensorBoard logs of every run, DIR/<run id>
     seeds = [0, 1, 2, 3, 4]
-    labels_per_class = [5, 10, 25, 100]
+    labels_per_class = [5, 10, 25, 100]    # stratified draws of N per class (the oracle), and/or
+    budgets = [10, 20]                     # total label budgets, each chosen by every one of
+    selections = ["random", "typiclust-pixels", "typiclust-contrastive"]
     methods = ["contrastive", "autoencoder", "random-frozen", "scratch", "pixels-logreg"]
 
     [pretrain]      # PretrainConfig options for every pretraining
@@ -13,7 +15,10 @@
     [fine_tune]     # FineTuneConfig options for every fine-tune
     data = "digits"
 
-A method is a baseline (`pixels-logreg`, `random-frozen`, `random-top<K>`,
+A selection (for `budgets`) is `random` (a blind draw), `stratified` (N / classes of each),
+or `typiclust` / `kcenter`: on each method's own encoder (pixels for the baselines), or with a
+suffix on one features for every method: `-pixels`, or `-<objective>` (the experiment's
+encoder pretrained with that objective). A method is a baseline (`pixels-logreg`, `random-frozen`, `random-top<K>`,
 `scratch`), an objective name (pretrain with it, fine-tune with the defaults:
 the default recipe), or `<objective>-frozen|-top<K>|-finetuned`; with `-semi`
 (e.g. `scratch-semi`) it also learns from `unlabeled = SRC` of [fine_tune]
@@ -40,15 +45,17 @@ from transfer import artifacts, methods, results, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, read_toml)
 from transfer.errors import TransferError
+from transfer.objectives import OBJECTIVES
 from transfer.progress import Progress
 
-KEYS = {"name", "description", "results", "runs", "tensorboard", "seeds", "labels_per_class", "methods", "pretrain",
-        "fine_tune"}
+KEYS = {"name", "description", "results", "runs", "tensorboard", "seeds", "labels_per_class", "budgets", "selections",
+        "methods", "pretrain", "fine_tune"}
 
 
 # The top-level keys' types (the sections' come from their config classes).
 TYPES = {"name": str, "description": str, "results": str, "runs": str, "tensorboard": str, "seeds": list[int],
-         "labels_per_class": list[int | str], "methods": list[str], "pretrain": dict, "fine_tune": dict}
+         "labels_per_class": list[int | str], "budgets": list[int], "selections": list[str], "methods": list[str],
+         "pretrain": dict, "fine_tune": dict}
 
 
 def _section(spec: dict, key: str, cls, path) -> dict:
@@ -68,16 +75,22 @@ def load(path: str) -> dict:
     unknown = sorted(set(spec) - KEYS)
     if unknown:
         raise TransferError(f"{path}: unknown key(s) {unknown}. Known: {sorted(KEYS)}")
-    for key in ("name", "seeds", "labels_per_class", "methods"):
+    for key in ("name", "seeds", "methods"):
         if key not in spec or (isinstance(spec[key], (list, str)) and not spec[key]):
             raise TransferError(f"{path}: '{key}' is required")
+    if not spec.get("labels_per_class") and not spec.get("budgets"):
+        raise TransferError(f"{path}: 'labels_per_class' or 'budgets' is required")
     for key, value in spec.items():
         check_type(value, TYPES[key], key, path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", spec["name"]) or spec["name"].startswith("."):
         raise TransferError(f"{path}: name may use letters, digits, '_', '-' and '.'. Received: {spec['name']!r}")
     if any(s < 0 for s in spec["seeds"]):
         raise TransferError(f"{path}: seeds must be >= 0. Received: seeds={spec['seeds']!r}")
-    for b in spec["labels_per_class"]:
+    if any(b < 1 for b in spec.get("budgets", [])):
+        raise TransferError(f"{path}: budgets must be >= 1. Received: budgets={spec['budgets']!r}")
+    for how in spec.get("selections", ["random"]):
+        _selection(how, path)
+    for b in spec.get("labels_per_class", []):
         if (isinstance(b, str) and b != "all") or (isinstance(b, int) and b < 1):
             raise TransferError(f"{path}: labels_per_class holds whole numbers >= 1 or 'all'. "
                                 f"Received: labels_per_class={spec['labels_per_class']!r}")
@@ -94,6 +107,17 @@ def _check_values(path, pre: dict, fin: dict) -> None:
             cls(**fields)
         except TransferError as exc:
             raise TransferError(f"{path} [{key}]: {exc}") from None
+
+
+def _selection(how: str, path) -> tuple[str, str | None]:
+    """(selection, None: each method's own features | "pixels" | an objective) of a `selections` entry."""
+    base, _, on = how.partition("-")
+    if base in ("random", "stratified") and not on:
+        return base, None
+    if base in ("typiclust", "kcenter") and (not on or on == "pixels" or on in OBJECTIVES):
+        return base, on or None
+    raise TransferError(f"{path}: unknown selection {how!r}: random, stratified, typiclust or kcenter "
+                        f"(optionally -pixels or -<objective>, e.g. typiclust-contrastive)")
 
 
 def _done(results_path: str, name: str) -> set[tuple[str, str, int]]:
@@ -118,19 +142,21 @@ def run(cfg: ExperimentConfig, log=print):
     artifacts.check_writable(results.target(results_path), "results")
     results.check_table(results_path, f"{cfg.file}: results")
     encoders = {}
-    for objective in dict.fromkeys(m.objective for _, m in plan if m.objective):
+    by_selection = [_selection(h, cfg.file)[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
+    for objective in dict.fromkeys([*(m.objective for _, m in plan if m.objective),
+                                    *(o for o in by_selection if o not in (None, "pixels"))]):
         encoders[objective] = _pretrained(objective, runs, pre, results_path, name, cfg.dry_run, log)
     jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
     log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")
     progress = Progress(log, len(todo), "  run", every=1, bar=False)
     for i, (label, fcfg) in enumerate(todo, start=1):
-        what = f"{label:<22} labels/class={str(fcfg.labels_per_class or 'all'):<4} seed={fcfg.seed}"
+        what = f"{label:<22} labels={str(fine_tune.budget_name(fcfg)):<4} seed={fcfg.seed}"
         if cfg.dry_run:
             log(f"  would run {what}")
             continue
         stopping.check()  # between runs
         t = time.perf_counter()
-        row = _fine_tune(fcfg, (label, str(fcfg.labels_per_class or "all"), fcfg.seed), results_path, name)
+        row = _fine_tune(fcfg, (label, str(fine_tune.budget_name(fcfg)), fcfg.seed), results_path, name)
         progress.update(i, note=f" {what} " + (f"test accuracy {row['test_accuracy']:.3f} in "
                                                f"{time.perf_counter() - t:.1f}s" if row else f"skipped: {getattr(row, 'note', '')}"))
     if cfg.dry_run or not Path(results_path).is_file():
@@ -181,20 +207,26 @@ def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: 
 def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path: str):
     """(number of jobs in the grid, [(method name, FineTuneConfig)] of those not yet in the table)."""
     done = _done(results_path, spec["name"])
-    budgets = [None if str(b) == "all" else int(b) for b in spec["labels_per_class"]]
+    budgets = [{"labels_per_class": None if str(b) == "all" else int(b)} for b in spec.get("labels_per_class", [])]
+    for how in spec.get("selections", ["random"]) if spec.get("budgets") else []:
+        base, on = _selection(how, "")
+        on = encoders.get(on, on)  # an objective's encoder directory
+        budgets += [{"labels": int(n), "selection": base, "select_encoder": on} for n in spec["budgets"]]
     jobs = [(m, b, s) for b in budgets for s in spec["seeds"] for m in plan]
     todo = []
     for (given, method), budget, seed in jobs:
         if method.semi and not fin.get("unlabeled"):
             raise TransferError(f"method {given} learns from unlabeled images: give them as unlabeled = SRC in "
                                 "the experiment's [fine_tune] section")
-        fcfg = FineTuneConfig(**{**fin, **method.settings, "labels_per_class": budget, "seed": int(seed),
+        fcfg = FineTuneConfig(**{**fin, **method.settings, **budget, "seed": int(seed),
                                  "unlabeled": fin.get("unlabeled") if method.semi else None,
                                  "results": results_path, "experiment": spec["name"], "overwrite": True,
                                  **({"encoder": encoders[method.objective]} if method.objective else {})})
         label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
-        if (label, str(budget or "all"), int(seed)) not in done:
+        name = fine_tune.budget_name(fcfg)
+        if (label, str(name), int(seed)) not in done:
             # Under the experiment's name: experiments sharing a runs directory share its encoders only.
-            out = runs / "fine-tune" / spec["name"] / f"{label}-{budget or 'all'}-{seed}"
+            tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-")
+            out = runs / "fine-tune" / spec["name"] / f"{label}-{tag}-{seed}"
             todo.append((label, dataclasses.replace(fcfg, out=str(out))))
     return len(jobs), todo

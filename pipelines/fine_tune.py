@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from dataclasses import dataclass, field
 
 import keras
@@ -68,7 +69,7 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, l
     how = cfg.selection or "random"
     net, name = None, None
     if how in ("typiclust", "kcenter"):
-        name = cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
+        name = _select_encoder(cfg)
         net, size, _, _ = budget.feature_model(name)
         if size is not None and size != image_size:
             raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
@@ -84,7 +85,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     """Fine-tune, save the classifier run directory, append and return the results row
     ({} on a non-chief worker)."""
     with Run("fine-tune", cfg, cfg.out, log) as run:  # a finished run is reported before anything loads
-        run.note(encoder=cfg.encoder, labels_per_class=_budget_name(cfg), epochs=cfg.epochs,
+        run.note(encoder=cfg.encoder, labels_per_class=budget_name(cfg), epochs=cfg.epochs,
                  learning_rate=cfg.learning_rate)
         with run.distributed():  # models built and trained under the tf.distribute strategy
             encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
@@ -132,11 +133,31 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     return row
 
 
-def _budget_name(cfg: FineTuneConfig) -> str | int:
-    """The row's labels_per_class: N (stratified per class), 'all', or 'T in all (selection)' for a total."""
-    if cfg.labels is not None:
-        return f"{cfg.labels} in all ({cfg.selection or 'random'})"
-    return cfg.labels_per_class or "all"
+def budget_name(cfg: FineTuneConfig) -> str | int:
+    """The row's labels_per_class: N (stratified per class), 'all', or 'T in all (selection)' for a
+    total ('T in all (typiclust on contrastive)': the features the selection used)."""
+    if cfg.labels is None:
+        return cfg.labels_per_class or "all"
+    how = cfg.selection or "random"
+    if how in ("typiclust", "kcenter"):
+        name = _select_encoder(cfg)
+        how += " on " + _features_name(name)
+    return f"{cfg.labels} in all ({how})"
+
+
+def _features_name(encoder: str) -> str:
+    """pixels, or the objective of a pretrain run (its folder's name while it does not exist yet)."""
+    if encoder == "pixels":
+        return encoder
+    try:
+        return artifacts.read_manifest(encoder, "encoder")["objective"]
+    except TransferError:
+        return Path(encoder).name
+
+
+def _select_encoder(cfg: FineTuneConfig) -> str:
+    """The features typiclust and kcenter choose by: --select-encoder, else a pretrained --encoder, else pixels."""
+    return cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:

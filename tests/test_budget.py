@@ -1,5 +1,7 @@
 """Label budgets as totals (fine-tune --labels N --selection ...): a blind draw may miss classes."""
 
+from pathlib import Path
+
 import keras
 import numpy as np
 import pandas as pd
@@ -106,4 +108,48 @@ def test_total_budgets_are_compared_and_read_as_totals(labeled, tmp_path):
 def test_bad_budgets_are_one_error_line(labeled, tmp_path, args, message):
     result = invoke("fine-tune", "--data", labeled / "labeled", "--encoder", "random", *args,
                     "--out", tmp_path / "ft", "--results", tmp_path / "r.csv", *TINY)
+    assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_an_experiment_grid_over_total_budgets_and_selections(labeled, tmp_path):
+    """budgets x selections x methods x seeds: every cell runs once, named by its selection, and a
+    second run of the file finds them all done."""
+    spec = """
+name = "budget-grid"
+results = "RESULTS"
+runs = "RUNS"
+seeds = [0]
+budgets = [6]
+selections = ["random", "typiclust-pixels", "kcenter"]
+methods = ["scratch", "random-frozen"]
+[fine_tune]
+data = "DATA"
+image_size = 8
+filters = [4, 8]
+batch_size = 8
+epochs = 2
+unfreeze_top = 0
+"""
+    path = tmp_path / "grid.toml"
+    path.write_text(spec.replace("RESULTS", str(tmp_path / "grid.csv")).replace("RUNS", str(tmp_path / "runs"))
+                    .replace("DATA", str(labeled / "labeled")))
+    result = invoke("experiment", path)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "grid.csv")
+    rows = rows[rows["command"] == "fine-tune"]
+    assert len(rows) == 6 and set(rows["selection"]) == {"random", "typiclust", "kcenter"}
+    assert set(rows["labels_per_class"]) == {"6 in all (random)", "6 in all (typiclust on pixels)",
+                                             "6 in all (kcenter on pixels)"}
+    assert (rows["n_train"] == 6).all()
+    again = invoke("experiment", path)
+    assert "6 of 6 fine-tunes already in" in again.output and len(pd.read_csv(tmp_path / "grid.csv")) == len(rows)
+
+
+@pytest.mark.parametrize("bad,message", [("selections = [\"entropy\"]", "unknown selection 'entropy'"),
+                                         ("budgets = [0]", "budgets must be >= 1")])
+def test_bad_budget_grids_are_refused(tmp_path, bad, message):
+    path = tmp_path / "bad.toml"
+    budgets = "" if bad.startswith("budgets") else "budgets = [5]\n"
+    path.write_text(f'name = "x"\nseeds = [0]\nmethods = ["scratch"]\n{budgets}{bad}\n[fine_tune]\ndata = "digits"\n')
+    result = invoke("experiment", path)
     assert result.exit_code == 2 and message in result.output, result.output
