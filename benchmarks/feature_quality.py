@@ -46,6 +46,8 @@ SETTINGS = {  # name: PretrainConfig fields over the defaults
     "wide": {"filters": (64, 128, 256)},
     "projector-512-128": {"projector": (512, 128)},
     "epochs-50": {"epochs": 50},
+    "epochs-60": {"epochs": 60},
+    "crop-0.7-blur-epochs-60": {"crop": 0.7, "blur": 0.5, "epochs": 60},
     "vicreg": {"objective": "vicreg"},
     "epochs-300": {"epochs": 300},
     "vicreg-epochs-300": {"objective": "vicreg", "epochs": 300},
