@@ -75,6 +75,7 @@ from transfer.config import (  # noqa: E402
     STRATEGIES,
     CompareConfig,
     DemoConfig,
+    EmbedConfig,
     EvaluateConfig,
     ExperimentConfig,
     FineTuneConfig,
@@ -499,6 +500,32 @@ def evaluate(**params):
     from pipelines import evaluate as pipeline
 
     _run(pipeline, EvaluateConfig, params)
+
+
+@main.command()
+@config_option(EmbedConfig)
+@opt(EmbedConfig, "encoder", required=True, help="A pretrain run directory, or pixels (raw pixels).")
+@opt(EmbedConfig, "data", required=True, help="Images: directory, CSV manifest or built-in name.")
+@opt(EmbedConfig, "out", required=True, type=click.Path(dir_okay=False),
+     help="FILE.npy for the features; FILE.csv (row,path,id,label[,neighbors,distances]) is written beside it.")
+@opt(EmbedConfig, "readout", type=click.Choice([r for r in READOUTS if r != "auto"]),
+     help="How the encoder's last block becomes one feature vector.")
+@opt(EmbedConfig, "neighbors", type=int, help="Add each image's K nearest neighbours (cosine) and distances.")
+@opt(EmbedConfig, "duplicates", type=float, metavar="D",
+     help="Write FILE-duplicates.csv: every pair of images closer than cosine distance D (near-duplicates).")
+@opt(EmbedConfig, "labeled", is_flag=True, help="Read labels (class subfolders or a label column; built-ins always).")
+@opt(EmbedConfig, "image-size", type=int, help="Image size for pixels (an encoder brings its own).")
+@opt(EmbedConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
+def embed(**params):
+    """Write the features of every image, with its path, content id and label.
+
+    Streamed in batches (any source size); for TensorBoard's projector, a nearest-neighbour
+    index, or finding near-duplicates and test images that also sit in a pool.
+    """
+    _import_tensorflow_quietly()
+    from pipelines import embed as pipeline
+
+    _run(pipeline, EmbedConfig, params)
 
 
 @main.command("select")

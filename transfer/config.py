@@ -237,6 +237,34 @@ class SelectConfig(ArchConfig):
 
 
 @dataclass(frozen=True)
+class EmbedConfig:
+    """`transfer embed`: every image's features, with its path, content id and label."""
+
+    encoder: str = ""  # a pretrain run directory, or pixels
+    data: str = ""
+    out: str = ""  # FILE.npy: the features; FILE.csv beside it: one row per image
+    readout: str = "avg"
+    image_size: int = 32  # for pixels (an encoder brings its own)
+    channels: int | None = None
+    labeled: bool = False  # read labels (class folders, a label column; built-ins always)
+    neighbors: int = 0  # each image's K nearest neighbours (cosine) in the CSV
+    duplicates: float | None = None  # FILE-duplicates.csv: pairs closer than this cosine distance
+
+    def __post_init__(self):
+        if not self.encoder:
+            raise TransferError("embed needs an encoder: a pretrain run directory or pixels (--encoder)")
+        if not self.out.endswith(".npy"):
+            raise TransferError(f"--out names the features file, FILE.npy (FILE.csv is written beside it). "
+                                f"Received: {self.out!r}")
+        _choice("readout", self.readout, [x for x in READOUTS if x != "auto"])
+        _positive("image_size", self.image_size)
+        _positive("channels", self.channels)
+        _positive("neighbors", self.neighbors, minimum=0)
+        if self.duplicates is not None and not 0.0 <= self.duplicates <= 2.0:
+            raise TransferError(f"duplicates is a cosine distance in [0, 2]. Received: duplicates={self.duplicates}")
+
+
+@dataclass(frozen=True)
 class PrepareConfig:
     src: str = ""
     out: str = ""
