@@ -10,8 +10,8 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import (artifacts, augment, budget, distribute, heads, layers, methods, models, semi, splits, stream,
-                      training)
+from transfer import (artifacts, augment, budget, distribute, heads, layers, methods, mistakes, models, semi, splits,
+                      stream, training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
@@ -94,9 +94,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
             method = methods.name(objective, cfg.encoder, cfg.freeze, cfg.unfreeze_top, semi=bool(cfg.unlabeled))
             run.note(method=method)
-            leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
-            if leaked:
-                log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
+            leaked = _leaked(cfg, manifest, test, log)
             training.set_seed(cfg.seed)
             if encoder is None and blocks is not None:
                 encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
@@ -111,6 +109,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             classifier, metrics = fit(job)
         if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
             return {}
+        metrics.update(mistakes.write(run.staging, classifier, test.source, test.index, image_size, train.class_names))
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
                        encoder={"source": cfg.encoder, "objective": objective,
                                 "sha256": manifest["model_sha256"] if manifest else None},
@@ -158,6 +157,14 @@ def _features_name(encoder: str) -> str:
 def _select_encoder(cfg: FineTuneConfig) -> str:
     """The features typiclust and kcenter choose by: --select-encoder, else a pretrained --encoder, else pixels."""
     return cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
+
+
+def _leaked(cfg: FineTuneConfig, manifest, test: TestSplit, log) -> int | None:
+    """How many test images the encoder was pretrained on (None: no pretrained encoder), with a warning."""
+    leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
+    if leaked:
+        log(f"warning: {leaked} of {len(test)} test images were in the encoder's pretraining data")
+    return leaked
 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:

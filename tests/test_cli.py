@@ -660,3 +660,21 @@ def test_images_per_second_counts_what_each_mode_trained_on(workspace, mode):
     assert row["images_trained"] == expected
     assert 0 < row["train_seconds"] <= row["seconds"]
     assert row["images_per_second"] == pytest.approx(expected / row["train_seconds"], rel=0.01)
+
+
+def test_every_fine_tune_writes_its_confusion_matrix_and_most_confident_mistakes(workspace, tmp_path):
+    out = tmp_path / "ft"
+    result = invoke("fine-tune", "--data", workspace / "labeled", "--encoder", "random", "--freeze", "none",
+                    "--labels-per-class", "2", "--epochs", "2", "--out", out, "--results", tmp_path / "r.csv", *TINY)
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
+    confusion = pd.read_csv(out / "confusion.csv", index_col=0)
+    assert list(confusion.columns) == ["d", "h", "v"] and list(confusion.index) == ["d", "h", "v"]
+    counts = confusion.to_numpy()
+    assert counts.sum() == row["n_test"]
+    assert np.trace(counts) / counts.sum() == pytest.approx(row["test_accuracy"], abs=1e-6)
+    assert row["mistakes"] == counts.sum() - np.trace(counts)
+    wrong = pd.read_csv(out / "mistakes.csv")
+    assert len(wrong) == min(16, row["mistakes"]) and (wrong["true"] != wrong["predicted"]).all()
+    assert list(wrong["probability"]) == sorted(wrong["probability"], reverse=True)
+    assert (out / "confusion.png").is_file() and ((out / "mistakes.png").is_file() or len(wrong) == 0)

@@ -1,0 +1,116 @@
+"""What a classifier gets wrong, as fastai's ClassificationInterpretation shows it: the
+confusion matrix of the test split (CSV and PNG) and its most confident mistakes (a
+contact sheet, and a CSV naming them), written into every fine-tune's run directory."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+import numpy as np
+
+from transfer import artifacts, stopping, stream
+from transfer.listing import Listing
+
+TOP = 16  # mistakes shown
+
+
+def predictions(classifier, source: Listing, index, image_size: int, batch: int = 256):
+    """(class probabilities (n, C), true labels (n,), positions (n,)) over the images at `index`."""
+    probs, labels, positions = [], [], []
+    for pos, images, y in stream.records(source, index, image_size).batch(batch).as_numpy_iterator():
+        stopping.check()
+        probs.append(np.asarray(classifier(images, training=False), np.float32))
+        labels.append(y)
+        positions.append(pos)
+    if not probs:
+        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(probs), np.concatenate(labels).astype(np.int64), np.concatenate(positions)
+
+
+def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
+    """counts[true, predicted]."""
+    counts = np.zeros((n_classes, n_classes), np.int64)
+    np.add.at(counts, (labels, predicted), 1)
+    return counts
+
+
+def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, top: int = TOP) -> np.ndarray:
+    """Rows of the wrong predictions, the most confident first."""
+    predicted = probs.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != labels)
+    return wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:top]
+
+
+def write(folder: Path, classifier, source: Listing, index, image_size: int, class_names: list[str]) -> dict:
+    """confusion.csv, confusion.png, mistakes.csv and mistakes.png in `folder`; returns counts."""
+    probs, labels, positions = predictions(classifier, source, index, image_size)
+    if len(probs) == 0:
+        return {}
+    predicted = probs.argmax(axis=1)
+    counts = confusion(labels, predicted, len(class_names))
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["true \\ predicted", *class_names])
+    writer.writerows([name, *row] for name, row in zip(class_names, counts.tolist()))
+    artifacts.write_text(folder / "confusion.csv", text.getvalue())
+    _plot_confusion(counts, class_names, folder / "confusion.png")
+    worst = most_confident_mistakes(probs, labels)
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(["path", "true", "predicted", "probability"])
+    writer.writerows([source.name(positions[r]), class_names[labels[r]], class_names[predicted[r]],
+                      f"{probs[r, predicted[r]]:.4f}"] for r in worst)
+    artifacts.write_text(folder / "mistakes.csv", text.getvalue())
+    if len(worst):
+        loaded = stream.load(source, positions[worst], image_size)
+        row = {name: k for k, name in enumerate(loaded.paths)}
+        shown = [(loaded.images[row[source.name(positions[r])]], f"{class_names[labels[r]]} → "
+                  f"{class_names[predicted[r]]} ({probs[r, predicted[r]]:.2f})") for r in worst
+                 if source.name(positions[r]) in row]
+        _plot_mistakes(shown, folder / "mistakes.png")
+    return {"mistakes": int((predicted != labels).sum())}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _plot_confusion(counts: np.ndarray, names: list[str], path: Path) -> None:
+    plt = _pyplot()
+    n = len(names)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.55 * n, 0.8 + 0.5 * n))
+    ax.imshow(counts, cmap="Blues")
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(counts[i, j]), ha="center", va="center", fontsize=8,
+                    color="white" if counts[i, j] > counts.max() / 2 else "black")
+    ax.set_xticks(range(n), names, rotation=90, fontsize=8)
+    ax.set_yticks(range(n), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _plot_mistakes(shown: list[tuple[np.ndarray, str]], path: Path) -> None:
+    plt = _pyplot()
+    columns = min(4, len(shown))
+    rows = -(-len(shown) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.4 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (image, title) in zip(axes.ravel(), shown):
+        ax.imshow(image[..., 0] if image.shape[-1] == 1 else image[..., :3], cmap="gray", vmin=0, vmax=1,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
