@@ -69,6 +69,7 @@ from transfer.architectures import PRESETS, READOUTS  # noqa: E402
 from transfer.config import (  # noqa: E402
     AUGMENT_POLICIES,
     BUDGET_SELECTIONS,
+    EXPORT_FORMATS,
     OBJECTIVES,
     PRECISIONS,
     SELECTIONS,
@@ -78,6 +79,7 @@ from transfer.config import (  # noqa: E402
     EmbedConfig,
     EvaluateConfig,
     ExperimentConfig,
+    ExportConfig,
     FineTuneConfig,
     PredictConfig,
     PrepareConfig,
@@ -526,6 +528,27 @@ def embed(**params):
     from pipelines import embed as pipeline
 
     _run(pipeline, EmbedConfig, params)
+
+
+@main.command("export")
+@click.argument("run_dir", metavar="RUN_DIR")
+@opt(ExportConfig, "format", type=click.Choice(list(EXPORT_FORMATS)),
+     help="savedmodel (TensorFlow SavedModel folder), onnx (.onnx; needs tf2onnx and onnxruntime), litert "
+          "(.tflite; needs ai-edge-litert). Extra runtimes: pip install -e \".[export]\".")
+@opt(ExportConfig, "out", type=click.Path(), help="Where to write it (default RUN_DIR/export/model[.onnx|.tflite]).")
+@opt(ExportConfig, "overwrite", is_flag=True, help="Replace an existing export.")
+def export_command(**params):
+    """Export a fine-tuned classifier (or a pretrained encoder) for deployment.
+
+    Through Keras's own Model.export; the exported model is run on 64 of the run's test
+    images and must match the Keras model within 1e-4, or nothing is written. OUT.json says
+    what to feed it (float32 images in [0, 1], preprocessed as `transfer predict` does) and
+    records the check's max difference.
+    """
+    _import_tensorflow_quietly()
+    from pipelines import export as pipeline
+
+    _run(pipeline, ExportConfig, params)
 
 
 @main.command("select")

@@ -17,6 +17,7 @@ from transfer.augment import POLICIES as AUGMENT_POLICIES
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.distribute import PRECISIONS, STRATEGIES
 from transfer.errors import TransferError
+from transfer.export import FORMATS as EXPORT_FORMATS
 from transfer.objectives import OBJECTIVES
 from transfer.budget import SELECTIONS as BUDGET_SELECTIONS
 from transfer.selection import STRATEGIES as SELECTIONS
@@ -262,6 +263,19 @@ class EmbedConfig:
         _positive("neighbors", self.neighbors, minimum=0)
         if self.duplicates is not None and not 0.0 <= self.duplicates <= 2.0:
             raise TransferError(f"duplicates is a cosine distance in [0, 2]. Received: duplicates={self.duplicates}")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`transfer export`: a run's model in a deployment format (transfer.export)."""
+
+    run_dir: str = ""
+    format: str = "savedmodel"
+    out: str | None = None  # None: RUN_DIR/export/model(.onnx|.tflite)
+    overwrite: bool = False
+
+    def __post_init__(self):
+        _choice("format", self.format, EXPORT_FORMATS)
 
 
 @dataclass(frozen=True)

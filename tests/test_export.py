@@ -1,0 +1,71 @@
+"""transfer export: SavedModel, ONNX and LiteRT, each checked against the Keras model."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from cli import main
+from pipelines import export as export_pipeline
+from transfer import export, splits, stream
+from transfer.config import ExportConfig
+from transfer.errors import TransferError
+
+TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "16"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def classifier(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    result = invoke("fine-tune", "--data", "digits", "--encoder", "random", "--freeze", "none", "--labels-per-class",
+                    "5", "--epochs", "3", "--out", root / "ft", "--results", root / "r.csv", *TINY)
+    assert result.exit_code == 0, result.output
+    result = invoke("predict", "--model", root / "ft", "--data", "digits", "--out", root / "pred.csv")
+    assert result.exit_code == 0, result.output
+    return root
+
+
+@pytest.mark.parametrize("fmt", ["savedmodel", "onnx", "litert"])
+def test_an_export_predicts_what_transfer_predict_does_on_the_digits_test_split(classifier, fmt):
+    out = classifier / f"model-{fmt}{export.SUFFIX[fmt]}"
+    result = invoke("export", classifier / "ft", "--format", fmt, "--out", out)
+    assert result.exit_code == 0, result.output
+    record = json.loads(out.with_name(out.name + ".json").read_text())
+    assert record["check"]["images"] == 64 and record["check"]["on"] == "test images of digits"
+    assert 0 <= record["check"]["max_abs_difference"] <= 1e-4
+    assert record["input"]["shape"] == [None, 8, 8, 1] and record["class_names"] == [str(d) for d in range(10)]
+    found = splits.open_labeled("digits", None, 0.2, 8, 1, log=lambda m: None)
+    digits, test = found.test_source, found.test_index
+    images = stream.load(digits, test, 8).images
+    assert len(images) == 359
+    got = export.run_exported(fmt, out, images)
+    predicted = pd.read_csv(classifier / "pred.csv").set_index("path")
+    expected_probs = predicted.loc[[digits.name(i) for i in test], [f"prob_{d}" for d in range(10)]].to_numpy()
+    assert np.mean(got.argmax(axis=1) == expected_probs.argmax(axis=1)) == 1.0  # 100% agreement
+    print(f"{fmt}: max probability difference from transfer predict {np.abs(got - expected_probs).max():.2e}")
+    assert np.abs(got - expected_probs).max() < 1e-4  # predict writes 6 decimals
+
+
+def test_an_export_that_differs_fails_and_leaves_nothing(classifier, monkeypatch, tmp_path):
+    monkeypatch.setattr(export, "run_exported", lambda fmt, path, images: np.zeros((len(images), 10)))
+    with pytest.raises(export.ExportMismatch, match="differs from the Keras model"):
+        export_pipeline.run(ExportConfig(run_dir=str(classifier / "ft"), format="savedmodel",
+                                         out=str(tmp_path / "sm")))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refusals(classifier, tmp_path, monkeypatch):
+    out = tmp_path / "sm"
+    assert invoke("export", classifier / "ft", "--out", out).exit_code == 0
+    again = invoke("export", classifier / "ft", "--out", out)
+    assert again.exit_code == 2 and "pass --overwrite" in again.output
+    assert invoke("export", tmp_path / "nothing", "--out", tmp_path / "x").exit_code == 2
+    monkeypatch.setitem(export.RUNTIMES, "onnx", ("no_such_runtime_module",))
+    with pytest.raises(TransferError, match=r'needs no_such_runtime_module: pip install -e "\.\[export\]"'):
+        export.check_runtime("onnx")
