@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -13,6 +14,8 @@ from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 
 PROBE_IMAGES = 1000  # labeled images the online probe watches, at most
+DEFAULT_EPOCHS = 100  # passes over the pretraining images, unless that would train on more than
+DEFAULT_IMAGES = 500_000  # images in all (about 8 minutes at 28x28 on 2 cores with the small encoder)
 
 
 def run(cfg: PretrainConfig, log=print) -> dict:
@@ -28,6 +31,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
         report_skipped(source.skipped, log)
         train_idx, val_idx = holdout_split(source.ids)
+        cfg = _resolve_epochs(cfg, len(train_idx), run)
         val_images = stream.load(source, val_idx, cfg.image_size).images
         train = _train_images(cfg, source, train_idx, run)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
@@ -70,6 +74,19 @@ def _train_images(cfg, source, train_idx, run) -> stream.TrainImages:
     """The images to train on; files are decoded once, not every epoch (removed when the run ends)."""
     decoded, index = stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, run.log)
     return stream.TrainImages(run.temporary(decoded), index, cfg.image_size)
+
+
+def _resolve_epochs(cfg: PretrainConfig, n_train: int, run: Run) -> PretrainConfig:
+    """cfg with its epochs: --epochs, else DEFAULT_EPOCHS passes, fewer for a pool so large that they
+    would train on more than DEFAULT_IMAGES images (a bounded default cost; --epochs for more)."""
+    if cfg.epochs is not None:
+        return cfg
+    epochs = max(1, min(DEFAULT_EPOCHS, -(-DEFAULT_IMAGES // max(n_train, 1))))
+    run.note(epochs=epochs)
+    if epochs < DEFAULT_EPOCHS:
+        run.log(f"{epochs} epochs: the default trains on at most {DEFAULT_IMAGES:,} images "
+                f"({n_train:,} a pass); --epochs for more")
+    return dataclasses.replace(cfg, epochs=epochs)
 
 
 def _report(objective, model, train, val_images, watch):

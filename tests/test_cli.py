@@ -678,3 +678,26 @@ def test_every_fine_tune_writes_its_confusion_matrix_and_most_confident_mistakes
     assert len(wrong) == min(16, row["mistakes"]) and (wrong["true"] != wrong["predicted"]).all()
     assert list(wrong["probability"]) == sorted(wrong["probability"], reverse=True)
     assert (out / "confusion.png").is_file() and ((out / "mistakes.png").is_file() or len(wrong) == 0)
+
+
+def test_the_default_pretraining_cost_is_bounded_by_images_seen_not_only_epochs():
+    """No --epochs: 100 passes, fewer when they would train on more than 500,000 images."""
+    from pipelines import pretrain
+    from transfer.config import PretrainConfig
+
+    class FakeRun:
+        def __init__(self):
+            self.noted, self.lines = {}, []
+
+        def note(self, **fields):
+            self.noted.update(fields)
+
+        def log(self, line):
+            self.lines.append(line)
+
+    cfg = PretrainConfig(data="digits", out="x")
+    for n, epochs in ((1_294, 100), (5_000, 100), (7_200, 70), (10_000, 50), (100_000, 5), (2_000_000, 1)):
+        run = FakeRun()
+        assert pretrain._resolve_epochs(cfg, n, run).epochs == epochs and run.noted == {"epochs": epochs}
+        assert bool(run.lines) == (epochs < 100)
+    assert pretrain._resolve_epochs(PretrainConfig(data="d", out="x", epochs=300), 10_000, FakeRun()).epochs == 300
