@@ -54,3 +54,12 @@ def unlabeled_dir(tmp_path):
 def cli_command(*args) -> list[str]:
     """The `transfer` command line as a subprocess argument list."""
     return [sys.executable, "-c", "from cli import main; main()", *map(str, args)]
+
+
+def invoke(*args):
+    """The CLI run in-process by click's CliRunner, every argument made a string."""
+    from click.testing import CliRunner
+
+    from cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)

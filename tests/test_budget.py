@@ -1,15 +1,12 @@
 """Label budgets as totals (fine-tune --labels N --selection ...): a blind draw may miss classes."""
 
-from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import make_labeled_dir
+from conftest import invoke, make_labeled_dir
 
-from cli import main
 from transfer import budget, heads
 from transfer.listing import Listing
 
@@ -40,8 +37,6 @@ def test_stratified_spreads_the_total_and_random_is_blind():
         budget.choose("random", source, np.arange(100), 101, seed=0)
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 from click.testing import CliRunner
-from conftest import make_labeled_dir
+from conftest import invoke, make_labeled_dir
 
 from cli import main
 
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "8"]
 
 
-def invoke(*args):
-    result = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-    return result
 
 
 def assert_user_error(result, pattern):

@@ -4,15 +4,11 @@ import shutil
 
 import numpy as np
 import pandas as pd
-from click.testing import CliRunner
-from conftest import make_labeled_dir
+from conftest import invoke, make_labeled_dir
 
-from cli import main
 from pipelines import embed
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_neighbours_and_duplicates_match_a_brute_force_cosine_search():

@@ -5,9 +5,8 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
+from conftest import invoke
 
-from cli import main
 from pipelines import export as export_pipeline
 from transfer import export, splits, stream
 from transfer.config import ExportConfig
@@ -16,8 +15,6 @@ from transfer.errors import TransferError
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "16"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

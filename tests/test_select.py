@@ -3,10 +3,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import make_labeled_dir
+from conftest import invoke, make_labeled_dir
 
-from cli import main
 from transfer import selection
 from transfer.errors import TransferError
 
@@ -65,8 +63,6 @@ def test_bad_strategy_budget_or_an_exhausted_pool_are_refused():
         selection.select("kcenter", x, 2, labeled=np.arange(6))
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 def test_select_writes_the_list_the_sheet_and_the_row_and_a_second_round_excludes_the_first(tmp_path):

@@ -4,18 +4,14 @@ import keras
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import make_labeled_dir
+from conftest import invoke, make_labeled_dir
 
-from cli import main
 from transfer import augment, methods, models, semi
 from transfer.objectives import contrastive
 
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "4"]
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module")

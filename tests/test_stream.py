@@ -8,16 +8,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import make_labeled_dir, stripes, write_image
+from conftest import invoke, make_labeled_dir, stripes, write_image
 
-from cli import main
 from transfer import data, stream
 from transfer.errors import TransferError
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
 
 
 @pytest.fixture
