@@ -370,9 +370,9 @@ main.help += ", ".join(builtins.names()) + "."
           "(default 128,64; vicreg 512,512,512).")
 @opt(PretrainConfig, "crop", type=float,
      help="contrastive, vicreg: the smallest side of a view's random crop, as a fraction of the image's "
-          "(default 0.5).")
+          "(default 0.7).")
 @opt(PretrainConfig, "blur", type=float, help="contrastive, vicreg: the strength of the views' random "
-     "Gaussian blur, 0 to 1 (default 0: none).")
+     "Gaussian blur, 0 to 1 (default 0.5; 0: none).")
 @opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory.")

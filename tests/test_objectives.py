@@ -215,13 +215,14 @@ def test_contrastive_recipe_options_reach_the_model_and_are_checked():
     default = contrastive.build(models.build_encoder(shape, blocks), blocks, shape, objectives.Options(1e-3, 8))
     assert default.temperature == contrastive.TEMPERATURE
     assert [l.units for l in default.projector.layers if isinstance(l, keras.layers.Dense)] == [128, 64]
-    assert not any(isinstance(l, keras.layers.RandomGaussianBlur) for l in default.augment.layers)
+    assert default.augment.layers[0].zoom[0] == pytest.approx(-(1 - contrastive.CROP))
+    assert [l.factor for l in default.augment.layers if isinstance(l, keras.layers.RandomGaussianBlur)]
     tuned = contrastive.build(models.build_encoder(shape, blocks), blocks, shape,
-                              objectives.Options(1e-3, 8, temperature=0.1, projector=(32, 16), crop=0.8, blur=0.5))
+                              objectives.Options(1e-3, 8, temperature=0.1, projector=(32, 16), crop=0.8, blur=0.0))
     assert tuned.temperature == 0.1
     assert [l.units for l in tuned.projector.layers if isinstance(l, keras.layers.Dense)] == [32, 16]
     assert tuned.augment.layers[0].zoom[0] == pytest.approx(-0.2)  # zoom in to 0.8 of the side at most
-    assert [l.factor for l in tuned.augment.layers if isinstance(l, keras.layers.RandomGaussianBlur)]
+    assert not any(isinstance(l, keras.layers.RandomGaussianBlur) for l in tuned.augment.layers)  # --blur 0
     expander = vicreg.build(models.build_encoder(shape, blocks), blocks, shape, objectives.Options(1e-3, 8))
     assert [l.units for l in expander.projector.layers if isinstance(l, keras.layers.Dense)] == list(vicreg.EXPANDER)
     for bad, match in (({"temperature": 0}, "temperature must be > 0"), ({"crop": 1.5}, r"crop must be in \(0, 1\]"),
