@@ -51,6 +51,7 @@ def boards(tmp_path_factory):
     return root / "tb", rows
 
 
+@pytest.mark.slow
 def test_pretraining_logs_its_epochs_learning_rate_preview_and_hparams(boards):
     tb, rows = boards
     run = tb / rows["pretrain"]["run_id"]
@@ -63,6 +64,7 @@ def test_pretraining_logs_its_epochs_learning_rate_preview_and_hparams(boards):
     assert record["view_agreement"][0][1] == pytest.approx(rows["pretrain"]["view_agreement"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_fine_tune_logs_each_phase_and_its_test_accuracy_as_an_hparams_metric(boards):
     tb, rows = boards
     run = tb / rows["fine-tune"]["run_id"]
@@ -73,6 +75,7 @@ def test_fine_tune_logs_each_phase_and_its_test_accuracy_as_an_hparams_metric(bo
     assert record["test_accuracy"][0][1] == pytest.approx(rows["fine-tune"]["test_accuracy"], abs=1e-6)
 
 
+@pytest.mark.slow
 def test_fixmatch_logs_its_mask_rate(boards):
     tb, rows = boards
     semi = events(tb / rows["fixmatch"]["run_id"] / "semi")

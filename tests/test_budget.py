@@ -77,6 +77,7 @@ def test_fine_tune_selections(labeled, tmp_path, selection):
         assert f"chosen by {selection} on pixels" in result.output
 
 
+@pytest.mark.slow
 def test_total_budgets_are_compared_and_read_as_totals(labeled, tmp_path):
     results = tmp_path / "r.csv"
     for seed in (0, 1):
@@ -106,6 +107,7 @@ def test_bad_budgets_are_one_error_line(labeled, tmp_path, args, message):
     assert result.exit_code == 2 and message in result.output, result.output
 
 
+@pytest.mark.slow
 def test_an_experiment_grid_over_total_budgets_and_selections(labeled, tmp_path):
     """budgets x selections x methods x seeds: every cell runs once, named by its selection, and a
     second run of the file finds them all done."""

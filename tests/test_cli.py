@@ -636,6 +636,7 @@ def test_the_declared_dependency_range_is_the_tested_one():
         assert f"{name}>={lo_major}.{lo_minor},<{hi_major}.{hi_minor + 1}" in deps
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["linear-head", "unfreeze", "fixmatch", "scratch"])
 def test_images_per_second_counts_what_each_mode_trained_on(workspace, mode):
     """The row's images_trained, train_seconds and images_per_second agree with what ran: the

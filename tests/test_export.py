@@ -28,6 +28,7 @@ def classifier(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", ["savedmodel", "onnx", "litert"])
 def test_an_export_predicts_what_transfer_predict_does_on_the_digits_test_split(classifier, fmt):
     out = classifier / f"model-{fmt}{export.SUFFIX[fmt]}"
@@ -49,6 +50,7 @@ def test_an_export_predicts_what_transfer_predict_does_on_the_digits_test_split(
     assert np.abs(got - expected_probs).max() < 1e-4  # predict writes 6 decimals
 
 
+@pytest.mark.slow
 def test_an_export_that_differs_fails_and_leaves_nothing(classifier, monkeypatch, tmp_path):
     monkeypatch.setattr(export, "run_exported", lambda fmt, path, images: np.zeros((len(images), 10)))
     with pytest.raises(export.ExportMismatch, match="differs from the Keras model"):
@@ -57,12 +59,18 @@ def test_an_export_that_differs_fails_and_leaves_nothing(classifier, monkeypatch
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_export_refusals(classifier, tmp_path, monkeypatch):
     out = tmp_path / "sm"
     assert invoke("export", classifier / "ft", "--out", out).exit_code == 0
     again = invoke("export", classifier / "ft", "--out", out)
     assert again.exit_code == 2 and "pass --overwrite" in again.output
     assert invoke("export", tmp_path / "nothing", "--out", tmp_path / "x").exit_code == 2
+
+
+def test_a_format_whose_runtime_is_missing_is_refused_in_one_line(monkeypatch, tmp_path):
     monkeypatch.setitem(export.RUNTIMES, "onnx", ("no_such_runtime_module",))
     with pytest.raises(TransferError, match=r'needs no_such_runtime_module: pip install -e "\.\[export\]"'):
         export.check_runtime("onnx")
+    result = invoke("export", tmp_path / "any-run", "--format", "onnx")
+    assert result.exit_code == 2 and "needs no_such_runtime_module" in result.output  # before reading the run
