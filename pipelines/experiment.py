@@ -80,6 +80,8 @@ def load(path: str) -> dict:
             raise TransferError(f"{path}: '{key}' is required")
     if not spec.get("labels_per_class") and not spec.get("budgets"):
         raise TransferError(f"{path}: 'labels_per_class' or 'budgets' is required")
+    if spec.get("selections") and not spec.get("budgets"):
+        raise TransferError(f"{path}: 'selections' choose the images of 'budgets' (total labels); give budgets too")
     for key, value in spec.items():
         check_type(value, TYPES[key], key, path)
     if not re.fullmatch(r"[A-Za-z0-9_.-]+", spec["name"]) or spec["name"].startswith("."):

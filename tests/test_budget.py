@@ -143,7 +143,9 @@ unfreeze_top = 0
 
 
 @pytest.mark.parametrize("bad,message", [("selections = [\"entropy\"]", "unknown selection 'entropy'"),
-                                         ("budgets = [0]", "budgets must be >= 1")])
+                                         ("budgets = [0]", "budgets must be >= 1"),
+                                         ("budgets = []\nlabels_per_class = [2]\nselections = [\"random\"]",
+                                          "give budgets too")])
 def test_bad_budget_grids_are_refused(tmp_path, bad, message):
     path = tmp_path / "bad.toml"
     budgets = "" if bad.startswith("budgets") else "budgets = [5]\n"
