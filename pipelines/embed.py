@@ -11,16 +11,13 @@ whose cosine distance is below D, closest first). The feature pass is the one `s
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, budget, builtins, features, splits, stream
+from transfer import artifacts, budget, evaluation, features, splits
 from transfer.config import EmbedConfig
-from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 
 BLOCK = 1024  # rows of the similarity matrix held at once
@@ -31,14 +28,9 @@ def run(cfg: EmbedConfig, log=print) -> dict:
     paths = {"npy": out, "csv": out.with_suffix(".csv"), "duplicates": out.with_name(out.stem + "-duplicates.csv")}
     for path in paths.values():
         artifacts.check_writable(path, "--out")
-    net, size, channels, objective = budget.feature_model(cfg.encoder, cfg.readout)
-    size, channels = size or cfg.image_size, channels or cfg.channels
-    if cfg.labeled or builtins.is_builtin(cfg.data):
-        found = splits.open_labeled(cfg.data, None, DEFAULT_TEST_FRACTION, size, channels, log)
-        source = found.source
-    else:
-        source = stream.open_source(cfg.data, False, size, channels)
-        report_skipped(source.skipped, log)
+    net, size, channels, objective = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
+    size = size or cfg.image_size
+    source, _ = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)  # every image
     log(f"embedding {len(source)} images of {cfg.data} with {cfg.encoder}"
         + ("" if net is None else f" ({objective}, readout {cfg.readout})"))
     f, y, positions = features.compute(net, source, np.arange(len(source)), size)
@@ -53,25 +45,20 @@ def run(cfg: EmbedConfig, log=print) -> dict:
         columns["neighbors"] = [";".join(names[j] for j in row) for row in nearest]
         columns["distances"] = [";".join(f"{d:.4f}" for d in row) for row in distance]
     np.save(paths["npy"], f.astype(np.float32), allow_pickle=False)
-    _write_csv(paths["csv"], columns)
+    artifacts.write_csv(paths["csv"], list(columns), zip(*columns.values()))
     pairs = duplicates(f, cfg.duplicates) if cfg.duplicates is not None else []
     if cfg.duplicates is not None:
-        _write_csv(paths["duplicates"], {"path_a": [names[a] for a, _, _ in pairs],
-                                         "path_b": [names[b] for _, b, _ in pairs],
-                                         "distance": [f"{d:.4f}" for _, _, d in pairs]})
+        artifacts.write_csv(paths["duplicates"], ["path_a", "path_b", "distance"],
+                            [(names[a], names[b], f"{d:.4f}") for a, b, d in pairs])
     log(f"{len(f)} x {f.shape[1]} features -> {paths['npy']} (images: {paths['csv']})"
         + (f"; {len(pairs)} pairs closer than {cfg.duplicates} -> {paths['duplicates']}"
            if cfg.duplicates is not None else ""))
     return {"images": len(f), "dim": int(f.shape[1]), "duplicates": len(pairs)}
 
 
-def _normalized(f: np.ndarray) -> np.ndarray:
-    return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
-
-
 def neighbours(f: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k nearest other rows by cosine distance (1 - cosine similarity), nearest first."""
-    z = _normalized(f)
+    z = evaluation.normalized(f)
     k = min(k, len(z) - 1)
     nearest = np.zeros((len(z), max(k, 0)), np.int64)
     distance = np.zeros((len(z), max(k, 0)), np.float32)
@@ -87,7 +74,7 @@ def neighbours(f: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 
 def duplicates(f: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
     """(a, b, cosine distance) of every pair a < b closer than `threshold`, closest first."""
-    z = _normalized(f)
+    z = evaluation.normalized(f)
     pairs = []
     for start in range(0, len(z), BLOCK):
         sim = z[start:start + BLOCK] @ z.T
@@ -95,11 +82,3 @@ def duplicates(f: np.ndarray, threshold: float) -> list[tuple[int, int, float]]:
         keep = cols > rows + start
         pairs += [(int(a + start), int(b), float(1.0 - sim[a, b])) for a, b in zip(rows[keep], cols[keep])]
     return sorted(pairs, key=lambda p: (p[2], p[0], p[1]))
-
-
-def _write_csv(path: Path, columns: dict) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(list(columns))
-    writer.writerows(zip(*columns.values()))
-    artifacts.write_text(path, text.getvalue())

@@ -151,14 +151,14 @@ def run(cfg: ExperimentConfig, log=print):
     jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
     log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")
     progress = Progress(log, len(todo), "  run", every=1, bar=False)
-    for i, (label, fcfg) in enumerate(todo, start=1):
-        what = f"{label:<22} labels={str(fine_tune.budget_name(fcfg)):<4} seed={fcfg.seed}"
+    for i, (label, budget, fcfg) in enumerate(todo, start=1):
+        what = f"{label:<22} labels={budget:<4} seed={fcfg.seed}"
         if cfg.dry_run:
             log(f"  would run {what}")
             continue
         stopping.check()  # between runs
         t = time.perf_counter()
-        row = _fine_tune(fcfg, (label, str(fine_tune.budget_name(fcfg)), fcfg.seed), results_path, name)
+        row = _fine_tune(fcfg, (label, budget, fcfg.seed), results_path, name)
         progress.update(i, note=f" {what} " + (f"test accuracy {row['test_accuracy']:.3f} in "
                                                f"{time.perf_counter() - t:.1f}s" if row else f"skipped: {getattr(row, 'note', '')}"))
     if cfg.dry_run or not Path(results_path).is_file():
@@ -207,7 +207,7 @@ def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: 
 
 
 def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path: str):
-    """(number of jobs in the grid, [(method name, FineTuneConfig)] of those not yet in the table)."""
+    """(number of jobs in the grid, [(method name, budget name, FineTuneConfig)] of those not yet in the table)."""
     done = _done(results_path, spec["name"])
     budgets = [{"labels_per_class": None if str(b) == "all" else int(b)} for b in spec.get("labels_per_class", [])]
     for how in spec.get("selections", ["random"]) if spec.get("budgets") else []:
@@ -230,5 +230,5 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
             # Under the experiment's name: experiments sharing a runs directory share its encoders only.
             tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-")
             out = runs / "fine-tune" / spec["name"] / f"{label}-{tag}-{seed}"
-            todo.append((label, dataclasses.replace(fcfg, out=str(out))))
+            todo.append((label, str(name), dataclasses.replace(fcfg, out=str(out))))
     return len(jobs), todo

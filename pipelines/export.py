@@ -62,15 +62,18 @@ def _check_images(manifest: dict) -> tuple[np.ndarray, str]:
     size, channels = int(pre["image_size"]), int(pre["channels"])
     src = manifest.get("data", {}).get("source")
     quiet = lambda message: None  # noqa: E731
+    if src:
+        try:
+            found = splits.open_labeled(src, None, DEFAULT_TEST_FRACTION, size, channels, quiet)
+            images = stream.load(found.test_source, found.test_index[:CHECK_IMAGES], size).images
+            return images.astype(np.float32), f"test images of {src}"
+        except TransferError:  # no labels, or none readable here
+            pass
     try:
-        found = splits.open_labeled(src, None, DEFAULT_TEST_FRACTION, size, channels, quiet)
-        images = stream.load(found.test_source, found.test_index[:CHECK_IMAGES], size).images
-        return images.astype(np.float32), f"test images of {src}"
-    except (TransferError, TypeError):
-        pass
-    try:
-        source = stream.open_for_prediction(src, size, channels)
+        source = stream.open_for_prediction(src, size, channels) if src else None
+        if source is None or len(source) == 0:
+            raise TransferError("no images")
         return stream.load(source, np.arange(min(CHECK_IMAGES, len(source))), size).images, f"images of {src}"
-    except (TransferError, TypeError):
+    except TransferError:
         noise = np.random.default_rng(0).random((CHECK_IMAGES, size, size, channels)).astype(np.float32)
         return noise, "uniform noise images (the run's data is not readable here)"

@@ -10,8 +10,6 @@ the next round of an iterative labeling.
 
 from __future__ import annotations
 
-import csv
-import io
 import time
 from pathlib import Path
 
@@ -19,9 +17,9 @@ import numpy as np
 import pandas as pd
 
 from pipelines.common import encoder_blocks, report_skipped
-from transfer import (artifacts, builtins, features, models, results, selection, splits, stream, training,
+from transfer import (artifacts, budget, features, models, results, selection, splits, stream, training,
                       visualize)
-from transfer.config import DEFAULT_TEST_FRACTION, SelectConfig
+from transfer.config import SelectConfig
 from transfer.errors import TransferError
 
 
@@ -33,9 +31,14 @@ def run(cfg: SelectConfig, log=print) -> dict:
                                                                                      "--results")):
         artifacts.check_writable(path, what)
     results.check_table(cfg.results)
-    encoder, size, channels = _encoder(cfg)
-    source, pool = _pool(cfg, size, channels, log)
-    net, objective = _features_model(cfg, encoder, size, source.channels)
+    net, size, channels, objective = budget.feature_model(
+        "pixels" if cfg.encoder == "random" else cfg.encoder, cfg.readout, cfg.channels)
+    size = size or cfg.image_size
+    source, pool = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)
+    if cfg.encoder == "random":  # the baseline: a random encoder of the architecture options, this seed
+        training.set_seed(cfg.seed)
+        random = models.build_encoder((size, size, source.channels), encoder_blocks(cfg), cfg.arch)
+        net, objective = models.build_features(random, cfg.readout, frozen=True), "random"
     excluded = _excluded(cfg, source, pool, log)
     what = "raw pixels" if net is None else f"{cfg.encoder} ({cfg.readout})"
     log(f"selecting {cfg.budget} of {len(pool)} images of {cfg.data} to label ({cfg.strategy} on {what}"
@@ -49,7 +52,8 @@ def run(cfg: SelectConfig, log=print) -> dict:
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
-    _write_csv(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
+    artifacts.write_csv(out, ["path", "label"], zip(names, [source.class_names[c] if known and c >= 0 else ""
+                                                            for c in labels]))
     if cfg.sheet:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
@@ -64,41 +68,6 @@ def run(cfg: SelectConfig, log=print) -> dict:
     log(f"{len(chosen)} images to label -> {out}" + (f" (covering {row['labeled_classes']} of "
                                                        f"{row['classes']} classes)" if known else ""))
     return row
-
-
-def _encoder(cfg: SelectConfig):
-    """(the pretrained encoder and its manifest, or None; image size; channels or None)."""
-    if cfg.encoder in ("pixels", "random"):
-        return None, cfg.image_size, cfg.channels
-    encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
-    pre = manifest["preprocessing"]
-    if cfg.channels is not None and cfg.channels != int(pre["channels"]):
-        raise TransferError(f"the encoder takes {pre['channels']}-channel images; --channels {cfg.channels} "
-                            "cannot serve it")
-    return (encoder, manifest), int(pre["image_size"]), int(pre["channels"])
-
-
-def _features_model(cfg: SelectConfig, encoder, size: int, channels: int):
-    """(the feature model, None for raw pixels; the objective or baseline name)."""
-    if cfg.encoder == "pixels":
-        return None, "pixels"
-    if encoder is None:  # random: the architecture options, this seed
-        training.set_seed(cfg.seed)
-        random = models.build_encoder((size, size, channels), encoder_blocks(cfg), cfg.arch)
-        return models.build_features(random, cfg.readout, frozen=True), "random"
-    model, manifest = encoder
-    return models.build_features(model, cfg.readout, frozen=True), manifest["objective"]
-
-
-def _pool(cfg: SelectConfig, size: int, channels: int | None, log):
-    """(source, positions to select from): a labeled source (built-ins always) without its
-    test split, as fine-tune splits it; otherwise every image of the source."""
-    if cfg.labeled or builtins.is_builtin(cfg.data):
-        found = splits.open_labeled(cfg.data, None, DEFAULT_TEST_FRACTION, size, channels, log)
-        return found.source, found.pool
-    source = stream.open_source(cfg.data, False, size, channels)
-    report_skipped(source.skipped, log)
-    return source, np.arange(len(source))
 
 
 def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
@@ -120,19 +89,9 @@ def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
     return found
 
 
-def _write_csv(out: Path, names: list[str], labels: list[str]) -> None:
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "label"])
-    writer.writerows(zip(names, labels))
-    artifacts.write_text(out, text.getvalue())
-
-
 def _contact_sheet(out: Path, source, chosen: np.ndarray, names: list[str], size: int, title: str) -> None:
     """The chosen images in the order to label them (PNG, and an HTML page listing them)."""
-    loaded = stream.load(source, chosen, size)  # decoded in position order
-    row = {name: k for k, name in enumerate(loaded.paths)}
-    images = np.stack([loaded.images[row[n]] for n in names if n in row])
+    images, _ = stream.load_in_order(source, chosen, size)
     if images.shape[-1] not in (1, 3):
         images = images[..., :3]
     visualize.save_png(visualize.tile(list(images), columns=min(10, len(images))), out.with_suffix(".png"),

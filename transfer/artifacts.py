@@ -9,8 +9,10 @@ loading checks it and uses Keras's `safe_mode=True`.
 from __future__ import annotations
 
 import contextlib
+import csv
 import fcntl
 import hashlib
+import io
 import json
 import os
 import platform
@@ -214,6 +216,15 @@ def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:
 def write_json(path: str | os.PathLike, obj) -> None:
     path = Path(path)
     write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
+    """Write a CSV table atomically (as `write_text`)."""
+    text = io.StringIO()
+    writer = csv.writer(text, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

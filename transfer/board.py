@@ -23,7 +23,6 @@ from pathlib import Path
 import keras
 import numpy as np
 import tensorflow as tf
-from tensorboard.plugins.hparams import api as hparams_api
 
 # Row fields recorded as hyperparameters, when the run has them (strings, numbers and booleans).
 HPARAMS = ("command", "method", "objective", "encoder", "data", "arch", "image_size", "labels_per_class", "seed",
@@ -69,6 +68,8 @@ def write_hparams(root: str | None, run_id: str, row: dict) -> None:
     """The run's HParams record: HPARAMS of `row` as hyperparameters, METRICS as scalars."""
     if not root:
         return
+    from tensorboard.plugins.hparams import api as hparams_api  # 90 ms to import: only for --tensorboard runs
+
     params = {k: _plain(row[k]) for k in HPARAMS if k in row and _plain(row[k]) is not None}
     with tf.summary.create_file_writer(str(Path(root) / run_id)).as_default():
         hparams_api.hparams(params, trial_id=run_id)

@@ -20,13 +20,17 @@ from transfer.listing import Listing
 SELECTIONS = ("random", "stratified", *[s for s in selection.STRATEGIES if s != "random"])
 
 
-def feature_model(encoder: str, readout: str = "avg"):
+def feature_model(encoder: str, readout: str = "avg", channels: int | None = None):
     """(the feature model of a pretrain run directory, or None for "pixels"; its image size or
-    None; its channels or None; its objective or "pixels")."""
+    None; its channels or None; its objective or "pixels"). `channels` asked for must be the
+    encoder's."""
     if encoder == "pixels":
         return None, None, None, "pixels"
     model, manifest = artifacts.load_model_run(encoder, "encoder")
     pre = manifest["preprocessing"]
+    if channels is not None and channels != int(pre["channels"]):
+        raise TransferError(f"the encoder takes {pre['channels']}-channel images; --channels {channels} cannot "
+                            "serve it")
     return (models.build_features(model, readout, frozen=True), int(pre["image_size"]), int(pre["channels"]),
             manifest["objective"])
 

@@ -4,8 +4,6 @@ contact sheet, and a CSV naming them), written into every fine-tune's run direct
 
 from __future__ import annotations
 
-import csv
-import io
 from pathlib import Path
 
 import numpy as np
@@ -50,26 +48,18 @@ def write(folder: Path, classifier, source: Listing, index, image_size: int, cla
         return {}
     predicted = probs.argmax(axis=1)
     counts = confusion(labels, predicted, len(class_names))
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["true \\ predicted", *class_names])
-    writer.writerows([name, *row] for name, row in zip(class_names, counts.tolist()))
-    artifacts.write_text(folder / "confusion.csv", text.getvalue())
+    artifacts.write_csv(folder / "confusion.csv", ["true \\ predicted", *class_names],
+                        ([name, *row] for name, row in zip(class_names, counts.tolist())))
     _plot_confusion(counts, class_names, folder / "confusion.png")
     worst = most_confident_mistakes(probs, labels)
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(["path", "true", "predicted", "probability"])
-    writer.writerows([source.name(positions[r]), class_names[labels[r]], class_names[predicted[r]],
-                      f"{probs[r, predicted[r]]:.4f}"] for r in worst)
-    artifacts.write_text(folder / "mistakes.csv", text.getvalue())
+    artifacts.write_csv(folder / "mistakes.csv", ["path", "true", "predicted", "probability"],
+                        ([source.name(positions[r]), class_names[labels[r]], class_names[predicted[r]],
+                          f"{probs[r, predicted[r]]:.4f}"] for r in worst))
     if len(worst):
-        loaded = stream.load(source, positions[worst], image_size)
-        row = {name: k for k, name in enumerate(loaded.paths)}
-        shown = [(loaded.images[row[source.name(positions[r])]], f"{class_names[labels[r]]} → "
-                  f"{class_names[predicted[r]]} ({probs[r, predicted[r]]:.2f})") for r in worst
-                 if source.name(positions[r]) in row]
-        _plot_mistakes(shown, folder / "mistakes.png")
+        images, kept = stream.load_in_order(source, positions[worst], image_size)
+        row = {int(positions[r]): r for r in worst}
+        _plot_mistakes([(image, f"{class_names[labels[r]]} → {class_names[predicted[r]]} ({probs[r, predicted[r]]:.2f})")
+                        for image, r in zip(images, (row[p] for p in kept))], folder / "mistakes.png")
     return {"mistakes": int((predicted != labels).sum())}
 
 

@@ -25,6 +25,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
 from transfer.errors import TransferError
+from transfer.evaluation import normalized
 
 STRATEGIES = ("typiclust", "kcenter", "random")
 MIN_CLUSTER_SIZE = 5
@@ -33,9 +34,9 @@ K_NN = 20
 FULL_KMEANS = 50  # up to this many clusters, full k-means; beyond, mini-batch k-means (as the authors)
 
 
-def normalized(features: np.ndarray) -> np.ndarray:
-    f = np.asarray(features, np.float32).reshape(len(features), -1)
-    return f / (np.linalg.norm(f, axis=1, keepdims=True) + 1e-8)
+def _distances(f: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Euclidean distances between unit rows of f and unit centres (|a-b|^2 = 2 - 2ab), (n, len(centres))."""
+    return np.sqrt(np.maximum(2.0 - 2.0 * (f @ np.atleast_2d(centres).T), 0.0))
 
 
 def typicality(features: np.ndarray, k: int) -> np.ndarray:
@@ -89,14 +90,12 @@ def kcenter(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 
     f = normalized(features)
     nearest = np.full(len(f), np.inf, dtype=np.float32)  # distance to the closest centre so far
     for start in range(0, len(labeled), 1024):
-        block = f[labeled[start:start + 1024]]
-        d = np.sqrt(np.maximum(2.0 - 2.0 * (f @ block.T), 0.0)).min(axis=1)  # unit vectors: |a-b|^2 = 2 - 2ab
-        nearest = np.minimum(nearest, d)
+        nearest = np.minimum(nearest, _distances(f, f[labeled[start:start + 1024]]).min(axis=1))
     chosen = []
     if not len(labeled):
         first = int(np.random.default_rng(seed).integers(len(f)))
         chosen.append(first)
-        nearest = np.minimum(nearest, np.sqrt(np.maximum(2.0 - 2.0 * (f @ f[first]), 0.0)))
+        nearest = np.minimum(nearest, _distances(f, f[first])[:, 0])
     nearest[labeled] = -1.0
     while len(chosen) < budget:
         nearest[chosen] = -1.0
@@ -104,7 +103,7 @@ def kcenter(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 
         if nearest[pick] < 0:
             break
         chosen.append(pick)
-        nearest = np.minimum(nearest, np.sqrt(np.maximum(2.0 - 2.0 * (f @ f[pick]), 0.0)))
+        nearest = np.minimum(nearest, _distances(f, f[pick])[:, 0])
     return np.array(chosen, dtype=np.int64)
 
 

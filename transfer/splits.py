@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from transfer import data, stream
+from transfer import builtins, data, stream
 from transfer.errors import TransferError
 from transfer.listing import Listing, report_skipped
 
@@ -64,3 +64,13 @@ def open_labeled(src: str, test_src: str | None, test_fraction: float, image_siz
         raise TransferError(f"{src}: the test split is empty; give --test-data or more images")
     return splits
 
+
+def open_pool(src: str, labeled: bool, image_size: int, channels: int | None, log=print) -> tuple[Listing, np.ndarray]:
+    """(source, the positions of its pool): a labeled source (built-ins always) without its test
+    split, as fine-tune splits it; an unlabeled one whole."""
+    if labeled or builtins.is_builtin(src):
+        found = open_labeled(src, None, data.DEFAULT_TEST_FRACTION, image_size, channels, log)
+        return found.source, found.pool
+    source = stream.open_source(src, False, image_size, channels)
+    report_skipped(source.skipped, log)
+    return source, np.arange(len(source))

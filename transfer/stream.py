@@ -189,6 +189,15 @@ def load(source: Listing, index, image_size: int) -> Listing:
     return source.subset(positions, skipped=list(skipped), images=images)
 
 
+def load_in_order(source: Listing, positions, image_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images, their positions): the images at `positions` decoded into memory in that order
+    (`load` decodes in position order); any that fail to decode are left out of both."""
+    loaded = load(source, positions, image_size)
+    row = {name: k for k, name in enumerate(loaded.paths)}
+    kept = np.array([int(p) for p in positions if source.name(int(p)) in row], dtype=np.int64)
+    return loaded.images[np.array([row[source.name(p)] for p in kept], dtype=np.int64)], kept
+
+
 # --------------------------------------------------------------------------- training images
 
 
