@@ -68,7 +68,7 @@ def folds(labels, ids, k: int = FOLDS):
 
 def worker(data: str, setting: str, seed: int, on: str, out: str) -> list[dict]:
     from pipelines import pretrain
-    from transfer import artifacts, builtins, evaluation, features, models, training
+    from transfer import artifacts, builtins, evaluation, features, models, stream, training
     from transfer import data as datalib
     from transfer.architectures import Block
     from transfer.config import PretrainConfig
@@ -93,7 +93,7 @@ def worker(data: str, setting: str, seed: int, on: str, out: str) -> list[dict]:
     for name, model, readout in [("pixels", None, ""), *[("random", random, r) for r in READOUTS],
                                  *[(setting, encoder, r) for r in READOUTS]]:
         net = None if model is None else models.build_features(model, readout, frozen=True)
-        f, y, positions = features.compute(net, everything, np.concatenate([pool, test]), size)
+        f, y, positions = features.compute(net, stream.ImageSet(everything, np.concatenate([pool, test]), size))
         where = {p: i for i, p in enumerate(positions)}
         got = [evaluation.scores(f[[where[i] for i in ref]], y[[where[i] for i in ref]],
                                  f[[where[i] for i in scored]], y[[where[i] for i in scored]], n_classes,

@@ -52,7 +52,7 @@ def run_plain(cfg: FineTuneConfig, epochs: int) -> tuple[float, float]:
     model = plain_keras_cnn(train.images.shape[1:], len(train.class_names))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     model.fit(train.images, train.labels, epochs=epochs, batch_size=32, verbose=0)
-    accuracy = model.evaluate(found.test_batches(cfg.image_size), verbose=0, return_dict=True)["accuracy"]
+    accuracy = model.evaluate(found.test_set(cfg.image_size).batches(256, with_labels=True), verbose=0, return_dict=True)["accuracy"]
     return float(accuracy), time.perf_counter() - start
 
 

@@ -79,8 +79,8 @@ class Run:
     def temporary(self, listing):
         """`listing` (from `stream.decode_once`), whose decoded-once file is removed when the run
         ends, finished, failed or stopped (not left to the garbage collector)."""
-        if listing.decoded and listing.decoded.get("folder") is not None:
-            self._temporary.callback(listing.decoded["folder"].cleanup)
+        if listing.store.folder is not None:
+            self._temporary.callback(listing.store.folder.cleanup)
         return listing
 
     def __exit__(self, kind, exc, tb) -> bool:

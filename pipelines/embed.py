@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, budget, evaluation, features, splits
+from transfer import artifacts, budget, evaluation, features, splits, stream
 from transfer.config import EmbedConfig
 from transfer.errors import TransferError
 
@@ -33,7 +33,7 @@ def run(cfg: EmbedConfig, log=print) -> dict:
     source, _ = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)  # every image
     log(f"embedding {len(source)} images of {cfg.data} with {cfg.encoder}"
         + ("" if net is None else f" ({objective}, readout {cfg.readout})"))
-    f, y, positions = features.compute(net, source, np.arange(len(source)), size)
+    f, y, positions = features.compute(net, stream.ImageSet.of(source, image_size=size))
     report_skipped(source.failed, log, "while decoding")
     if len(f) == 0:
         raise TransferError(f"{cfg.data}: no readable images to embed")

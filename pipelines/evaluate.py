@@ -35,8 +35,8 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     for method, model, readout in candidates:
         start = time.perf_counter()
         net = None if model is None else models.build_features(model, readout, frozen=True)
-        pool_f, pool_y, _ = features.compute(net, found.source, found.pool, size)
-        test_f, test_y, _ = features.compute(net, found.test_source, found.test_index, size)
+        pool_f, pool_y, _ = features.compute(net, found.pool_set(size))
+        test_f, test_y, _ = features.compute(net, found.test_set(size))
         if len(pool_f) == 0 or len(test_f) == 0:
             raise TransferError(f"{cfg.data}: no readable images to evaluate on")
         got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed)

@@ -35,33 +35,15 @@ def _resolve_encoder(cfg: FineTuneConfig):
     return encoder, manifest, int(pre["image_size"]), int(pre["channels"]), None
 
 
-@dataclass
-class TestSplit:
-    """The test images: listed, streamed through the model at evaluation, never all in memory."""
-
-    source: stream.Listing
-    index: np.ndarray
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    @property
-    def ids(self) -> np.ndarray:
-        return self.source.ids[self.index]
-
-    def batches(self, image_size: int, batch_size: int = 256):
-        return stream.dataset(self.source, self.index, image_size, batch_size=batch_size, with_labels=True)
-
-
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
-    """(source, labeled training images in memory, TestSplit)."""
+    """(source, labeled training images in memory, the test images: streamed, never all in memory)."""
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, log)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
     if cfg.labels is None:
         train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, log)
     else:
         train = found.at(_choose_labels(cfg, found, image_size, log), image_size, log)
-    return found.source, train, TestSplit(found.test_source, found.test_index)
+    return found.source, train, found.test_set(image_size)
 
 
 def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, log) -> np.ndarray:
@@ -100,16 +82,16 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                 encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
-            pool = _open_pool(cfg, image_size, channels, test, run)
+            pool, leaked_pool = _open_pool(cfg, image_size, channels, test, run)
             job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log,
-                      trainer=FixMatchTrainer(pool) if pool is not None else SupervisedTrainer())
+                      trainer=FixMatchTrainer(pool, leaked_pool) if pool is not None else SupervisedTrainer())
             if encoder is not None:
                 _prepare_encoder(job)
             fit = _fit_pixels if encoder is None else _fit_frozen if cfg.freeze == "all" else _fit_end_to_end
             classifier, metrics = fit(job)
         if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
             return {}
-        metrics.update(mistakes.write(run.staging, classifier, test.source, test.index, image_size, train.class_names))
+        metrics.update(mistakes.write(run.staging, classifier, test, train.class_names))
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
                        encoder={"source": cfg.encoder, "objective": objective,
                                 "sha256": manifest["model_sha256"] if manifest else None},
@@ -127,7 +109,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
         else "none", unlabeled=cfg.unlabeled,
         n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked, **_budget_fields(cfg, train),
-        **_skipped_counts(source, test.source, pool), **metrics, **job.pace.row())
+        **_skipped_counts(source, test.listing, pool), **metrics, **job.pace.row())
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
 
@@ -159,7 +141,7 @@ def _select_encoder(cfg: FineTuneConfig) -> str:
     return cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
 
 
-def _leaked(cfg: FineTuneConfig, manifest, test: TestSplit, log) -> int | None:
+def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | None:
     """How many test images the encoder was pretrained on (None: no pretrained encoder), with a warning."""
     leaked = artifacts.count_leaked(cfg.encoder, test.ids) if manifest else None
     if leaked:
@@ -173,7 +155,7 @@ def _budget_fields(cfg: FineTuneConfig, train) -> dict:
             "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
 
 
-def _skipped_counts(source, test_source, pool: "Pool | None") -> dict:
+def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:
     """Unreadable files (at listing and while decoding) of every source the run read:
     `skipped_data` (--data), `skipped_test_data` (--test-data), `skipped_unlabeled`
     (--unlabeled), and their total `skipped_files`."""
@@ -181,7 +163,7 @@ def _skipped_counts(source, test_source, pool: "Pool | None") -> dict:
     if test_source is not source:
         counts["skipped_test_data"] = len(test_source.skipped) + len(test_source.failed)
     if pool is not None:
-        counts["skipped_unlabeled"] = pool.skipped + len(pool.source.failed)
+        counts["skipped_unlabeled"] = len(pool.listing.skipped) + len(pool.failed)
     return {"skipped_files": sum(counts.values()), **counts}
 
 
@@ -211,8 +193,8 @@ class Job:
     encoder: object  # keras.Model, or None for the pixel baseline
     pretrained: bool
     train: stream.Listing  # the labeled images, in memory
-    test: TestSplit
-    unlabeled: "Pool | None"
+    test: stream.ImageSet  # streamed at evaluation
+    unlabeled: stream.ImageSet | None  # the pool of semi-supervised fine-tuning (streamed)
     run: Run
     log: object
     readout: str = "avg"  # the concrete readout (cfg.readout, or the one "auto" chose)
@@ -240,22 +222,13 @@ class Pace:
                 "images_per_second": round(self.images / self.seconds, 1) if self.seconds > 0 else None}
 
 
-@dataclass
-class Pool:
-    """The unlabeled images of semi-supervised fine-tuning (streamed)."""
-
-    source: stream.Listing
-    index: np.ndarray
-    leaked: int  # test images found in it
-    skipped: int  # files skipped as unreadable when the pool was listed (decoding failures: source.failed)
-
-
-def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSplit, run: Run) -> Pool | None:
-    """The --unlabeled pool, with the test images found in it counted; files are decoded once
-    when FixMatch will draw more images than the pool holds (on digits: 300 passes), and
+def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: stream.ImageSet,
+               run: Run) -> tuple[stream.ImageSet | None, int]:
+    """(the --unlabeled pool or None, how many test images are in it); its files are decoded
+    once when FixMatch will draw more images than the pool holds (on digits: 300 passes), and
     removed when the run ends."""
     if not cfg.unlabeled:
-        return None
+        return None, 0
     log = run.log
     source = stream.open_source(cfg.unlabeled, False, image_size, channels)
     report_skipped(source.skipped, log)
@@ -264,7 +237,7 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: TestSp
         log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
     passes = cfg.steps * cfg.mu * cfg.batch_size / max(len(source), 1)
     decoded, index = stream.decode_once(source, np.arange(len(source)), image_size, passes, log)
-    return Pool(run.temporary(decoded), index, leaked, len(source.skipped))
+    return stream.ImageSet(run.temporary(decoded), index, image_size), leaked
 
 
 def _prepare_encoder(job: Job) -> None:
@@ -275,8 +248,7 @@ def _prepare_encoder(job: Job) -> None:
     if cfg.adapt_bn:
         images = train.images
         if job.unlabeled is not None:
-            sample = job.unlabeled.index[: ADAPT_BN_IMAGES]
-            images = np.concatenate([images, stream.load(job.unlabeled.source, sample, train.images.shape[1]).images])
+            images = np.concatenate([images, job.unlabeled.sample(ADAPT_BN_IMAGES)])
         models.unfreeze(encoder)
         training.recalibrate_batchnorm(encoder, images, 256, seed=cfg.seed)
         job.log(f"BatchNorm statistics re-estimated on {len(images)} target images (AdaBN)")
@@ -363,15 +335,13 @@ class FixMatchTrainer:
     steps (in epochs of semi.STEPS_PER_EPOCH, each backed up) in the phase it trains: the
     supervised trainer's epochs do not apply."""
 
-    def __init__(self, pool: Pool):
-        self.pool = pool
+    def __init__(self, pool: stream.ImageSet, leaked: int):
+        self.pool, self.leaked = pool, leaked  # the unlabeled images; the test images among them
 
     def fit(self, job: Job, classifier, learning_rate: float, epochs: int, phase: str) -> dict:
         cfg, pool = job.cfg, self.pool
-        image_size = classifier.input.shape[1]
         per_epoch = min(semi.STEPS_PER_EPOCH, cfg.steps)
-        ds, batch = semi.batches(job.train, pool.source, pool.index, image_size, cfg.batch_size, cfg.mu, cfg.seed,
-                                 per_epoch)
+        ds, batch = semi.batches(stream.ImageSet.of(job.train), pool, cfg.batch_size, cfg.mu, cfg.seed, per_epoch)
         policy = cfg.augment if cfg.augment != "none" else "label-preserving"
         model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
                               cfg.unlabeled_weight)
@@ -380,7 +350,7 @@ class FixMatchTrainer:
         distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
         epochs = -(-cfg.steps // per_epoch)
         job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled + {cfg.mu * batch} unlabeled "
-                f"images from {len(pool.index)}, threshold {cfg.threshold}")
+                f"images from {len(pool)}, threshold {cfg.threshold}")
         start = time.perf_counter()
         history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
                                history_path=job.run.staging / "history-semi.csv",
@@ -388,11 +358,11 @@ class FixMatchTrainer:
                                jit_compile=cfg.xla, tensorboard=job.run.board("semi"))
         steps_run = per_epoch * len(history.history.get("loss", []))
         job.pace.add(steps_run * batch * (1 + 2 * cfg.mu), time.perf_counter() - start)
-        report_skipped(pool.source.failed, job.log, "while streaming the unlabeled pool")
+        report_skipped(pool.failed, job.log, "while streaming the unlabeled pool")
         mask = history.history.get("mask_rate") or [float("nan")]
         return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight,
                 "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
-                "n_unlabeled": len(pool.index), "test_in_unlabeled": pool.leaked}
+                "n_unlabeled": len(pool), "test_in_unlabeled": self.leaked}
 
 
 def _fit_head(job: Job, features, history: str = "history.csv"):
@@ -433,11 +403,11 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
     return head
 
 
-def _evaluate(classifier, train, test: TestSplit) -> dict:
+def _evaluate(classifier, train, test: stream.ImageSet) -> dict:
     """Accuracy and loss on the streamed test split (images that fail to decode are not counted)."""
-    before = len(test.source.failed)
-    result = classifier.evaluate(test.batches(classifier.input.shape[1]), verbose=0, return_dict=True)
-    n_test = len(test) - (len(test.source.failed) - before)
+    before = len(test.failed)
+    result = classifier.evaluate(test.batches(256, with_labels=True), verbose=0, return_dict=True)
+    n_test = len(test) - (len(test.failed) - before)
     _, train_acc = classifier.evaluate(train.images, train.labels, batch_size=256, verbose=0)
     return {"test_accuracy": float(result["accuracy"]), "test_loss": float(result["loss"]),
             "train_accuracy": float(train_acc), "n_test": n_test}

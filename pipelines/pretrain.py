@@ -35,25 +35,25 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         val_images = stream.load(source, val_idx, cfg.image_size).images
         train = _train_images(cfg, source, train_idx, run)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
-            f"({_how_held(train.source)}; {len(val_idx)} held out), "
+            f"({_how_held(train.listing)}; {len(val_idx)} held out), "
             f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")
         with run.distributed():
             training.set_seed(cfg.seed)
             encoder = models.build_encoder(train.shape, blocks, cfg.arch)
-            batch = min(cfg.batch_size, train.count)
-            options = _options(cfg, learning_rate, batch, cfg.epochs * -(-train.count // batch))
+            batch = min(cfg.batch_size, len(train))
+            options = _options(cfg, learning_rate, batch, cfg.epochs * -(-len(train) // batch))
             model = objective.build(encoder, blocks, train.shape, options)
             watch = _online_probe(cfg, encoder, source.channels, log)
             fit_start = time.perf_counter()
-            batches, steps = train.training_batches(options.batch_size, cfg.seed)
+            batches, steps = train.train_batches(options.batch_size, cfg.seed)
             history = training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
                                    history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"),
                                    log=log, log_prefix="pretrain ", jit_compile=cfg.xla,
                                    tensorboard=run.board("pretrain"), validation_data=(
-                                       stream.in_memory(val_images).batches(options.batch_size)
+                                       stream.ImageSet.of_arrays(val_images).eval_batches(options.batch_size)
                                        if objective.VALIDATES and len(val_images) > 1 else None),
                                    extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
-            fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, train.count)
+            fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, len(train))
             report = _report(objective, model, train, val_images, watch)
         report_skipped(source.failed, log, "while streaming")
         for w in report.warnings:
@@ -70,10 +70,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     return row
 
 
-def _train_images(cfg, source, train_idx, run) -> stream.TrainImages:
+def _train_images(cfg, source, train_idx, run) -> stream.ImageSet:
     """The images to train on; files are decoded once, not every epoch (removed when the run ends)."""
     decoded, index = stream.decode_once(source, train_idx, cfg.image_size, cfg.epochs, run.log)
-    return stream.TrainImages(run.temporary(decoded), index, cfg.image_size)
+    return stream.ImageSet(run.temporary(decoded), index, cfg.image_size)
 
 
 def _resolve_epochs(cfg: PretrainConfig, n_train: int, run: Run) -> PretrainConfig:
@@ -111,7 +111,7 @@ def _images_trained(history, steps: int | None, batch: int, count: int) -> int:
 def _how_held(source) -> str:
     if source.images is not None:
         return "in memory"
-    return "streamed, decoded once" if source.decoded else "streamed"
+    return "streamed, decoded once" if source.store.folder is not None else "streamed"
 
 
 def _online_probe(cfg, encoder, channels: int, log):

@@ -43,7 +43,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
     what = "raw pixels" if net is None else f"{cfg.encoder} ({cfg.readout})"
     log(f"selecting {cfg.budget} of {len(pool)} images of {cfg.data} to label ({cfg.strategy} on {what}"
         + (f"; {len(excluded)} already labeled" if len(excluded) else "") + ")")
-    f, y, positions = features.compute(net, source, pool, size)
+    f, y, positions = features.compute(net, stream.ImageSet(source, pool, size))
     report_skipped(source.failed, log, "while decoding")
     if len(f) == 0:
         raise TransferError(f"{cfg.data}: no readable images to select from")

@@ -4,13 +4,6 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
-if os.environ.get("PYTEST_XDIST_WORKER"):  # one of several test processes (pytest-xdist, pyproject's addopts)
-    import tensorflow as tf
-
-    # One thread per op: the processes share the cores; tiny models gain nothing from more.
-    # Inter-op parallelism is left alone: replicas of an in-process MirroredStrategy run concurrently.
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402

@@ -91,7 +91,7 @@ def test_pretraining_batches_are_full_and_an_epoch_is_one_pass_rounded_up():
     """Pretraining draws full batches (one shape: traced once; no batch of one image at an
     epoch's end), ceil(n / batch) of them an epoch, from reshuffled whole passes."""
     images = np.arange(10, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 1), np.float32)
-    batches, steps = stream.in_memory(images).training_batches(4, seed=3)
+    batches, steps = stream.ImageSet.of_arrays(images).train_batches(4, seed=3)
     assert steps == 3  # 10 images, batches of 4
     drawn = [x[:, 0, 0, 0] for x in batches.take(5).as_numpy_iterator()]  # 20 images: two passes
     assert [len(d) for d in drawn] == [4] * 5
@@ -104,7 +104,7 @@ def test_decode_once_keeps_the_decoders_pixels_drops_torn_files_and_removes_its_
     listing, torn, lines = stream.open_source(str(mixed_dir), True, 12), str(mixed_dir / "b" / "torn.png"), []
     assert stream.decode_once(listing, np.arange(len(listing)), 12, passes=1)[0] is listing  # one pass: no gain
     once, index = stream.decode_once(listing, np.arange(len(listing)), 12, passes=2, log=lines.append)
-    assert once.decoded and len(once) == len(index) == 14 and "decoded 14 images" in lines[0]
+    assert once.store.folder is not None and len(once) == len(index) == 14 and "decoded 14 images" in lines[0]
     assert [n for n, _ in listing.failed] == [torn] and [n for n, _ in once.failed] == [torn]
     expected = decoded_files(mixed_dir, 12)
     read = stream.load(once, index, 12)
@@ -118,7 +118,7 @@ def test_decode_once_keeps_the_decoders_pixels_drops_torn_files_and_removes_its_
     with pytest.raises(TransferError, match="decoded at 12x12"):
         stream.dataset(once, index, 16, batch_size=4)
     assert stream.decode_once(once, index, 12, 2)[0] is once and stream.decode_once(read, index, 12, 2)[0] is read
-    folder = Path(once.decoded["folder"].name)
+    folder = Path(once.store.folder.name)
     assert (folder / "images.f16").stat().st_size == 14 * 12 * 12 * 3 * 2
     del once, read
     gc.collect()

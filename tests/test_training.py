@@ -1,17 +1,17 @@
-"""The fit machinery: one iterator over all epochs, backup cadence, progress lines and bars."""
+"""The fit machinery: one iterator over all epochs (arrays drawn as image sets are), backup cadence, progress lines and bars."""
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import training
+from transfer import stream, training
 from transfer.progress import Progress
 
 
 def test_arrays_become_one_stream_of_full_batches_each_pass_a_permutation():
     x = np.arange(10, dtype="float32").reshape(10, 1)
-    ds, y, batch, steps = training.one_iterator(x, np.arange(10), 4, None)
-    assert y is None and batch is None and steps == 3
+    ds, steps = stream.ImageSet.of_arrays(x, np.arange(10)).train_batches(4, None, with_labels=True)
+    assert steps == 3
     seen = []
     for images, labels in ds.take(10):  # 40 examples: four passes over the ten
         assert images.shape == (4, 1)  # never a smaller last batch: one traced step
@@ -22,12 +22,14 @@ def test_arrays_become_one_stream_of_full_batches_each_pass_a_permutation():
     assert seen[:10] != seen[10:20]  # reshuffled every pass
 
 
-def test_a_finite_dataset_is_repeated_with_its_length_as_the_epoch():
-    ds = tf.data.Dataset.range(7).batch(3)
-    repeated, _, _, steps = training.one_iterator(ds, None, None, None)
-    assert steps == 3 and [b.numpy().tolist() for b in repeated.take(4)][-1] == [0, 1, 2]
-    unknown = tf.data.Dataset.range(7).filter(lambda v: v > 2).batch(3)
-    assert training.one_iterator(unknown, None, None, None)[0] is unknown  # left as it is
+def test_fit_on_arrays_trains_ceil_n_over_batch_steps_an_epoch_on_one_iterator():
+    x = np.random.default_rng(0).random((10, 3)).astype("float32")
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    model.compile("adam", "sparse_categorical_crossentropy")
+    seen = []
+    counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
+    history = training.fit(model, x, np.arange(10) % 2, epochs=2, batch_size=4, extra_callbacks=[counter])
+    assert len(history.history["loss"]) == 2 and seen == [0, 1, 2, 0, 1, 2]
 
 
 def _tiny():

@@ -23,7 +23,7 @@ def encoder(tmp_path_factory):
     blocks = preset_blocks("small", (6, 8))
     enc = models.build_encoder((12, 12, 3), blocks)
     model = objectives.get("autoencoder").build(enc, blocks, (12, 12, 3), objectives.Options(3e-3, 16))
-    batches, steps = stream.in_memory(images[:80]).training_batches(16)
+    batches, steps = stream.ImageSet.of_arrays(images[:80]).train_batches(16)
     model.fit(batches, steps_per_epoch=steps, epochs=8, shuffle=False, verbose=0)  # shuffled by the stream
     return enc
 

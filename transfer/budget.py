@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from transfer import artifacts, features, models, selection
+from transfer import artifacts, features, models, selection, stream
 from transfer.errors import TransferError
 from transfer.listing import Listing
 
@@ -61,5 +61,5 @@ def choose(how: str, source: Listing, pool: np.ndarray, n: int, seed: int, net=N
         if source.labels is None:
             raise TransferError("a stratified draw needs the pool's labels")
         return stratified(source.labels, pool, n, seed)
-    f, _, positions = features.compute(net, source, pool, image_size)
+    f, _, positions = features.compute(net, stream.ImageSet(source, pool, image_size))
     return positions[selection.select(how, f, n, (), seed)]

@@ -33,7 +33,7 @@ import numpy as np
 
 from transfer.data import DEFAULT_TEST_FRACTION, LUMA, content_id, convert_channels, resize, split_test
 from transfer.errors import TransferError
-from transfer.listing import Listing
+from transfer.listing import InMemory, Listing
 
 PATCH = 32
 
@@ -204,6 +204,6 @@ def load(name: str, image_size: int, channels: int | None, labeled: bool, split:
         src=name, paths=[f"{name}[{i}]" for i in index], ids=raw.ids[index],
         labels=raw.labels[index] if labeled else None,
         class_names=list(raw.class_names) if labeled else [],
-        channels=int(images.shape[-1]), images=images.astype(np.float32),
+        channels=int(images.shape[-1]), store=InMemory(images.astype(np.float32)),
         test_mask=raw.test_mask[index] if (labeled and raw.test_mask is not None) else None,
     )

@@ -22,10 +22,14 @@ import os
 import shutil
 import time
 
+from dataclasses import dataclass
+
 import numpy as np
+import tensorflow as tf
 
 from transfer import stopping
-from transfer.listing import Listing
+from transfer.errors import TransferError
+from transfer.listing import Listing, batched_records
 
 DTYPE = np.dtype(np.float16)
 
@@ -34,11 +38,41 @@ def nbytes(n: int, image_size: int, channels: int) -> int:
     return n * image_size * image_size * channels * DTYPE.itemsize
 
 
-def build(source: Listing, index, image_size: int, records, log=print) -> tuple[Listing, np.ndarray] | None:
-    """The images of file source `source` at `index` decoded once (by `records`, the data
-    layer's decoder) into a temporary file: (a listing over it, the index into that
-    listing), or None when the disk lacks room. Files that fail to decode are dropped,
-    and recorded in both listings' `failed`."""
+@dataclass(frozen=True)
+class Decoded:
+    """The listing's pixels decoded once into `path` at `image_size` (a `transfer.listing.Store`),
+    in the temporary `folder` (removed with it)."""
+
+    path: str
+    image_size: int
+    folder: object
+    decodes_per_pass = False
+
+    def check_size(self, src: str, image_size: int) -> None:
+        if self.image_size != int(image_size):
+            raise TransferError(f"{src} was decoded at {self.image_size}x{self.image_size}. "
+                                f"Received: image_size={image_size}")
+
+    def records(self, listing: Listing, index, image_size: int, shuffle: bool, seed: int, shard):
+        return batched_records(listing, index, shuffle, seed, shard, self.batch_reader(listing))
+
+    def batch_reader(self, listing: Listing):
+        read, shape = reader(self.path, self.image_size, listing.channels), (None, self.image_size,
+                                                                           self.image_size, listing.channels)
+
+        def load(positions, labels):
+            images = tf.numpy_function(read, [positions], tf.float32, stateful=False)
+            images.set_shape(shape)
+            return positions, images, labels
+
+        return load
+
+
+def build(source: Listing, index, image_size: int, log=print) -> tuple[Listing, np.ndarray] | None:
+    """The images of file source `source` at `index` decoded once (streamed from its store)
+    into a temporary file: (a listing over it, the index into that listing), or None when
+    the disk lacks room. Files that fail to decode are dropped, and recorded in both
+    listings' `failed`."""
     index = np.sort(np.asarray(index, dtype=np.int64))
     size = nbytes(len(index), image_size, source.channels)
     folder = stopping.temporary_directory("transfer-decoded-")
@@ -49,24 +83,23 @@ def build(source: Listing, index, image_size: int, records, log=print) -> tuple[
         return None
     start, path, kept = time.perf_counter(), os.path.join(folder.name, "images.f16"), []
     with open(path, "wb") as out:
-        for positions, images, _ in records(source, index, image_size).batch(256).as_numpy_iterator():
+        records = source.store.records(source, index, image_size, False, 0, None)
+        for positions, images, _ in records.batch(256).as_numpy_iterator():
             stopping.check()
             out.write(images.astype(DTYPE).tobytes())
             kept.append(positions)
     kept = np.concatenate(kept) if kept else np.zeros(0, np.int64)
-    decoded = source.subset(kept, failed=list(source.failed),
-                            decoded={"path": path, "image_size": int(image_size), "folder": folder})
+    decoded = source.subset(kept, skipped=list(source.skipped), failed=list(source.failed),
+                            store=Decoded(path, int(image_size), folder))
     log(f"decoded {len(kept)} images of {source.src} once ({image_size}x{image_size}x{source.channels}, "
         f"{nbytes(len(kept), image_size, source.channels) / 2**20:.1f} MiB on disk) in "
         f"{time.perf_counter() - start:.1f}s")
     return decoded, np.arange(len(kept))
 
 
-def reader(listing: Listing):
-    """A function: int64 positions -> float32 (n, H, W, C) images read from the listing's file."""
-    size, channels = listing.decoded["image_size"], listing.channels
+def reader(path: str, size: int, channels: int):
+    """A function: int64 positions -> float32 (n, H, W, C) images read from the file at `path`."""
     shape, row = (size, size, channels), nbytes(1, size, channels)
-    path = listing.decoded["path"]
 
     def read(positions: np.ndarray) -> np.ndarray:
         out = np.empty((len(positions), *shape), DTYPE)

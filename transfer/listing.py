@@ -1,4 +1,5 @@
-"""A source's images, listed but not (necessarily) decoded: the `Listing` every source becomes.
+"""A source's images, listed but not (necessarily) decoded: the `Listing` every source becomes,
+and where its pixels are stored (`Store`: in memory, files, prepared shards, decoded once).
 
 A directory or CSV manifest is listed here: every file's bytes hashed for its
 content id, its header read for its channel count, no pixels decoded. Prepared
@@ -20,14 +21,119 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable, Protocol
 
 import numpy as np
+import tensorflow as tf
 
 from transfer import data, stopping
 from transfer.errors import TransferError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+
+
+class Store(Protocol):
+    """Where a listing's pixels are: each kind reads the images at some positions, and nothing
+    outside `transfer.listing`, `prepared` and `decoded` asks which kind it is.
+
+    Attributes:
+        decodes_per_pass: every pass over the images decodes files again (worth decoding once).
+        folder: a temporary folder holding the pixels, removed when the run that made it ends (or None).
+    """
+
+    decodes_per_pass: bool
+    folder: object | None
+
+    def check_size(self, src: str, image_size: int) -> None:
+        """Refuse an image size the stored pixels cannot serve."""
+
+    def records(self, listing: "Listing", index: np.ndarray, image_size: int, shuffle: bool, seed: int, shard):
+        """Unbatched (position, float32 image, int64 label or -1) of the images at sorted `index`,
+        this worker's part (`shard` = (num_shards, index)), shuffled afresh every pass with `shuffle`."""
+
+    def batch_reader(self, listing: "Listing") -> Callable | None:
+        """(positions, labels) -> (positions, float32 images, labels) of a whole batch at once,
+        or None when images are read one at a time (`records`)."""
+
+
+def order(ds, buffer: int, shuffle: bool, seed: int, shard):
+    """This worker's part (`shard` = (num_shards, index)), shuffled afresh every epoch."""
+    if shard:
+        ds = ds.shard(*shard)
+    return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True) if shuffle else ds
+
+
+def batched_records(listing: "Listing", index, shuffle: bool, seed: int, shard, read) -> tf.data.Dataset:
+    """`records` of a store that reads a whole batch of positions at once (`read`)."""
+    ds = tf.data.Dataset.from_tensor_slices((index, listing.label_array()[index]))
+    return order(ds, len(index), shuffle, seed, shard).batch(256).map(read).unbatch()
+
+
+@dataclass(frozen=True)
+class InMemory:
+    """float32 (N, H, W, C) pixels held in memory (built-in data, decoded subsets, arrays)."""
+
+    images: np.ndarray
+    decodes_per_pass = False
+    folder = None
+
+    def check_size(self, src: str, image_size: int) -> None:
+        pass  # resized when it was loaded
+
+    def records(self, listing, index, image_size, shuffle, seed, shard):
+        ds = tf.data.Dataset.from_tensor_slices((index, self.images[index], listing.label_array()[index]))
+        return order(ds, len(index), shuffle, seed, shard)
+
+    def batch_reader(self, listing):
+        images = tf.constant(self.images)
+        return lambda positions, labels: (positions, tf.gather(images, positions), labels)
+
+
+@dataclass(frozen=True)
+class Files:
+    """Image files (the listing's paths), decoded by `transfer.data.decode_image` as they are
+    streamed, in parallel; a file that fails to decode is dropped and recorded in `Listing.failed`."""
+
+    decodes_per_pass = True
+    folder = None
+
+    def check_size(self, src: str, image_size: int) -> None:
+        pass  # decoded to any size
+
+    def records(self, listing, index, image_size, shuffle, seed, shard):
+        paths = np.array(listing.paths, dtype=object)[index].astype(str)
+        # Shuffling names, not pixels: a full shuffle costs a few bytes per image.
+        ds = order(tf.data.Dataset.from_tensor_slices((index, paths, listing.label_array()[index])), len(index),
+                   shuffle, seed, shard)
+        channels = listing.channels
+        empty = np.zeros((image_size, image_size, channels), np.float32)
+
+        def decode(path):
+            name = path.decode()
+            try:
+                return data.decode_image(name, image_size, channels), True
+            except TransferError as exc:
+                listing.record_failure(name, str(exc))
+                return empty, False
+
+        def load(i, path, label):
+            image, ok = tf.numpy_function(decode, [path], (tf.float32, tf.bool), stateful=False)
+            image.set_shape((image_size, image_size, channels))
+            return i, image, label, ok
+
+        return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).filter(_is_ok).map(_drop_ok)
+
+    def batch_reader(self, listing):
+        return None
+
+
+def _is_ok(position, image, label, ok):
+    return ok
+
+
+def _drop_ok(position, image, label, ok):
+    return position, image, label
 
 
 @dataclass
@@ -42,9 +148,7 @@ class Listing:
         class_names: class names in index order.
         channels: the channel count every image is converted to.
         skipped: (path, reason) of files that could not be read at listing.
-        prepared: the prepared directory's description, when the source is one.
-        decoded: where its pixels were decoded once (`transfer.decoded`), when they were.
-        images: float32 (N, H, W, C) pixels when held in memory (built-in data, decoded subsets).
+        store: where its pixels are (`Store`): files by default.
         test_mask: a fixed test split the source defines, or None.
         failed: (path, reason) of files that failed to decode while streaming.
     """
@@ -56,9 +160,7 @@ class Listing:
     class_names: list[str] = field(default_factory=list)
     channels: int = 1
     skipped: list[tuple[str, str]] = field(default_factory=list)
-    prepared: dict | None = None
-    decoded: dict | None = None
-    images: np.ndarray | None = None
+    store: Store = field(default_factory=Files)
     test_mask: np.ndarray | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -66,11 +168,16 @@ class Listing:
     def __len__(self) -> int:
         return len(self.ids)
 
+    @property
+    def images(self) -> np.ndarray | None:
+        """float32 (N, H, W, C) pixels when they are held in memory, else None."""
+        return self.store.images if isinstance(self.store, InMemory) else None
+
     @classmethod
-    def of_array(cls, images: np.ndarray, src: str = "memory") -> "Listing":
-        """Images already in memory, unlabeled (validation images, tests)."""
+    def of_array(cls, images: np.ndarray, src: str = "memory", labels: np.ndarray | None = None) -> "Listing":
+        """Images (or any arrays) already in memory (validation images, tests, labeled arrays)."""
         return cls(src=src, paths=[], ids=np.arange(len(images)).astype(str), channels=int(images.shape[-1]),
-                   images=images)
+                   labels=None if labels is None else np.asarray(labels), store=InMemory(images))
 
     def subset(self, positions: np.ndarray, **fields) -> "Listing":
         """The images at `positions` (names, ids, labels, classes and channels), with `fields` set."""
@@ -85,19 +192,14 @@ class Listing:
         return self.paths[position] if self.paths else f"{self.src}[{position}]"
 
     def label_array(self) -> np.ndarray:
-        """int64 labels, or -1 for every image of an unlabeled source."""
-        return self.labels.astype(np.int64) if self.labels is not None else np.full(len(self), -1, np.int64)
+        """int64 labels (float targets of arrays as they are), or -1 for every image of an unlabeled source."""
+        if self.labels is None:
+            return np.full(len(self), -1, np.int64)
+        return self.labels if self.labels.dtype.kind == "f" else self.labels.astype(np.int64)
 
     def check_size(self, image_size: int) -> None:
         """A prepared (or decoded) source has one image size and refuses another."""
-        if self.decoded and int(self.decoded["image_size"]) != int(image_size):
-            raise TransferError(f"{self.src} was decoded at {self.decoded['image_size']}x{self.decoded['image_size']}. "
-                                f"Received: image_size={image_size}")
-        if self.prepared and int(self.prepared["image_size"]) != int(image_size):
-            raise TransferError(
-                f"{self.src} was prepared at {self.prepared['image_size']}x{self.prepared['image_size']}; "
-                f"use --image-size {self.prepared['image_size']} or prepare it again. "
-                f"Received: image_size={image_size}")
+        self.store.check_size(self.src, image_size)
 
     def with_classes(self, class_names: list[str] | None) -> "Listing":
         """The labels re-encoded in the order of `class_names` (e.g. a trained classifier's);

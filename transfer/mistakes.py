@@ -8,23 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import artifacts, stopping, stream
-from transfer.listing import Listing
+from transfer import artifacts, features, stream
 
 TOP = 16  # mistakes shown
-
-
-def predictions(classifier, source: Listing, index, image_size: int, batch: int = 256):
-    """(class probabilities (n, C), true labels (n,), positions (n,)) over the images at `index`."""
-    probs, labels, positions = [], [], []
-    for pos, images, y in stream.records(source, index, image_size).batch(batch).as_numpy_iterator():
-        stopping.check()
-        probs.append(np.asarray(classifier(images, training=False), np.float32))
-        labels.append(y)
-        positions.append(pos)
-    if not probs:
-        return np.zeros((0, 0), np.float32), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(probs), np.concatenate(labels).astype(np.int64), np.concatenate(positions)
 
 
 def confusion(labels: np.ndarray, predicted: np.ndarray, n_classes: int) -> np.ndarray:
@@ -41,9 +27,11 @@ def most_confident_mistakes(probs: np.ndarray, labels: np.ndarray, top: int = TO
     return wrong[np.argsort(-probs[wrong, predicted[wrong]], kind="stable")][:top]
 
 
-def write(folder: Path, classifier, source: Listing, index, image_size: int, class_names: list[str]) -> dict:
-    """confusion.csv, confusion.png, mistakes.csv and mistakes.png in `folder`; returns counts."""
-    probs, labels, positions = predictions(classifier, source, index, image_size)
+def write(folder: Path, classifier, test: stream.ImageSet, class_names: list[str]) -> dict:
+    """confusion.csv, confusion.png, mistakes.csv and mistakes.png in `folder` for the images of
+    `test`; returns counts."""
+    probs, labels, positions = features.compute(classifier, test)
+    source = test.listing
     if len(probs) == 0:
         return {}
     predicted = probs.argmax(axis=1)
@@ -56,7 +44,7 @@ def write(folder: Path, classifier, source: Listing, index, image_size: int, cla
                         ([source.name(positions[r]), class_names[labels[r]], class_names[predicted[r]],
                           f"{probs[r, predicted[r]]:.4f}"] for r in worst))
     if len(worst):
-        images, kept = stream.load_in_order(source, positions[worst], image_size)
+        images, kept = stream.load_in_order(source, positions[worst], test.image_size)
         row = {int(positions[r]): r for r in worst}
         _plot_mistakes([(image, f"{class_names[labels[r]]} → {class_names[predicted[r]]} ({probs[r, predicted[r]]:.2f})")
                         for image, r in zip(images, (row[p] for p in kept))], folder / "mistakes.png")

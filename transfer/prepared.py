@@ -15,9 +15,11 @@ from pathlib import Path
 
 import numpy as np
 
+from dataclasses import dataclass
+
 from transfer import data
 from transfer.errors import TransferError
-from transfer.listing import Listing
+from transfer.listing import Listing, order
 
 PREPARED = "prepared.json"
 FORMAT = "transfer-prepared"
@@ -43,17 +45,37 @@ def list_prepared(src: str, labeled: bool, channels: int | None) -> Listing:
         raise TransferError(f"{src} holds {info['channels']}-channel images; they cannot be converted to {channels}")
     return Listing(src=src, paths=[], ids=index["ids"], labels=labels if labeled else None,
                    class_names=list(info.get("class_names", [])) if labeled else [],
-                   channels=int(channels or info["channels"]), prepared=info)
+                   channels=int(channels or info["channels"]), store=Prepared(info))
 
 
-def records(listing: Listing, index, shuffle: bool, seed: int, shard, order):
+@dataclass(frozen=True)
+class Prepared:
+    """The listing's pixels in a prepared directory's shards (a `transfer.listing.Store`)."""
+
+    info: dict
+    decodes_per_pass = False
+    folder = None
+
+    def check_size(self, src: str, image_size: int) -> None:
+        size = int(self.info["image_size"])
+        if size != int(image_size):
+            raise TransferError(f"{src} was prepared at {size}x{size}; use --image-size {size} or prepare it "
+                                f"again. Received: image_size={image_size}")
+
+    def records(self, listing: Listing, index, image_size: int, shuffle: bool, seed: int, shard):
+        return records(listing, self.info, index, shuffle, seed, shard)
+
+    def batch_reader(self, listing: Listing):
+        return None
+
+
+def records(listing: Listing, info: dict, index, shuffle: bool, seed: int, shard):
     """Unbatched (position, float32 image, int64 label or -1) of the images at `index`.
 
     Shards are divided between workers by file when there are enough of them, else by
-    record; `order(ds, buffer)` is the data layer's shard-and-shuffle step."""
+    record, then by the data layer's shard-and-shuffle step (`transfer.listing.order`)."""
     import tensorflow as tf
 
-    info = listing.prepared
     keep = np.zeros(len(listing), dtype=bool)
     keep[index] = True
     keep_t = tf.constant(keep)

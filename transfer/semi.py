@@ -21,12 +21,10 @@ in `python benchmarks/fixmatch_step.py`, each form in its own process).
 from __future__ import annotations
 
 import keras
-import numpy as np
 import tensorflow as tf
 from keras import ops
 
 from transfer import distribute, stream
-from transfer.listing import Listing
 
 STEPS_PER_EPOCH = 100  # a history row (and a chance to back up, see training.fit) every 100 steps
 
@@ -80,8 +78,8 @@ class FixMatch(keras.Model):
         return {name: t.result() for name, t in self.trackers.items()}
 
 
-def batches(train: Listing, unlabeled: Listing, unlabeled_index, image_size: int, batch_size: int, mu: int,
-            seed: int, steps_per_epoch: int):
+def batches(train: stream.ImageSet, pool: stream.ImageSet, batch_size: int, mu: int, seed: int,
+            steps_per_epoch: int):
     """((labeled images, labels), unlabeled images) batches, both endless streams of
     reshuffled passes in full batches (one batch shape: the step is traced once), for `fit`
     under the current strategy; the unlabeled pool is streamed (never all in memory)."""
@@ -89,15 +87,8 @@ def batches(train: Listing, unlabeled: Listing, unlabeled_index, image_size: int
 
     def make(b, shard):
         # Each worker draws from every labeled image (there are few) and from its shard of the pool.
-        labeled = stream.dataset(train, np.arange(len(train)), image_size, batch_size=b, shuffle=True, seed=seed,
-                                 with_labels=True, forever=True)
-        pool = stream.dataset(unlabeled, unlabeled_index, image_size, batch_size=mu * b, shuffle=True,
-                              seed=seed + 1, shard=shard, forever=True)
-        return tf.data.Dataset.zip((labeled, pool)).prefetch(tf.data.AUTOTUNE)
+        labeled = train.stream(b, seed, with_labels=True)
+        unlabeled = pool.stream(mu * b, seed + 1, shard=shard)
+        return tf.data.Dataset.zip((labeled, unlabeled)).prefetch(tf.data.AUTOTUNE)
 
     return distribute.batches(make, batch_size, steps_per_epoch * batch_size), batch_size
-
-
-def schedule(learning_rate: float, steps: int):
-    """Cosine decay over the run (FixMatch's schedule, as a Keras schedule so a resumed run continues it)."""
-    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1), alpha=0.0)

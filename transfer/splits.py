@@ -39,9 +39,13 @@ class Splits:
         report_skipped(train.skipped, log, "while decoding")
         return train
 
-    def test_batches(self, image_size: int, batch_size: int = 256):
-        """The test images with their labels, streamed in batches (never all in memory)."""
-        return stream.dataset(self.test_source, self.test_index, image_size, batch_size=batch_size, with_labels=True)
+    def pool_set(self, image_size: int) -> stream.ImageSet:
+        """The pool's images (streamed)."""
+        return stream.ImageSet(self.source, self.pool, image_size)
+
+    def test_set(self, image_size: int) -> stream.ImageSet:
+        """The test images (streamed, never all in memory)."""
+        return stream.ImageSet(self.test_source, self.test_index, image_size)
 
 
 def open_labeled(src: str, test_src: str | None, test_fraction: float, image_size: int,

@@ -1,10 +1,12 @@
 """The data layer's entry and exit: sources in, `tf.data` batches out (bounded memory).
 
 Every image enters through `open_source` (or `open_for_prediction`), which
-gives a `Listing`: built-in data decoded into memory (`transfer.builtins`), a
-prepared directory (`transfer.prepared`), or a directory / CSV manifest listed
-without decoding (`transfer.listing`). Every batch leaves through `dataset`,
-`records` or `TrainImages`: images held in memory are gathered a whole batch at
+gives a `Listing` whose `store` holds its pixels: built-in data decoded into
+memory (`transfer.builtins`), a prepared directory (`transfer.prepared`), or a
+directory / CSV manifest listed without decoding (`transfer.listing`). Every
+batch leaves through `dataset`, `records` or an `ImageSet` (some images of a
+listing at one size: training images, a test split, an unlabeled pool): a store
+that reads a whole batch at once (memory, a decoded-once file) is read a batch at
 a time; files are decoded on the fly by `transfer.data.decode_image` (the same
 preprocessing contract everywhere), in parallel, epoch after epoch, never all at
 once, unless `decode_once` first decoded them into a file read back a batch at a
@@ -21,9 +23,8 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from transfer import builtins, data, decoded, distribute, listing, prepared, stopping
-from transfer.errors import TransferError
-from transfer.listing import Listing
+from transfer import builtins, decoded, distribute, listing, prepared, stopping
+from transfer.listing import InMemory, Listing, order
 
 # A stream whose length is unknown (files that fail to decode are dropped) ends its first epoch by
 # running out of data: that is how Keras learns an epoch's length, not a problem worth a warning.
@@ -60,19 +61,12 @@ def decode_once(source: Listing, index, image_size: int, passes: float, log=prin
     over: a file source decoded once into a temporary file (see `transfer.decoded`) when
     that is more than one pass (decoding them once costs about one pass); a built-in,
     prepared or already decoded source as it is (its pixels need no decoding)."""
-    if passes <= 1 or source.images is not None or source.prepared or source.decoded:
+    if passes <= 1 or not source.store.decodes_per_pass:
         return source, index
-    return decoded.build(source, index, image_size, records, log) or (source, index)
+    return decoded.build(source, index, image_size, log) or (source, index)
 
 
 # --------------------------------------------------------------------------- batches
-
-
-def _order(ds, buffer: int, shuffle: bool, seed: int, shard):
-    """This worker's part (`shard` = (num_shards, index)), shuffled afresh every epoch."""
-    if shard:
-        ds = ds.shard(*shard)
-    return ds.shuffle(buffer, seed=seed, reshuffle_each_iteration=True) if shuffle else ds
 
 
 def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle: bool = False, seed: int = 0,
@@ -84,37 +78,21 @@ def dataset(source: Listing, index, image_size: int, *, batch_size: int, shuffle
     full batches, as FixMatch's samplers draw: every batch has the same shape, so a
     training step is traced once (a last, smaller batch of each pass would trace it again)."""
     index = np.sort(np.asarray(index, dtype=np.int64))
-    if source.images is not None or source.decoded:  # shuffle positions, then load a whole batch at once
-        source.check_size(image_size)
-        ds = _order(tf.data.Dataset.from_tensor_slices((index, source.label_array()[index])), len(index), shuffle,
-                    seed, shard)
+    source.check_size(image_size)
+    read = source.store.batch_reader(source)
+    if read is not None:  # shuffle positions, then read a whole batch at once
+        ds = order(tf.data.Dataset.from_tensor_slices((index, source.label_array()[index])), len(index), shuffle,
+                   seed, shard)
         ds = ds.repeat() if forever else ds
-        ds = ds.batch(batch_size, drop_remainder=forever).map(_batch_loader(source),
-                                                              num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size, drop_remainder=forever).map(read, num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.map(_image_label if with_labels else _image_only)
     else:
-        ds = records(source, index, image_size, shuffle=shuffle, seed=seed, shard=shard)
+        ds = source.store.records(source, index, image_size, shuffle, seed, shard)
         ds = ds.repeat() if forever else ds
         ds = ds.map(_image_label if with_labels else _image_only).batch(batch_size, drop_remainder=forever)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF  # sharded above
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
-
-
-def _batch_loader(source: Listing):
-    """(positions, labels) -> (positions, float32 images, labels) of a whole batch: gathered
-    from memory, or read from a decoded listing's file."""
-    if source.images is not None:
-        images = tf.constant(source.images)
-        return lambda positions, labels: (positions, tf.gather(images, positions), labels)
-    read, size = decoded.reader(source), source.decoded["image_size"]
-
-    def load(positions, labels):
-        images = tf.numpy_function(read, [positions], tf.float32, stateful=False)
-        images.set_shape((None, size, size, source.channels))
-        return positions, images, labels
-
-    return load
 
 
 def _image_label(position, image, label):
@@ -125,48 +103,10 @@ def _image_only(position, image, label):
     return image
 
 
-def _is_ok(position, image, label, ok):
-    return ok
-
-
-def _drop_ok(position, image, label, ok):
-    return position, image, label
-
-
 def records(source: Listing, index, image_size: int, *, shuffle: bool = False, seed: int = 0, shard=None):
     """Unbatched (position in the listing, float32 image, int64 label or -1) of the images at `index`."""
-    index = np.sort(np.asarray(index, dtype=np.int64))
-    if source.prepared:
-        source.check_size(image_size)
-        return prepared.records(source, index, shuffle, seed, shard, _order)
-    labels = source.label_array()
-    if source.images is not None:
-        ds = tf.data.Dataset.from_tensor_slices((index, source.images[index], labels[index]))
-        return _order(ds, len(index), shuffle, seed, shard)
-    if source.decoded:
-        source.check_size(image_size)
-        ds = _order(tf.data.Dataset.from_tensor_slices((index, labels[index])), len(index), shuffle, seed, shard)
-        return ds.batch(256).map(_batch_loader(source)).unbatch()
-    paths = np.array(source.paths, dtype=object)[index].astype(str)
-    # Shuffling names, not pixels: a full shuffle costs a few bytes per image.
-    ds = _order(tf.data.Dataset.from_tensor_slices((index, paths, labels[index])), len(index), shuffle, seed, shard)
-    channels = source.channels
-    empty = np.zeros((image_size, image_size, channels), np.float32)
-
-    def decode(path):
-        name = path.decode()
-        try:
-            return data.decode_image(name, image_size, channels), True
-        except TransferError as exc:
-            source.record_failure(name, str(exc))
-            return empty, False
-
-    def load(i, path, label):
-        image, ok = tf.numpy_function(decode, [path], (tf.float32, tf.bool), stateful=False)
-        image.set_shape((image_size, image_size, channels))
-        return i, image, label, ok
-
-    return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE).filter(_is_ok).map(_drop_ok)
+    source.check_size(image_size)
+    return source.store.records(source, np.sort(np.asarray(index, dtype=np.int64)), image_size, shuffle, seed, shard)
 
 
 def load(source: Listing, index, image_size: int) -> Listing:
@@ -186,7 +126,7 @@ def load(source: Listing, index, image_size: int) -> Listing:
         images = (np.concatenate([x for _, x in parts]) if parts
                   else np.zeros((0, image_size, image_size, source.channels), np.float32))
         skipped = source.failed[before:]
-    return source.subset(positions, skipped=list(skipped), images=images)
+    return source.subset(positions, skipped=list(skipped), store=InMemory(images))
 
 
 def load_in_order(source: Listing, positions, image_size: int) -> tuple[np.ndarray, np.ndarray]:
@@ -198,55 +138,87 @@ def load_in_order(source: Listing, positions, image_size: int) -> tuple[np.ndarr
     return loaded.images[np.array([row[source.name(p)] for p in kept], dtype=np.int64)], kept
 
 
-# --------------------------------------------------------------------------- training images
+# --------------------------------------------------------------------------- image sets
 
 
-@dataclass
-class TrainImages:
-    """Training images as an objective sees them: held in memory or streamed from files.
+@dataclass(frozen=True)
+class ImageSet:
+    """Some images of a listing, at one size: what a pretraining trains on, a test split, an
+    unlabeled pool, a labeled budget. Immutable; every pass over it goes through its store.
 
     Attributes:
-        source: the listing the images come from.
-        index: which of its images (one epoch, over all workers).
-        image_size: height and width.
+        listing: the listing the images come from (its store holds the pixels).
+        positions: which of its images.
+        image_size: height and width they are read at.
     """
 
-    source: Listing
-    index: np.ndarray
+    listing: Listing
+    positions: np.ndarray
     image_size: int
 
-    @property
-    def count(self) -> int:
-        return len(self.index)
+    @classmethod
+    def of(cls, listing: Listing, positions=None, image_size: int | None = None) -> "ImageSet":
+        """The images of `listing` at `positions` (all by default), at `image_size` (by default
+        the size its images are held at in memory)."""
+        positions = np.arange(len(listing)) if positions is None else np.asarray(positions, dtype=np.int64)
+        return cls(listing, positions, int(image_size if image_size is not None else listing.images.shape[1]))
+
+    @classmethod
+    def of_arrays(cls, images: np.ndarray, labels: np.ndarray | None = None) -> "ImageSet":
+        """Arrays held in memory (validation images, labeled images, features), labels optional."""
+        return cls.of(Listing.of_array(images, labels=labels), image_size=int(images.shape[1]))
+
+    def __len__(self) -> int:
+        return len(self.positions)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (self.image_size, self.image_size, self.source.channels)
+        return (self.image_size, self.image_size, self.listing.channels)
 
-    def batches(self, batch_size: int):
+    @property
+    def ids(self) -> np.ndarray:
+        return self.listing.ids[self.positions]
+
+    @property
+    def failed(self) -> list[tuple[str, str]]:
+        """Files of its listing that failed to decode while streaming, so far."""
+        return self.listing.failed
+
+    def batches(self, batch_size: int, with_labels: bool = False):
+        """The images in order, in batches (with their labels), in this process."""
+        return dataset(self.listing, self.positions, self.image_size, batch_size=batch_size, with_labels=with_labels)
+
+    def eval_batches(self, batch_size: int):
         """The images in order, in batches, under the current tf.distribute strategy (see
-        `distribute.batches`): held-out images to evaluate (training: `training_batches`)."""
+        `distribute.batches`): held-out images to evaluate."""
         return distribute.batches(
-            lambda b, shard: dataset(self.source, self.index, self.image_size, batch_size=b, shard=shard),
-            batch_size, self.count)
+            lambda b, shard: dataset(self.listing, self.positions, self.image_size, batch_size=b, shard=shard),
+            batch_size, len(self))
 
-    def training_batches(self, batch_size: int, seed: int = 0):
+    def stream(self, batch_size: int, seed: int, with_labels: bool = False, shard=None):
+        """An endless stream of reshuffled passes cut into full batches (this worker's `shard`)."""
+        return dataset(self.listing, self.positions, self.image_size, batch_size=batch_size, shuffle=True, seed=seed,
+                       with_labels=with_labels, shard=shard, forever=True)
+
+    def train_batches(self, batch_size: int, seed: int = 0, with_labels: bool = False):
         """(batches, steps per epoch) to train on: endless reshuffled passes cut into full
-        batches, ceil(count / batch_size) of them an epoch (as `training.one_iterator` draws
-        arrays). Every step has the same shape, so the step is traced once, and no epoch
-        ends on a batch of a few images (a batch of one leaves BatchNorm's statistics and a
-        contrastive loss nothing to compare). Several workers: each its shard's full batches,
-        count // batch_size steps an epoch (`distribute.batches`; steps None)."""
-        ds = distribute.batches(
-            lambda b, shard: dataset(self.source, self.index, self.image_size, batch_size=b, shuffle=True,
-                                     seed=seed, shard=shard, forever=True), batch_size, self.count)
-        return ds, (None if distribute.is_multiworker(distribute.current()) else -(-self.count // batch_size))
+        batches, ceil(count / batch_size) of them an epoch. Every step has the same shape, so
+        the step is traced once, and no epoch ends on a batch of a few images (a batch of one
+        leaves BatchNorm's statistics and a contrastive loss nothing to compare). Several
+        workers: each its shard's full batches, count // batch_size steps an epoch
+        (`distribute.batches`; steps None)."""
+        ds = distribute.batches(lambda b, shard: self.stream(b, seed, with_labels, shard), batch_size, len(self))
+        return ds, (None if distribute.is_multiworker(distribute.current()) else -(-len(self) // batch_size))
+
+    def records(self):
+        """Unbatched (position in the listing, float32 image, int64 label or -1), in order."""
+        return records(self.listing, self.positions, self.image_size)
+
+    def load(self) -> Listing:
+        """Its images decoded into memory (small sets: held-out images, few labels); the files
+        that failed to decode now are its `skipped`."""
+        return load(self.listing, self.positions, self.image_size)
 
     def sample(self, n: int) -> np.ndarray:
         """Up to n images, in order (for statistics such as the mean image)."""
-        return load(self.source, self.index[:n], self.image_size).images
-
-
-def in_memory(images: np.ndarray) -> TrainImages:
-    """TrainImages over an array held in memory (validation images, tests)."""
-    return TrainImages(Listing.of_array(images), np.arange(len(images)), int(images.shape[1]))
+        return load(self.listing, self.positions[:n], self.image_size).images

@@ -1,0 +1,292 @@
+"""The experiment table turned into the answer, as data: summaries with each method's difference
+from the baselines (paired over seeds, with intervals), their rendering, the label-efficiency
+plot, and the cost and feature-quality lines. Pure functions of a results DataFrame;
+`pipelines/compare.py` reads the tables and writes the outputs."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from transfer import methods, rowfilter, stats
+from transfer.config import CompareConfig
+from transfer.errors import TransferError
+
+
+def budget_key(value) -> float:
+    """A budget's number: N per class, or the total of "N in all (selection)"; "all" sorts last."""
+    try:
+        return float(str(value).split(" in all")[0])
+    except (TypeError, ValueError):
+        return math.inf
+
+
+def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
+    """Mean, std and count of `metric` per group, and each method's difference from the baselines.
+
+    With `method` among `by`, each group gets `vs_scratch` (its mean minus scratch's in the
+    otherwise same group) and `vs_best_baseline`: the difference from the best method without
+    pretraining (`transfer.methods.is_baseline`), paired over the seeds both share, with a 95%
+    interval (`ci_low`, `ci_high`; `transfer.stats`), `paired_seeds` and `comparison`
+    ("paired", or "unpaired" when fewer than 2 seeds are shared). `significant` is true when
+    the interval excludes zero.
+    """
+    grouped = df.groupby(by, dropna=False)
+    table = grouped[metric].agg(mean="mean", std="std", n="count").reset_index()
+    if "seconds" in df:
+        table["seconds"] = grouped["seconds"].mean().to_numpy()
+    table["std"] = table["std"].fillna(0.0)
+    if "method" in by:
+        _add_differences(df, table, by, metric)
+    sort_cols = [c for c in by if c != "labels_per_class"]
+    if "labels_per_class" in by:
+        table["_budget"] = table["labels_per_class"].map(budget_key)
+        sort_cols = [c for c in by if c not in ("labels_per_class", "method")] + ["_budget"]
+        sort_cols += ["method"] if "method" in by else []
+    table = table.sort_values(sort_cols, kind="stable").drop(columns=["_budget"], errors="ignore")
+    return table.reset_index(drop=True)
+
+
+def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metric: str) -> None:
+    context = [c for c in by if c != "method"]
+    for col in ("vs_scratch", "vs_best_baseline", "ci_low", "ci_high", "paired_seeds"):
+        table[col] = np.nan
+    table["comparison"], table["significant"], table["best_baseline"] = "", False, ""
+    per_seed = df.groupby([*by, "seed"], dropna=False)[metric].mean() if "seed" in df else None
+
+    def runs(i) -> pd.Series:
+        """seed -> value for summary row i (no seeds recorded: its one mean, compared unpaired)."""
+        return pd.Series([table.loc[i, "mean"]]) if per_seed is None else per_seed.loc[tuple(table.loc[i, by])]
+
+    groups = table.groupby(context, dropna=False) if context else [((), table)]
+    for _, group in groups:
+        scratch = group[group["method"] == "scratch"]
+        if not scratch.empty:
+            table.loc[group.index, "vs_scratch"] = group["mean"] - scratch["mean"].iloc[0]
+        baseline = group["method"].map(methods.is_baseline)
+        if not baseline.any():
+            continue
+        best = group[baseline]["mean"].idxmax()
+        table.loc[group.index, "best_baseline"] = table.loc[best, "method"]
+        for i in group.index:
+            if i == best:
+                table.loc[i, ["vs_best_baseline", "paired_seeds"]] = [0.0, table.loc[i, "n"]]
+                continue
+            d = stats.difference(runs(i), runs(best))
+            table.loc[i, ["vs_best_baseline", "ci_low", "ci_high", "paired_seeds"]] = [
+                d["diff"], d["low"], d["high"], d["seeds"]]
+            table.loc[i, "comparison"] = d["kind"]
+            table.loc[i, "significant"] = stats.excludes_zero(d["low"], d["high"]) and not baseline[i]
+
+
+def select(table: pd.DataFrame, cfg: CompareConfig) -> pd.DataFrame:
+    """--sort/--descending, then --top, then --columns."""
+    if cfg.sort:
+        known(table, [cfg.sort], "--sort")
+        table = table.sort_values(cfg.sort, ascending=not cfg.descending, kind="stable")
+    if cfg.top:
+        table = table.head(cfg.top)
+    if cfg.columns:
+        known(table, list(cfg.columns), "--columns")
+        table = table[list(cfg.columns)]
+    return table.reset_index(drop=True)
+
+
+def known(table: pd.DataFrame, names: list[str], option: str) -> None:
+    unknown = [c for c in names if c not in table.columns]
+    if unknown:
+        raise TransferError(f"{option}: unknown column(s) {unknown}. Available: {', '.join(table.columns)}")
+
+
+def format_table(table: pd.DataFrame, metric: str, fmt: str) -> str:
+    """Render a summary as text, markdown, csv or json (csv and json keep raw numbers)."""
+    if fmt == "csv":
+        return neutralized(table).to_csv(index=False)
+    if fmt == "json":
+        return table.to_json(orient="records", indent=1)
+    shown = rendered(table, metric)
+    if fmt == "markdown":
+        header = "| " + " | ".join(shown.columns) + " |"
+        rule = "|" + "|".join("---" for _ in shown.columns) + "|"
+        rows = ["| " + " | ".join(str(v) for v in row) + " |" for row in shown.itertuples(index=False)]
+        return "\n".join([header, rule, *rows])
+    return shown.to_string(index=False)
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")  # what a spreadsheet reads as a formula (OWASP CSV injection)
+
+
+def neutralized(table: pd.DataFrame) -> pd.DataFrame:
+    """The table with every text cell that a spreadsheet would run as a formula prefixed
+    with `'` (OWASP's advice for CSV exports); numbers are left as they are."""
+    out = table.copy()
+    for column in out.columns:
+        if out[column].dtype == object or pd.api.types.is_string_dtype(out[column]):
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(FORMULA_START) else v)
+    return out
+
+
+def rendered(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """The summary as people read it: numbers in points, intervals beside the differences."""
+    order = list(table.columns)
+    if "n" in order and "mean" in order:  # seeds before the metric
+        order.remove("n")
+        order.insert(order.index("mean"), "n")
+    return pd.DataFrame({name: values for column in order
+                         for name, values in [_render(table, column, metric)] if name})
+
+
+# columns shown inside another one's cells when that one is there
+INSIDE = {"std": "mean", "ci_low": "vs_best_baseline", "ci_high": "vs_best_baseline",
+          "significant": "vs_best_baseline", "best_baseline": "vs_best_baseline", "comparison": "paired_seeds"}
+
+
+def _render(table: pd.DataFrame, column: str, metric: str) -> tuple[str | None, list[str]]:
+    """(heading, cells) of one summary column; (None, []) for a column shown inside another."""
+    scale, digits = (100.0, 1) if "accuracy" in metric else (1.0, 4)
+
+    def num(v, signed=False):
+        if v is None or (isinstance(v, float) and math.isnan(v)):
+            return ""
+        return f"{v * scale:+.{digits}f}" if signed else f"{v * scale:.{digits}f}"
+
+    has = set(table.columns)
+    values = table[column]
+    if column == "mean":
+        heading = metric + (" %" if scale == 100 else "")
+        if "std" in has:
+            return heading, [f"{num(m)} ± {num(s)}" for m, s in zip(values, table["std"])]
+        return heading, [num(v) for v in values]
+    if INSIDE.get(column) in has:
+        return None, []
+    if column == "n":
+        return "seeds", [str(int(v)) for v in values]
+    if column in ("vs_scratch", "std", "ci_low", "ci_high"):
+        return column.replace("_", " "), [num(v, column != "std") for v in values]
+    if column == "vs_best_baseline":
+        low = table["ci_low"] if "ci_low" in has else [math.nan] * len(table)
+        high = table["ci_high"] if "ci_high" in has else [math.nan] * len(table)
+        sig = table["significant"] if "significant" in has else [False] * len(table)
+        return "vs best baseline [95% CI]", [_difference(num, v, lo, hi, s) for v, lo, hi, s in zip(values, low, high, sig)]
+    if column == "paired_seeds":
+        kinds = table["comparison"] if "comparison" in has else [""] * len(table)
+        return "paired", [("" if n != n else str(int(n))) + (" (unpaired)" if k == "unpaired" else "")
+                          for n, k in zip(values, kinds)]
+    if column == "seconds":
+        return "s/run", [f"{v:.1f}" if v == v else "" for v in values]
+    return column, [str(v) for v in values]
+
+
+def _difference(num, v, low, high, significant) -> str:
+    """A difference with its interval; "(the same on every seed)" when every paired difference was zero."""
+    if low == low and low == high == v == 0:
+        return f"{num(v, True)} (the same on every seed)"
+    return num(v, True) + (f" [{num(low, True)}, {num(high, True)}]" if low == low else "") + (" *" if significant else "")
+
+
+def plot(df: pd.DataFrame, metric: str, path: str) -> None:
+    """Label efficiency: `metric` against labels per class (log scale), one line per method,
+    the spread over seeds (mean ± std) shaded; one panel per data set."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = sorted(df["data"].dropna().unique()) if "data" in df else [None]
+    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
+    for ax, name in zip(axes[0], datasets):
+        part = df if name is None else df[df["data"] == name]
+        budgets = sorted({budget_key(b) for b in part["labels_per_class"]})
+        finite = [b for b in budgets if b != math.inf]
+        at_all = (max(finite) * 2 if finite else 1.0)  # where "all" is drawn
+        for method, runs in sorted(part.groupby("method"), key=lambda kv: kv[0]):
+            curve = runs.assign(x=runs["labels_per_class"].map(lambda b: min(budget_key(b), at_all))).groupby("x")[
+                metric].agg(["mean", "std"]).fillna(0.0).sort_index()
+            scale = 100.0 if "accuracy" in metric else 1.0
+            line, = ax.plot(curve.index, curve["mean"] * scale, marker="o", label=method,
+                            linestyle="--" if methods.is_baseline(method) else "-")
+            ax.fill_between(curve.index, (curve["mean"] - curve["std"]) * scale,
+                            (curve["mean"] + curve["std"]) * scale, color=line.get_color(), alpha=0.15)
+        ax.set_xscale("log")
+        ticks = finite + ([at_all] if math.inf in budgets else [])
+        ax.set_xticks(ticks, [f"{t:g}" for t in finite] + (["all"] if math.inf in budgets else []))
+        ax.set_xlabel("labeled images per class")
+        ax.set_ylabel(metric + (" (%)" if "accuracy" in metric else ""))
+        ax.set_title(str(name) if name is not None else "")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def pretraining_cost(df: pd.DataFrame) -> list[str]:
+    """One line per finished pretraining: the one-off cost every fine-tune of its encoder reuses."""
+    if "command" not in df:
+        return []
+    done = df[(df["command"] == "pretrain") & (df["status"].fillna("ok") == "ok")]
+    return [f"pretraining {r.objective} on {r.data}: {r.seconds:.0f}s ({r.images_per_second:.0f} images/s), "
+            f"reused by every fine-tune of its encoder" for r in done.itertuples()]
+
+
+def feature_quality(df: pd.DataFrame) -> list[str]:
+    """One line per evaluated encoder and data set (`transfer evaluate` rows): its best
+    readout's k-NN accuracy and error as a ratio of the raw pixels', and 1-NN from 4 labels
+    per class beside the pixels'."""
+    needed = {"command", "method", "knn_accuracy", "knn_error_vs_pixels", "encoder", "data"}
+    if not needed <= set(df.columns):
+        return []
+    status = df["status"].fillna("ok") if "status" in df else pd.Series("ok", index=df.index)
+    rows = df[(df["command"] == "evaluate") & (status == "ok")]
+    lines = []
+    for (data, encoder), group in rows.groupby(["data", "encoder"], sort=True):
+        pixels = group[group["method"] == "pixels"]
+        mine = group[~group["method"].isin(["pixels", "random"])]
+        if mine.empty or pixels.empty:
+            continue
+        best, ref = mine.loc[mine["knn_accuracy"].idxmax()], pixels.iloc[-1]
+        few = (f", 1-NN from 4 labels/class {100 * best['nn1_4']:.1f}% ({100 * (best['nn1_4'] - ref['nn1_4']):+.1f} "
+               "vs pixels)" if "nn1_4" in group and best["nn1_4"] == best["nn1_4"] else "")
+        lines.append(f"features of {encoder} ({best['method']}, readout {best['readout']}) on {data}: "
+                     f"20-NN {100 * best['knn_accuracy']:.1f}%, k-NN error vs pixels: {best['knn_error_vs_pixels']:.2f}x"
+                     + few)
+    return lines
+
+
+NOTE = ("* the 95% confidence interval of the difference from the best baseline (the best method without "
+        "pretraining; paired t over the seeds both share, Welch when unpaired) excludes zero")
+
+
+def costs(df: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
+    """What each method cost per run (fine-tune) and what each pretraining cost once."""
+    wanted = {"seconds": "s/run", "images_per_second": "images/s", "peak_memory_mb": "peak MiB"}
+    have = {k: v for k, v in wanted.items() if k in df}
+    keys = [c for c in ("data", "method") if c in df]
+    fine = df.groupby(keys, dropna=False)[list(have)].mean().round(1).reset_index().rename(columns=have)
+    fine.insert(0, "what", "fine-tune")
+    if not {"command", "objective"} <= set(everything.columns):
+        return fine
+    pre = everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")]
+    if pre.empty:
+        return fine
+    pre = pre.assign(method="pretrain " + pre["objective"].astype(str))[[*keys, *have]].rename(columns=have)
+    return pd.concat([fine, pre.assign(what="pretrain (once per encoder)").round(1)], ignore_index=True)
+
+
+def finished_fine_tunes(df: pd.DataFrame, where: str | None, source: str) -> pd.DataFrame:
+    """The rows compare looks at: finished fine-tunes, then `--where`."""
+    if "command" in df:
+        df = df[df["command"] == "fine-tune"]
+    if "status" in df:
+        df = df[df["status"].fillna("ok") == "ok"]
+    if "method" in df:
+        df = df[df["method"].notna()]  # a row that names no method cannot be compared
+    if where:
+        df = rowfilter.apply(df, where)  # compares, never calls (not DataFrame.query)
+    if df.empty:
+        raise TransferError(f"{source} has no finished fine-tune runs to compare"
+                            + (f" matching --where {where!r}" if where else ""))
+    return df
