@@ -92,3 +92,8 @@ def batches(train: stream.ImageSet, pool: stream.ImageSet, batch_size: int, mu: 
         return tf.data.Dataset.zip((labeled, unlabeled)).prefetch(tf.data.AUTOTUNE)
 
     return distribute.batches(make, batch_size, steps_per_epoch * batch_size), batch_size
+
+
+def schedule(learning_rate: float, steps: int):
+    """Cosine decay over the run (FixMatch's schedule, as a Keras schedule so a resumed run continues it)."""
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps=max(steps, 1), alpha=0.0)
