@@ -107,6 +107,15 @@ def restored_epoch(model: keras.Model) -> int:
     return int(getattr(model, "_initial_epoch", 0) or 0)
 
 
+def build_before_fit(model: keras.Model, sample_batch) -> None:
+    """Build a compiled model's state (layers, metrics, loss trackers, optimizer) from a sample
+    batch, as `fit` does under a distribution strategy. With none set, Keras defers it to the
+    first trace of the train step, whose new variables make TensorFlow trace the step a second
+    time: 0.7 s more on every small fine-tune (1.4 -> 0.6 s for a 2-epoch fit of 9 images)."""
+    if getattr(model, "compiled", False):
+        model._symbolic_build(data_batch=sample_batch)
+
+
 # --- Keras 3 under MultiWorkerMirroredStrategy (keras-team/keras#20585) ---------------------
 
 def build_from_local_batch(model: keras.Model, sample_batch) -> None:

@@ -15,6 +15,7 @@ from typing import Callable
 import h5py  # Keras's own format for weights (a Keras dependency)
 import keras
 import numpy as np
+import tensorflow as tf
 
 from transfer import board, distribute, internals, stopping, stream
 from transfer.progress import Progress
@@ -221,6 +222,9 @@ def fit(
         # reshuffled passes cut into full batches, so the step is traced once.
         x, steps_per_epoch = stream.ImageSet.of_arrays(x, y).train_batches(batch_size, None, with_labels=y is not None)
         y = batch_size = None
+    if type(model).train_step is keras.Model.train_step and hasattr(x, "element_spec") and not tf.distribute.has_strategy():
+        # Keras builds it itself under a strategy; custom steps are left as they are.
+        internals.build_before_fit(model, _blank_batch(x))  # the step traced once, not twice
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
                         callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
     stopping.check()
@@ -301,3 +305,15 @@ def dedupe_history(path) -> None:
         writer.writerow(rows[0])
         writer.writerows(ordered)
     os.replace(tmp, path)
+
+
+def _blank_batch(ds) -> object:
+    """Zeros shaped like a batch of the dataset `ds` (an unknown batch size: 2)."""
+    return _map_specs(lambda spec: np.zeros([2 if d is None else d for d in spec.shape], spec.dtype.as_numpy_dtype),
+                      ds.element_spec)
+
+
+def _map_specs(fn, specs):
+    if isinstance(specs, (tuple, list)):
+        return type(specs)(_map_specs(fn, s) for s in specs)
+    return fn(specs)
