@@ -65,9 +65,10 @@ def test_contrastive_pretrain_writes_views_and_agreement(workspace, tmp_path):
     assert enc.name == "encoder" and enc.output.shape[-1] == 8  # the projection head was dropped
 
 
-@pytest.mark.parametrize("encoder,freeze,method", [("enc", "all", "autoencoder-frozen"),
-                                                   ("random", "all", "random-frozen"),
-                                                   ("random", "none", "scratch")])
+@pytest.mark.parametrize("encoder,freeze,method", [
+    ("enc", "all", "autoencoder-frozen"),  # the fast loop's case; the others run with the slow tests
+    pytest.param("random", "all", "random-frozen", marks=pytest.mark.slow),
+    pytest.param("random", "none", "scratch", marks=pytest.mark.slow)])
 def test_fine_tune_writes_the_row_it_claims(workspace, encoder, freeze, method):
     enc = workspace / "enc" if encoder == "enc" else "random"
     out = workspace / f"ft-{method}"
@@ -354,6 +355,7 @@ def test_divergence_stops_the_run_and_marks_it_failed(workspace, tmp_path):
     assert_user_error(invoke("compare", "--results", tmp_path / "r.csv"), "no finished fine-tune runs")
 
 
+@pytest.mark.slow
 def test_freeze_audit_column_reports_a_violation(workspace, tmp_path, monkeypatch):
     """If anything touches the frozen encoder while the head is fit, the row says so."""
     from pipelines import fine_tune as pipeline

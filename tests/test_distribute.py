@@ -187,6 +187,7 @@ def test_cluster_roles_from_tf_config(monkeypatch):
     assert distribute.cluster()["chief"] is True
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
     result = CliRunner().invoke(main, [*PRETRAIN[:-1], "mirrored", "--data", str(images), "--epochs", "2",
                                        "--out", str(tmp_path / "enc"), "--results", str(tmp_path / "r.csv")],

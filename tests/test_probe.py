@@ -2,6 +2,7 @@
 
 import numpy as np
 import pandas as pd
+import pytest
 from click.testing import CliRunner
 from conftest import make_labeled_dir
 
@@ -34,6 +35,7 @@ def test_halves_are_stratified_and_disjoint():
     assert [int((labels[a] == c).sum()) for c in range(3)] == [2, 3, 3]
 
 
+@pytest.mark.slow
 def test_pretrain_with_probe_data_logs_probe_knn_per_epoch_and_in_the_row(tmp_path):
     make_labeled_dir(tmp_path / "d", per_class=12, classes=("h", "v", "d"))
     args = ["pretrain", "--data", tmp_path / "d", "--out", tmp_path / "enc", "--epochs", "3", "--objective",

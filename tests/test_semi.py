@@ -131,6 +131,7 @@ def test_method_names_carry_semi():
         methods.parse("pixels-logreg-semi")
 
 
+@pytest.mark.slow
 def test_scratch_trains_with_augmentation_that_is_not_saved(folders, tmp_path):
     out, results = tmp_path / "ft", tmp_path / "r.csv"
     result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",

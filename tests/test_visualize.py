@@ -40,6 +40,7 @@ def test_filter_grid_shows_every_kernel_in_color(encoder):
     assert np.all(grid[0] == 1.0) and np.all(grid[:, 4] == 1.0)  # white gaps between tiles
 
 
+@pytest.mark.slow
 def test_activation_maximization_raises_the_unit_by_a_large_factor(encoder):
     images, start, end = vis.maximize_activation(encoder, "block2_act1", [0, 3, 5])
     assert images.shape == (3, 12, 12, 3) and images.min() >= 0 and images.max() <= 1
