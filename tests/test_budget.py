@@ -62,8 +62,8 @@ def test_fine_tune_with_a_total_budget_records_it_and_a_missing_class_is_never_p
     assert len(predicted) <= row["labeled_classes"]  # a class without a label is never predicted
 
 
-@pytest.mark.parametrize("selection", [pytest.param("stratified", marks=pytest.mark.slow), "typiclust",
-                                       pytest.param("kcenter", marks=pytest.mark.slow)])  # typiclust: the default
+@pytest.mark.parametrize("selection", ["stratified", "typiclust", "kcenter"])
+@pytest.mark.slow  # the fast loop's total budget: test_fine_tune_with_a_total_budget_records_it_...
 def test_fine_tune_selections(labeled, tmp_path, selection):
     results = tmp_path / "r.csv"
     result = invoke("fine-tune", "--data", labeled / "labeled", "--encoder", "random", "--freeze", "none",

@@ -12,7 +12,14 @@ from transfer.errors import TransferError
 
 
 @pytest.fixture(scope="module")
-def encoder(tmp_path_factory):
+def encoder():
+    """A small encoder of random weights (pictures of any weights must depict them)."""
+    training.set_seed(0)
+    return models.build_encoder((12, 12, 3), preset_blocks("small", (6, 8)))
+
+
+@pytest.fixture(scope="module")
+def trained_encoder():
     """A small encoder briefly pretrained (as an autoencoder) on colored stripes."""
     from conftest import stripes
 
@@ -41,8 +48,8 @@ def test_filter_grid_shows_every_kernel_in_color(encoder):
 
 
 @pytest.mark.slow
-def test_activation_maximization_raises_the_unit_by_a_large_factor(encoder):
-    images, start, end = vis.maximize_activation(encoder, "block2_act1", [0, 3, 5])
+def test_activation_maximization_raises_the_unit_by_a_large_factor(trained_encoder):
+    images, start, end = vis.maximize_activation(trained_encoder, "block2_act1", [0, 3, 5])
     assert images.shape == (3, 12, 12, 3) and images.min() >= 0 and images.max() <= 1
     assert np.all(end > start), (start, end)
     assert np.median(end / np.maximum(start, 1e-3)) > 4, (start, end)  # a unit that noise already drives gains less
