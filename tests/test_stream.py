@@ -180,3 +180,32 @@ def test_pretrain_and_fine_tune_from_a_prepared_source(tmp_path):
     # Leakage is found by content id whichever way the images were read (all were pretrained on here).
     assert from_prepared["test_in_pretraining"] == from_files["test_in_pretraining"] == 6
     assert abs(from_prepared["test_accuracy"] - from_files["test_accuracy"]) <= 1 / 6 + 1e-9
+
+
+def test_every_store_serves_the_same_images_through_an_image_set(tmp_path):
+    """Files, in memory, prepared shards and decoded once: an ImageSet over each gives the
+    same images with the same labels and ids, in order, in full training batches too."""
+    source = make_labeled_dir(tmp_path / "lab", per_class=5, classes=("h", "v", "d"), size=14)
+    files = stream.open_source(str(source), True, 12)
+    assert invoke("prepare", source, "--out", tmp_path / "prep", "--image-size", "12", "--labeled").exit_code == 0
+    decoded, index = stream.decode_once(files, np.arange(len(files)), 12, passes=2, log=lambda m: None)
+    sets = {"files": stream.ImageSet(files, np.arange(len(files)), 12),
+            "memory": stream.ImageSet.of(stream.load(files, np.arange(len(files)), 12)),
+            "prepared": stream.ImageSet.of(stream.open_source(str(tmp_path / "prep"), True, 12), image_size=12),
+            "decoded": stream.ImageSet(decoded, index, 12)}
+    assert {name: type(s.listing.store).__name__ for name, s in sets.items()} == {
+        "files": "Files", "memory": "InMemory", "prepared": "Prepared", "decoded": "Decoded"}
+    reference = None
+    for name, images in sets.items():
+        x, y = map(np.concatenate, zip(*images.batches(4, with_labels=True).as_numpy_iterator()))
+        assert x.shape == (15, 12, 12, 1) and len(images) == 15, name
+        got = (x, y, images.ids)
+        if reference is None:
+            reference = got
+            continue
+        np.testing.assert_allclose(x, reference[0], atol=5e-4, err_msg=name)  # float16 in shards and decoded files
+        np.testing.assert_array_equal(y, reference[1], err_msg=name)
+        np.testing.assert_array_equal(images.ids, reference[2], err_msg=name)
+        batches, steps = images.train_batches(4, seed=1, with_labels=True)
+        drawn = [b for b, _ in batches.take(2 * steps).as_numpy_iterator()]
+        assert steps == 4 and all(len(b) == 4 for b in drawn), name  # full batches, ceil(15 / 4) a pass
