@@ -35,7 +35,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         val_images = stream.load(source, val_idx, cfg.image_size).images
         train = _train_images(cfg, source, train_idx, run)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
-            f"({_how_held(train.listing)}; {len(val_idx)} held out), "
+            f"({train.listing.store.held}; {len(val_idx)} held out), "
             f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")
         with run.distributed():
             training.set_seed(cfg.seed)
@@ -106,12 +106,6 @@ def _images_trained(history, steps: int | None, batch: int, count: int) -> int:
     """Images the fit trained on in this process (epochs resumed from a backup are not counted)."""
     per_epoch = steps * batch if steps else count  # full batches cut from reshuffled passes
     return per_epoch * len(history.history.get("loss", []))
-
-
-def _how_held(source) -> str:
-    if source.images is not None:
-        return "in memory"
-    return "streamed, decoded once" if source.store.folder is not None else "streamed"
 
 
 def _online_probe(cfg, encoder, channels: int, log):

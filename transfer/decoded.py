@@ -21,7 +21,6 @@ from __future__ import annotations
 import os
 import shutil
 import time
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -47,6 +46,7 @@ class Decoded:
     image_size: int
     folder: object
     decodes_per_pass = False
+    held = "streamed, decoded once"
 
     def check_size(self, src: str, image_size: int) -> None:
         if self.image_size != int(image_size):

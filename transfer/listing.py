@@ -40,10 +40,12 @@ class Store(Protocol):
     Attributes:
         decodes_per_pass: every pass over the images decodes files again (worth decoding once).
         folder: a temporary folder holding the pixels, removed when the run that made it ends (or None).
+        held: how the images are held, for a log line ("in memory", "streamed", ...).
     """
 
     decodes_per_pass: bool
     folder: object | None
+    held: str
 
     def check_size(self, src: str, image_size: int) -> None:
         """Refuse an image size the stored pixels cannot serve."""
@@ -77,6 +79,7 @@ class InMemory:
     images: np.ndarray
     decodes_per_pass = False
     folder = None
+    held = "in memory"
 
     def check_size(self, src: str, image_size: int) -> None:
         pass  # resized when it was loaded
@@ -97,6 +100,7 @@ class Files:
 
     decodes_per_pass = True
     folder = None
+    held = "streamed"
 
     def check_size(self, src: str, image_size: int) -> None:
         pass  # decoded to any size

@@ -222,8 +222,8 @@ def fit(
         # reshuffled passes cut into full batches, so the step is traced once.
         x, steps_per_epoch = stream.ImageSet.of_arrays(x, y).train_batches(batch_size, None, with_labels=y is not None)
         y = batch_size = None
-    if type(model).train_step is keras.Model.train_step and hasattr(x, "element_spec") and not tf.distribute.has_strategy():
-        # Keras builds it itself under a strategy; custom steps are left as they are.
+    standard_step = type(model).train_step is keras.Model.train_step  # custom steps are left as they are
+    if standard_step and hasattr(x, "element_spec") and not tf.distribute.has_strategy():  # Keras does it under one
         internals.build_before_fit(model, _blank_batch(x))  # the step traced once, not twice
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
                         callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
@@ -309,11 +309,5 @@ def dedupe_history(path) -> None:
 
 def _blank_batch(ds) -> object:
     """Zeros shaped like a batch of the dataset `ds` (an unknown batch size: 2)."""
-    return _map_specs(lambda spec: np.zeros([2 if d is None else d for d in spec.shape], spec.dtype.as_numpy_dtype),
-                      ds.element_spec)
-
-
-def _map_specs(fn, specs):
-    if isinstance(specs, (tuple, list)):
-        return type(specs)(_map_specs(fn, s) for s in specs)
-    return fn(specs)
+    return tf.nest.map_structure(
+        lambda spec: np.zeros([2 if d is None else d for d in spec.shape], spec.dtype.as_numpy_dtype), ds.element_spec)
