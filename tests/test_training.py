@@ -1,4 +1,5 @@
-"""The fit machinery: one iterator over all epochs (arrays drawn as image sets are), backup cadence, progress lines and bars."""
+"""The fit machinery: one iterator over all epochs (arrays drawn as image sets are), backup cadence,
+progress lines and bars."""
 
 import keras
 import numpy as np
