@@ -456,6 +456,10 @@ def pretrain(**params):
      help="With --unlabeled: confidence above which a prediction becomes a pseudo-label.")
 @opt(FineTuneConfig, "unlabeled-weight", type=float, help="With --unlabeled: weight of the unlabeled loss.")
 @opt(FineTuneConfig, "steps", type=int, help="With --unlabeled: training steps.")
+@opt(FineTuneConfig, "align/--no-align", "align",
+     help="With --unlabeled: distribution alignment: the teacher's probabilities are divided by "
+          "their running mean over the pool and renormalized, so that pseudo-labels stay spread "
+          "evenly over the labeled classes (against confirmation bias at 1-4 labels per class).")
 @opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")
 @arch_options(FineTuneConfig)
 @opt(FineTuneConfig, "image-size", type=int, help="With --encoder random only.")

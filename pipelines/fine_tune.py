@@ -341,16 +341,22 @@ class FixMatchTrainer:
     def fit(self, job: Job, classifier, learning_rate: float, epochs: int, phase: str) -> dict:
         cfg, pool = job.cfg, self.pool
         per_epoch = min(semi.STEPS_PER_EPOCH, cfg.steps)
-        ds, batch = semi.batches(stream.ImageSet.of(job.train), pool, cfg.batch_size, cfg.mu, cfg.seed, per_epoch)
+        batch = cfg.batch_size
+        ds = semi.batches(stream.ImageSet.of(job.train), pool, batch, cfg.mu, cfg.seed, per_epoch)
         policy = cfg.augment if cfg.augment != "none" else "label-preserving"
+        target = None
+        if cfg.align:  # uniform over the classes that have a label
+            target = np.zeros(len(job.train.class_names), "float32")
+            target[np.unique(job.train.labels)] = 1.0
         model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
-                              cfg.unlabeled_weight)
+                              cfg.unlabeled_weight, align=target)
         model.compile(optimizer=keras.optimizers.Adam(semi.schedule(learning_rate, cfg.steps)))
         model.build(classifier.input.shape)  # built, so that a backup can be restored into it
         distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
         epochs = -(-cfg.steps // per_epoch)
-        job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled + {cfg.mu * batch} unlabeled "
-                f"images from {len(pool)}, threshold {cfg.threshold}")
+        job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled (drawn from {len(job.train)}) + "
+                f"{cfg.mu * batch} unlabeled images (from {len(pool)}), threshold {cfg.threshold}"
+                + (", pseudo-labels aligned to a uniform class distribution" if cfg.align else ""))
         start = time.perf_counter()
         history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
                                history_path=job.run.staging / "history-semi.csv",
@@ -360,7 +366,7 @@ class FixMatchTrainer:
         job.pace.add(steps_run * batch * (1 + 2 * cfg.mu), time.perf_counter() - start)
         report_skipped(pool.failed, job.log, "while streaming the unlabeled pool")
         mask = history.history.get("mask_rate") or [float("nan")]
-        return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight,
+        return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight, "align": cfg.align,
                 "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
                 "n_unlabeled": len(pool), "test_in_unlabeled": self.leaked}
 

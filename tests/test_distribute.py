@@ -208,7 +208,9 @@ FINE_TUNE_MODES = {"frozen-linear": ["--unfreeze-top", "0"], "hidden-head": ["--
                    "scratch": ["--encoder", "random", "--freeze", "none"],
                    # semi-supervised (FixMatch on the labeled folder as the pool): pretrained top 1, and scratch
                    "semi-top1": ["--unfreeze-top", "1", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1"],
-                   "semi-freeze-none": ["--freeze", "none", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1"],
+                   # ... with distribution alignment (its running mean is one variable over the replicas)
+                   "semi-freeze-none": ["--freeze", "none", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1",
+                                        "--align"],
                    "scratch-semi": ["--encoder", "random", "--freeze", "none", "--unlabeled", "LABELED",
                                     "--steps", "2", "--mu", "1"]}
 
@@ -267,6 +269,7 @@ def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode
     assert (tmp_path / "ft" / "classifier.keras").is_file()
     if "semi" in mode:
         assert row["method"].endswith("-semi") and row["steps"] == 2 and 0 <= row["mask_rate"] <= 1
+        assert bool(row["align"]) == ("--align" in FINE_TUNE_MODES[mode])
 
 
 @pytest.mark.slow
@@ -292,6 +295,8 @@ def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["strategy"] == "mirrored" and (tmp_path / "ft" / "classifier.keras").is_file()
     assert row["method"].endswith("-semi") == ("semi" in mode)
+    if "semi" in mode:
+        assert bool(row["align"]) == ("--align" in FINE_TUNE_MODES[mode])
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from conftest import invoke, make_labeled_dir
 
-from transfer import augment, methods, models, semi
+from transfer import augment, methods, models, semi, stream
 from transfer.objectives import contrastive
 
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "4"]
@@ -59,6 +59,48 @@ def test_fixmatch_loss_matches_its_formula():
     np.testing.assert_allclose(float(labeled), ce_l, rtol=1e-4)
     np.testing.assert_allclose(float(unlabeled), ce_u, rtol=1e-4)
     np.testing.assert_allclose(float(total), ce_l + 0.7 * ce_u, rtol=1e-4)
+
+
+def test_distribution_alignment_matches_its_formula_and_never_pseudo_labels_an_unlabeled_class():
+    """With `align`, the running mean p_model <- m p_model + (1 - m) mean(p_weak) is updated
+    first, then p = p_weak * target / p_model, renormalized; confidence and pseudo-label
+    come from p. The target is uniform over the labeled classes (here 0 and 1, not 2)."""
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    identity = keras.Sequential([keras.layers.Identity()])
+    shift = keras.Sequential([keras.layers.Rescaling(2.0)])
+    model = semi.FixMatch(classifier, identity, shift, threshold=0.5, align=[1.0, 1.0, 0.0], align_momentum=0.6)
+    rng = np.random.default_rng(2)
+    x_l, y_l = rng.normal(size=(4, 4)).astype("float32"), np.array([0, 1, 0, 1])
+    p_model, target = np.array([0.5, 0.5, 0.0]), np.array([0.5, 0.5, 0.0])
+    for _ in range(2):  # the running mean carries over from one batch to the next
+        x_u = 3 * rng.normal(size=(8, 4)).astype("float32")
+        p_u, p_s = np.array(classifier(x_u)), np.array(classifier(2 * x_u))
+        p_model = 0.6 * p_model + 0.4 * p_u.mean(axis=0)
+        p = p_u * target / np.maximum(p_model, 1e-6)
+        p /= p.sum(axis=1, keepdims=True)
+        model.threshold = float(np.median(p.max(axis=1)))
+        _, _, unlabeled, mask, _ = model.losses_of(x_l, y_l, x_u)
+        np.testing.assert_allclose(np.array(model.p_model), p_model, rtol=1e-5)
+        m = p.max(axis=1) >= model.threshold
+        assert 0 < m.sum() < 8 and set(p.argmax(axis=1)) <= {0, 1}
+        np.testing.assert_allclose(np.array(mask), m.astype("float32"))
+        ce_u = (m * -np.log(p_s[np.arange(8), p.argmax(axis=1)])).mean()
+        np.testing.assert_allclose(float(unlabeled), ce_u, rtol=1e-4)
+    assert not np.allclose(p, p_u / p_u.sum(axis=1, keepdims=True))  # the alignment changed the teacher
+
+
+def test_fixmatch_draws_a_full_labeled_batch_from_fewer_labels():
+    """B labeled images a step even when fewer are labeled (they repeat, each pass reshuffled),
+    so the unlabeled batch stays mu * B at the lowest budgets, as the reference samples."""
+    images = np.arange(3, dtype=np.float32)[:, None, None, None] * np.ones((1, 4, 4, 1), np.float32)
+    labeled = stream.ImageSet.of_arrays(images, np.array([0, 1, 2]))
+    pool = stream.ImageSet.of_arrays(np.zeros((50, 4, 4, 1), np.float32))
+    (x_l, y_l), x_u = next(semi.batches(labeled, pool, batch_size=8, mu=3, seed=0, steps_per_epoch=1)
+                           .as_numpy_iterator())
+    assert x_l.shape == (8, 4, 4, 1) and x_u.shape == (24, 4, 4, 1)
+    np.testing.assert_array_equal(x_l[:, 0, 0, 0], y_l)  # each image with its own label
+    assert sorted(y_l[:3]) == sorted(y_l[3:6]) == [0, 1, 2]  # whole passes over the three labels
 
 
 def test_fixmatch_pseudo_labels_come_from_inference_mode_and_leave_batchnorm_alone():

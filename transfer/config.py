@@ -148,6 +148,7 @@ class FineTuneConfig(RunConfig):
     threshold: float = 0.95  # pseudo-label confidence
     unlabeled_weight: float = 1.0  # lambda: the unlabeled loss's weight
     steps: int = 2000  # semi-supervised training steps
+    align: bool = False  # distribution alignment of the pseudo-labels (see transfer.semi)
 
     def __post_init__(self):
         super().__post_init__()

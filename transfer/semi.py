@@ -16,11 +16,25 @@ never the test split) was the same within the seed noise: from a contrastive enc
 99.4 and 98.7 (reference form: 99.4 and 99.2), from scratch 99.3 and 97.6 (99.3 and
 97.4), at 25% less time per step in `transfer fine-tune` (and 1.75x fewer ms per step
 in `python benchmarks/fixmatch_step.py`, each form in its own process).
+
+Every step draws B labeled images even when fewer are labeled: the labeled images
+repeat within a step (each with its own weak view), as the reference's sampler draws
+them with replacement, so the unlabeled batch stays mu*B at the lowest budgets (capping
+B at the number of labels fed 10 labels' FixMatch 70 unlabeled images a step, not 224).
+
+Distribution alignment (`align`, ReMixMatch's, in the form USB's hook computes it): the
+teacher's probabilities are multiplied by target / running mean of the teacher's
+probabilities over the unlabeled batches (momentum 0.999) and renormalized, before the
+confidence and the pseudo-label are read from them. The target is uniform over the
+classes that have a label. At one or two labels per class, FixMatch's teacher favours
+the classes it learned first and pseudo-labels them ever more (confirmation bias);
+alignment keeps the pseudo-labels spread over the classes as the target says.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 from keras import ops
 
@@ -33,10 +47,19 @@ class FixMatch(keras.Model):
     """Training wrapper around a classifier (image -> class probabilities); only the
     classifier is kept."""
 
-    def __init__(self, classifier, weak, strong, threshold: float = 0.95, weight: float = 1.0, **kwargs):
+    def __init__(self, classifier, weak, strong, threshold: float = 0.95, weight: float = 1.0, align=None,
+                 align_momentum: float = 0.999, **kwargs):
         super().__init__(**kwargs)
         self.classifier, self.weak, self.strong = classifier, weak, strong
         self.threshold, self.weight = float(threshold), float(weight)
+        self.align_momentum = float(align_momentum)
+        self.p_target = self.p_model = None
+        if align is not None:  # the target class distribution: alignment on
+            target = np.asarray(align, dtype="float32")
+            self.p_target = ops.convert_to_tensor(target / target.sum())
+            # The teacher's running mean probability; one value over the replicas (their mean).
+            self.p_model = self.add_weight(shape=target.shape, initializer=keras.initializers.Constant(self.p_target),
+                                           trainable=False, aggregation="mean", name="p_model")
         self.trackers = {name: keras.metrics.Mean(name=name)
                          for name in ("loss", "labeled_loss", "unlabeled_loss", "mask_rate", "accuracy")}
 
@@ -57,6 +80,8 @@ class FixMatch(keras.Model):
         weak_l = self.weak(x_l, training=True) if self.weak is not None else x_l
         weak_u = self.weak(x_u, training=True) if self.weak is not None else x_u
         p_weak = ops.stop_gradient(self.classifier(weak_u, training=False))  # the teacher: no BatchNorm update
+        if self.p_model is not None:
+            p_weak = self.aligned(p_weak)
         strong_u = self.strong(x_u, training=True)
         n_l = ops.shape(x_l)[0]
         p = self.classifier(ops.concatenate([weak_l, strong_u], axis=0), training=training)
@@ -66,6 +91,13 @@ class FixMatch(keras.Model):
         pseudo = ops.argmax(p_weak, axis=1)
         unlabeled = ops.mean(mask * keras.losses.sparse_categorical_crossentropy(pseudo, p_strong))
         return labeled + self.weight * unlabeled, labeled, unlabeled, mask, p_l
+
+    def aligned(self, p_weak):
+        """The teacher's probabilities aligned to the target distribution (the running mean updated first)."""
+        m = self.align_momentum
+        self.p_model.assign(m * self.p_model + (1.0 - m) * ops.mean(p_weak, axis=0))
+        p = p_weak * self.p_target / ops.maximum(self.p_model, 1e-6)
+        return p / ops.maximum(ops.sum(p, axis=1, keepdims=True), 1e-12)
 
     def train_step(self, data):
         (x_l, y_l), x_u = data
@@ -80,10 +112,10 @@ class FixMatch(keras.Model):
 
 def batches(train: stream.ImageSet, pool: stream.ImageSet, batch_size: int, mu: int, seed: int,
             steps_per_epoch: int):
-    """((labeled images, labels), unlabeled images) batches, both endless streams of
-    reshuffled passes in full batches (one batch shape: the step is traced once), for `fit`
+    """((labeled images, labels), unlabeled images) batches of `batch_size` and mu times as
+    many, both endless streams of reshuffled passes in full batches (one batch shape: the
+    step is traced once; fewer labels than `batch_size` repeat within a batch), for `fit`
     under the current strategy; the unlabeled pool is streamed (never all in memory)."""
-    batch_size = min(batch_size, len(train))
 
     def make(b, shard):
         # Each worker draws from every labeled image (there are few) and from its shard of the pool.
@@ -91,7 +123,7 @@ def batches(train: stream.ImageSet, pool: stream.ImageSet, batch_size: int, mu: 
         unlabeled = pool.stream(mu * b, seed + 1, shard=shard)
         return tf.data.Dataset.zip((labeled, unlabeled)).prefetch(tf.data.AUTOTUNE)
 
-    return distribute.batches(make, batch_size, steps_per_epoch * batch_size), batch_size
+    return distribute.batches(make, batch_size, steps_per_epoch * batch_size)
 
 
 def schedule(learning_rate: float, steps: int):
