@@ -31,7 +31,9 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     if cfg.plot:
         comparison.plot(df, cfg.metric, cfg.plot)
         log(f"wrote {cfg.plot}")
-    sentences = report.verdicts(table, [c for c in by if c != "method"], cfg.metric)
+    context = [c for c in by if c != "method"]
+    sentences = report.verdicts(table, context, cfg.metric)
+    sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
             log(comparison.NOTE)

@@ -169,6 +169,31 @@ def test_verdicts_follow_the_summary_grouping(tmp_path):
     assert "digits, arch vgg, 5 labels/class: pretraining did NOT pay (it lost)" in output
 
 
+def test_the_best_pipeline_with_a_pretrained_encoder_is_judged_across_selections(tmp_path):
+    """At a total budget the labels' selection is part of the pipeline: a baseline learner on
+    labels chosen with a pretrained encoder uses pretraining; one on labels chosen on pixels
+    does not. The sentence pairs the best of each side over the seeds."""
+    def rows(method, how, encoder, accuracies):
+        return [{"command": "fine-tune", "status": "ok", "data": "animals", "method": method, "labels": 10,
+                 "selection": how.split()[0], "select_encoder": encoder, "labels_per_class": f"10 in all ({how})",
+                 "seed": s, "test_accuracy": a, "seconds": 1.0} for s, a in enumerate(accuracies)]
+
+    chosen = [v + 0.10 for v in SCRATCH]  # typiclust on the pretrained encoder, then scratch: +10 every seed
+    table = pd.DataFrame(rows("scratch", "random", None, SCRATCH)
+                         + rows("scratch", "typiclust on pixels", "pixels", [v + 0.02 for v in SCRATCH])
+                         + rows("scratch", "typiclust on contrastive", "runs/pretrain-contrastive", chosen)
+                         + rows("contrastive-finetuned", "random", None, [v + 0.01 for v in SCRATCH]))
+    table.to_csv(tmp_path / "r.csv", index=False)
+    output = invoke(tmp_path / "r.csv").output
+    line = [l for l in output.splitlines() if "any selection" in l]
+    assert line == ["animals, 10 labels in all, any selection: pretraining paid. Best pipeline with a pretrained "
+                    "encoder (typiclust on contrastive, then scratch: 90.0) vs best without one (typiclust on "
+                    "pixels, then scratch: 82.0): +8.0 points (95% CI +8.0 to +8.0, paired over 5 seed(s))."]
+    alone = table[table["select_encoder"].isna() & (table["method"] == "scratch")]
+    alone.to_csv(tmp_path / "one_side.csv", index=False)  # no pipeline with pretraining: no sentence
+    assert "any selection" not in invoke(tmp_path / "one_side.csv").output
+
+
 def test_scratch_semi_is_a_baseline_and_can_take_the_win_away(tmp_path):
     """Semi-supervised methods are compared with the semi-supervised baseline: with scratch-semi
     in the table the best baseline is scratch-semi, and a win over scratch becomes a loss."""

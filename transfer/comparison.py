@@ -81,6 +81,47 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
             table.loc[i, "significant"] = stats.excludes_zero(d["low"], d["high"]) and not baseline[i]
 
 
+def uses_pretraining(method: str, select_encoder) -> bool:
+    """Does a pipeline use a pretrained encoder: to start from, or to choose its labels with?"""
+    chosen_with = "" if pd.isna(select_encoder) else str(select_encoder)
+    return not methods.is_baseline(method) or chosen_with not in ("", "pixels", "random")
+
+
+def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFrame:
+    """At each total label budget (rows with `labels`), across selections: the best pipeline
+    (selection, then method) that uses a pretrained encoder against the best that does not,
+    paired over the seeds both share, with a 95% interval. `context`: the other grouping
+    columns (e.g. data). Empty when the rows have no total budgets or one side is missing."""
+    needed = {"labels", "labels_per_class", "method"}
+    if not needed <= set(df.columns) or df["labels"].isna().all():
+        return pd.DataFrame()
+    rows = df[df["labels"].notna()].copy()
+    encoder = rows["select_encoder"] if "select_encoder" in rows else pd.Series("", index=rows.index)
+    rows["_pretrained"] = [uses_pretraining(m, e) for m, e in zip(rows["method"], encoder)]
+    keys = [c for c in context if c not in ("labels_per_class", "method", "labels")] + ["labels"]
+    out = []
+    for key, group in rows.groupby(keys, dropna=False, sort=True):
+        pipes = group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False)[metric].mean().reset_index()
+        if pipes["_pretrained"].all() or not pipes["_pretrained"].any():
+            continue
+        best = {side: pipes[pipes["_pretrained"] == side].sort_values(metric, kind="stable").iloc[-1]
+                for side in (True, False)}
+
+        def per_seed(pipe):
+            runs = group[(group["labels_per_class"] == pipe["labels_per_class"]) & (group["method"] == pipe["method"])]
+            return runs.groupby("seed")[metric].mean() if "seed" in runs else runs[metric].reset_index(drop=True)
+
+        d = stats.difference(per_seed(best[True]), per_seed(best[False]))
+        entry = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        for side, name in ((True, "with"), (False, "without")):
+            entry.update({f"{name}_budget": best[side]["labels_per_class"], f"{name}_method": best[side]["method"],
+                          f"{name}_mean": best[side][metric]})
+        entry.update(diff=d["diff"], low=d["low"], high=d["high"], seeds=d["seeds"], comparison=d["kind"],
+                     significant=stats.excludes_zero(d["low"], d["high"]))
+        out.append(entry)
+    return pd.DataFrame(out)
+
+
 def select(table: pd.DataFrame, cfg: CompareConfig) -> pd.DataFrame:
     """--sort/--descending, then --top, then --columns."""
     if cfg.sort:

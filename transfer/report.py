@@ -44,6 +44,34 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
     return out
 
 
+def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
+    """One sentence per total budget (`transfer.comparison.best_pipelines`): the best pipeline
+    with a pretrained encoder (to choose the labels, to start from, or both) against the best
+    without one, whichever the selection."""
+    scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
+    out = []
+    for _, b in best.iterrows():
+        where = ", ".join(str(b[c]) for c in best.columns[: list(best.columns).index("labels")])
+        if math.isnan(b["low"]):
+            sure = "no interval: too few runs"
+        else:
+            sure = f"95% CI {b['low'] * scale:+.1f} to {b['high'] * scale:+.1f}, {b['comparison']} over {int(b['seeds'])} seed(s)"
+        word = ("pretraining paid" if b["significant"] and b["diff"] > 0 else
+                "pretraining did NOT pay (it lost)" if b["significant"] else "no clear difference: pretraining did not pay")
+        pipe = {side: f"{_selection(b[side + '_budget'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
+                for side in ("with", "without")}
+        out.append(f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
+                   f"pipeline with a pretrained encoder ({pipe['with']}) vs best without one ({pipe['without']}): "
+                   f"{b['diff'] * scale:+.1f}{unit} ({sure}).")
+    return out
+
+
+def _selection(budget: str) -> str:
+    """How a total budget's labels were chosen, from its name ("10 in all (typiclust on pixels)")."""
+    how = str(budget).partition("(")[2].rstrip(")")
+    return {"random": "a blind draw", "stratified": "a stratified draw (the oracle)"}.get(how, how or str(budget))
+
+
 def _describe(column: str, value) -> str:
     if column == "labels_per_class":
         total, _, how = str(value).partition(" in all ")
