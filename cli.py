@@ -456,6 +456,9 @@ def pretrain(**params):
      help="With --unlabeled: confidence above which a prediction becomes a pseudo-label.")
 @opt(FineTuneConfig, "unlabeled-weight", type=float, help="With --unlabeled: weight of the unlabeled loss.")
 @opt(FineTuneConfig, "steps", type=int, help="With --unlabeled: training steps.")
+@opt(FineTuneConfig, "semi-learning-rate", type=float,
+     help="With --unlabeled: FixMatch's learning rate (SGD with Nesterov momentum and weight decay, "
+          "FixMatch's cosine, the weights' moving average kept, as the reference trains).")
 @opt(FineTuneConfig, "align/--no-align", "align",
      help="With --unlabeled: distribution alignment: the teacher's probabilities are divided by "
           "their running mean over the pool and renormalized, so that pseudo-labels stay spread "

@@ -134,9 +134,10 @@ def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 3
     model = FixMatch(logits_model)
     model.compile(optimizer=keras.optimizers.SGD(Schedule(), momentum=0.9, nesterov=True, weight_decay=5e-4,
                                                  use_ema=True, ema_momentum=EMA))
-    labeled = stream.dataset(train, np.arange(len(train)), size, batch_size=min(batch, len(train)), shuffle=True,
+    # The reference's samplers: `batch` labeled images a step however few are labeled (they repeat), mu times as many unlabeled.
+    labeled = stream.dataset(train, np.arange(len(train)), size, batch_size=batch, shuffle=True,
                              seed=seed, with_labels=True, forever=True)
-    pool = stream.dataset(found.source, found.pool, size, batch_size=mu * min(batch, len(train)), shuffle=True,
+    pool = stream.dataset(found.source, found.pool, size, batch_size=mu * batch, shuffle=True,
                           seed=seed + 1, forever=True)
     start = time.perf_counter()
     history = model.fit(tf.data.Dataset.zip((labeled, pool)), epochs=steps // 100, steps_per_epoch=100, verbose=0)
@@ -153,6 +154,8 @@ def main() -> None:
     parser.add_argument("--labels-per-class", type=int, default=10)
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--only", choices=["scratch-semi", "plain Keras FixMatch"],
+                        help="run one learner (to compare with the other's numbers from an earlier run)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -162,7 +165,7 @@ def main() -> None:
         print("RESULT " + json.dumps(got), flush=True)
         os._exit(0)
     seeds = [int(s) for s in args.seeds.split(",")]
-    runs = {"scratch-semi": [], "plain Keras FixMatch": []}
+    runs = {name: [] for name in ("scratch-semi", "plain Keras FixMatch") if args.only in (None, name)}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
             for which in runs:
@@ -183,6 +186,8 @@ def main() -> None:
               f"{', '.join(f'{p:.1f}' for p in pool)} | {100 * statistics.mean(g['test'] for g in got):.1f} | "
               f"{statistics.mean(float(g['mask_rate'] or 0) for g in got):.2f} | "
               f"{statistics.mean(g['seconds'] for g in got):.0f} |")
+    if len(runs) < 2:
+        return
     diff = [100 * (a["pool"] - b["pool"]) for a, b in zip(runs["scratch-semi"], runs["plain Keras FixMatch"])]
     print(f"\nscratch-semi - plain Keras FixMatch, paired over seeds: {statistics.mean(diff):+.1f} points "
           f"(target: >= -0.5)")

@@ -350,7 +350,7 @@ class FixMatchTrainer:
             target[np.unique(job.train.labels)] = 1.0
         model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
                               cfg.unlabeled_weight, align=target)
-        model.compile(optimizer=keras.optimizers.Adam(semi.schedule(learning_rate, cfg.steps)))
+        model.compile(optimizer=semi.optimizer(cfg.semi_learning_rate, cfg.steps))
         model.build(classifier.input.shape)  # built, so that a backup can be restored into it
         distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
         epochs = -(-cfg.steps // per_epoch)

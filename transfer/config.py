@@ -148,6 +148,7 @@ class FineTuneConfig(RunConfig):
     threshold: float = 0.95  # pseudo-label confidence
     unlabeled_weight: float = 1.0  # lambda: the unlabeled loss's weight
     steps: int = 2000  # semi-supervised training steps
+    semi_learning_rate: float = 0.03  # FixMatch's SGD (see transfer.semi.optimizer)
     align: bool = False  # distribution alignment of the pseudo-labels (see transfer.semi)
 
     def __post_init__(self):
@@ -180,6 +181,7 @@ class FineTuneConfig(RunConfig):
             raise TransferError(f"test_fraction must be between 0 and 1. Received: test_fraction={self.test_fraction}")
         _rate("learning_rate", self.learning_rate)
         _rate("fine_tune_learning_rate", self.fine_tune_learning_rate)
+        _rate("semi_learning_rate", self.semi_learning_rate)
         for u in self.head:
             _positive("head units", u)
 
