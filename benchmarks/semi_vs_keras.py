@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 IMAGE_SIZE = {"digits": 16, "animals": 28}
 # FixMatch evaluates an exponential moving average of the weights (0.999 over its 2**20 steps). Keras's
-# average starts from the initial weights, which keep a weight of EMA**steps: 0.999 would leave 13% of
-# the random initialization in after 2,000 steps; 0.99 leaves none.
+# average starts from the first step's weights, which keep a weight of EMA**(steps - 1): 0.999 would
+# leave 13% of the barely trained network in after 2,000 steps; 0.99 leaves none.
 EMA = 0.99
 
 

@@ -103,6 +103,42 @@ def test_fixmatch_draws_a_full_labeled_batch_from_fewer_labels():
     assert sorted(y_l[:3]) == sorted(y_l[3:6]) == [0, 1, 2]  # whole passes over the three labels
 
 
+def test_fixmatch_learning_rate_follows_its_cosine_and_the_fit_ends_on_the_weights_average():
+    """lr(k) = lr cos(7 pi k / 16 K); SGD with Nesterov momentum and weight decay; when the fit
+    ends the classifier holds the moving average of its weights over the steps (from the
+    first step's weights: avg <- m avg + (1 - m) w after each later step), as FixMatch evaluates."""
+    import math
+
+    import tensorflow as tf
+
+    schedule = semi.FixMatchCosine(0.03, 100)
+    for k in (0, 50, 100, 150):
+        assert float(schedule(k)) == pytest.approx(0.03 * math.cos(7 * math.pi * min(k, 100) / 1600), rel=1e-6)
+    keras.utils.set_random_seed(0)
+    classifier = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax")])
+    identity = keras.Sequential([keras.layers.Identity()])
+    model = semi.FixMatch(classifier, identity, identity, threshold=0.5)
+    model.compile(optimizer=semi.optimizer(0.03, 6, ema=0.5))
+    opt = model.optimizer
+    assert isinstance(opt, keras.optimizers.SGD) and opt.nesterov and opt.momentum == 0.9 and opt.weight_decay == 5e-4
+    rng = np.random.default_rng(0)
+    x_l, y_l, x_u = rng.normal(size=(4, 4)).astype("float32"), np.array([0, 1, 2, 0]), rng.normal(size=(8, 4)).astype("float32")
+    ds = tf.data.Dataset.from_tensors(((x_l, y_l), x_u)).repeat()
+    raw = []
+
+    class Record(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            raw.append([np.array(w) for w in classifier.trainable_weights])
+
+    model.fit(ds, epochs=1, steps_per_epoch=6, verbose=0, callbacks=[Record()])
+    average = raw[0]  # Keras's average starts from the first step's weights
+    for step in raw[1:]:
+        average = [0.5 * a + 0.5 * w for a, w in zip(average, step)]
+    assert not np.allclose(raw[-1][0], average[0])  # the average is not the last step's weights
+    for got, want in zip(classifier.trainable_weights, average):
+        np.testing.assert_allclose(np.array(got), want, rtol=1e-5, atol=1e-6)
+
+
 def test_fixmatch_pseudo_labels_come_from_inference_mode_and_leave_batchnorm_alone():
     """The teacher (weak view) runs with BatchNorm's moving statistics and updates nothing;
     BatchNorm's statistics come from the trained pass alone: labeled and strong views."""

@@ -44,8 +44,8 @@ from transfer import distribute, stream
 
 STEPS_PER_EPOCH = 100  # a history row (and a chance to back up, see training.fit) every 100 steps
 # FixMatch evaluates a moving average of the weights (0.999 over its 2**20 steps). Keras's average starts
-# from the initial weights, which keep a weight of EMA**steps: 0.999 would leave 13% of them in after
-# 2,000 steps; 0.99 leaves none.
+# from the first step's weights, which keep a weight of EMA**(steps - 1): 0.999 would leave 13% of the
+# barely trained network in after 2,000 steps; 0.99 leaves none.
 EMA = 0.99
 
 
