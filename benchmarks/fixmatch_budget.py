@@ -1,7 +1,7 @@
 """What FixMatch's knobs trade: accuracy on the unlabeled pool against seconds per run.
 
-`transfer fine-tune --unlabeled` at its defaults (mu 7, 2,000 steps, learning rate
-1e-3) and with fewer steps, fewer unlabeled images per step (`--mu`) or a larger
+`transfer fine-tune --unlabeled` at its defaults (mu 7, 2,000 steps, SGD at
+--semi-learning-rate 0.03) and with fewer steps, fewer unlabeled images per step (`--mu`) or a larger
 learning rate, on the same labeled draws; the supervised fine-tune (no pool) for scale.
 Each run is scored on the labels of the unlabeled pool, without the images drawn as
 labels: never on the test split, so that choosing among these settings does not tune
@@ -30,9 +30,9 @@ SETTINGS = {  # name: FineTuneConfig fields over the defaults
     "supervised (no pool)": {"unlabeled": None},
     "FixMatch defaults": {},
     "--steps 1000": {"steps": 1000},
-    "--steps 1000 --learning-rate 0.002": {"steps": 1000, "learning_rate": 0.002},
-    "--mu 3 --learning-rate 0.002": {"mu": 3, "learning_rate": 0.002},
-    "--mu 3 --steps 1000 --learning-rate 0.003": {"mu": 3, "steps": 1000, "learning_rate": 0.003},
+    "--steps 1000 --semi-learning-rate 0.06": {"steps": 1000, "semi_learning_rate": 0.06},
+    "--mu 3 --semi-learning-rate 0.06": {"mu": 3, "semi_learning_rate": 0.06},
+    "--mu 3 --steps 1000 --semi-learning-rate 0.09": {"mu": 3, "steps": 1000, "semi_learning_rate": 0.09},
 }
 
 
