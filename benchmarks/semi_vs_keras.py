@@ -62,14 +62,14 @@ def _accuracy(predict, source, index, size) -> float:
     return hits / max(total, 1)
 
 
-def toolkit(data: str, per_class: int, seed: int, steps: int, out: str) -> dict:
+def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "inference") -> dict:
     from pipelines import fine_tune
     from transfer import artifacts
     from transfer.config import FineTuneConfig
 
     cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
                          unlabeled=data, steps=steps, image_size=IMAGE_SIZE[data], out=out,
-                         results=out + ".csv")
+                         results=out + ".csv", teacher=teacher)
     start = time.perf_counter()
     row = fine_tune.run(cfg, log=lambda m: None)
     seconds = time.perf_counter() - start
@@ -156,11 +156,13 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--only", choices=["scratch-semi", "plain Keras FixMatch"],
                         help="run one learner (to compare with the other's numbers from an earlier run)")
+    parser.add_argument("--teacher", default="inference", choices=["inference", "batch"],
+                        help="scratch-semi's FixMatch teacher (fine-tune --teacher)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         which, seed, out = json.loads(args.worker)
-        got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out) if which == "scratch-semi"
+        got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher) if which == "scratch-semi"
                else plain_keras(args.data, args.labels_per_class, seed, args.steps))
         print("RESULT " + json.dumps(got), flush=True)
         os._exit(0)
@@ -171,7 +173,8 @@ def main() -> None:
             for which in runs:
                 out = os.path.join(tmp, f"{which.replace(' ', '-')}-{seed}")
                 proc = subprocess.run([sys.executable, __file__, "--data", args.data, "--labels-per-class",
-                                       str(args.labels_per_class), "--steps", str(args.steps), "--worker",
+                                       str(args.labels_per_class), "--steps", str(args.steps),
+                                       "--teacher", args.teacher, "--worker",
                                        json.dumps([which, seed, out])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
                 if not found:

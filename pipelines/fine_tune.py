@@ -349,7 +349,7 @@ class FixMatchTrainer:
             target = np.zeros(len(job.train.class_names), "float32")
             target[np.unique(job.train.labels)] = 1.0
         model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
-                              cfg.unlabeled_weight, align=target)
+                              cfg.unlabeled_weight, align=target, teacher=cfg.teacher)
         model.compile(optimizer=semi.optimizer(cfg.semi_learning_rate, cfg.steps))
         model.build(classifier.input.shape)  # built, so that a backup can be restored into it
         distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
@@ -367,6 +367,7 @@ class FixMatchTrainer:
         report_skipped(pool.failed, job.log, "while streaming the unlabeled pool")
         mask = history.history.get("mask_rate") or [float("nan")]
         return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight, "align": cfg.align,
+                "teacher": cfg.teacher,
                 "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
                 "n_unlabeled": len(pool), "test_in_unlabeled": self.leaked}
 

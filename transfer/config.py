@@ -149,6 +149,7 @@ class FineTuneConfig(RunConfig):
     unlabeled_weight: float = 1.0  # lambda: the unlabeled loss's weight
     steps: int = 2000  # semi-supervised training steps
     semi_learning_rate: float = 0.03  # FixMatch's SGD (see transfer.semi.optimizer)
+    teacher: str = "inference"  # FixMatch's pseudo-labels: "inference" (BatchNorm's moving statistics) or "batch"
     align: bool = False  # distribution alignment of the pseudo-labels (see transfer.semi)
 
     def __post_init__(self):
@@ -182,6 +183,7 @@ class FineTuneConfig(RunConfig):
         _rate("learning_rate", self.learning_rate)
         _rate("fine_tune_learning_rate", self.fine_tune_learning_rate)
         _rate("semi_learning_rate", self.semi_learning_rate)
+        _choice("teacher", self.teacher, ("inference", "batch"))
         for u in self.head:
             _positive("head units", u)
 

@@ -54,9 +54,9 @@ class FixMatch(keras.Model):
     classifier is kept."""
 
     def __init__(self, classifier, weak, strong, threshold: float = 0.95, weight: float = 1.0, align=None,
-                 align_momentum: float = 0.999, **kwargs):
+                 align_momentum: float = 0.999, teacher: str = "inference", **kwargs):
         super().__init__(**kwargs)
-        self.classifier, self.weak, self.strong = classifier, weak, strong
+        self.classifier, self.weak, self.strong, self.teacher = classifier, weak, strong, teacher
         self.threshold, self.weight = float(threshold), float(weight)
         self.align_momentum = float(align_momentum)
         self.p_target = self.p_model = None
@@ -85,13 +85,17 @@ class FixMatch(keras.Model):
         """(total, labeled, unlabeled loss, mask, labeled predictions) on one batch, by the formula above."""
         weak_l = self.weak(x_l, training=True) if self.weak is not None else x_l
         weak_u = self.weak(x_u, training=True) if self.weak is not None else x_u
-        p_weak = ops.stop_gradient(self.classifier(weak_u, training=False))  # the teacher: no BatchNorm update
+        strong_u = self.strong(x_u, training=True)
+        n_l, n_u = ops.shape(x_l)[0], ops.shape(x_u)[0]
+        if self.teacher == "batch":  # the reference: every view in one trained pass, BatchNorm over all of them
+            p = self.classifier(ops.concatenate([weak_l, weak_u, strong_u], axis=0), training=training)
+            p_l, p_weak, p_strong = p[:n_l], ops.stop_gradient(p[n_l:n_l + n_u]), p[n_l + n_u:]
+        else:  # inference mode: BatchNorm's moving statistics, no update, no backward pass
+            p_weak = ops.stop_gradient(self.classifier(weak_u, training=False))
+            p = self.classifier(ops.concatenate([weak_l, strong_u], axis=0), training=training)
+            p_l, p_strong = p[:n_l], p[n_l:]
         if self.p_model is not None:
             p_weak = self.aligned(p_weak)
-        strong_u = self.strong(x_u, training=True)
-        n_l = ops.shape(x_l)[0]
-        p = self.classifier(ops.concatenate([weak_l, strong_u], axis=0), training=training)
-        p_l, p_strong = p[:n_l], p[n_l:]
         labeled = ops.mean(keras.losses.sparse_categorical_crossentropy(y_l, p_l))
         mask = ops.cast(ops.max(p_weak, axis=1) >= self.threshold, p.dtype)
         pseudo = ops.argmax(p_weak, axis=1)
