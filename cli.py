@@ -459,6 +459,10 @@ def pretrain(**params):
 @opt(FineTuneConfig, "semi-learning-rate", type=float,
      help="With --unlabeled: FixMatch's learning rate (SGD with Nesterov momentum and weight decay, "
           "FixMatch's cosine, the weights' moving average kept, as the reference trains).")
+@opt(FineTuneConfig, "teacher", type=click.Choice(["inference", "batch"]),
+     help="With --unlabeled: where pseudo-labels come from: inference (the network in inference mode, "
+          "BatchNorm's moving statistics, no backward pass for them: cheaper) or batch (the reference: "
+          "the weak views in the trained pass with the labeled and strong ones).")
 @opt(FineTuneConfig, "align/--no-align", "align",
      help="With --unlabeled: distribution alignment: the teacher's probabilities are divided by "
           "their running mean over the pool and renormalized, so that pseudo-labels stay spread "

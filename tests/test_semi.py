@@ -159,6 +159,33 @@ def test_fixmatch_pseudo_labels_come_from_inference_mode_and_leave_batchnorm_alo
     np.testing.assert_allclose(np.array(bn.moving_mean), trained_pass.mean(axis=0), rtol=1e-5)
 
 
+def test_the_batch_teacher_reads_pseudo_labels_from_the_trained_pass_over_every_view():
+    """teacher="batch" (the reference form): labeled, weak and strong views go through the
+    network together in training mode; the pseudo-labels are the weak rows of that pass (batch
+    statistics over all three), and BatchNorm's statistics come from all of them."""
+    keras.utils.set_random_seed(0)
+    bn = keras.layers.BatchNormalization(momentum=0.0, center=False, scale=False)
+    classifier = keras.Sequential([keras.Input((4,)), bn, keras.layers.Dense(3, activation="softmax")])
+    identity = keras.Sequential([keras.layers.Identity()])
+    double = keras.Sequential([keras.layers.Rescaling(2.0)])
+    model = semi.FixMatch(classifier, identity, double, threshold=0.5, teacher="batch")
+    rng = np.random.default_rng(1)
+    x_l, y_l = rng.normal(size=(5, 4)).astype("float32"), np.array([0, 1, 2, 1, 0])
+    x_u = (3 + 2 * rng.normal(size=(9, 4))).astype("float32")
+    views = np.concatenate([x_l, x_u, 2 * x_u])
+    inference = np.array(classifier(x_u, training=False))  # what the inference-mode teacher would read
+    p = np.array(classifier(views, training=True))  # what one trained pass over every view gives
+    teacher, strong = p[5:14], p[14:]
+    model.threshold = float(np.median(teacher.max(axis=1)))
+    _, _, unlabeled, mask, _ = model.losses_of(x_l, y_l, x_u)
+    m = teacher.max(axis=1) >= model.threshold
+    np.testing.assert_allclose(np.array(mask), m.astype("float32"))
+    ce_u = (m * -np.log(strong[np.arange(9), teacher.argmax(axis=1)])).mean()
+    np.testing.assert_allclose(float(unlabeled), ce_u, rtol=1e-4)
+    np.testing.assert_allclose(np.array(bn.moving_mean), views.mean(axis=0), rtol=1e-5)
+    assert not np.allclose(inference, teacher, atol=1e-3)  # the two teachers differ here
+
+
 def test_augment_policies_keep_shape_and_range_and_none_is_none():
     x = np.random.default_rng(0).random((6, 12, 12, 1)).astype("float32")
     assert augment.build("none") is None
