@@ -62,7 +62,7 @@ def _accuracy(predict, source, index, size) -> float:
     return hits / max(total, 1)
 
 
-def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "inference") -> dict:
+def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch") -> dict:
     from pipelines import fine_tune
     from transfer import artifacts
     from transfer.config import FineTuneConfig
@@ -156,7 +156,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2000)
     parser.add_argument("--only", choices=["scratch-semi", "plain Keras FixMatch"],
                         help="run one learner (to compare with the other's numbers from an earlier run)")
-    parser.add_argument("--teacher", default="inference", choices=["inference", "batch"],
+    parser.add_argument("--teacher", default="batch", choices=["inference", "batch"],
                         help="scratch-semi's FixMatch teacher (fine-tune --teacher)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()

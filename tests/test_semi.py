@@ -147,7 +147,7 @@ def test_fixmatch_pseudo_labels_come_from_inference_mode_and_leave_batchnorm_alo
     classifier = keras.Sequential([keras.Input((4,)), bn, keras.layers.Dense(3, activation="softmax")])
     identity = keras.Sequential([keras.layers.Identity()])
     double = keras.Sequential([keras.layers.Rescaling(2.0)])
-    model = semi.FixMatch(classifier, identity, double, threshold=0.5)
+    model = semi.FixMatch(classifier, identity, double, threshold=0.5, teacher="inference")
     rng = np.random.default_rng(1)
     x_l, y_l = rng.normal(size=(5, 4)).astype("float32"), np.array([0, 1, 2, 1, 0])
     x_u = (3 + 2 * rng.normal(size=(9, 4))).astype("float32")  # statistics unlike the labeled images
@@ -168,7 +168,7 @@ def test_the_batch_teacher_reads_pseudo_labels_from_the_trained_pass_over_every_
     classifier = keras.Sequential([keras.Input((4,)), bn, keras.layers.Dense(3, activation="softmax")])
     identity = keras.Sequential([keras.layers.Identity()])
     double = keras.Sequential([keras.layers.Rescaling(2.0)])
-    model = semi.FixMatch(classifier, identity, double, threshold=0.5, teacher="batch")
+    model = semi.FixMatch(classifier, identity, double, threshold=0.5)  # the default teacher
     rng = np.random.default_rng(1)
     x_l, y_l = rng.normal(size=(5, 4)).astype("float32"), np.array([0, 1, 2, 1, 0])
     x_u = (3 + 2 * rng.normal(size=(9, 4))).astype("float32")

@@ -149,7 +149,7 @@ class FineTuneConfig(RunConfig):
     unlabeled_weight: float = 1.0  # lambda: the unlabeled loss's weight
     steps: int = 2000  # semi-supervised training steps
     semi_learning_rate: float = 0.03  # FixMatch's SGD (see transfer.semi.optimizer)
-    teacher: str = "inference"  # FixMatch's pseudo-labels: "inference" (BatchNorm's moving statistics) or "batch"
+    teacher: str = "batch"  # FixMatch's pseudo-labels: "batch" (the reference's trained pass) or "inference"
     align: bool = False  # distribution alignment of the pseudo-labels (see transfer.semi)
 
     def __post_init__(self):

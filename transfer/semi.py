@@ -54,7 +54,7 @@ class FixMatch(keras.Model):
     classifier is kept."""
 
     def __init__(self, classifier, weak, strong, threshold: float = 0.95, weight: float = 1.0, align=None,
-                 align_momentum: float = 0.999, teacher: str = "inference", **kwargs):
+                 align_momentum: float = 0.999, teacher: str = "batch", **kwargs):
         super().__init__(**kwargs)
         self.classifier, self.weak, self.strong, self.teacher = classifier, weak, strong, teacher
         self.threshold, self.weight = float(threshold), float(weight)
