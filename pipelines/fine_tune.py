@@ -367,7 +367,7 @@ class FixMatchTrainer:
         report_skipped(pool.failed, job.log, "while streaming the unlabeled pool")
         mask = history.history.get("mask_rate") or [float("nan")]
         return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight, "align": cfg.align,
-                "teacher": cfg.teacher,
+                "teacher": cfg.teacher, "semi_learning_rate": cfg.semi_learning_rate,
                 "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
                 "n_unlabeled": len(pool), "test_in_unlabeled": self.leaked}
 
