@@ -8,7 +8,7 @@ weak view's argmax when its softmax reaches the threshold (no gradient); loss =
 CE(labeled) + lambda * mean(mask * CE(strong, pseudo-label)); SGD with Nesterov momentum 0.9,
 learning rate 0.03 with FixMatch's cosine decay (cos(7 pi k / 16 K)), weight decay 5e-4,
 and the weights' exponential moving average evaluated at the end, as FixMatch does (0.99 here:
-see EMA).
+see `transfer.semi.EMA`).
 The network is the toolkit's `small` encoder with a linear softmax head over its average-pooled
 features; the weak and strong views are the toolkit's (`transfer.augment`).
 
@@ -37,10 +37,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 IMAGE_SIZE = {"digits": 16, "animals": 28}
-# FixMatch evaluates an exponential moving average of the weights (0.999 over its 2**20 steps). Keras's
-# average starts from the first step's weights, which keep a weight of EMA**(steps - 1): 0.999 would
-# leave 13% of the barely trained network in after 2,000 steps; 0.99 leaves none.
-EMA = 0.99
 
 
 def _splits(data: str, per_class: int, seed: int):
@@ -87,7 +83,7 @@ def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 3
     import tensorflow as tf
     from keras import layers, ops
 
-    from transfer import augment, models, stream, training
+    from transfer import augment, models, semi, stream, training
     from transfer.architectures import preset_blocks
 
     size = IMAGE_SIZE[data]
@@ -133,7 +129,7 @@ def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 3
 
     model = FixMatch(logits_model)
     model.compile(optimizer=keras.optimizers.SGD(Schedule(), momentum=0.9, nesterov=True, weight_decay=5e-4,
-                                                 use_ema=True, ema_momentum=EMA))
+                                                 use_ema=True, ema_momentum=semi.EMA))
     # The reference's samplers: `batch` labeled images a step however few are labeled (they repeat), mu times as many unlabeled.
     labeled = stream.dataset(train, np.arange(len(train)), size, batch_size=batch, shuffle=True,
                              seed=seed, with_labels=True, forever=True)

@@ -333,7 +333,8 @@ class SupervisedTrainer:
 class FixMatchTrainer:
     """FixMatch (`transfer.semi`) on the labeled images and the unlabeled pool, for cfg.steps
     steps (in epochs of semi.STEPS_PER_EPOCH, each backed up) in the phase it trains: the
-    supervised trainer's epochs do not apply."""
+    supervised trainer's epochs and learning rate do not apply (FixMatch's own optimizer
+    takes --semi-learning-rate)."""
 
     def __init__(self, pool: stream.ImageSet, leaked: int):
         self.pool, self.leaked = pool, leaked  # the unlabeled images; the test images among them

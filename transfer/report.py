@@ -26,22 +26,27 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
             continue
         best = pretrained.loc[pretrained["mean"].idxmax()]
         where = ", ".join(_describe(c, v) for c, v in zip(context, keys if isinstance(keys, tuple) else (keys,)))
-        diff, low, high = best["vs_best_baseline"] * scale, best["ci_low"] * scale, best["ci_high"] * scale
-        if math.isnan(low):
-            sure = "no interval: too few runs"
-        elif low == high == diff == 0:
-            sure = f"the same result on every one of {int(best['paired_seeds'])} paired seed(s)"
-        else:
-            sure = f"95% CI {low:+.1f} to {high:+.1f}, {best['comparison']} over {int(best['paired_seeds'])} seed(s)"
-        if best["significant"] and diff > 0:
-            word = "pretraining paid"
-        elif best["significant"]:
-            word = "pretraining did NOT pay (it lost)"
-        else:
-            word = "no clear difference: pretraining did not pay"
+        diff = best["vs_best_baseline"] * scale
+        word, sure = _judgement(diff, best["ci_low"] * scale, best["ci_high"] * scale, best["significant"],
+                                best["comparison"], best["paired_seeds"])
         out.append(f"{where}: {word}. Best pretrained {best['method']} vs best baseline {best['best_baseline']}: "
                    f"{diff:+.1f}{unit} ({sure}).")
     return out
+
+
+def _judgement(diff: float, low: float, high: float, significant: bool, comparison: str, seeds) -> tuple[str, str]:
+    """(verdict word, how sure) of a difference from the best without pretraining and its interval."""
+    if math.isnan(low):
+        sure = "no interval: too few runs"
+    elif low == high == diff == 0:
+        sure = f"the same result on every one of {int(seeds)} paired seed(s)"
+    else:
+        sure = f"95% CI {low:+.1f} to {high:+.1f}, {comparison} over {int(seeds)} seed(s)"
+    if significant and diff > 0:
+        return "pretraining paid", sure
+    if significant:
+        return "pretraining did NOT pay (it lost)", sure
+    return "no clear difference: pretraining did not pay", sure
 
 
 def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
@@ -52,12 +57,8 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
     out = []
     for _, b in best.iterrows():
         where = ", ".join(str(b[c]) for c in best.columns[: list(best.columns).index("labels")])
-        if math.isnan(b["low"]):
-            sure = "no interval: too few runs"
-        else:
-            sure = f"95% CI {b['low'] * scale:+.1f} to {b['high'] * scale:+.1f}, {b['comparison']} over {int(b['seeds'])} seed(s)"
-        word = ("pretraining paid" if b["significant"] and b["diff"] > 0 else
-                "pretraining did NOT pay (it lost)" if b["significant"] else "no clear difference: pretraining did not pay")
+        word, sure = _judgement(b["diff"] * scale, b["low"] * scale, b["high"] * scale, b["significant"],
+                                b["comparison"], b["seeds"])
         pipe = {side: f"{_selection(b[side + '_budget'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
                 for side in ("with", "without")}
         out.append(f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
