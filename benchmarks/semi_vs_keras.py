@@ -18,6 +18,7 @@ both are scored on the pool's labels (never the test split), and on the test spl
 reference. One fresh process per run.
 
     python benchmarks/semi_vs_keras.py [--data digits] [--labels-per-class 10] [--seeds 0,1,2] [--steps 2000]
+        [--only scratch-semi] [--teacher batch|inference] [--align]
 """
 
 from __future__ import annotations
@@ -58,14 +59,15 @@ def _accuracy(predict, source, index, size) -> float:
     return hits / max(total, 1)
 
 
-def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch") -> dict:
+def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch",
+            align: bool = False) -> dict:
     from pipelines import fine_tune
     from transfer import artifacts
     from transfer.config import FineTuneConfig
 
     cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
                          unlabeled=data, steps=steps, image_size=IMAGE_SIZE[data], out=out,
-                         results=out + ".csv", teacher=teacher)
+                         results=out + ".csv", teacher=teacher, align=align)
     start = time.perf_counter()
     row = fine_tune.run(cfg, log=lambda m: None)
     seconds = time.perf_counter() - start
@@ -154,11 +156,14 @@ def main() -> None:
                         help="run one learner (to compare with the other's numbers from an earlier run)")
     parser.add_argument("--teacher", default="batch", choices=["inference", "batch"],
                         help="scratch-semi's FixMatch teacher (fine-tune --teacher)")
+    parser.add_argument("--align", action="store_true",
+                        help="scratch-semi with distribution alignment (fine-tune --align)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         which, seed, out = json.loads(args.worker)
-        got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher) if which == "scratch-semi"
+        got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher, args.align)
+               if which == "scratch-semi"
                else plain_keras(args.data, args.labels_per_class, seed, args.steps))
         print("RESULT " + json.dumps(got), flush=True)
         os._exit(0)
@@ -170,13 +175,15 @@ def main() -> None:
                 out = os.path.join(tmp, f"{which.replace(' ', '-')}-{seed}")
                 proc = subprocess.run([sys.executable, __file__, "--data", args.data, "--labels-per-class",
                                        str(args.labels_per_class), "--steps", str(args.steps),
-                                       "--teacher", args.teacher, "--worker",
+                                       "--teacher", args.teacher, *(["--align"] if args.align else []),
+                                       "--worker",
                                        json.dumps([which, seed, out])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
                 if not found:
                     raise SystemExit(f"{which} seed {seed} failed: {proc.stderr.strip().splitlines()[-3:]}")
                 runs[which].append(json.loads(found[0][7:]))
-    print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}\n")
+    print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}, "
+          f"scratch-semi --teacher {args.teacher}{' --align' if args.align else ''}\n")
     print("| learner | pool accuracy % (mean ± std) | per seed | test % | final mask rate | s/run |")
     print("|---|---:|---|---:|---:|---:|")
     for which, got in runs.items():
