@@ -357,8 +357,8 @@ main.help += ", ".join(builtins.names()) + "."
 @opt(PretrainConfig, "image-size", type=int, help="Images are resized to this square size.")
 @opt(PretrainConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
 @opt(PretrainConfig, "epochs", type=int,
-     help="Passes over the unlabeled images (default: 100, or as many as train on 500,000 images in all when "
-          "the pool is larger than 5,000: a bounded default cost).")
+     help="Passes over the unlabeled images (default: 300, or as many as train on 500,000 images in all when "
+          "the pool is larger than about 1,700: a bounded default cost).")
 @opt(PretrainConfig, "batch-size", type=int,
      help="Images per step (contrastive: also the number of negatives each image is contrasted with).")
 @opt(PretrainConfig, "learning-rate", type=float,

@@ -14,7 +14,7 @@ from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 
 PROBE_IMAGES = 1000  # labeled images the online probe watches, at most
-DEFAULT_EPOCHS = 100  # passes over the pretraining images, unless that would train on more than
+DEFAULT_EPOCHS = 300  # passes over the pretraining images, unless that would train on more than
 DEFAULT_IMAGES = 500_000  # images in all (about 8 minutes at 28x28 on 2 cores with the small encoder)
 
 

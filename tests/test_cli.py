@@ -681,7 +681,7 @@ def test_every_fine_tune_writes_its_confusion_matrix_and_most_confident_mistakes
 
 
 def test_the_default_pretraining_cost_is_bounded_by_images_seen_not_only_epochs():
-    """No --epochs: 100 passes, fewer when they would train on more than 500,000 images."""
+    """No --epochs: 300 passes, fewer when they would train on more than 500,000 images."""
     from pipelines import pretrain
     from transfer.config import PretrainConfig
 
@@ -696,8 +696,9 @@ def test_the_default_pretraining_cost_is_bounded_by_images_seen_not_only_epochs(
             self.lines.append(line)
 
     cfg = PretrainConfig(data="digits", out="x")
-    for n, epochs in ((1_294, 100), (5_000, 100), (7_200, 70), (10_000, 50), (100_000, 5), (2_000_000, 1)):
+    for n, epochs in ((1_294, 300), (1_666, 300), (1_667, 300), (1_700, 295), (5_000, 100), (7_200, 70),
+                      (10_000, 50), (100_000, 5), (2_000_000, 1)):
         run = FakeRun()
         assert pretrain._resolve_epochs(cfg, n, run).epochs == epochs and run.noted == {"epochs": epochs}
-        assert bool(run.lines) == (epochs < 100)
+        assert bool(run.lines) == (epochs < 300)
     assert pretrain._resolve_epochs(PretrainConfig(data="d", out="x", epochs=300), 10_000, FakeRun()).epochs == 300

@@ -90,7 +90,7 @@ class RunConfig(ArchConfig):
 @dataclass(frozen=True)
 class PretrainConfig(RunConfig):
     objective: str = "contrastive"
-    epochs: int | None = None  # None: 100, fewer when that would train on more than 500,000 images
+    epochs: int | None = None  # None: 300, fewer when that would train on more than 500,000 images
     batch_size: int = 256
     learning_rate: float | None = None  # None: the objective's own (transfer.objectives)
     plots: bool = True
