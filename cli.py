@@ -464,7 +464,8 @@ def pretrain(**params):
           "BatchNorm's moving statistics, no backward pass for them: cheaper) or batch (the reference: "
           "the weak views in the trained pass with the labeled and strong ones).")
 @opt(FineTuneConfig, "align/--no-align", "align",
-     help="With --unlabeled: distribution alignment: the teacher's probabilities are divided by "
+     help="With --unlabeled: distribution alignment (the default; --no-align: FixMatch as published): "
+          "the teacher's probabilities are divided by "
           "their running mean over the pool and renormalized, so that pseudo-labels stay spread "
           "evenly over the labeled classes (against confirmation bias at 1-4 labels per class).")
 @opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")

@@ -10,11 +10,11 @@ its own process.
 
 - `supervised (no pool)`: the same fine-tune without the pool (scale, and the floor FixMatch
   must not end below);
-- `labeled batch = the labels (before)`: FixMatch as the toolkit ran it before this release,
+- `labeled batch = the labels (before)`: FixMatch as the toolkit ran it before session 13,
   its labeled batch capped at the number of labels, so mu times fewer unlabeled images a
-  step (`--batch-size N`);
-- `FixMatch`: a full labeled batch of 32 every step (the labels repeat), 224 unlabeled;
-- `FixMatch --align`: the same with distribution alignment of the pseudo-labels.
+  step (`--batch-size N`; no distribution alignment);
+- `FixMatch --no-align`: a full labeled batch of 32 every step (the labels repeat), 224 unlabeled;
+- `FixMatch --align` (the default since): the same with distribution alignment of the pseudo-labels.
 
     python benchmarks/fixmatch_low_budget.py [--data animals] [--labels 10] [--seeds 0,1] [--encoder random]
 """
@@ -40,8 +40,8 @@ def settings(labels: int) -> dict:
     """name: FineTuneConfig fields over the defaults."""
     out = {"supervised (no pool)": {"unlabeled": None}}
     if labels < 32:
-        out[f"labeled batch = the {labels} labels (before)"] = {"batch_size": labels}
-    out["FixMatch"] = {}
+        out[f"labeled batch = the {labels} labels (before)"] = {"batch_size": labels, "align": False}
+    out["FixMatch --no-align"] = {"align": False}
     out["FixMatch --align"] = {"align": True}
     return out
 

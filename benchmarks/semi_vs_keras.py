@@ -18,7 +18,7 @@ both are scored on the pool's labels (never the test split), and on the test spl
 reference. One fresh process per run.
 
     python benchmarks/semi_vs_keras.py [--data digits] [--labels-per-class 10] [--seeds 0,1,2] [--steps 2000]
-        [--only scratch-semi] [--teacher batch|inference] [--align]
+        [--only scratch-semi] [--teacher batch|inference] [--no-align]
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def _accuracy(predict, source, index, size) -> float:
 
 
 def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch",
-            align: bool = False) -> dict:
+            align: bool = True) -> dict:
     from pipelines import fine_tune
     from transfer import artifacts
     from transfer.config import FineTuneConfig
@@ -156,8 +156,8 @@ def main() -> None:
                         help="run one learner (to compare with the other's numbers from an earlier run)")
     parser.add_argument("--teacher", default="batch", choices=["inference", "batch"],
                         help="scratch-semi's FixMatch teacher (fine-tune --teacher)")
-    parser.add_argument("--align", action="store_true",
-                        help="scratch-semi with distribution alignment (fine-tune --align)")
+    parser.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
+                        help="scratch-semi with distribution alignment or not (fine-tune --align, the default)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -175,7 +175,7 @@ def main() -> None:
                 out = os.path.join(tmp, f"{which.replace(' ', '-')}-{seed}")
                 proc = subprocess.run([sys.executable, __file__, "--data", args.data, "--labels-per-class",
                                        str(args.labels_per_class), "--steps", str(args.steps),
-                                       "--teacher", args.teacher, *(["--align"] if args.align else []),
+                                       "--teacher", args.teacher, "--align" if args.align else "--no-align",
                                        "--worker",
                                        json.dumps([which, seed, out])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -183,7 +183,7 @@ def main() -> None:
                     raise SystemExit(f"{which} seed {seed} failed: {proc.stderr.strip().splitlines()[-3:]}")
                 runs[which].append(json.loads(found[0][7:]))
     print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}, "
-          f"scratch-semi --teacher {args.teacher}{' --align' if args.align else ''}\n")
+          f"scratch-semi --teacher {args.teacher} {'--align' if args.align else '--no-align'}\n")
     print("| learner | pool accuracy % (mean ± std) | per seed | test % | final mask rate | s/run |")
     print("|---|---:|---|---:|---:|---:|")
     for which, got in runs.items():

@@ -208,11 +208,11 @@ FINE_TUNE_MODES = {"frozen-linear": ["--unfreeze-top", "0"], "hidden-head": ["--
                    "scratch": ["--encoder", "random", "--freeze", "none"],
                    # semi-supervised (FixMatch on the labeled folder as the pool): pretrained top 1, and scratch
                    "semi-top1": ["--unfreeze-top", "1", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1"],
-                   # ... with distribution alignment (its running mean is one variable over the replicas)
-                   "semi-freeze-none": ["--freeze", "none", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1",
-                                        "--align"],
+                   # distribution alignment (the default: its running mean is one variable over the
+                   # replicas), and without it
+                   "semi-freeze-none": ["--freeze", "none", "--unlabeled", "LABELED", "--steps", "2", "--mu", "1"],
                    "scratch-semi": ["--encoder", "random", "--freeze", "none", "--unlabeled", "LABELED",
-                                    "--steps", "2", "--mu", "1"]}
+                                    "--steps", "2", "--mu", "1", "--no-align"]}
 
 
 def mode_args(mode, labeled):
@@ -269,7 +269,7 @@ def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode
     assert (tmp_path / "ft" / "classifier.keras").is_file()
     if "semi" in mode:
         assert row["method"].endswith("-semi") and row["steps"] == 2 and 0 <= row["mask_rate"] <= 1
-        assert bool(row["align"]) == ("--align" in FINE_TUNE_MODES[mode])
+        assert bool(row["align"]) == ("--no-align" not in FINE_TUNE_MODES[mode])
 
 
 @pytest.mark.slow
@@ -296,7 +296,7 @@ def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
     assert row["strategy"] == "mirrored" and (tmp_path / "ft" / "classifier.keras").is_file()
     assert row["method"].endswith("-semi") == ("semi" in mode)
     if "semi" in mode:
-        assert bool(row["align"]) == ("--align" in FINE_TUNE_MODES[mode])
+        assert bool(row["align"]) == ("--no-align" not in FINE_TUNE_MODES[mode])
 
 
 @pytest.mark.slow

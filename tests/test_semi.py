@@ -272,7 +272,7 @@ def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path):
     row = _row(results, out)
     assert row["method"] == "scratch-semi" and row["unlabeled"] == str(folders / "pool")
     assert row["mu"] == 2 and row["threshold"] == 0.5 and row["steps"] == 6 and row["n_unlabeled"] == 36
-    assert row["teacher"] == "batch" and row["semi_learning_rate"] == 0.03 and not row["align"]
+    assert row["teacher"] == "batch" and row["semi_learning_rate"] == 0.03 and row["align"]
     assert 0 <= row["mask_rate"] <= 1 and row["test_in_unlabeled"] == 0 and row["seconds"] > 0
     history = pd.read_csv(out / "history-semi.csv")
     assert len(history) == 1 and {"mask_rate", "labeled_loss", "unlabeled_loss"} <= set(history.columns)

@@ -150,7 +150,7 @@ class FineTuneConfig(RunConfig):
     steps: int = 2000  # semi-supervised training steps
     semi_learning_rate: float = 0.03  # FixMatch's SGD (see transfer.semi.optimizer)
     teacher: str = "batch"  # FixMatch's pseudo-labels: "batch" (the reference's trained pass) or "inference"
-    align: bool = False  # distribution alignment of the pseudo-labels (see transfer.semi)
+    align: bool = True  # distribution alignment of the pseudo-labels (see transfer.semi)
 
     def __post_init__(self):
         super().__post_init__()
