@@ -40,6 +40,9 @@ SETTINGS = {  # name: FineTuneConfig fields over the defaults (the pretrained en
     "lr-3e-4-epochs-300": {"learning_rate": 3e-4, "epochs": 300},
     "readout-avg": {"readout": "avg"},
     "top1": {"freeze": "all", "unfreeze_top": 1},
+    "lr-3e-3": {"learning_rate": 3e-3},
+    "scratch-lr-3e-3": {"encoder": "random", "learning_rate": 3e-3},
+    "scratch-epochs-300": {"encoder": "random", "epochs": 300},
 }
 
 
