@@ -440,7 +440,8 @@ def pretrain(**params):
      help="Learning rate while the top blocks are unfrozen.")
 @opt(FineTuneConfig, "fine-tune-epochs", type=int, help="Epochs while the top blocks are unfrozen.")
 @opt(FineTuneConfig, "epochs", type=int,
-     help="Epochs of a hidden-layer head, or of training with --freeze none (a linear head needs none).")
+     help="Epochs of a hidden-layer head, or of training with --freeze none (a linear head needs none; "
+          "default: 100, more when 100 passes over the labeled images make fewer than 500 steps).")
 @opt(FineTuneConfig, "batch-size", type=int, help="Labeled images per step.")
 @opt(FineTuneConfig, "learning-rate", type=float,
      help="Adam's learning rate for the head, or for everything with --freeze none.")

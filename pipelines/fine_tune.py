@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from dataclasses import dataclass, field
@@ -17,6 +18,8 @@ from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
 
 ADAPT_BN_IMAGES = 2048  # pool images added to the labeled ones for --adapt-bn
+DEFAULT_EPOCHS = 100  # passes over the labeled images by gradient, unless they would make fewer steps than
+MIN_STEPS = 500  # this: a few dozen labels make one or two steps a pass, too few to train on
 
 
 def _resolve_encoder(cfg: FineTuneConfig):
@@ -83,7 +86,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             pool, leaked_pool = _open_pool(cfg, image_size, channels, test, run)
-            job = Job(cfg, encoder, manifest is not None, train, test, pool, run, log,
+            job = Job(_resolve_epochs(cfg, len(train), run), encoder, manifest is not None, train, test, pool, run, log,
                       trainer=FixMatchTrainer(pool, leaked_pool) if pool is not None else SupervisedTrainer())
             if encoder is not None:
                 _prepare_encoder(job)
@@ -112,6 +115,18 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         **_skipped_counts(source, test.listing, pool), **metrics, **job.pace.row())
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
+
+
+def _resolve_epochs(cfg: FineTuneConfig, n_train: int, run: Run) -> FineTuneConfig:
+    """cfg with its epochs: --epochs, else DEFAULT_EPOCHS passes over the n_train labeled images,
+    more when those would make fewer than MIN_STEPS steps of --batch-size (on animals at 2 and
+    4 labels per class, 100 passes left augmented scratch and the default recipe under-trained:
+    benchmarks/finetune_recipe.py)."""
+    if cfg.epochs is not None:
+        return cfg
+    epochs = max(DEFAULT_EPOCHS, -(-MIN_STEPS // max(1, -(-n_train // cfg.batch_size))))
+    run.note(epochs=epochs)
+    return dataclasses.replace(cfg, epochs=epochs)
 
 
 def budget_name(cfg: FineTuneConfig) -> str | int:

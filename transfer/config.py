@@ -139,7 +139,7 @@ class FineTuneConfig(RunConfig):
     unfreeze_top: int = 1
     fine_tune_learning_rate: float = 1e-4
     fine_tune_epochs: int = 30
-    epochs: int = 100
+    epochs: int | None = None  # None: 100 passes over the labeled images, at least 500 steps (see fine-tune)
     batch_size: int = 32
     learning_rate: float = 1e-3
     augment: str = "label-preserving"  # see transfer.augment.POLICIES
