@@ -702,3 +702,27 @@ def test_the_default_pretraining_cost_is_bounded_by_images_seen_not_only_epochs(
         assert pretrain._resolve_epochs(cfg, n, run).epochs == epochs and run.noted == {"epochs": epochs}
         assert bool(run.lines) == (epochs < 300)
     assert pretrain._resolve_epochs(PretrainConfig(data="d", out="x", epochs=300), 10_000, FakeRun()).epochs == 300
+
+
+def test_the_default_fine_tune_trains_at_least_500_steps_on_a_few_labels():
+    """No --epochs: 100 passes over the labeled images, more when they would make fewer than 500
+    steps; the row notes the epochs it trained."""
+    from pipelines import fine_tune
+    from transfer.config import FineTuneConfig
+
+    class FakeRun:
+        noted = {}
+
+        def note(self, **fields):
+            self.noted = fields
+
+    cfg = FineTuneConfig(data="digits", labels_per_class=2)
+    # labeled images -> steps a pass of 32 -> epochs
+    for n, epochs in ((1, 500), (20, 500), (32, 500), (33, 250), (40, 250), (100, 125), (160, 100), (5_000, 100)):
+        run = FakeRun()
+        got = fine_tune._resolve_epochs(cfg, n, run)
+        assert got.epochs == epochs and run.noted == {"epochs": epochs}
+        assert epochs * -(-n // 32) >= 500
+    assert fine_tune._resolve_epochs(FineTuneConfig(data="d", batch_size=8), 16, FakeRun()).epochs == 250
+    given = FineTuneConfig(data="d", epochs=3)
+    assert fine_tune._resolve_epochs(given, 20, FakeRun()) is given
