@@ -706,7 +706,7 @@ def test_the_default_pretraining_cost_is_bounded_by_images_seen_not_only_epochs(
 
 def test_the_default_fine_tune_trains_at_least_500_steps_on_a_few_labels():
     """No --epochs: 100 passes over the labeled images, more when they would make fewer than 500
-    steps; the row notes the epochs it trained."""
+    steps; the epochs resolved are noted for the row (a given --epochs is kept as is)."""
     from pipelines import fine_tune
     from transfer.config import FineTuneConfig
 
