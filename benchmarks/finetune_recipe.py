@@ -65,23 +65,16 @@ def load_classifier(run_dir: str):
         return artifacts.load_model_run(run_dir, "classifier")[0]
 
 
-class _Unrecorded:
-    """A stand-in for a run whose notes nobody reads."""
-
-    def note(self, **fields) -> None:
-        pass
-
-
-def plain_keras(encoder_dir: str, found, per_class: int, seed: int, size: int):
-    """The encoder fine-tuned the way the keras-io transfer-learning guide does it, at the toolkit's steps."""
+def plain_keras(encoder_dir: str, found, chosen: np.ndarray, seed: int, size: int):
+    """The encoder fine-tuned on the images at `chosen` the way the keras-io transfer-learning
+    guide does it, for the toolkit's default number of steps."""
     import keras
     from keras import layers
 
     from pipelines import fine_tune
     from transfer import artifacts, training
-    from transfer.config import FineTuneConfig
 
-    train = found.labeled(per_class, seed, size, log=lambda m: None)
+    train = found.at(chosen, size, log=lambda m: None)
     training.set_seed(seed)
     encoder, _ = artifacts.load_model_run(encoder_dir, "encoder")
     inputs = keras.Input(train.images.shape[1:])
@@ -91,8 +84,7 @@ def plain_keras(encoder_dir: str, found, per_class: int, seed: int, size: int):
     x = layers.GlobalAveragePooling2D()(encoder(x))
     model = keras.Model(inputs, layers.Dense(len(train.class_names), activation="softmax")(x))
     model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
-    epochs = fine_tune._resolve_epochs(FineTuneConfig(data="-"), len(train), _Unrecorded()).epochs  # the toolkit's
-    model.fit(train.images, train.labels, epochs=epochs, batch_size=32, verbose=0)
+    model.fit(train.images, train.labels, epochs=fine_tune.default_epochs(len(train), 32), batch_size=32, verbose=0)
     return model
 
 
@@ -136,7 +128,7 @@ def main():
                     out = os.path.join(tmp, f"{name}-{b}-{seed}")
                     start = time.perf_counter()
                     if name == "plain-keras":
-                        model = plain_keras(encoder, found, b, seed, size)
+                        model = plain_keras(encoder, found, chosen, seed, size)
                     else:
                         fine_tune.run(FineTuneConfig(data=args.data, labels_per_class=b, seed=seed, image_size=size,
                                                      out=out, results=os.path.join(tmp, "r.csv"),

@@ -124,9 +124,14 @@ def _resolve_epochs(cfg: FineTuneConfig, n_train: int, run: Run) -> FineTuneConf
     benchmarks/finetune_recipe.py)."""
     if cfg.epochs is not None:
         return cfg
-    epochs = max(DEFAULT_EPOCHS, -(-MIN_STEPS // max(1, -(-n_train // cfg.batch_size))))
+    epochs = default_epochs(n_train, cfg.batch_size)
     run.note(epochs=epochs)
     return dataclasses.replace(cfg, epochs=epochs)
+
+
+def default_epochs(n_train: int, batch_size: int) -> int:
+    """DEFAULT_EPOCHS passes over n_train images, or as many as make MIN_STEPS steps of batch_size."""
+    return max(DEFAULT_EPOCHS, -(-MIN_STEPS // max(1, -(-n_train // batch_size))))
 
 
 def budget_name(cfg: FineTuneConfig) -> str | int:
