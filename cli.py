@@ -366,12 +366,12 @@ main.help += ", ".join(builtins.names()) + "."
 @opt(PretrainConfig, "temperature", type=float,
      help="contrastive: the softmax temperature of NT-Xent (default 0.3).")
 @opt(PretrainConfig, "projector", type=IntList(),
-     help="contrastive, vicreg: widths of the projection MLP dropped after pretraining "
-          "(default 128,64; vicreg 512,512,512).")
+     help="contrastive, vicreg, byol: widths of the projection MLP dropped after pretraining "
+          "(default 128,64; vicreg 512,512,512; byol 512,128).")
 @opt(PretrainConfig, "crop", type=float,
-     help="contrastive, vicreg: the smallest side of a view's random crop, as a fraction of the image's "
+     help="contrastive, vicreg, byol: the smallest side of a view's random crop, as a fraction of the image's "
           "(default 0.7).")
-@opt(PretrainConfig, "blur", type=float, help="contrastive, vicreg: the strength of the views' random "
+@opt(PretrainConfig, "blur", type=float, help="contrastive, vicreg, byol: the strength of the views' random "
      "Gaussian blur, 0 to 1 (default 0.5; 0: none).")
 @opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")

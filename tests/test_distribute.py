@@ -14,6 +14,7 @@ from conftest import stripes, write_image
 
 from cli import main
 from transfer import distribute
+from transfer.objectives import OBJECTIVES
 
 PRETRAIN = ["pretrain", "--objective", "autoencoder", "--image-size", "8", "--filters", "4,8",
             "--batch-size", "16", "--no-plots", "--strategy", "multiworker"]
@@ -202,7 +203,7 @@ def test_mirrored_strategy_runs_in_process_and_is_recorded(tmp_path, images):
 
 # Every objective and every fine-tune mode under both strategies (the existing multiworker test
 # above covers the autoencoder pretrain and the default fine-tune recipe).
-OTHER_OBJECTIVES = ["contrastive", "denoising", "masked", "gan", "vicreg"]
+OTHER_OBJECTIVES = [o for o in OBJECTIVES if o != "autoencoder"]
 FINE_TUNE_MODES = {"frozen-linear": ["--unfreeze-top", "0"], "hidden-head": ["--unfreeze-top", "0", "--head", "8"],
                    "unfreeze-top2": ["--unfreeze-top", "2"], "freeze-none": ["--freeze", "none"],
                    "scratch": ["--encoder", "random", "--freeze", "none"],
@@ -273,7 +274,7 @@ def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["contrastive", "autoencoder", "denoising", "masked", "gan"])
+@pytest.mark.parametrize("objective", OBJECTIVES)
 def test_every_objective_pretrains_mirrored(tmp_path, images, objective):
     result = CliRunner().invoke(main, [*PRETRAIN[:-1], "mirrored", "--objective", objective, "--data", str(images),
                                        "--epochs", "1", "--out", str(tmp_path / "enc"),

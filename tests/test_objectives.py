@@ -199,6 +199,53 @@ def test_vicreg_loss_matches_its_formula():
     assert float(vicreg.vicreg_loss(same, same)) == pytest.approx(25 * (1 - np.sqrt(1e-4)), rel=1e-5)
 
 
+def test_byol_loss_matches_its_formula():
+    """BYOL's normalized mean squared error, symmetrized: 0.5 * sum over both directions of
+    mean ||p/|p| - z/|z|||^2 (= 2 - 2 cos), written out in numpy."""
+    from transfer.objectives import byol
+
+    rng = np.random.default_rng(5)
+    p1, z2, p2, z1 = (rng.normal(size=(9, 6)).astype("float32") for _ in range(4))
+
+    def nmse(p, z):
+        p, z = p / np.linalg.norm(p, axis=1, keepdims=True), z / np.linalg.norm(z, axis=1, keepdims=True)
+        return np.mean(np.sum((p - z) ** 2, axis=1))
+
+    assert float(byol.byol_loss(p1, z2, p2, z1)) == pytest.approx(0.5 * (nmse(p1, z2) + nmse(p2, z1)), rel=1e-5)
+    assert float(byol.byol_loss(p1, 3 * p1, p2, 0.5 * p2)) == pytest.approx(0.0, abs=1e-6)  # scale-free
+    # the target's momentum: TAU at the start, 1 at the end, on a cosine
+    assert float(byol.momentum(0, 100)) == pytest.approx(byol.TAU)
+    assert float(byol.momentum(50, 100)) == pytest.approx(1 - (1 - byol.TAU) / 2)
+    assert float(byol.momentum(100, 100)) == pytest.approx(1.0)
+
+
+def test_byol_target_is_the_moving_average_of_the_online_encoder_and_projector():
+    """The target starts as the online network (the same projections), then after every step is
+    tau * target + (1 - tau) * online, for the encoder's and projector's weights; the predictor
+    is online only and learns."""
+    from transfer.objectives import byol
+
+    blocks = preset_blocks("small", (4, 8))
+    model = byol.build(models.build_encoder((8, 8, 1), blocks), blocks, (8, 8, 1),
+                       objectives.Options(1e-2, 16, steps=10))
+    x = tf.constant(np.random.default_rng(0).random((16, 8, 8, 1)).astype("float32"))
+    followed = model._followed()
+    assert len(model.target_weights) == len(followed) == (len(model.encoder.trainable_variables)
+                                                          + len(model.projector.trainable_variables))
+    np.testing.assert_allclose(np.asarray(model.target_embed(x)), np.asarray(model.embed(x, True)), atol=1e-6)
+    model.train_step(x)  # the warm-up's first step has a learning rate of 0
+    before = [np.asarray(t) for t in model.target_weights]
+    predictor = [np.asarray(v) for v in model.predictor.trainable_variables]
+    model.train_step(x)
+    tau = float(byol.momentum(2, 10))
+    assert 0.99 < tau < 1.0
+    online = [np.asarray(v) for v in followed]
+    for target, old, new in zip(model.target_weights, before, online):
+        np.testing.assert_allclose(np.asarray(target), tau * old + (1 - tau) * new, rtol=1e-5, atol=1e-7)
+    assert any(not np.allclose(np.asarray(t), n) for t, n in zip(model.target_weights, online))  # it lags
+    assert any(not np.array_equal(np.asarray(v), p) for v, p in zip(model.predictor.trainable_variables, predictor))
+
+
 def test_contrastive_recipe_options_reach_the_model_and_are_checked():
     """--temperature, --projector, --crop and --blur build the model they name; the defaults are
     the objective's own; bad values and objectives without views are refused in one line."""
@@ -224,10 +271,21 @@ def test_contrastive_recipe_options_reach_the_model_and_are_checked():
     assert [l.units for l in tuned.projector.layers if isinstance(l, keras.layers.Dense)] == [32, 16]
     assert tuned.augment.layers[0].zoom[0] == pytest.approx(-0.2)  # zoom in to 0.8 of the side at most
     assert not any(isinstance(l, keras.layers.RandomGaussianBlur) for l in tuned.augment.layers)  # --blur 0
+    from transfer.objectives import byol
+
+    tuned_byol = byol.build(models.build_encoder(shape, blocks), blocks, shape,
+                            objectives.Options(1e-3, 8, projector=(32, 16), crop=0.8))
+    assert [l.units for l in tuned_byol.projector.layers if isinstance(l, keras.layers.Dense)] == [32, 16]
+    assert [l.units for l in tuned_byol.predictor.layers if isinstance(l, keras.layers.Dense)] == [
+        byol.PREDICTOR_HIDDEN, 16]  # the predictor answers in the projection's width
+    assert tuned_byol.augment.layers[0].zoom[0] == pytest.approx(-0.2)
+    PretrainConfig(data="digits", out="x", objective="byol", crop=0.8, projector=(32, 16))  # accepted
     expander = vicreg.build(models.build_encoder(shape, blocks), blocks, shape, objectives.Options(1e-3, 8))
     assert [l.units for l in expander.projector.layers if isinstance(l, keras.layers.Dense)] == list(vicreg.EXPANDER)
     for bad, match in (({"temperature": 0}, "temperature must be > 0"), ({"crop": 1.5}, r"crop must be in \(0, 1\]"),
                        ({"blur": -0.1}, r"blur must be in \[0, 1\]"), ({"projector": (0,)}, "projector widths"),
-                       ({"objective": "autoencoder", "crop": 0.8}, "objective autoencoder has no views")):
+                       ({"objective": "autoencoder", "crop": 0.8}, "objective autoencoder has no views"),
+                       ({"objective": "vicreg", "temperature": 0.2}, "objective vicreg has no temperature"),
+                       ({"objective": "byol", "temperature": 0.2}, "objective byol has no temperature")):
         with pytest.raises(TransferError, match=match):
             PretrainConfig(data="digits", out="x", **bad)

@@ -18,10 +18,9 @@ from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.distribute import PRECISIONS, STRATEGIES
 from transfer.errors import TransferError
 from transfer.export import FORMATS as EXPORT_FORMATS
-from transfer.objectives import OBJECTIVES
+from transfer.objectives import OBJECTIVES, TWO_VIEW
 from transfer.budget import SELECTIONS as BUDGET_SELECTIONS
 from transfer.selection import STRATEGIES as SELECTIONS
-
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -95,7 +94,7 @@ class PretrainConfig(RunConfig):
     learning_rate: float | None = None  # None: the objective's own (transfer.objectives)
     plots: bool = True
     probe_data: str | None = None  # labeled images watched by an online k-NN probe while pretraining
-    # The two-view objectives' (contrastive, vicreg) recipe; None: the objective's own default.
+    # The two-view objectives' (contrastive, vicreg, byol) recipe; None: the objective's own default.
     temperature: float | None = None
     projector: tuple[int, ...] | None = None
     crop: float | None = None  # smallest side of a random crop, as a fraction of the image's
@@ -116,10 +115,12 @@ class PretrainConfig(RunConfig):
                 raise TransferError(f"{name} must be {bounds}. Received: {name}={value}")
         for width in self.projector or ():
             _positive("projector widths", width)
-        if self.objective not in ("contrastive", "vicreg") and any(
-                v is not None for v in (self.temperature, self.projector, self.crop, self.blur)):
-            raise TransferError(f"--temperature, --projector, --crop and --blur are the contrastive and vicreg "
-                                f"objectives' options; objective {self.objective} has no views to tune")
+        if self.objective not in TWO_VIEW and any(v is not None for v in (self.projector, self.crop, self.blur)):
+            raise TransferError(f"--projector, --crop and --blur are the two-view objectives' ({', '.join(TWO_VIEW)}) "
+                                f"options; objective {self.objective} has no views to tune")
+        if self.objective != "contrastive" and self.temperature is not None:
+            raise TransferError(f"--temperature is the contrastive objective's option (NT-Xent's softmax); "
+                                f"objective {self.objective} has no temperature")
 
 
 @dataclass(frozen=True)

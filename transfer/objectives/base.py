@@ -16,8 +16,8 @@ class Options:
         batch_size: images per step (contrastive: also the negatives per image).
         seed: seed of the objective's own randomness (noise, fixed sample grids).
         steps: training steps of the whole run (for learning-rate schedules; 0: unknown).
-        temperature, projector, crop, blur: the two-view objectives' (contrastive, vicreg)
-            softmax temperature, projector widths, smallest crop side and view blur;
+        temperature, projector, crop, blur: the two-view objectives' (contrastive, vicreg, byol)
+            softmax temperature (contrastive only), projector widths, smallest crop side and view blur;
             None: the objective's own (see `transfer.objectives.contrastive`).
     """
 

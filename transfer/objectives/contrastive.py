@@ -25,6 +25,7 @@ from transfer.objectives.base import Options, Report
 NAME = "contrastive"
 LEARNING_RATE = 1e-3
 VALIDATES = True
+TWO_VIEW = True
 TEMPERATURE = 0.3
 PROJECTION = (128, 64)
 # Chosen by benchmarks/feature_quality.py on digits and animals together (docs/benchmarks.md): crops
@@ -79,11 +80,11 @@ def nt_xent(z1, z2, temperature: float = TEMPERATURE):
     return ops.mean(keras.losses.sparse_categorical_crossentropy(targets, logits, from_logits=True))
 
 
-def projector(widths) -> keras.Sequential:
+def projector(widths, name: str = "projector") -> keras.Sequential:
     """The MLP on the pooled features: Dense + BatchNorm + ReLU for every width but the last."""
     hidden = [part for w in widths[:-1]
               for part in (layers.Dense(w, use_bias=False), BatchNormalization(), layers.Activation("relu"))]
-    return keras.Sequential([*hidden, layers.Dense(widths[-1])], name="projector")
+    return keras.Sequential([*hidden, layers.Dense(widths[-1])], name=name)
 
 
 class SimCLR(keras.Model):

@@ -19,6 +19,7 @@ from transfer.objectives.base import Options, Report
 NAME = "vicreg"
 LEARNING_RATE = 1e-3
 VALIDATES = True
+TWO_VIEW = True
 EXPANDER = (512, 512, 512)
 LAMBDA, MU, NU, EPS = 25.0, 25.0, 1.0, 1e-4
 
