@@ -179,11 +179,11 @@ def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:
     """Unreadable files (at listing and while decoding) of every source the run read:
     `skipped_data` (--data), `skipped_test_data` (--test-data), `skipped_unlabeled`
     (--unlabeled), and their total `skipped_files`."""
-    counts = {"skipped_data": len(source.skipped) + len(source.failed)}
+    counts = {"skipped_data": source.unreadable()}
     if test_source is not source:
-        counts["skipped_test_data"] = len(test_source.skipped) + len(test_source.failed)
+        counts["skipped_test_data"] = test_source.unreadable()
     if pool is not None:
-        counts["skipped_unlabeled"] = len(pool.listing.skipped) + len(pool.failed)
+        counts["skipped_unlabeled"] = pool.listing.unreadable()
     return {"skipped_files": sum(counts.values()), **counts}
 
 

@@ -76,7 +76,7 @@ def _write(source: listing.Listing, staging: Path, image_size: int, log) -> dict
         "format": prepared.FORMAT, "format_version": prepared.FORMAT_VERSION, "source": str(source.src),
         "image_size": int(image_size), "channels": int(source.channels), "dtype": "float16",
         "images": int(written.sum()), "listed": len(source), "shards": shards,
-        "class_names": source.class_names, "skipped": len(source.skipped) + len(source.failed),
+        "class_names": source.class_names, "skipped": source.unreadable(),
         "preprocessing": data.preprocessing_contract(image_size, source.channels),
         "fingerprint": source.fingerprint(),
     }

@@ -64,7 +64,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=cfg.objective,
                        arch={"preset": cfg.arch, "blocks": [vars(b) for b in blocks]}, metrics=report.metrics,
                        data={"source": cfg.data, "images": len(source), "fingerprint": source.fingerprint(),
-                             "skipped": len(source.skipped) + len(source.failed)})
+                             "skipped": source.unreadable()})
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
@@ -150,7 +150,7 @@ def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seco
     images_per_second = trained / fit_seconds
     flops = metrics.get("train_flops_per_image")
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
-            "batch_size": cfg.batch_size, "skipped_files": len(source.skipped) + len(source.failed),
+            "batch_size": cfg.batch_size, "skipped_files": source.unreadable(),
             **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse", "probe_knn",
                                            "view_agreement")},
             "images_per_second": round(images_per_second, 1), "images_trained": trained,

@@ -45,6 +45,23 @@ def decoded_files(root, size):
     return out
 
 
+def test_a_file_failing_in_every_pass_counts_once(mixed_dir):
+    """A torn file streamed in two passes (epochs, or the pool's repeats) fails in each: the
+    rows and the log line count files, not failures."""
+    from transfer.listing import report_skipped
+
+    listing = stream.open_source(str(mixed_dir), True, 12)
+    for _ in range(2):
+        stream.load(listing, np.arange(len(listing)), 12)
+    torn = str(mixed_dir / "b" / "torn.png")
+    assert [n for n, _ in listing.failed] == [torn, torn] and listing.unreadable() == 1
+    listing.skipped.append(("gone.png", "gone.png: not found"))
+    assert listing.unreadable() == 2
+    lines = []
+    report_skipped(listing.failed, lines.append, "while streaming")
+    assert lines == [f"skipped 1 unreadable file(s) while streaming; first: {listing.failed[0][1]}"]
+
+
 def test_streamed_pixels_equal_the_decoder_file_by_file(mixed_dir):
     listing = stream.open_source(str(mixed_dir), True, 12)
     assert listing.channels == 3 and len(listing) == 15  # the torn file passes its header check

@@ -214,15 +214,22 @@ class Listing:
         self.class_names = list(class_names)
         return self
 
+    def unreadable(self) -> int:
+        """How many distinct files could not be read, at listing or while decoding (a file
+        streamed in several passes fails in each: `failed` holds every failure)."""
+        return len(self.skipped) + len({name for name, _ in self.failed})
+
     def record_failure(self, name: str, reason: str) -> None:
         with self._lock:  # tf.data decodes in parallel threads
             self.failed.append((name, reason))
 
 
 def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
-    """One line for the files skipped as unreadable (`skipped` holds (path, reason) pairs)."""
+    """One line for the files skipped as unreadable (`skipped` holds (path, reason) pairs; a file
+    that failed in several passes counts once)."""
     if skipped:
-        log(f"skipped {len(skipped)} unreadable file(s){' ' + when if when else ''}; first: {skipped[0][1]}")
+        reasons = dict(skipped)  # one entry a file, in the order they first failed
+        log(f"skipped {len(reasons)} unreadable file(s){' ' + when if when else ''}; first: {next(iter(reasons.values()))}")
 
 
 def encode_labels(labels: list[str], class_names: list[str], src: str) -> np.ndarray:
