@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 
-import keras
 from keras import ops
 
 from transfer import distribute, models
@@ -124,12 +123,8 @@ class BYOL(contrastive.SimCLR):
 
 
 def build(encoder, blocks, shape, options: Options) -> BYOL:
-    model = BYOL(encoder, contrastive.views(shape, options), projection=options.projector or PROJECTION,
-                 steps=options.steps)
-    model.compile(optimizer=keras.optimizers.Adam(contrastive.schedule(options.learning_rate, options.steps)))
-    model.build((None, *shape))  # built, so that a backup can be restored into it
-    model.batch_size = options.batch_size
-    return model
+    return contrastive.compiled(BYOL(encoder, contrastive.views(shape, options),
+                                     projection=options.projector or PROJECTION, steps=options.steps), shape, options)
 
 
 def callbacks(model, run_dir) -> list:

@@ -163,13 +163,18 @@ def views(shape, options: Options) -> keras.Sequential:
     return build_augment(shape[-1], crop=options.crop, blur=options.blur)
 
 
-def build(encoder, blocks, shape, options: Options) -> SimCLR:
-    model = SimCLR(encoder, views(shape, options), projection=options.projector or PROJECTION,
-                   temperature=options.temperature or TEMPERATURE)
+def compiled(model: SimCLR, shape, options: Options) -> SimCLR:
+    """A two-view model compiled with Adam on the warm-up + cosine schedule and built (so that
+    a backup can be restored into it): what every two-view objective's `build` returns."""
     model.compile(optimizer=keras.optimizers.Adam(schedule(options.learning_rate, options.steps)))
-    model.build((None, *shape))  # built, so that a backup can be restored into it
+    model.build((None, *shape))
     model.batch_size = options.batch_size
     return model
+
+
+def build(encoder, blocks, shape, options: Options) -> SimCLR:
+    return compiled(SimCLR(encoder, views(shape, options), projection=options.projector or PROJECTION,
+                           temperature=options.temperature or TEMPERATURE), shape, options)
 
 
 def callbacks(model, run_dir) -> list:

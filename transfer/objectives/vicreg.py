@@ -10,7 +10,6 @@ the features kept are those before it.
 
 from __future__ import annotations
 
-import keras
 from keras import ops
 
 from transfer.objectives import contrastive
@@ -49,12 +48,9 @@ def vicreg_loss(z1, z2, lam: float = LAMBDA, mu: float = MU, nu: float = NU):
 
 
 def build(encoder, blocks, shape, options: Options) -> contrastive.SimCLR:
-    model = contrastive.SimCLR(encoder, contrastive.views(shape, options), projection=options.projector or EXPANDER,
-                               loss=vicreg_loss)
-    model.compile(optimizer=keras.optimizers.Adam(contrastive.schedule(options.learning_rate, options.steps)))
-    model.build((None, *shape))  # built, so that a backup can be restored into it
-    model.batch_size = options.batch_size
-    return model
+    return contrastive.compiled(contrastive.SimCLR(encoder, contrastive.views(shape, options),
+                                                   projection=options.projector or EXPANDER, loss=vicreg_loss),
+                                shape, options)
 
 
 def callbacks(model, run_dir) -> list:
