@@ -30,8 +30,10 @@ def pretrain(name, images, folder, epochs=2, learning_rate=1e-2, seed=0):
     return enc, objective.report(model, train, images[32:])
 
 
-# vicreg shares contrastive's step, denoising and masked the autoencoder's: they run with the slow tests
-@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if n in ("vicreg", "denoising", "masked")
+# vicreg shares contrastive's step, denoising and masked the autoencoder's, and byol's step has its own fast
+# test (the target's moving average): they run with the slow tests
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow)
+                                  if n in ("vicreg", "denoising", "masked", "byol")
                                   else n for n in objectives.OBJECTIVES])
 def test_every_objective_trains_the_encoder_in_place(images, name, tmp_path):
     training.set_seed(0)
