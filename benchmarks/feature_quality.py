@@ -52,7 +52,6 @@ SETTINGS = {  # name: PretrainConfig fields over the defaults
     "epochs-300": {"epochs": 300},
     "vicreg-epochs-300": {"objective": "vicreg", "epochs": 300},
     "byol": {"objective": "byol"},
-    "byol-lr-3e-3": {"objective": "byol", "learning_rate": 3e-3},
     "batch-64": {"batch_size": 64},
     "autoencoder": {"objective": "autoencoder"},
 }

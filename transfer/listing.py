@@ -228,8 +228,8 @@ def report_skipped(skipped: list[tuple[str, str]], log, when: str = "") -> None:
     """One line for the files skipped as unreadable (`skipped` holds (path, reason) pairs; a file
     that failed in several passes counts once)."""
     if skipped:
-        reasons = dict(skipped)  # one entry a file, in the order they first failed
-        log(f"skipped {len(reasons)} unreadable file(s){' ' + when if when else ''}; first: {next(iter(reasons.values()))}")
+        files = len({name for name, _ in skipped})
+        log(f"skipped {files} unreadable file(s){' ' + when if when else ''}; first: {skipped[0][1]}")
 
 
 def encode_labels(labels: list[str], class_names: list[str], src: str) -> np.ndarray:

@@ -93,22 +93,17 @@ class BYOL(contrastive.SimCLR):
             self.pool(features), training=True)
         return ops.stop_gradient(z)
 
-    def predict_views(self, v1, v2, training):
-        """(online predictions of both views, target projections of both views)."""
+    def views_loss(self, v1, v2, training):
+        """BYOL's loss of two views: each one's online prediction against the other's target projection."""
         p1 = self.predictor(self.embed(v1, training), training=training)
         p2 = self.predictor(self.embed(v2, training), training=training)
-        return p1, p2, self.target_embed(v1), self.target_embed(v2)
+        return byol_loss(p1, self.target_embed(v2), p2, self.target_embed(v1))
 
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
         v1, v2 = self.augment(x, training=True), self.augment(x, training=True)
-
-        def compute():
-            p1, p2, z1, z2 = self.predict_views(v1, v2, True)
-            return byol_loss(p1, z2, p2, z1)
-
         variables = self._followed() + self.predictor.trainable_variables
-        loss = distribute.gradient_step(self.optimizer, variables, compute)
+        loss = distribute.gradient_step(self.optimizer, variables, lambda: self.views_loss(v1, v2, True))
         tau = momentum(self.optimizer.iterations, self.steps, self.tau)
         for target, v in zip(self.target_weights, self._followed()):
             target.assign(tau * target + (1.0 - tau) * ops.cast(v, target.dtype))
@@ -117,8 +112,8 @@ class BYOL(contrastive.SimCLR):
 
     def test_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
-        p1, p2, z1, z2 = self.predict_views(self.augment(x, training=True), self.augment(x, training=True), False)
-        self.loss_tracker.update_state(byol_loss(p1, z2, p2, z1))
+        self.loss_tracker.update_state(self.views_loss(self.augment(x, training=True),
+                                                       self.augment(x, training=True), False))
         return {"loss": self.loss_tracker.result()}
 
 
