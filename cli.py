@@ -413,10 +413,10 @@ def pretrain(**params):
      help="A total label budget instead: N images of the pool, chosen by --selection (a class may get none).")
 @opt(FineTuneConfig, "selection", type=click.Choice(BUDGET_SELECTIONS),
      help="How the --labels images are chosen: random (default: a blind draw, as users label), stratified "
-          "(N / classes of each: the oracle), typiclust or kcenter (by features, before any label: see "
+          "(N / classes of each: the oracle), typiclust, probcover or kcenter (by features, before any label: see "
           "transfer select).")
 @opt(FineTuneConfig, "select-encoder",
-     help="Features for --selection typiclust|kcenter: a pretrain run directory, or pixels "
+     help="Features for --selection typiclust|probcover|kcenter: a pretrain run directory, or pixels "
           "(default: --encoder when it is pretrained, else pixels).")
 @opt(FineTuneConfig, "test-data", help="Separate labeled test set (default: a fixed split of --data).")
 @opt(FineTuneConfig, "test-fraction", type=float,
@@ -576,6 +576,7 @@ def export_command(**params):
      help="CSV to write (path,label in the order to label them); the contact sheet goes beside it (.png, .html).")
 @opt(SelectConfig, "strategy", type=click.Choice(SELECTIONS),
      help="typiclust: the most typical image of each k-means cluster of the features (small budgets); "
+          "probcover: greedy max coverage of balls of a radius where 95% of them hold one k-means cluster; "
           "kcenter: greedy core-set, each image the farthest from those chosen (larger budgets); "
           "random: uniform (the baseline).")
 @opt(SelectConfig, "exclude", metavar="CSV",

@@ -16,7 +16,7 @@
     data = "digits"
 
 A selection (for `budgets`) is `random` (a blind draw), `stratified` (N / classes of each),
-or `typiclust` / `kcenter`: on each method's own encoder (pixels for the baselines), or with a
+or `typiclust` / `probcover` / `kcenter`: on each method's own encoder (pixels for the baselines), or with a
 suffix on one features for every method: `-pixels`, or `-<objective>` (the experiment's
 encoder pretrained with that objective). A method is a baseline (`pixels-logreg`, `random-frozen`, `random-top<K>`,
 `scratch`), an objective name (pretrain with it, fine-tune with the defaults:
@@ -41,7 +41,7 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
-from transfer import artifacts, methods, results, stopping
+from transfer import artifacts, methods, results, selection, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, read_toml)
 from transfer.errors import TransferError
@@ -116,9 +116,9 @@ def _selection(how: str, path) -> tuple[str, str | None]:
     base, _, on = how.partition("-")
     if base in ("random", "stratified") and not on:
         return base, None
-    if base in ("typiclust", "kcenter") and (not on or on == "pixels" or on in OBJECTIVES):
+    if base in selection.BY_FEATURES and (not on or on == "pixels" or on in OBJECTIVES):
         return base, on or None
-    raise TransferError(f"{path}: unknown selection {how!r}: random, stratified, typiclust or kcenter "
+    raise TransferError(f"{path}: unknown selection {how!r}: random, stratified, {', '.join(selection.BY_FEATURES)} "
                         f"(optionally -pixels or -<objective>, e.g. typiclust-contrastive)")
 
 

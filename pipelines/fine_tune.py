@@ -11,8 +11,8 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import (artifacts, augment, budget, distribute, heads, layers, methods, mistakes, models, semi, splits,
-                      stream, training)
+from transfer import (artifacts, augment, budget, distribute, heads, layers, methods, mistakes, models,
+                      selection, semi, splits, stream, training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
@@ -53,7 +53,7 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, l
     """The --labels images of the pool, chosen by --selection (on --select-encoder's features)."""
     how = cfg.selection or "random"
     net, name = None, None
-    if how in ("typiclust", "kcenter"):
+    if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
         net, size, _, _ = budget.feature_model(name)
         if size is not None and size != image_size:
@@ -140,7 +140,7 @@ def budget_name(cfg: FineTuneConfig) -> str | int:
     if cfg.labels is None:
         return cfg.labels_per_class or "all"
     how = cfg.selection or "random"
-    if how in ("typiclust", "kcenter"):
+    if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
         how += " on " + _features_name(name)
     return f"{cfg.labels} in all ({how})"
@@ -157,7 +157,7 @@ def _features_name(encoder: str) -> str:
 
 
 def _select_encoder(cfg: FineTuneConfig) -> str:
-    """The features typiclust and kcenter choose by: --select-encoder, else a pretrained --encoder, else pixels."""
+    """The features a selection by features chooses by: --select-encoder, else a pretrained --encoder, else pixels."""
     return cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
 
 

@@ -8,6 +8,7 @@ import pytest
 from conftest import invoke, make_labeled_dir
 
 from transfer import budget, heads
+from transfer import selection as selection_module
 from transfer.listing import Listing
 
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "8"]
@@ -62,7 +63,7 @@ def test_fine_tune_with_a_total_budget_records_it_and_a_missing_class_is_never_p
     assert len(predicted) <= row["labeled_classes"]  # a class without a label is never predicted
 
 
-@pytest.mark.parametrize("selection", ["stratified", "typiclust", "kcenter"])
+@pytest.mark.parametrize("selection", ["stratified", *selection_module.BY_FEATURES])
 @pytest.mark.slow  # the fast loop's total budget: test_fine_tune_with_a_total_budget_records_it_...
 def test_fine_tune_selections(labeled, tmp_path, selection):
     results = tmp_path / "r.csv"
@@ -99,7 +100,7 @@ def test_total_budgets_are_compared_and_read_as_totals(labeled, tmp_path):
 @pytest.mark.parametrize("args,message", [
     (["--labels", "3", "--labels-per-class", "1"], "not both"),
     (["--selection", "typiclust"], "give --labels N"),
-    (["--labels", "4", "--select-encoder", "pixels"], "serves --selection typiclust or kcenter"),
+    (["--labels", "4", "--select-encoder", "pixels"], "serves --selection typiclust, probcover, kcenter"),
     (["--labels", "1000"], "more than the"),
 ])
 def test_bad_budgets_are_one_error_line(labeled, tmp_path, args, message):

@@ -23,7 +23,7 @@ def test_typicality_is_the_inverse_mean_distance_to_the_nearest_neighbours():
     np.testing.assert_allclose(t, expected, rtol=1e-6)
 
 
-@pytest.mark.parametrize("strategy", ["typiclust", "kcenter"])
+@pytest.mark.parametrize("strategy", selection.BY_FEATURES)
 def test_typiclust_and_kcenter_cover_every_mode_where_random_does_not(strategy):
     x, y = blobs()
     chosen = selection.select(strategy, x, 5, seed=0)
@@ -42,13 +42,50 @@ def test_typiclust_takes_the_densest_image_of_a_cluster():
     assert chosen[0] < 30
 
 
+def test_the_purity_radius_is_the_largest_at_which_alpha_of_the_balls_hold_one_cluster():
+    rng = np.random.default_rng(2)
+    f = selection.normalized(rng.normal(size=(200, 3)))
+    assigned = rng.integers(0, 4, 200)
+    d = np.linalg.norm(f[:, None] - f[None], axis=2)
+    different = assigned[:, None] != assigned[None]
+
+    def purity(delta):  # the share of balls B(x, delta) = {y: |x - y| < delta} with no other cluster
+        return np.mean(~(different & (d < delta)).any(axis=1))
+
+    delta = selection.purity_radius(f, assigned, alpha=0.9)
+    assert purity(delta - 1e-4) >= 0.9  # (the margin: distances are float32 in selection)
+    assert purity(delta + 1e-4) < 0.9  # any larger radius: below alpha
+    assert selection.purity_radius(f, np.zeros(200, int)) == 2.0  # one cluster: every ball is pure
+
+
+def test_probcover_takes_the_ball_that_covers_most_then_the_most_left_uncovered():
+    rng = np.random.default_rng(3)
+    dense, sparse = rng.normal(size=(60, 2)) * 0.05, rng.normal(size=(20, 2)) * 0.05  # two tight groups
+    x = np.concatenate([dense + [1.0, 0.0], sparse + [0.0, 1.0]]).astype(np.float32)
+    chosen = selection.probcover(x, 2, np.zeros(0, np.int64), seed=0)
+    f = selection.normalized(x)
+    delta = selection.purity_radius(f, selection.clusters(f, 2, 0))
+    degrees = (np.linalg.norm(f[:, None] - f[None], axis=2) < delta).sum(axis=1)
+    assert chosen[0] < 60 and degrees[chosen[0]] == degrees[:60].max()  # the most covering ball first
+    assert chosen[1] >= 60  # then the group it left uncovered, not a second ball in the covered one
+
+
+def test_probcover_fills_the_budget_past_full_coverage_and_starts_from_what_is_labeled():
+    x, y = blobs(n_blobs=3, per_blob=20)
+    chosen = selection.select("probcover", x, 12, seed=0)
+    assert len(chosen) == 12 and len(set(chosen)) == 12
+    three = selection.select("probcover", x, 3, seed=0)
+    # one labeled + 2 = the same clusters and radius: the greedy goes on where it left off
+    np.testing.assert_array_equal(selection.select("probcover", x, 2, labeled=three[:1], seed=0), three[1:])
+
+
 def test_nothing_already_labeled_is_chosen_and_the_next_round_goes_elsewhere():
     x, y = blobs()
     first = selection.select("typiclust", x, 5, seed=0)
     second = selection.select("typiclust", x, 5, labeled=first, seed=0)
     assert not set(first) & set(second) and len(second) == 5
-    k2 = selection.select("kcenter", x, 5, labeled=first, seed=0)
-    assert not set(first) & set(k2)
+    for strategy in ("kcenter", "probcover"):
+        assert not set(first) & set(selection.select(strategy, x, 5, labeled=first, seed=0))
     everything = selection.select("kcenter", x, 500, seed=0)
     assert len(everything) == len(x) and len(set(everything)) == len(x)  # fewer left than asked: all of them
 

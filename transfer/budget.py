@@ -5,7 +5,7 @@ pool blindly or by a selection, not "N of every class".
   may get none (at 10 draws over 10 classes, about 3.5 are missing on average).
 - `stratified`: N / C of every class (the remainder to randomly chosen classes): the
   oracle of `--labels-per-class`, which a user with an unlabeled pool cannot draw.
-- `typiclust`, `kcenter`: chosen from the features of every pool image
+- `typiclust`, `probcover`, `kcenter`: chosen from the features of every pool image
   (`transfer.selection`) by an encoder, or by raw pixels, before any label is seen.
 """
 
@@ -49,7 +49,7 @@ def stratified(labels: np.ndarray, pool: np.ndarray, n: int, seed: int) -> np.nd
 def choose(how: str, source: Listing, pool: np.ndarray, n: int, seed: int, net=None,
            image_size: int | None = None) -> np.ndarray:
     """Positions of `source` (from `pool`) to label, `n` of them, chosen `how`. `net` (a
-    feature model, None: raw pixels) and `image_size` serve typiclust and kcenter."""
+    feature model, None: raw pixels) and `image_size` serve the selections by features."""
     pool = np.sort(np.asarray(pool, dtype=np.int64))
     if how not in SELECTIONS:
         raise TransferError(f"selection must be one of {', '.join(SELECTIONS)}. Received: selection={how!r}")

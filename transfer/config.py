@@ -20,6 +20,7 @@ from transfer.errors import TransferError
 from transfer.export import FORMATS as EXPORT_FORMATS
 from transfer.objectives import OBJECTIVES, TWO_VIEW
 from transfer.budget import SELECTIONS as BUDGET_SELECTIONS
+from transfer.selection import BY_FEATURES
 from transfer.selection import STRATEGIES as SELECTIONS
 
 
@@ -129,8 +130,8 @@ class FineTuneConfig(RunConfig):
     freeze: str = "none"  # measured best on digits: probe, then fine-tune everything with augmentation
     labels_per_class: int | None = None  # None: all (stratified: the oracle draw, N of every class)
     labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
-    selection: str | None = None  # random (default with labels) | stratified | typiclust | kcenter
-    select_encoder: str | None = None  # typiclust/kcenter features: a pretrain run or pixels (default: the encoder's)
+    selection: str | None = None  # random (default with labels) | stratified | typiclust | probcover | kcenter
+    select_encoder: str | None = None  # typiclust/probcover/kcenter features: a pretrain run or pixels (default: the encoder's)
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
     readout: str = "auto"  # auto: chosen by cross-validation on the labeled images (see fine-tune)
@@ -170,8 +171,8 @@ class FineTuneConfig(RunConfig):
             raise TransferError("--selection chooses the --labels images; give --labels N")
         if self.selection is not None:
             _choice("selection", self.selection, BUDGET_SELECTIONS)
-        if self.select_encoder and self.selection not in ("typiclust", "kcenter"):
-            raise TransferError("--select-encoder serves --selection typiclust or kcenter")
+        if self.select_encoder and self.selection not in BY_FEATURES:
+            raise TransferError(f"--select-encoder serves --selection {', '.join(BY_FEATURES)}")
         for name in ("labels_per_class", "labels", "epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)

@@ -7,13 +7,22 @@
   *typical* image not yet chosen is taken: typicality = 1 / mean distance to its K_NN
   nearest neighbours within the cluster (half the cluster when it is small). Suited to
   small budgets: it labels the dense, representative images of every mode.
+- `probcover` (Yehuda, Dekel, Hacohen and Weinshall, NeurIPS 2022; the authors' procedure):
+  every image covers the ball of radius delta around it; the greedy max-coverage picks, each
+  time, the image whose ball holds the most images not yet covered (by an image labeled or
+  chosen). delta is the largest radius at which PURITY of the balls hold one k-means cluster
+  only (k-means into labeled + budget clusters, as typiclust: the number of classes at one
+  label per class, finer, so a smaller radius, as the budget grows). Made for the lowest
+  budgets: it reaches regions typiclust's clusters merge. Once the pool is covered, the rest
+  of the budget is chosen by kcenter.
 - `kcenter` (Sener and Savarese, ICLR 2018, the greedy core-set): each next image is the one
   farthest from every image labeled or chosen so far; covers the feature space, suited to
   larger budgets.
 - `random`: uniform, the baseline every selection is compared with.
 
 Every strategy returns positions into the feature rows, in the order to label them, never
-one already labeled. Pure numpy and scikit-learn (k-means, nearest neighbours).
+one already labeled. numpy, scikit-learn (k-means, nearest neighbours) and scipy's sparse
+matrices (ProbCover's graph).
 """
 
 from __future__ import annotations
@@ -21,22 +30,32 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+from scipy import sparse
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
 from transfer.errors import TransferError
 from transfer.evaluation import normalized
 
-STRATEGIES = ("typiclust", "kcenter", "random")
+STRATEGIES = ("typiclust", "probcover", "kcenter", "random")
+BY_FEATURES = tuple(s for s in STRATEGIES if s != "random")
 MIN_CLUSTER_SIZE = 5
 MAX_CLUSTERS = 500
 K_NN = 20
+PURITY = 0.95  # ProbCover's alpha: the share of pure balls that sets delta
+PURITY_SAMPLE = 5000  # delta's quantile is estimated from this many balls of a larger pool
+CHUNK_ENTRIES = 2**24  # distances computed at a time (64 MB of float32), rows per chunk = this / pool size
 FULL_KMEANS = 50  # up to this many clusters, full k-means; beyond, mini-batch k-means (as the authors)
 
 
 def _distances(f: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Euclidean distances between unit rows of f and unit centres (|a-b|^2 = 2 - 2ab), (n, len(centres))."""
     return np.sqrt(np.maximum(2.0 - 2.0 * (f @ np.atleast_2d(centres).T), 0.0))
+
+
+def _chunk(n: int) -> int:
+    """Rows of an (rows, n) distance block that fit CHUNK_ENTRIES."""
+    return max(1, CHUNK_ENTRIES // max(n, 1))
 
 
 def typicality(features: np.ndarray, k: int) -> np.ndarray:
@@ -86,11 +105,65 @@ def typiclust(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int 
     return np.array(chosen, dtype=np.int64)
 
 
+def purity_radius(f: np.ndarray, assigned: np.ndarray, alpha: float = PURITY, seed: int = 0) -> float:
+    """The largest delta at which `alpha` of the balls B(x, delta) hold only x's cluster: the
+    ball is pure while delta <= the distance from x to the nearest row of another cluster, so
+    delta is the (1 - alpha) quantile of those distances (from PURITY_SAMPLE balls at most)."""
+    rows = np.arange(len(f))
+    if len(f) > PURITY_SAMPLE:
+        rows = np.sort(np.random.default_rng(seed).choice(len(f), PURITY_SAMPLE, replace=False))
+    other, step = np.empty(len(rows)), _chunk(len(f))
+    for start in range(0, len(rows), step):
+        part = rows[start:start + step]
+        d = _distances(f[part], f)
+        d[assigned[part, None] == assigned[None, :]] = np.inf
+        other[start:start + step] = d.min(axis=1)
+    delta = float(np.sort(other)[int(np.floor(len(other) * (1.0 - alpha)))])  # alpha of them are >= delta
+    return delta if np.isfinite(delta) else 2.0  # one cluster: every ball is pure (unit rows are <= 2 apart)
+
+
+def ball_graph(f: np.ndarray, delta: float) -> sparse.csr_matrix:
+    """graph[x, y] = 1 where |x - y| < delta: x's ball covers y (itself included), sparse, built
+    a chunk of rows at a time."""
+    rows, cols, step = [], [], _chunk(len(f))
+    for start in range(0, len(f), step):
+        x, y = np.nonzero(_distances(f[start:start + step], f) < delta)
+        rows.append(x + start)
+        cols.append(y)
+    rows, cols = np.concatenate(rows), np.concatenate(cols)
+    return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(f), len(f)))
+
+
+def probcover(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 0) -> np.ndarray:
+    f = normalized(features)
+    assigned = clusters(f, min(max(len(labeled) + budget, 2), MAX_CLUSTERS, len(f)), seed)
+    delta = purity_radius(f, assigned, seed=seed)
+    graph = ball_graph(f, delta)
+    uncovered = np.ones(len(f), dtype=np.float32)
+    uncovered[graph[labeled].indices] = 0.0
+    taken = np.zeros(len(f), dtype=bool)
+    taken[labeled] = True
+    chosen = []
+    while len(chosen) < budget:
+        degrees = np.asarray(graph @ uncovered).ravel()  # how many uncovered images each ball holds
+        degrees[taken] = -1.0
+        pick = int(np.argmax(degrees))
+        if degrees[pick] <= 0:  # every image is covered
+            break
+        chosen.append(pick)
+        taken[pick] = True
+        uncovered[graph.indices[graph.indptr[pick]:graph.indptr[pick + 1]]] = 0.0
+    if len(chosen) < budget and not taken.all():
+        chosen += list(kcenter(features, budget - len(chosen), np.flatnonzero(taken), seed))
+    return np.array(chosen, dtype=np.int64)
+
+
 def kcenter(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 0) -> np.ndarray:
     f = normalized(features)
     nearest = np.full(len(f), np.inf, dtype=np.float32)  # distance to the closest centre so far
-    for start in range(0, len(labeled), 1024):
-        nearest = np.minimum(nearest, _distances(f, f[labeled[start:start + 1024]]).min(axis=1))
+    step = _chunk(len(f))
+    for start in range(0, len(labeled), step):
+        nearest = np.minimum(nearest, _distances(f, f[labeled[start:start + step]]).min(axis=1))
     chosen = []
     if not len(labeled):
         first = int(np.random.default_rng(seed).integers(len(f)))
@@ -124,4 +197,4 @@ def select(strategy: str, features: np.ndarray, budget: int, labeled=(), seed: i
         raise TransferError("every image of the pool is already labeled: nothing left to select")
     if strategy == "random":
         return random(len(features), budget, labeled, seed)
-    return (typiclust if strategy == "typiclust" else kcenter)(features, budget, labeled, seed)
+    return {"typiclust": typiclust, "probcover": probcover, "kcenter": kcenter}[strategy](features, budget, labeled, seed)

@@ -1,0 +1,62 @@
+"""Benchmark: how many classes each selection covers at small total budgets, on a labeled
+pool (the built-ins: the pool is the data without its test split, as fine-tune leaves it),
+with raw pixels and with a pretrained encoder's features, over seeds (the k-means seed).
+
+At 1-2 labels per class, the classes a choice covers cap every learner trained on it: a
+class with no label is never predicted. This is the cheap, label-side measure of a
+selection (no training; the pool's labels are read only to count classes, never to choose).
+
+    python benchmarks/selection_coverage.py --data digits --encoder runs/digits/pretrain-contrastive \
+        --image-size 16 [--budgets 10,20] [--strategies typiclust,probcover,kcenter] [--seeds 5]
+
+Prints a markdown table: features, budget, strategy, classes covered (mean, min-max over
+seeds), seconds per selection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import numpy as np
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from transfer import budget, features, selection, splits, stream  # noqa: E402
+
+
+def pool_features(data: str, encoder: str, image_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+    """(features of every pool image, their labels, the features' name)."""
+    net, size, channels, name = budget.feature_model(encoder)
+    size = size or image_size
+    source, pool = splits.open_pool(data, True, size, channels, lambda m: None)
+    f, y, _ = features.compute(net, stream.ImageSet(source, pool, size))
+    return f, y, name
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--encoder", required=True, help="a pretrain run directory (pixels are measured beside it)")
+    parser.add_argument("--image-size", type=int, default=16, help="for the pixels")
+    parser.add_argument("--budgets", default="10,20")
+    parser.add_argument("--strategies", default=",".join(selection.BY_FEATURES))
+    parser.add_argument("--seeds", type=int, default=5)
+    args = parser.parse_args()
+    print(f"classes covered on {args.data}'s pool, {args.seeds} seeds\n")
+    print("| features | budget | strategy | classes covered | min-max | seconds |")
+    print("|---|---|---|---|---|---|")
+    for encoder in ("pixels", args.encoder):
+        f, y, name = pool_features(args.data, encoder, args.image_size)
+        for b in (int(b) for b in args.budgets.split(",")):
+            for strategy in args.strategies.split(","):
+                t = time.perf_counter()
+                covered = [len(set(y[selection.select(strategy, f, b, (), seed)])) for seed in range(args.seeds)]
+                print(f"| {name} | {b} | {strategy} | {np.mean(covered):.1f} | {min(covered)}-{max(covered)} | "
+                      f"{(time.perf_counter() - t) / args.seeds:.1f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
