@@ -79,6 +79,18 @@ def test_probcover_fills_the_budget_past_full_coverage_and_starts_from_what_is_l
     np.testing.assert_array_equal(selection.select("probcover", x, 2, labeled=three[:1], seed=0), three[1:])
 
 
+def test_probcover_refuses_a_graph_too_large_for_memory_before_building_it(monkeypatch):
+    x, _ = blobs(n_blobs=2, per_blob=50)
+    monkeypatch.setattr(selection, "MAX_EDGES", 50)
+    monkeypatch.setattr(selection, "ball_graph", lambda f, delta: pytest.fail("built the graph"))
+    with pytest.raises(TransferError, match="probcover's graph for these 100 images would hold about .* pairs"):
+        selection.select("probcover", x, 2, seed=0)
+    f = selection.normalized(x)
+    delta = selection.purity_radius(f, selection.clusters(f, 2, 0))
+    exact = (np.linalg.norm(f[:, None] - f[None], axis=2) < delta).sum()
+    assert selection.expected_edges(f, delta) == pytest.approx(exact, rel=1e-3)  # every row sampled: exact
+
+
 def test_nothing_already_labeled_is_chosen_and_the_next_round_goes_elsewhere():
     x, y = blobs()
     first = selection.select("typiclust", x, 5, seed=0)

@@ -44,6 +44,7 @@ MAX_CLUSTERS = 500
 K_NN = 20
 PURITY = 0.95  # ProbCover's alpha: the share of pure balls that sets delta
 PURITY_SAMPLE = 5000  # delta's quantile is estimated from this many balls of a larger pool
+MAX_EDGES = 10**8  # probcover's sparse graph: 12 bytes a pair, so at most about 1.1 GiB
 CHUNK_ENTRIES = 2**24  # distances computed at a time (64 MB of float32), rows per chunk = this / pool size
 FULL_KMEANS = 50  # up to this many clusters, full k-means; beyond, mini-batch k-means (as the authors)
 
@@ -122,6 +123,16 @@ def purity_radius(f: np.ndarray, assigned: np.ndarray, alpha: float = PURITY, se
     return delta if np.isfinite(delta) else 2.0  # one cluster: every ball is pure (unit rows are <= 2 apart)
 
 
+def expected_edges(f: np.ndarray, delta: float, seed: int = 0) -> float:
+    """The pairs closer than delta, estimated from the balls of PURITY_SAMPLE rows at most."""
+    rows = np.arange(len(f))
+    if len(f) > PURITY_SAMPLE:
+        rows = np.random.default_rng(seed).choice(len(f), PURITY_SAMPLE, replace=False)
+    step = _chunk(len(f))
+    inside = sum(int((_distances(f[rows[i:i + step]], f) < delta).sum()) for i in range(0, len(rows), step))
+    return inside / len(rows) * len(f)
+
+
 def ball_graph(f: np.ndarray, delta: float) -> sparse.csr_matrix:
     """graph[x, y] = 1 where |x - y| < delta: x's ball covers y (itself included), sparse, built
     a chunk of rows at a time."""
@@ -138,6 +149,11 @@ def probcover(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int 
     f = normalized(features)
     assigned = clusters(f, min(max(len(labeled) + budget, 2), MAX_CLUSTERS, len(f)), seed)
     delta = purity_radius(f, assigned, seed=seed)
+    edges = expected_edges(f, delta, seed)
+    if edges > MAX_EDGES:
+        raise TransferError(f"probcover's graph for these {len(f)} images would hold about {edges:,.0f} pairs "
+                            f"(more than {MAX_EDGES:,}: about {12 * edges / 2**30:.1f} GiB): choose them with "
+                            "typiclust or kcenter")
     graph = ball_graph(f, delta)
     uncovered = np.ones(len(f), dtype=np.float32)
     uncovered[graph[labeled].indices] = 0.0
