@@ -12,9 +12,10 @@
   time, the image whose ball holds the most images not yet covered (by an image labeled or
   chosen). delta is the largest radius at which PURITY of the balls hold one k-means cluster
   only (k-means into labeled + budget clusters, as typiclust: the number of classes at one
-  label per class, finer, so a smaller radius, as the budget grows). Made for the lowest
-  budgets: it reaches regions typiclust's clusters merge. Once the pool is covered, the rest
-  of the budget is chosen by kcenter.
+  label per class, finer, so a smaller radius, as the budget grows). Once the pool is
+  covered, the rest of the budget is chosen by kcenter. The authors report it above
+  typiclust at the lowest budgets (CIFAR, SimCLR features); on the built-ins it covers fewer
+  classes than typiclust (docs/selection.md).
 - `kcenter` (Sener and Savarese, ICLR 2018, the greedy core-set): each next image is the one
   farthest from every image labeled or chosen so far; covers the feature space, suited to
   larger budgets.
@@ -44,7 +45,7 @@ MAX_CLUSTERS = 500
 K_NN = 20
 PURITY = 0.95  # ProbCover's alpha: the share of pure balls that sets delta
 PURITY_SAMPLE = 5000  # delta's quantile is estimated from this many balls of a larger pool
-MAX_EDGES = 10**8  # probcover's sparse graph: 12 bytes a pair, so at most about 1.1 GiB
+MAX_EDGES = 5 * 10**7  # probcover's graph: about 20 bytes a pair while it is built, so at most about 1 GiB
 CHUNK_ENTRIES = 2**24  # distances computed at a time (64 MB of float32), rows per chunk = this / pool size
 FULL_KMEANS = 50  # up to this many clusters, full k-means; beyond, mini-batch k-means (as the authors)
 
@@ -106,13 +107,18 @@ def typiclust(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int 
     return np.array(chosen, dtype=np.int64)
 
 
+def _sampled(n: int, seed: int) -> np.ndarray:
+    """Every row of n, or PURITY_SAMPLE of them drawn at random (sorted) when there are more."""
+    if n <= PURITY_SAMPLE:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, PURITY_SAMPLE, replace=False))
+
+
 def purity_radius(f: np.ndarray, assigned: np.ndarray, alpha: float = PURITY, seed: int = 0) -> float:
     """The largest delta at which `alpha` of the balls B(x, delta) hold only x's cluster: the
     ball is pure while delta <= the distance from x to the nearest row of another cluster, so
     delta is the (1 - alpha) quantile of those distances (from PURITY_SAMPLE balls at most)."""
-    rows = np.arange(len(f))
-    if len(f) > PURITY_SAMPLE:
-        rows = np.sort(np.random.default_rng(seed).choice(len(f), PURITY_SAMPLE, replace=False))
+    rows = _sampled(len(f), seed)
     other, step = np.empty(len(rows)), _chunk(len(f))
     for start in range(0, len(rows), step):
         part = rows[start:start + step]
@@ -125,9 +131,7 @@ def purity_radius(f: np.ndarray, assigned: np.ndarray, alpha: float = PURITY, se
 
 def expected_edges(f: np.ndarray, delta: float, seed: int = 0) -> float:
     """The pairs closer than delta, estimated from the balls of PURITY_SAMPLE rows at most."""
-    rows = np.arange(len(f))
-    if len(f) > PURITY_SAMPLE:
-        rows = np.random.default_rng(seed).choice(len(f), PURITY_SAMPLE, replace=False)
+    rows = _sampled(len(f), seed)
     step = _chunk(len(f))
     inside = sum(int((_distances(f[rows[i:i + step]], f) < delta).sum()) for i in range(0, len(rows), step))
     return inside / len(rows) * len(f)
@@ -139,8 +143,8 @@ def ball_graph(f: np.ndarray, delta: float) -> sparse.csr_matrix:
     rows, cols, step = [], [], _chunk(len(f))
     for start in range(0, len(f), step):
         x, y = np.nonzero(_distances(f[start:start + step], f) < delta)
-        rows.append(x + start)
-        cols.append(y)
+        rows.append((x + start).astype(np.int32))
+        cols.append(y.astype(np.int32))
     rows, cols = np.concatenate(rows), np.concatenate(cols)
     return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(f), len(f)))
 
@@ -152,7 +156,7 @@ def probcover(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int 
     edges = expected_edges(f, delta, seed)
     if edges > MAX_EDGES:
         raise TransferError(f"probcover's graph for these {len(f)} images would hold about {edges:,.0f} pairs "
-                            f"(more than {MAX_EDGES:,}: about {12 * edges / 2**30:.1f} GiB): choose them with "
+                            f"(more than {MAX_EDGES:,}: about {20 * edges / 2**30:.1f} GiB): choose them with "
                             "typiclust or kcenter")
     graph = ball_graph(f, delta)
     uncovered = np.ones(len(f), dtype=np.float32)
