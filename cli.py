@@ -418,6 +418,9 @@ def pretrain(**params):
 @opt(FineTuneConfig, "select-encoder",
      help="Features for --selection typiclust|probcover|kcenter: a pretrain run directory, or pixels "
           "(default: --encoder when it is pretrained, else pixels).")
+@opt(FineTuneConfig, "purity", type=float,
+     help="--selection probcover: the share of balls holding one k-means cluster that sets the radius "
+          "(default 0.95, the authors'; lower: wider balls, fewer images in the densest regions).")
 @opt(FineTuneConfig, "test-data", help="Separate labeled test set (default: a fixed split of --data).")
 @opt(FineTuneConfig, "test-fraction", type=float,
      help="Fraction of each class held out for testing; the split depends only on image content.")
@@ -579,6 +582,9 @@ def export_command(**params):
           "probcover: greedy max coverage of balls of a radius where 95% of them hold one k-means cluster; "
           "kcenter: greedy core-set, each image the farthest from those chosen (larger budgets); "
           "random: uniform (the baseline).")
+@opt(SelectConfig, "purity", type=float,
+     help="probcover: the share of balls holding one k-means cluster that sets the radius (default 0.95, "
+          "the authors'; lower: wider balls, fewer images in the densest regions).")
 @opt(SelectConfig, "exclude", metavar="CSV",
      help="Images already labeled (a CSV with a path column, e.g. an earlier --out): the next round.")
 @opt(SelectConfig, "labeled", is_flag=True,

@@ -59,7 +59,7 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, l
         if size is not None and size != image_size:
             raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
                                 f"{image_size}x{image_size}")
-    chosen = budget.choose(how, found.source, found.pool, cfg.labels, cfg.seed, net, image_size)
+    chosen = budget.choose(how, found.source, found.pool, cfg.labels, cfg.seed, net, image_size, cfg.purity)
     present = len(np.unique(found.source.labels[chosen]))
     log(f"{cfg.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
         + f": {present} of {len(found.source.class_names)} classes have at least one")
@@ -142,7 +142,7 @@ def budget_name(cfg: FineTuneConfig) -> str | int:
     how = cfg.selection or "random"
     if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
-        how += " on " + _features_name(name)
+        how += (f" at purity {cfg.purity:g}" if cfg.purity is not None else "") + " on " + _features_name(name)
     return f"{cfg.labels} in all ({how})"
 
 

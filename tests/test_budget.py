@@ -102,6 +102,8 @@ def test_total_budgets_are_compared_and_read_as_totals(labeled, tmp_path):
     (["--selection", "typiclust"], "give --labels N"),
     (["--labels", "4", "--select-encoder", "pixels"], "serves --selection typiclust, probcover, kcenter"),
     (["--labels", "1000"], "more than the"),
+    (["--labels", "4", "--selection", "typiclust", "--purity", "0.8"], "--purity is probcover's"),
+    (["--labels", "4", "--selection", "probcover", "--purity", "1"], "purity must be in (0, 1)"),
 ])
 def test_bad_budgets_are_one_error_line(labeled, tmp_path, args, message):
     result = invoke("fine-tune", "--data", labeled / "labeled", "--encoder", "random", *args,
@@ -154,3 +156,12 @@ def test_bad_budget_grids_are_refused(tmp_path, bad, message):
     path.write_text(f'name = "x"\nseeds = [0]\nmethods = ["scratch"]\n{budgets}{bad}\n[fine_tune]\ndata = "digits"\n')
     result = invoke("experiment", path)
     assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_budgets_name_says_probcovers_purity_when_it_is_not_the_default():
+    from pipelines.fine_tune import budget_name
+    from transfer.config import FineTuneConfig
+
+    assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover")) == "6 in all (probcover on pixels)"
+    assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover", purity=0.6)) == \
+        "6 in all (probcover at purity 0.6 on pixels)"

@@ -158,3 +158,25 @@ def test_select_bad_input_is_one_error_line(tmp_path):
     result = invoke("select", "--data", "digits", "--encoder", tmp_path / "nope", "--budget", "3",
                     "--out", tmp_path / "o.csv", "--results", tmp_path / "r.csv")
     assert result.exit_code == 2 and "Error:" in result.output
+    for args, message in ((["--purity", "0.8"], "--purity is probcover's"),
+                          (["--strategy", "probcover", "--purity", "0"], "purity must be in (0, 1)")):
+        result = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "3", *args,
+                        "--out", tmp_path / "o.csv", "--results", tmp_path / "r.csv")
+        assert result.exit_code == 2 and message in result.output, result.output
+
+
+def test_a_lower_purity_widens_probcovers_balls_and_the_row_records_it(tmp_path):
+    x, _ = blobs()
+    f = selection.normalized(x)
+    assigned = selection.clusters(f, 5, 0)
+    assert selection.purity_radius(f, assigned, 0.5) > selection.purity_radius(f, assigned, 0.95)
+    results = tmp_path / "r.csv"
+    for purity in ("0.95", "0.6"):
+        result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "10",
+                        "--strategy", "probcover", "--purity", purity, "--out", tmp_path / f"{purity}.csv",
+                        "--results", results, "--no-sheet")
+        assert result.exit_code == 0, result.output
+    rows = pd.read_csv(results)
+    assert rows["purity"].tolist() == [0.95, 0.6] and (rows["strategy"] == "probcover").all()
+    first, second = (set(pd.read_csv(tmp_path / f"{p}.csv")["path"]) for p in ("0.95", "0.6"))
+    assert first != second  # the radius changed the choice

@@ -47,7 +47,7 @@ def stratified(labels: np.ndarray, pool: np.ndarray, n: int, seed: int) -> np.nd
 
 
 def choose(how: str, source: Listing, pool: np.ndarray, n: int, seed: int, net=None,
-           image_size: int | None = None) -> np.ndarray:
+           image_size: int | None = None, purity: float | None = None) -> np.ndarray:
     """Positions of `source` (from `pool`) to label, `n` of them, chosen `how`. `net` (a
     feature model, None: raw pixels) and `image_size` serve the selections by features."""
     pool = np.sort(np.asarray(pool, dtype=np.int64))
@@ -62,4 +62,4 @@ def choose(how: str, source: Listing, pool: np.ndarray, n: int, seed: int, net=N
             raise TransferError("a stratified draw needs the pool's labels")
         return stratified(source.labels, pool, n, seed)
     f, _, positions = features.compute(net, stream.ImageSet(source, pool, image_size))
-    return positions[selection.select(how, f, n, (), seed)]
+    return positions[selection.select(how, f, n, (), seed, purity)]

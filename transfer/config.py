@@ -39,6 +39,17 @@ def _choice(name: str, value, allowed) -> None:
         raise TransferError(f"{name} must be one of {', '.join(map(str, allowed))}. Received: {name}={value!r}")
 
 
+def _purity(purity: float | None, strategy: str | None, option: str) -> None:
+    """--purity is probcover's, in (0, 1)."""
+    if purity is None:
+        return
+    if strategy != "probcover":
+        raise TransferError(f"--purity is probcover's (the share of pure balls that sets its radius); give "
+                            f"{option} probcover")
+    if not 0.0 < purity < 1.0:
+        raise TransferError(f"purity must be in (0, 1). Received: purity={purity}")
+
+
 @dataclass(frozen=True)
 class ArchConfig:
     """Encoder architecture: a preset plus optional overrides applied to every block."""
@@ -132,6 +143,7 @@ class FineTuneConfig(RunConfig):
     labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
     selection: str | None = None  # random (default with labels) | stratified | typiclust | probcover | kcenter
     select_encoder: str | None = None  # typiclust/probcover/kcenter features: a pretrain run or pixels (default: the encoder's)
+    purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
     readout: str = "auto"  # auto: chosen by cross-validation on the labeled images (see fine-tune)
@@ -173,6 +185,7 @@ class FineTuneConfig(RunConfig):
             _choice("selection", self.selection, BUDGET_SELECTIONS)
         if self.select_encoder and self.selection not in BY_FEATURES:
             raise TransferError(f"--select-encoder serves --selection {', '.join(BY_FEATURES)}")
+        _purity(self.purity, self.selection, "--selection")
         for name in ("labels_per_class", "labels", "epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
@@ -222,6 +235,7 @@ class SelectConfig(ArchConfig):
     budget: int = 0
     out: str = ""  # the CSV to write (path,label); the contact sheet beside it
     strategy: str = "typiclust"
+    purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
     exclude: str | None = None  # a CSV with a path column: images already labeled
     labeled: bool = False  # the pool has labels (class folders, a label column): filled in, test split left out
     readout: str = "avg"
@@ -241,6 +255,7 @@ class SelectConfig(ArchConfig):
         _positive("image_size", self.image_size)
         _positive("channels", self.channels)
         _choice("strategy", self.strategy, SELECTIONS)
+        _purity(self.purity, self.strategy, "--strategy")
         _choice("readout", self.readout, [x for x in READOUTS if x != "auto"])
 
 

@@ -149,10 +149,11 @@ def ball_graph(f: np.ndarray, delta: float) -> sparse.csr_matrix:
     return sparse.csr_matrix((np.ones(len(rows), dtype=np.float32), (rows, cols)), shape=(len(f), len(f)))
 
 
-def probcover(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 0) -> np.ndarray:
+def probcover(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 0,
+              purity: float = PURITY) -> np.ndarray:
     f = normalized(features)
     assigned = clusters(f, min(max(len(labeled) + budget, 2), MAX_CLUSTERS, len(f)), seed)
-    delta = purity_radius(f, assigned, seed=seed)
+    delta = purity_radius(f, assigned, purity, seed)
     edges = expected_edges(f, delta, seed)
     if edges > MAX_EDGES:
         raise TransferError(f"probcover's graph for these {len(f)} images would hold about {edges:,.0f} pairs "
@@ -205,9 +206,10 @@ def random(n: int, budget: int, labeled: np.ndarray, seed: int = 0) -> np.ndarra
     return np.random.default_rng(seed).permutation(free)[:budget].astype(np.int64)
 
 
-def select(strategy: str, features: np.ndarray, budget: int, labeled=(), seed: int = 0) -> np.ndarray:
+def select(strategy: str, features: np.ndarray, budget: int, labeled=(), seed: int = 0,
+           purity: float | None = None) -> np.ndarray:
     """Positions of `budget` rows of `features` to label next (fewer when fewer are left), in
-    order, none of `labeled` (positions already labeled)."""
+    order, none of `labeled` (positions already labeled). `purity`: probcover's (None: PURITY)."""
     labeled = np.unique(np.asarray(labeled, dtype=np.int64))
     if strategy not in STRATEGIES:
         raise TransferError(f"strategy must be one of {', '.join(STRATEGIES)}. Received: strategy={strategy!r}")
@@ -217,4 +219,6 @@ def select(strategy: str, features: np.ndarray, budget: int, labeled=(), seed: i
         raise TransferError("every image of the pool is already labeled: nothing left to select")
     if strategy == "random":
         return random(len(features), budget, labeled, seed)
-    return {"typiclust": typiclust, "probcover": probcover, "kcenter": kcenter}[strategy](features, budget, labeled, seed)
+    if strategy == "probcover":
+        return probcover(features, budget, labeled, seed, PURITY if purity is None else purity)
+    return (typiclust if strategy == "typiclust" else kcenter)(features, budget, labeled, seed)
