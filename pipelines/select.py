@@ -58,7 +58,8 @@ def run(cfg: SelectConfig, log=print) -> dict:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
            "experiment": cfg.experiment, "data": cfg.data, "encoder": cfg.encoder, "objective": objective,
-           "readout": None if net is None else cfg.readout, "strategy": cfg.strategy, "purity": cfg.purity, "budget": cfg.budget,
+           "readout": None if net is None else cfg.readout, "strategy": cfg.strategy, "purity": cfg.purity,
+           "budget": cfg.budget,
            "n_selected": len(chosen), "n_pool": len(f), "n_excluded": len(labeled_rows), "seed": cfg.seed,
            "feature_dim": f.shape[1], "labeled_classes": len(set(labels.tolist())) if known else None,
            "classes": len(source.class_names) if known else None, "skipped_files": source.unreadable(),

@@ -162,6 +162,7 @@ def test_a_budgets_name_says_probcovers_purity_when_it_is_not_the_default():
     from pipelines.fine_tune import budget_name
     from transfer.config import FineTuneConfig
 
-    assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover")) == "6 in all (probcover on pixels)"
+    assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover")) == \
+        "6 in all (probcover on pixels)"
     assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover", purity=0.6)) == \
         "6 in all (probcover at purity 0.6 on pixels)"

@@ -142,7 +142,7 @@ class FineTuneConfig(RunConfig):
     labels_per_class: int | None = None  # None: all (stratified: the oracle draw, N of every class)
     labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
     selection: str | None = None  # random (default with labels) | stratified | typiclust | probcover | kcenter
-    select_encoder: str | None = None  # typiclust/probcover/kcenter features: a pretrain run or pixels (default: the encoder's)
+    select_encoder: str | None = None  # features to select by: a pretrain run or pixels (default: the encoder's)
     purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
