@@ -91,9 +91,11 @@ def worker(data: str, setting: str, seed: int, on: str, out: str) -> list[dict]:
     random = models.build_encoder((size, size, everything.channels), [Block(**b) for b in manifest["arch"]["blocks"]])
     rows = []
     n_classes = len(everything.class_names)
+    projector = artifacts.load_projector(out, manifest)  # the two-view objectives' head: one readout more
     for name, model, readout in [("pixels", None, ""), *[("random", random, r) for r in READOUTS],
-                                 *[(setting, encoder, r) for r in READOUTS]]:
-        net = None if model is None else models.build_features(model, readout, frozen=True)
+                                 *[(setting, encoder, r) for r in READOUTS],
+                                 *([(setting, encoder, "projector")] if projector is not None else [])]:
+        net = None if model is None else models.build_features(model, readout, True, projector)
         f, y, positions = features.compute(net, stream.ImageSet(everything, np.concatenate([pool, test]), size))
         where = {p: i for i, p in enumerate(positions)}
         got = [evaluation.scores(f[[where[i] for i in ref]], y[[where[i] for i in ref]],

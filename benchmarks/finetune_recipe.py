@@ -42,6 +42,7 @@ SETTINGS = {  # name: FineTuneConfig fields over the defaults (the pretrained en
     "epochs-300": {"epochs": 300},
     "lr-3e-4-epochs-300": {"learning_rate": 3e-4, "epochs": 300},
     "readout-avg": {"readout": "avg"},
+    "readout-projector": {"readout": "projector"},  # through the pretrained projection head (SimCLRv2)
     "top1": {"freeze": "all", "unfreeze_top": 1},
     "plain-keras": None,  # see plain_keras
     "lr-3e-3": {"learning_rate": 3e-3},

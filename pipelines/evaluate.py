@@ -26,15 +26,18 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         training.set_seed(cfg.seed)
         blocks = [Block(**b) for b in manifest["arch"]["blocks"]]
         random = models.build_encoder((size, size, channels), blocks, manifest["arch"]["preset"])
-        candidates += [("random", random, r) for r in cfg.readouts]
+        candidates += [("random", random, r) for r in cfg.readouts if r != "projector"]  # it has no head
     candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts]
+    projector = artifacts.load_projector(cfg.encoder, manifest) if "projector" in cfg.readouts else None
+    if "projector" in cfg.readouts and projector is None:
+        raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
     log(f"evaluating {cfg.encoder} on {cfg.data}: {len(found.pool)} pool images (every label for k-NN and the "
         f"probe, {'/'.join(map(str, evaluation.BUDGETS))} per class for the few-label scores, {cfg.draws} draws), "
         f"{len(found.test_index)} test images")
     rows, reference = [], None
     for method, model, readout in candidates:
         start = time.perf_counter()
-        net = None if model is None else models.build_features(model, readout, frozen=True)
+        net = None if model is None else models.build_features(model, readout, True, projector)
         pool_f, pool_y, _ = features.compute(net, found.pool_set(size))
         test_f, test_y, _ = features.compute(net, found.test_set(size))
         if len(pool_f) == 0 or len(test_f) == 0:

@@ -16,6 +16,7 @@ from transfer import (artifacts, augment, budget, distribute, heads, layers, met
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
+from transfer.objectives import TWO_VIEW
 
 ADAPT_BN_IMAGES = 2048  # pool images added to the labeled ones for --adapt-bn
 DEFAULT_EPOCHS = 100  # passes over the labeled images by gradient, unless they would make fewer steps than
@@ -219,6 +220,7 @@ class Job:
     log: object
     readout: str = "avg"  # the concrete readout (cfg.readout, or the one "auto" chose)
     readout_scores: dict | None = None  # "auto": mean CV accuracy of each candidate
+    projector: object = None  # the pretrained encoder's projection head (two-view objectives), or None
     head_metrics: dict = field(default_factory=dict)  # what fitting the head chose (probe_c)
     probes: dict = field(default_factory=dict)  # readout -> (features, cross_validated(...)): computed once
     trainer: "SupervisedTrainer | FixMatchTrainer | None" = None  # how the classifier trains by gradient
@@ -272,11 +274,20 @@ def _prepare_encoder(job: Job) -> None:
         models.unfreeze(encoder)
         training.recalibrate_batchnorm(encoder, images, 256, seed=cfg.seed)
         job.log(f"BatchNorm statistics re-estimated on {len(images)} target images (AdaBN)")
+    if job.pretrained:
+        job.projector = artifacts.load_projector(cfg.encoder, artifacts.read_manifest(cfg.encoder, "encoder"))
     job.readout = cfg.readout
+    if cfg.readout == "projector" and job.projector is None:
+        raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
+                            f"{', '.join(TWO_VIEW)} save one, since this release); choose another readout")
     if cfg.readout != "auto":
         return
     job.readout = "avg"
     if cfg.freeze == "none" and not job.pretrained:
+        return
+    if job.projector is not None:  # a cross-validated choice from 2 labels a class missed it on 2 draws of 5
+        job.readout = "projector"
+        job.log("readout projector: through the encoder's pretrained projection head (--readout for another)")
         return
     models.freeze(encoder)
     n_classes = len(train.class_names)
@@ -303,6 +314,8 @@ def _readout_choice(job: Job) -> str:
     """How the readout was chosen, for the row: given, default, or cv (with the scores)."""
     if job.cfg.readout != "auto":
         return "given"
+    if job.readout == "projector":
+        return "head"  # an encoder with a projection head reads out through it
     if job.readout_scores is None:
         return "default"
     return "cv " + " ".join(f"{r}={s:.3f}" for r, s in job.readout_scores.items())
@@ -314,7 +327,7 @@ def _fit_frozen(job: Job):
     further at a low learning rate, and/or the unlabeled pool used (FixMatch)."""
     cfg, encoder = job.cfg, job.encoder
     models.freeze(encoder)
-    features = models.build_features(encoder, job.readout, frozen=True)
+    features = models.build_features(encoder, job.readout, True, job.projector)
     before = training.snapshot_weights(encoder)
     distribute.prepare_model(features, _example_batch(features))
     head = _fit_head(job, features)
@@ -448,17 +461,17 @@ def _fit_end_to_end(job: Job):
     cfg, encoder = job.cfg, job.encoder
     if job.pretrained:
         models.freeze(encoder)
-        head = _fit_head(job, models.build_features(encoder, job.readout, frozen=True), "history-head.csv")
+        head = _fit_head(job, models.build_features(encoder, job.readout, True, job.projector), "history-head.csv")
         models.unfreeze(encoder)
     else:
         head = None
-    features = models.build_features(encoder, job.readout, frozen=False)
+    features = models.build_features(encoder, job.readout, False, job.projector)
     if head is None:
         head = models.build_head(features.output.shape[1], len(job.train.class_names), cfg.head, cfg.dropout)
     classifier = models.build_classifier(features, head)
     metrics = job.trainer.fit(job, classifier, cfg.learning_rate, cfg.epochs, "train")
     if job.unlabeled is None:  # FixMatch's thousands of steps leave settled statistics
-        training.recalibrate_batchnorm(encoder, job.train.images, cfg.batch_size, seed=cfg.seed)
+        training.recalibrate_batchnorm(features, job.train.images, cfg.batch_size, seed=cfg.seed)  # the head's too
     _compile(classifier, cfg.learning_rate)
     return classifier, {**job.head_metrics, **metrics, **_evaluate(classifier, job.train, job.test)}
 

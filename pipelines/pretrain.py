@@ -14,6 +14,7 @@ from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 
 PROBE_IMAGES = 1000  # labeled images the online probe watches, at most
+PROJECTOR_FILE = "projector.keras"  # the two-view objectives' projection head, beside encoder.keras
 DEFAULT_EPOCHS = 300  # passes over the pretraining images, unless that would train on more than
 DEFAULT_IMAGES = 500_000  # images in all (about 8 minutes at 28x28 on 2 cores with the small encoder)
 
@@ -60,11 +61,11 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             log(f"warning: {w}")
         if run.worker_done(""):
             return {}
-        _write_extras(cfg, run, encoder, source, val_images, report)
+        projector = _write_extras(cfg, run, encoder, model, source, val_images, report)
         out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=cfg.objective,
-                       arch={"preset": cfg.arch, "blocks": [vars(b) for b in blocks]}, metrics=report.metrics,
-                       data={"source": cfg.data, "images": len(source), "fingerprint": source.fingerprint(),
-                             "skipped": source.unreadable()})
+                       projector=projector, arch={"preset": cfg.arch, "blocks": [vars(b) for b in blocks]},
+                       metrics=report.metrics, data={"source": cfg.data, "images": len(source),
+                                                     "fingerprint": source.fingerprint(), "skipped": source.unreadable()})
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
@@ -132,8 +133,10 @@ def _online_probe(cfg, encoder, channels: int, log):
     return watch
 
 
-def _write_extras(cfg, run: Run, encoder, source, val_images, report) -> None:
-    """The pretraining ids (to detect test leakage later), the preview and the visualize/ report."""
+def _write_extras(cfg, run: Run, encoder, model, source, val_images, report) -> dict | None:
+    """The pretraining ids (to detect test leakage later), the preview, the visualize/ report and
+    the two-view objectives' projection head (the `projector` readout); returns the head's
+    manifest entry (None: the objective has none)."""
     artifacts.save_pretrain_ids(run.staging, source.ids)
     if cfg.plots and report.preview is not None:
         save_preview(run.staging / report.preview_name, val_images[: len(report.preview)], report.preview)
@@ -144,6 +147,10 @@ def _write_extras(cfg, run: Run, encoder, source, val_images, report) -> None:
         visualize.write_report(encoder, run.staging / "visualize", image=val_images[0], layer=None, units=None,
                                run_dir=run.staging, seed=cfg.seed,
                                title=f"{cfg.objective} encoder, {cfg.arch} ({Path(cfg.out).name})")
+    head = getattr(model, "projector", None)
+    if head is None:
+        return None
+    return {"file": PROJECTOR_FILE, "sha256": artifacts.save_model(head, run.staging / PROJECTOR_FILE)}
 
 
 def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seconds: float) -> dict:

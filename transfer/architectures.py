@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from transfer.errors import TransferError
 
-READOUTS = ("auto", "avg", "multi", "stats", "flatten")
+READOUTS = ("auto", "avg", "multi", "stats", "flatten", "projector")
 READOUT_CANDIDATES = ("avg", "multi", "stats")  # what "auto" chooses from, by cross-validation
 
 @dataclass(frozen=True)

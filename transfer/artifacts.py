@@ -33,7 +33,9 @@ FORMAT_VERSION = 1
 
 # The manifest schema: what every run directory's manifest.json holds, beside the common fields.
 MANIFEST_FIELDS = {
-    "encoder": {"arch", "objective", "data", "metrics"},
+    # projector: {"file", "sha256"} of the two-view objectives' projection head, saved beside the
+    # encoder (the `projector` readout), or None
+    "encoder": {"arch", "objective", "data", "metrics", "projector"},
     "classifier": {"class_names", "encoder", "method", "freeze", "readout", "data", "metrics"},
 }
 
@@ -282,28 +284,42 @@ def load_model_run(run_dir: str | os.PathLike, kind: str):
         TransferError: missing/invalid manifest, checksum mismatch, not a Keras
             archive, or a model that safe_mode refuses.
     """
+    manifest = read_manifest(run_dir, kind)
+    return _load_checked(run_dir, manifest.get("model_file", ""), manifest.get("model_sha256")), manifest
+
+
+def load_projector(run_dir: str | os.PathLike, manifest: dict):
+    """The projection head saved beside an encoder by a two-view objective, or None (other
+    objectives, and encoders saved before it was kept), checked as the encoder is."""
+    entry = manifest.get("projector")
+    if not entry:
+        return None
+    return _load_checked(run_dir, entry.get("file", ""), entry.get("sha256"))
+
+
+def _load_checked(run_dir, filename, expected: str | None):
+    """A .keras file of the run directory, after its name, SHA-256 and archive are checked, loaded safely."""
     import keras
 
-    manifest = read_manifest(run_dir, kind)
-    filename = str(manifest.get("model_file", ""))
+    filename = str(filename)
     if Path(filename).name != filename or filename in ("", ".", ".."):
-        raise TransferError(f"{run_dir}: the manifest's model_file {filename!r} must be a file name inside the run directory")
+        raise TransferError(f"{run_dir}: the manifest's model file {filename!r} must be a file name inside the run "
+                            "directory")
     if not filename.endswith(".keras"):
-        raise TransferError(f"{run_dir}: {filename!r} is not a .keras file; legacy formats (.h5, SavedModel) are refused")
+        raise TransferError(f"{run_dir}: {filename!r} is not a .keras file; legacy formats (.h5, SavedModel) are "
+                            "refused")
     path = Path(run_dir) / filename
     if not path.is_file():
         raise TransferError(f"{run_dir}: model file {filename!r} named by the manifest is missing")
-    expected = manifest.get("model_sha256")
     if sha256_file(path) != expected:
         raise TransferError(f"{path}: SHA-256 does not match the manifest; the file was changed or damaged")
     if not zipfile.is_zipfile(path):
         raise TransferError(f"{path} is not a Keras .keras archive")
     try:
-        model = keras.models.load_model(path, compile=False, safe_mode=True)
+        return keras.models.load_model(path, compile=False, safe_mode=True)
     except Exception as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TransferError(f"{path}: cannot be loaded safely ({reason})") from None
-    return model, manifest
 
 
 def save_pretrain_ids(run_dir: Path, ids: np.ndarray) -> None:

@@ -31,7 +31,8 @@ def feature_model(encoder: str, readout: str = "avg", channels: int | None = Non
     if channels is not None and channels != int(pre["channels"]):
         raise TransferError(f"the encoder takes {pre['channels']}-channel images; --channels {channels} cannot "
                             "serve it")
-    return (models.build_features(model, readout, frozen=True), int(pre["image_size"]), int(pre["channels"]),
+    projector = artifacts.load_projector(encoder, manifest) if readout == "projector" else None
+    return (models.build_features(model, readout, True, projector), int(pre["image_size"]), int(pre["channels"]),
             manifest["objective"])
 
 

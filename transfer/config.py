@@ -191,6 +191,9 @@ class FineTuneConfig(RunConfig):
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
         _choice("freeze", self.freeze, ("all", "none"))
         _choice("readout", self.readout, READOUTS)
+        if self.readout == "projector" and self.encoder in ("random", "pixels"):
+            raise TransferError(f"--readout projector reads a pretrained encoder's projection head; --encoder "
+                                f"{self.encoder} has none")
         if not 0.0 <= self.dropout < 1.0:
             raise TransferError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if not 0.0 < self.test_fraction < 1.0:

@@ -106,7 +106,8 @@ def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model
     return keras.Model(inputs, decoder(encoder(inputs)), name="autoencoder")
 
 
-def build_features(encoder: keras.Model, readout: str, frozen: bool) -> keras.Model:
+def build_features(encoder: keras.Model, readout: str, frozen: bool,
+                   projector: keras.Model | None = None) -> keras.Model:
     """Image -> feature vector: the encoder plus a weightless readout.
 
     Readouts:
@@ -116,6 +117,9 @@ def build_features(encoder: keras.Model, readout: str, frozen: bool) -> keras.Mo
             low-level features learned by pretraining reach the head too.
         stats: an orderless (texture) readout: the per-channel mean and mean square
             of every block's map over all positions, concatenated.
+        projector: global average pooling of the last block, through the projection head
+            that pretrained it (`projector`: a two-view objective's, saved beside the encoder),
+            as SimCLRv2 fine-tunes; the head trains when the encoder does (frozen: it does not).
     ("auto" is resolved by the fine-tune pipeline.) A frozen encoder is called with training=False: BatchNorm stays in
     inference mode and its moving statistics never change.
     """
@@ -125,6 +129,14 @@ def build_features(encoder: keras.Model, readout: str, frozen: bool) -> keras.Mo
     call_kwargs = {"training": False} if frozen else {}
     if readout == "auto":
         raise TransferError("readout 'auto' is chosen by cross-validation in fine-tune; build a concrete readout")
+    if readout == "projector":
+        if projector is None:
+            raise TransferError("readout 'projector' needs the projection head a two-view objective (contrastive, "
+                                "vicreg, byol) saves beside the encoder; this encoder has none: choose avg, multi, "
+                                "stats or flatten")
+        projector.trainable = not frozen
+        pooled = layers.GlobalAveragePooling2D(name="pooled")(encoder(inputs, **call_kwargs))
+        return keras.Model(inputs, layers.Identity(name="readout")(projector(pooled, **call_kwargs)), name="features")
     if readout in ("multi", "stats"):
         taps = [encoder.get_layer(f"block{i}_out").output for i in range(1, encoder_blocks(encoder) + 1)]
         tapped = keras.Model(encoder.input, taps, name="encoder_taps")
