@@ -231,13 +231,15 @@ def run_both_workers(tmp_path, args):
 
 @pytest.fixture(scope="module")
 def labeled_and_encoder(tmp_path_factory):
-    """A labeled folder and an encoder pretrained on it (in-process, one epoch)."""
+    """A labeled folder and a contrastive encoder pretrained on it (in-process, one epoch): its
+    projection head is the readout of every pretrained mode (the default objective's path)."""
     root = tmp_path_factory.mktemp("mw")
     rng = np.random.default_rng(1)
     for c in "hvd":
         for i in range(8):
             write_image(root / "labeled" / c / f"{i}.png", stripes(c, 12, rng))
     result = CliRunner().invoke(main, [*PRETRAIN[:-2], "--data", str(root / "labeled"), "--epochs", "1",
+                                       "--objective", "contrastive", "--projector", "8,4",
                                        "--out", str(root / "enc"), "--results", str(root / "pre.csv")],
                                 catch_exceptions=False)
     assert result.exit_code == 0, result.output
@@ -268,6 +270,7 @@ def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode
     row = rows.iloc[0]
     assert row["workers"] == 2 and row["replicas"] == 2 and row["n_train"] == 12 and row["n_test"] > 0
     assert (tmp_path / "ft" / "classifier.keras").is_file()
+    assert row["readout"] == ("avg" if "scratch" in mode else "projector")
     if "semi" in mode:
         assert row["method"].endswith("-semi") and row["steps"] == 2 and 0 <= row["mask_rate"] <= 1
         assert bool(row["align"]) == ("--no-align" not in FINE_TUNE_MODES[mode])
@@ -295,6 +298,7 @@ def test_every_fine_tune_mode_mirrored(tmp_path, labeled_and_encoder, mode):
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]
     assert row["strategy"] == "mirrored" and (tmp_path / "ft" / "classifier.keras").is_file()
+    assert row["readout"] == ("avg" if "scratch" in mode else "projector")
     assert row["method"].endswith("-semi") == ("semi" in mode)
     if "semi" in mode:
         assert bool(row["align"]) == ("--no-align" not in FINE_TUNE_MODES[mode])
