@@ -503,7 +503,9 @@ def fine_tune(**params):
 @opt(EvaluateConfig, "test-data", help="Separate labeled test set (default: the fixed test split of --data).")
 @opt(EvaluateConfig, "test-fraction", type=float, help="Fraction of each class held out when --data has no fixed split.")
 @opt(EvaluateConfig, "readouts", type=str, default=",".join(EvaluateConfig.readouts),
-     callback=lambda c, p, v: _split(v), help="Readouts of the encoders to score (comma-separated: avg, multi, stats, flatten).")
+     callback=lambda c, p, v: _split(v),
+     help="Readouts of the encoders to score (comma-separated: avg, multi, stats, flatten, projector; the default "
+          "scores the projector when the encoder has a projection head).")
 @opt(EvaluateConfig, "baselines/--no-baselines", "baselines",
      help="Also score a random encoder of the same architecture (raw pixels are always scored).")
 @opt(EvaluateConfig, "draws", type=int, help="Random draws of the few labels per class.")

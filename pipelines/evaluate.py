@@ -27,10 +27,11 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         blocks = [Block(**b) for b in manifest["arch"]["blocks"]]
         random = models.build_encoder((size, size, channels), blocks, manifest["arch"]["preset"])
         candidates += [("random", random, r) for r in cfg.readouts if r != "projector"]  # it has no head
-    candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts]
     projector = artifacts.load_projector(cfg.encoder, manifest) if "projector" in cfg.readouts else None
-    if "projector" in cfg.readouts and projector is None:
+    if "projector" in cfg.readouts and projector is None and cfg.readouts != EvaluateConfig.readouts:
         raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
+    candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts
+                   if r != "projector" or projector is not None]
     log(f"evaluating {cfg.encoder} on {cfg.data}: {len(found.pool)} pool images (every label for k-NN and the "
         f"probe, {'/'.join(map(str, evaluation.BUDGETS))} per class for the few-label scores, {cfg.draws} draws), "
         f"{len(found.test_index)} test images")

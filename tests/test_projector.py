@@ -109,18 +109,28 @@ def test_the_projector_readout_without_a_head_is_refused_before_training(ws, tmp
                     "--results", tmp_path / "r.csv")
     assert_user_error(result, "no projection head")
     assert not (tmp_path / "r.csv").exists()
+    # the default readouts score the projector only when there is one
+    result = invoke("evaluate", "--encoder", ws / "autoencoder", "--data", ws / "labeled", "--draws", "1",
+                    "--no-baselines", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    assert list(pd.read_csv(tmp_path / "r.csv")["readout"].fillna("")) == ["", "avg", "multi", "stats"]
 
 
 def test_evaluate_select_and_embed_read_through_the_head(ws, tmp_path):
-    result = invoke("evaluate", "--encoder", ws / "contrastive", "--data", ws / "labeled", "--readouts",
-                    "avg,projector", "--draws", "1", "--results", tmp_path / "r.csv")
+    result = invoke("evaluate", "--encoder", ws / "contrastive", "--data", ws / "labeled", "--draws", "1",
+                    "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(tmp_path / "r.csv")
     assert [(m, r if r == r else "") for m, r in zip(rows["method"], rows["readout"])] == [
-        ("pixels", ""), ("random", "avg"), ("contrastive", "avg"), ("contrastive", "projector")]
+        ("pixels", ""), *[(m, r) for m in ("random", "contrastive") for r in ("avg", "multi", "stats")],
+        ("contrastive", "projector")]
     assert rows.iloc[-1]["feature_dim"] == 5
     result = invoke("select", "--data", ws / "labeled", "--encoder", ws / "contrastive", "--readout", "projector",
                     "--budget", "4", "--out", tmp_path / "pick.csv", "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "pick.csv")) == 4
     assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["readout"] == "projector"
+    result = invoke("embed", "--encoder", ws / "contrastive", "--data", ws / "labeled", "--readout", "projector",
+                    "--out", tmp_path / "emb.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "emb.npy").shape == (30, 5)  # every image, through the head

@@ -214,7 +214,7 @@ class EvaluateConfig:
     data: str = ""
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
-    readouts: tuple[str, ...] = ("avg", "multi", "stats")
+    readouts: tuple[str, ...] = ("avg", "multi", "stats", "projector")  # the default: projector if the encoder has one
     baselines: bool = True  # a random encoder of the same architecture (pixels are always scored)
     draws: int = 5  # random draws of the few labels per class
     seed: int = 0
