@@ -427,8 +427,9 @@ def pretrain(**params):
 @opt(FineTuneConfig, "readout", type=click.Choice(READOUTS),
      help="Features fed to the head: avg (global average pool of the last block), multi (average pool "
           "of every block), stats (per-channel mean and mean square of every block: orderless, for "
-          "textures), flatten, or auto: the one of avg/multi/stats whose linear probe cross-validates "
-          "best on the labeled images (avg for scratch).")
+          "textures), flatten, projector (avg through the projection head a two-view objective saved "
+          "beside the encoder), or auto: projector when the encoder has a head, else the one of "
+          "avg/multi/stats whose linear probe cross-validates best on the labeled images (avg for scratch).")
 @opt(FineTuneConfig, "adapt-bn", is_flag=True,
      help="Re-estimate the encoder's BatchNorm statistics on the target images first (AdaBN; the labeled "
           "images and up to 2,048 of --unlabeled): for labeled data unlike the pretraining data.")

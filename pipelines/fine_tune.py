@@ -263,10 +263,16 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: stream
 
 
 def _prepare_encoder(job: Job) -> None:
-    """Before fitting: AdaBN if asked, then the readout ("auto": the candidate whose linear
+    """Before fitting: the encoder's projection head (if it has one), AdaBN if asked, then the
+    readout ("auto": through the head when there is one, else the candidate whose linear
     probe has the best cross-validated accuracy on the labeled images; scratch reads out
     by average pooling, its features being not yet learned)."""
     cfg, encoder, train = job.cfg, job.encoder, job.train
+    if job.pretrained:
+        job.projector = artifacts.load_projector(cfg.encoder, artifacts.read_manifest(cfg.encoder, "encoder"))
+    if cfg.readout == "projector" and job.projector is None:
+        raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
+                            f"{', '.join(TWO_VIEW)} save one, since this release); choose another readout")
     if cfg.adapt_bn:
         images = train.images
         if job.unlabeled is not None:
@@ -274,12 +280,7 @@ def _prepare_encoder(job: Job) -> None:
         models.unfreeze(encoder)
         training.recalibrate_batchnorm(encoder, images, 256, seed=cfg.seed)
         job.log(f"BatchNorm statistics re-estimated on {len(images)} target images (AdaBN)")
-    if job.pretrained:
-        job.projector = artifacts.load_projector(cfg.encoder, artifacts.read_manifest(cfg.encoder, "encoder"))
     job.readout = cfg.readout
-    if cfg.readout == "projector" and job.projector is None:
-        raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
-                            f"{', '.join(TWO_VIEW)} save one, since this release); choose another readout")
     if cfg.readout != "auto":
         return
     job.readout = "avg"
