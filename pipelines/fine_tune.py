@@ -24,19 +24,24 @@ MIN_STEPS = 500  # this: a few dozen labels make one or two steps a pass, too fe
 
 
 def _resolve_encoder(cfg: FineTuneConfig):
-    """(encoder or None, manifest or None, image_size, channels or None, blocks or None)."""
+    """(encoder or None, its projection head or None, manifest or None, image_size, channels or None,
+    blocks or None); the head is loaded when the readout may use it."""
     if cfg.encoder == "pixels":
-        return None, None, cfg.image_size, cfg.channels, None
+        return None, None, None, cfg.image_size, cfg.channels, None
     if cfg.encoder == "random":
-        return None, None, cfg.image_size, cfg.channels, encoder_blocks(cfg)
+        return None, None, None, cfg.image_size, cfg.channels, encoder_blocks(cfg)
     encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
+    projector = artifacts.load_projector(cfg.encoder, manifest) if cfg.readout in ("auto", "projector") else None
+    if cfg.readout == "projector" and projector is None:
+        raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
+                            f"{', '.join(TWO_VIEW)} save one, since this release); choose another readout")
     layers.adopt(encoder)  # fused BatchNormalization when its top blocks or everything train
     pre = manifest["preprocessing"]
     if cfg.channels is not None and cfg.channels != pre["channels"]:
         raise TransferError(
             f"the encoder takes {pre['channels']}-channel images; --channels {cfg.channels} cannot serve it"
         )
-    return encoder, manifest, int(pre["image_size"]), int(pre["channels"]), None
+    return encoder, projector, manifest, int(pre["image_size"]), int(pre["channels"]), None
 
 
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
@@ -74,7 +79,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         run.note(encoder=cfg.encoder, labels_per_class=budget_name(cfg), epochs=cfg.epochs,
                  learning_rate=cfg.learning_rate)
         with run.distributed():  # models built and trained under the tf.distribute strategy
-            encoder, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
+            encoder, projector, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
             source, train, test = _load_splits(cfg, image_size, channels, log)
             channels = train.images.shape[-1]
             objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
@@ -88,6 +93,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                 f"testing on {len(test)}")
             pool, leaked_pool = _open_pool(cfg, image_size, channels, test, run)
             job = Job(_resolve_epochs(cfg, len(train), run), encoder, manifest is not None, train, test, pool, run, log,
+                      projector=projector,
                       trainer=FixMatchTrainer(pool, leaked_pool) if pool is not None else SupervisedTrainer())
             if encoder is not None:
                 _prepare_encoder(job)
@@ -220,7 +226,7 @@ class Job:
     log: object
     readout: str = "avg"  # the concrete readout (cfg.readout, or the one "auto" chose)
     readout_scores: dict | None = None  # "auto": mean CV accuracy of each candidate
-    projector: object = None  # the pretrained encoder's projection head (two-view objectives), or None
+    projector: object = None  # the encoder's projection head (two-view objectives), when the readout may use it
     head_metrics: dict = field(default_factory=dict)  # what fitting the head chose (probe_c)
     probes: dict = field(default_factory=dict)  # readout -> (features, cross_validated(...)): computed once
     trainer: "SupervisedTrainer | FixMatchTrainer | None" = None  # how the classifier trains by gradient
@@ -263,16 +269,11 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: stream
 
 
 def _prepare_encoder(job: Job) -> None:
-    """Before fitting: the encoder's projection head (if it has one), AdaBN if asked, then the
-    readout ("auto": through the head when there is one, else the candidate whose linear
-    probe has the best cross-validated accuracy on the labeled images; scratch reads out
-    by average pooling, its features being not yet learned)."""
+    """Before fitting: AdaBN if asked, then the readout ("auto": through the projection head
+    when there is one, else the candidate whose linear probe has the best cross-validated
+    accuracy on the labeled images; scratch reads out by average pooling, its features being
+    not yet learned)."""
     cfg, encoder, train = job.cfg, job.encoder, job.train
-    if job.pretrained:
-        job.projector = artifacts.load_projector(cfg.encoder, artifacts.read_manifest(cfg.encoder, "encoder"))
-    if cfg.readout == "projector" and job.projector is None:
-        raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
-                            f"{', '.join(TWO_VIEW)} save one, since this release); choose another readout")
     if cfg.adapt_bn:
         images = train.images
         if job.unlabeled is not None:
