@@ -66,13 +66,36 @@ def pretrained(tmp_path_factory):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["savedmodel", "litert", pytest.param("onnx", marks=pytest.mark.xfail(
-    strict=True, reason="known: tf2onnx turns the head's Normalization constants into missing graph inputs"))])
+@pytest.mark.parametrize("fmt", ["savedmodel", "litert", "onnx"])
 def test_a_pretrained_classifier_exports_with_its_projection_head(pretrained, fmt, tmp_path):
     out = tmp_path / f"model{export.SUFFIX[fmt]}"
     result = invoke("export", pretrained, "--format", fmt, "--out", out)
     assert result.exit_code == 0, result.output
     assert json.loads(out.with_name(out.name + ".json").read_text())["check"]["max_abs_difference"] <= 1e-4
+
+
+def test_onnx_keeps_a_heads_fixed_standardization_inside_the_graph(tmp_path):
+    """Keras's own ONNX route (tf2onnx's from_function) made the Normalization layer's fixed mean and
+    variance graph inputs, so onnxruntime refused to run the model without them."""
+    pytest.importorskip("tf2onnx")
+    onnxruntime = pytest.importorskip("onnxruntime")
+    import keras
+
+    from transfer import models
+
+    inputs = keras.Input((6,), name="image")
+    features = keras.Model(inputs, keras.layers.Dense(4, name="d")(inputs), name="features")
+    rng = np.random.default_rng(0)
+    head = models.build_head(4, 3, (5,), 0.0, mean=rng.normal(size=4).astype("float32"),
+                             variance=rng.uniform(0.5, 2.0, size=4).astype("float32"))
+    model = models.build_classifier(features, head)
+    images = rng.random((7, 6)).astype("float32")
+    diff = export.export(model, "onnx", tmp_path / "m.onnx", images)
+    session = onnxruntime.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()] == ["image"]  # the constants are not inputs
+    got = session.run(None, {"image": images})[0]
+    np.testing.assert_allclose(got, np.asarray(model(images)), atol=1e-5)
+    assert diff <= 1e-5 and sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 
 
 @pytest.mark.slow

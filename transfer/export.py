@@ -1,9 +1,17 @@
-"""Models out of Keras, for deployment: Keras's own `Model.export`, checked before it counts.
+"""Models out of Keras, for deployment: Keras's own `Model.export` (ONNX: tf2onnx on the frozen graph), checked.
 
 Formats: `savedmodel` (TensorFlow SavedModel, a folder; serve with TF Serving or
 `tf.saved_model.load(PATH).serve(x)`), `onnx` (one .onnx file; onnxruntime and other
 runtimes) and `litert` (one .tflite file; LiteRT / TensorFlow Lite on phones and devices).
 ONNX needs `tf2onnx` and `onnxruntime`, LiteRT `ai-edge-litert` (`pip install -e ".[export]"`).
+
+ONNX is converted here, not by `Model.export(format="onnx")`: that route (tf2onnx's
+`from_function`) lists every tensor the traced function captures as a graph input, and a
+Keras layer holding fixed constants (the probe's `Normalization`, built with the training
+features' mean and variance) is captured as tensors, so the ONNX model asked for them as
+inputs and could not run. Here the traced function is frozen with the model's real input
+only (the captured constants become constants), then converted by tf2onnx's
+`from_graph_def`; the ONNX input keeps the Keras input's name.
 
 Each export runs the exported model on up to 64 images and compares its outputs with the
 Keras model's: a max absolute difference above TOLERANCE fails the export and nothing is
@@ -73,7 +81,10 @@ def export(model, fmt: str, out: Path, images: np.ndarray) -> float:
     _remove(staging)
     try:
         expected = np.asarray(model(images, training=False))  # also builds a model loaded from a file
-        model.export(str(staging), format=FORMATS[fmt], verbose=False)
+        if fmt == "onnx":
+            _export_onnx(model, staging)
+        else:
+            model.export(str(staging), format=FORMATS[fmt], verbose=False)
         got = run_exported(fmt, staging, images)
         diff = float(np.max(np.abs(got.reshape(expected.shape) - expected))) if len(images) else 0.0
         if not diff <= TOLERANCE:
@@ -84,6 +95,28 @@ def export(model, fmt: str, out: Path, images: np.ndarray) -> float:
         return diff
     finally:
         _remove(staging)
+
+
+def _export_onnx(model, path: Path) -> None:
+    """`model` (float32 images in, one output) as an ONNX file, its fixed constants inside the graph."""
+    import tensorflow as tf
+    from tf2onnx import convert, tf_loader
+
+    try:  # tf2onnx still reads numpy aliases numpy 2 removed; Keras's own ONNX export patches them so
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    except ImportError:  # a Keras without the patch: a tf2onnx that needs none
+        patch_tf2onnx = None
+    if patch_tf2onnx is not None:
+        patch_tf2onnx()
+    name = model.inputs[0].name
+    spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name=name)
+    traced = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)
+    given = [t.name for t in traced.inputs[:1]]  # the image input; the rest are captured variables and constants
+    outputs = [t.name for t in traced.outputs]
+    with tf.device("/cpu:0"):
+        frozen = tf_loader.from_function(traced, given, outputs)
+    convert.from_graph_def(frozen, name=model.name, input_names=given, output_names=outputs,
+                           tensors_to_rename={given[0]: name}, output_path=str(path))
 
 
 def _remove(path: Path) -> None:
