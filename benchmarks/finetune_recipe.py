@@ -44,6 +44,7 @@ SETTINGS = {  # name: FineTuneConfig fields over the defaults (the pretrained en
     "readout-avg": {"readout": "avg"},
     "readout-projector": {"readout": "projector"},  # through the pretrained projection head (SimCLRv2)
     "top1": {"freeze": "all", "unfreeze_top": 1},
+    "frozen": {"freeze": "all", "unfreeze_top": 0},  # the linear probe on the frozen readout, nothing else
     "plain-keras": None,  # see plain_keras
     "lr-3e-3": {"learning_rate": 3e-3},
     "scratch-lr-3e-3": {"encoder": "random", "learning_rate": 3e-3},
