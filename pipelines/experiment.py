@@ -163,7 +163,8 @@ def run(cfg: ExperimentConfig, log=print):
                                                f"{time.perf_counter() - t:.1f}s" if row else f"skipped: {getattr(row, 'note', '')}"))
     if cfg.dry_run or not Path(results_path).is_file():
         return None
-    return compare.run(CompareConfig(results=results_path), log=log)
+    # this experiment's rows only: one table may hold others' (or this grid's earlier rows kept under another name)
+    return compare.run(CompareConfig(results=results_path, where=f"experiment == {name!r}"), log=log)
 
 
 class Skipped(dict):

@@ -1,5 +1,6 @@
 """The CLI, in-process with click's CliRunner, on tiny generated images."""
 
+import csv
 import json
 import re
 from pathlib import Path
@@ -317,10 +318,19 @@ mu = 1
                                                   "scratch", "scratch-semi"]
     assert ft_rows["unlabeled"].notna().sum() == 2  # only the -semi method uses the pool
     assert (df["command"] == "pretrain").sum() == 1
+    # another experiment's row in the same table (here an earlier run of this grid kept under another name)
+    table = tmp_path / "experiments" / "tiny.csv"
+    with table.open(newline="") as f:
+        rows = list(csv.DictReader(f))
+    foreign = {**next(r for r in rows if r["command"] == "fine-tune"), "experiment": "tiny_before",
+               "method": "foreign-method"}
+    with table.open("a", newline="") as f:
+        csv.DictWriter(f, fieldnames=list(rows[0])).writerow(foreign)
     again = invoke("experiment", "exp.toml")
     assert again.exit_code == 0 and "10 of 10 fine-tunes already in" in again.output
     assert "reusing the autoencoder encoder" in again.output
-    assert len(pd.read_csv(tmp_path / "experiments" / "tiny.csv")) == len(df)
+    assert "scratch-semi" in again.output and "foreign-method" not in again.output  # the summary: this grid's rows
+    assert len(pd.read_csv(tmp_path / "experiments" / "tiny.csv")) == len(df) + 1
     # A second experiment naming the same runs directory reuses its encoder; its fine-tunes stay apart.
     spec = (tmp_path / "exp.toml").read_text().replace('name = "tiny"', 'name = "other"\nruns = "runs/tiny"')
     (tmp_path / "other.toml").write_text(spec.replace("seeds = [0, 1]", "seeds = [0]").replace(
