@@ -60,8 +60,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
            "experiment": cfg.experiment, "data": cfg.data, "encoder": cfg.encoder, "objective": objective,
            "readout": None if net is None else cfg.readout, "strategy": cfg.strategy, "purity": cfg.purity,
            "budget": cfg.budget, "n_selected": len(chosen), "n_pool": len(f), "n_excluded": len(labeled_rows),
-           "seed": cfg.seed,
-           "feature_dim": f.shape[1], "labeled_classes": len(set(labels.tolist())) if known else None,
+           "seed": cfg.seed, "feature_dim": f.shape[1], "labeled_classes": len(set(labels.tolist())) if known else None,
            "classes": len(source.class_names) if known else None, "skipped_files": source.unreadable(),
            "seconds": round(time.perf_counter() - start, 2),
            "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out)}
