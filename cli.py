@@ -593,8 +593,9 @@ def export_command(**params):
 @opt(SelectConfig, "labeled", is_flag=True,
      help="The pool has labels (class subfolders or a label column; built-ins always): they are written "
           "beside the chosen images, for simulations, and its test split is left out as fine-tune leaves it.")
-@opt(SelectConfig, "readout", type=click.Choice([r for r in READOUTS if r != "auto"]),
-     help="How the encoder's last block becomes one feature vector.")
+@opt(SelectConfig, "readout", type=click.Choice(READOUTS),
+     help="How the encoder's last block becomes one feature vector. auto (default): what its fine-tunes "
+          "read, through its projection head when it has one (the two-view objectives), else avg.")
 @opt(SelectConfig, "image-size", type=int, help="Image size for pixels and random (an encoder brings its own).")
 @opt(SelectConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
 @arch_options(SelectConfig)

@@ -7,7 +7,8 @@ class with no label is never predicted. This is the cheap, label-side measure of
 selection (no training; the pool's labels are read only to count classes, never to choose).
 
     python benchmarks/selection_coverage.py --data digits --encoder runs/digits/pretrain-contrastive \
-        --image-size 16 [--budgets 10,20] [--strategies typiclust,probcover,kcenter] [--seeds 5]
+        --image-size 16 [--budgets 10,20] [--strategies typiclust,probcover,kcenter] [--seeds 5] \
+        [--readouts avg,projector]
 
 Prints a markdown table: features, budget, strategy, classes covered (mean, min-max over
 seeds), seconds per selection.
@@ -27,10 +28,12 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from transfer import budget, features, selection, splits, stream  # noqa: E402
 
 
-def pool_features(data: str, encoder: str, image_size: int) -> tuple[np.ndarray, np.ndarray, str]:
+def pool_features(data: str, encoder: str, image_size: int,
+                  readout: str = "avg") -> tuple[np.ndarray, np.ndarray, str]:
     """(features of every pool image, their labels, the features' name)."""
-    net, size, channels, name = budget.feature_model(encoder)
+    net, size, channels, name, _ = budget.feature_model(encoder, readout)
     size = size or image_size
+    name = name if net is None else f"{name} ({readout})"
     source, pool = splits.open_pool(data, True, size, channels, lambda m: None)
     f, y, _ = features.compute(net, stream.ImageSet(source, pool, size))
     return f, y, name
@@ -44,12 +47,13 @@ def main() -> None:
     parser.add_argument("--budgets", default="10,20")
     parser.add_argument("--strategies", default=",".join(selection.BY_FEATURES))
     parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--readouts", default="avg,projector", help="the encoder's readouts to measure")
     args = parser.parse_args()
     print(f"classes covered on {args.data}'s pool, {args.seeds} seeds\n")
     print("| features | budget | strategy | classes covered | min-max | seconds |")
     print("|---|---|---|---|---|---|")
-    for encoder in ("pixels", args.encoder):
-        f, y, name = pool_features(args.data, encoder, args.image_size)
+    for encoder, readout in [("pixels", "avg")] + [(args.encoder, r) for r in args.readouts.split(",")]:
+        f, y, name = pool_features(args.data, encoder, args.image_size, readout)
         for b in (int(b) for b in args.budgets.split(",")):
             for strategy in args.strategies.split(","):
                 t = time.perf_counter()

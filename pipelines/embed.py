@@ -28,7 +28,7 @@ def run(cfg: EmbedConfig, log=print) -> dict:
     paths = {"npy": out, "csv": out.with_suffix(".csv"), "duplicates": out.with_name(out.stem + "-duplicates.csv")}
     for path in paths.values():
         artifacts.check_writable(path, "--out")
-    net, size, channels, objective = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
+    net, size, channels, objective, _ = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
     source, _ = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)  # every image
     log(f"embedding {len(source)} images of {cfg.data} with {cfg.encoder}"

@@ -61,10 +61,11 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, l
     net, name = None, None
     if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
-        net, size, _, _ = budget.feature_model(name)
+        net, size, _, _, readout = budget.feature_model(name)
         if size is not None and size != image_size:
             raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
                                 f"{image_size}x{image_size}")
+        name += f" ({readout})" if readout else ""
     chosen = budget.choose(how, found.source, found.pool, cfg.labels, cfg.seed, net, image_size, cfg.purity)
     present = len(np.unique(found.source.labels[chosen]))
     log(f"{cfg.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
@@ -177,9 +178,13 @@ def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | 
 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:
-    """The row's label budget: the total and how it was chosen (with --labels), the classes it covers."""
-    return {"labels": cfg.labels, "selection": (cfg.selection or "random") if cfg.labels else None,
-            "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
+    """The row's label budget: the total and how it was chosen (with --labels), the classes it
+    covers, and the readout a selection by an encoder's features chose by."""
+    how = (cfg.selection or "random") if cfg.labels else None
+    name = _select_encoder(cfg) if how in selection.BY_FEATURES else "pixels"
+    readout = None if name == "pixels" else budget.auto_readout(artifacts.read_manifest(name, "encoder"))
+    return {"labels": cfg.labels, "selection": how, "select_encoder": cfg.select_encoder,
+            "labeled_classes": len(np.unique(train.labels)), "select_readout": readout}
 
 
 def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:

@@ -31,16 +31,17 @@ def run(cfg: SelectConfig, log=print) -> dict:
                                                                                      "--results")):
         artifacts.check_writable(path, what)
     results.check_table(cfg.results)
-    net, size, channels, objective = budget.feature_model(
+    net, size, channels, objective, readout = budget.feature_model(
         "pixels" if cfg.encoder == "random" else cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
     source, pool = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)
     if cfg.encoder == "random":  # the baseline: a random encoder of the architecture options, this seed
         training.set_seed(cfg.seed)
         random = models.build_encoder((size, size, source.channels), encoder_blocks(cfg), cfg.arch)
-        net, objective = models.build_features(random, cfg.readout, frozen=True), "random"
+        readout = "avg" if cfg.readout == "auto" else cfg.readout
+        net, objective = models.build_features(random, readout, frozen=True), "random"
     excluded = _excluded(cfg, source, pool, log)
-    what = "raw pixels" if net is None else f"{cfg.encoder} ({cfg.readout})"
+    what = "raw pixels" if net is None else f"{cfg.encoder} ({readout})"
     log(f"selecting {cfg.budget} of {len(pool)} images of {cfg.data} to label ({cfg.strategy} on {what}"
         + (f"; {len(excluded)} already labeled" if len(excluded) else "") + ")")
     f, y, positions = features.compute(net, stream.ImageSet(source, pool, size))
@@ -58,7 +59,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
            "experiment": cfg.experiment, "data": cfg.data, "encoder": cfg.encoder, "objective": objective,
-           "readout": None if net is None else cfg.readout, "strategy": cfg.strategy, "purity": cfg.purity,
+           "readout": readout, "strategy": cfg.strategy, "purity": cfg.purity,
            "budget": cfg.budget, "n_selected": len(chosen), "n_pool": len(f), "n_excluded": len(labeled_rows),
            "seed": cfg.seed, "feature_dim": f.shape[1], "labeled_classes": len(set(labels.tolist())) if known else None,
            "classes": len(source.class_names) if known else None, "skipped_files": source.unreadable(),

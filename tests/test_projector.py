@@ -134,3 +134,25 @@ def test_evaluate_select_and_embed_read_through_the_head(ws, tmp_path):
                     "--out", tmp_path / "emb.npy")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "emb.npy").shape == (30, 5)  # every image, through the head
+
+
+def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws, tmp_path):
+    picks, results = {}, tmp_path / "r.csv"
+    for encoder, readout in (("contrastive", None), ("contrastive", "projector"), ("autoencoder", None)):
+        out = tmp_path / f"{encoder}-{readout}.csv"
+        result = invoke("select", "--data", ws / "labeled", "--encoder", ws / encoder, "--budget", "4", "--out", out,
+                        "--no-sheet", "--results", results, *(["--readout", readout] if readout else []))
+        assert result.exit_code == 0, result.output
+        picks[encoder, readout] = list(pd.read_csv(out)["path"])
+    # auto: through the head when the encoder has one (what its fine-tunes read), else the pooled maps
+    assert list(pd.read_csv(results)["readout"]) == ["projector", "projector", "avg"]
+    assert picks["contrastive", None] == picks["contrastive", "projector"]
+    result = invoke("select", "--data", ws / "labeled", "--encoder", "random", "--readout", "projector", "--budget",
+                    "4", "--out", tmp_path / "o.csv", "--results", results, "--image-size", "8")
+    assert_user_error(result, "has none")
+    result = invoke("fine-tune", "--data", ws / "labeled", "--encoder", ws / "contrastive", "--labels", "4",
+                    "--selection", "typiclust", "--epochs", "2", "--out", tmp_path / "ft", "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"chosen by typiclust on {ws / 'contrastive'} (projector)" in result.output
+    row = pd.read_csv(results).iloc[-1]
+    assert row["select_readout"] == "projector" and row["labels"] == 4

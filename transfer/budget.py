@@ -20,20 +20,30 @@ from transfer.listing import Listing
 SELECTIONS = ("random", "stratified", *[s for s in selection.STRATEGIES if s != "random"])
 
 
-def feature_model(encoder: str, readout: str = "avg", channels: int | None = None):
+def feature_model(encoder: str, readout: str = "auto", channels: int | None = None):
     """(the feature model of a pretrain run directory, or None for "pixels"; its image size or
-    None; its channels or None; its objective or "pixels"). `channels` asked for must be the
-    encoder's."""
+    None; its channels or None; its objective or "pixels"; the readout it reads, None for
+    pixels). `channels` asked for must be the encoder's. The readout "auto" is the one the
+    encoder's fine-tunes read by default (`auto_readout`)."""
     if encoder == "pixels":
-        return None, None, None, "pixels"
+        return None, None, None, "pixels", None
     model, manifest = artifacts.load_model_run(encoder, "encoder")
     pre = manifest["preprocessing"]
     if channels is not None and channels != int(pre["channels"]):
         raise TransferError(f"the encoder takes {pre['channels']}-channel images; --channels {channels} cannot "
                             "serve it")
+    readout = auto_readout(manifest) if readout == "auto" else readout
     projector = artifacts.load_projector(encoder, manifest) if readout == "projector" else None
     return (models.build_features(model, readout, True, projector), int(pre["image_size"]), int(pre["channels"]),
-            manifest["objective"])
+            manifest["objective"], readout)
+
+
+def auto_readout(manifest: dict) -> str:
+    """The readout a pretrain run's fine-tunes read by default, and its selections choose by:
+    through its projection head when it saved one (the two-view objectives: on the built-ins
+    typiclust on the head's output covers more classes than on the pooled maps, 10 of 10 digits
+    at 10 labels against 8; docs/selection.md), else the global average pool of the last block."""
+    return "projector" if manifest.get("projector") else "avg"
 
 
 def stratified(labels: np.ndarray, pool: np.ndarray, n: int, seed: int) -> np.ndarray:

@@ -39,6 +39,14 @@ def _choice(name: str, value, allowed) -> None:
         raise TransferError(f"{name} must be one of {', '.join(map(str, allowed))}. Received: {name}={value!r}")
 
 
+def _readout(readout: str, encoder: str) -> None:
+    """A readout of READOUTS; projector only from a pretrained encoder (pixels and random have no head)."""
+    _choice("readout", readout, READOUTS)
+    if readout == "projector" and encoder in ("random", "pixels"):
+        raise TransferError(f"--readout projector reads a pretrained encoder's projection head; --encoder {encoder} "
+                            "has none")
+
+
 def _purity(purity: float | None, strategy: str | None, option: str) -> None:
     """--purity is probcover's, in (0, 1)."""
     if purity is None:
@@ -190,10 +198,7 @@ class FineTuneConfig(RunConfig):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
         _choice("freeze", self.freeze, ("all", "none"))
-        _choice("readout", self.readout, READOUTS)
-        if self.readout == "projector" and self.encoder in ("random", "pixels"):
-            raise TransferError(f"--readout projector reads a pretrained encoder's projection head; --encoder "
-                                f"{self.encoder} has none")
+        _readout(self.readout, self.encoder)
         if not 0.0 <= self.dropout < 1.0:
             raise TransferError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -241,7 +246,7 @@ class SelectConfig(ArchConfig):
     purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
     exclude: str | None = None  # a CSV with a path column: images already labeled
     labeled: bool = False  # the pool has labels (class folders, a label column): filled in, test split left out
-    readout: str = "avg"
+    readout: str = "auto"  # auto: what the encoder's fine-tunes read (its projection head if it has one, else avg)
     image_size: int = 32  # for pixels and random (a pretrained encoder brings its own)
     channels: int | None = None
     seed: int = 0
@@ -259,7 +264,7 @@ class SelectConfig(ArchConfig):
         _positive("channels", self.channels)
         _choice("strategy", self.strategy, SELECTIONS)
         _purity(self.purity, self.strategy, "--strategy")
-        _choice("readout", self.readout, [x for x in READOUTS if x != "auto"])
+        _readout(self.readout, self.encoder)
 
 
 @dataclass(frozen=True)
