@@ -418,6 +418,9 @@ def pretrain(**params):
 @opt(FineTuneConfig, "select-encoder",
      help="Features for --selection typiclust|probcover|kcenter: a pretrain run directory, or pixels "
           "(default: --encoder when it is pretrained, else pixels).")
+@opt(FineTuneConfig, "select-readout", type=click.Choice(READOUTS),
+     help="The select encoder's readout for --selection (default auto: through its projection head when it "
+          "has one, as transfer select; avg: the global average pool of its last block).")
 @opt(FineTuneConfig, "purity", type=float,
      help="--selection probcover: the share of balls holding one k-means cluster that sets the radius "
           "(default 0.95, the authors'; lower: wider balls, fewer images in the densest regions).")

@@ -61,7 +61,7 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, l
     net, name = None, None
     if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
-        net, size, _, _, readout = budget.feature_model(name)
+        net, size, _, _, readout = budget.feature_model(name, cfg.select_readout or "auto")
         if size is not None and size != image_size:
             raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
                                 f"{image_size}x{image_size}")
@@ -182,7 +182,9 @@ def _budget_fields(cfg: FineTuneConfig, train) -> dict:
     covers, and the readout a selection by an encoder's features chose by."""
     how = (cfg.selection or "random") if cfg.labels else None
     name = _select_encoder(cfg) if how in selection.BY_FEATURES else "pixels"
-    readout = None if name == "pixels" else budget.auto_readout(artifacts.read_manifest(name, "encoder"))
+    readout = None if name == "pixels" else cfg.select_readout
+    if readout in (None, "auto") and name != "pixels":
+        readout = budget.auto_readout(artifacts.read_manifest(name, "encoder"))
     return {"labels": cfg.labels, "selection": how, "select_encoder": cfg.select_encoder,
             "labeled_classes": len(np.unique(train.labels)), "select_readout": readout}
 

@@ -156,3 +156,14 @@ def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws
     assert f"chosen by typiclust on {ws / 'contrastive'} (projector)" in result.output
     row = pd.read_csv(results).iloc[-1]
     assert row["select_readout"] == "projector" and row["labels"] == 4
+    # --select-readout avg keeps the choice through the pooled maps; projector needs a pretrained encoder
+    result = invoke("fine-tune", "--data", ws / "labeled", "--encoder", ws / "contrastive", "--labels", "4",
+                    "--selection", "typiclust", "--select-readout", "avg", "--epochs", "2", "--out", tmp_path / "ft2",
+                    "--results", results, *TINY)
+    assert result.exit_code == 0, result.output
+    assert f"chosen by typiclust on {ws / 'contrastive'} (avg)" in result.output
+    assert pd.read_csv(results).iloc[-1]["select_readout"] == "avg"
+    result = invoke("fine-tune", "--data", ws / "labeled", "--encoder", "random", "--labels", "4", "--selection",
+                    "typiclust", "--select-readout", "projector", "--out", tmp_path / "ft3", "--results", results,
+                    *TINY)
+    assert_user_error(result, "--select-readout projector reads a pretrained encoder's projection head")

@@ -39,12 +39,11 @@ def _choice(name: str, value, allowed) -> None:
         raise TransferError(f"{name} must be one of {', '.join(map(str, allowed))}. Received: {name}={value!r}")
 
 
-def _readout(readout: str, encoder: str) -> None:
+def _readout(readout: str, encoder: str, option: str = "readout") -> None:
     """A readout of READOUTS; projector only from a pretrained encoder (pixels and random have no head)."""
-    _choice("readout", readout, READOUTS)
+    _choice(option.replace("-", "_"), readout, READOUTS)
     if readout == "projector" and encoder in ("random", "pixels"):
-        raise TransferError(f"--readout projector reads a pretrained encoder's projection head; --encoder {encoder} "
-                            "has none")
+        raise TransferError(f"--{option} projector reads a pretrained encoder's projection head; {encoder} has none")
 
 
 def _purity(purity: float | None, strategy: str | None, option: str) -> None:
@@ -151,6 +150,7 @@ class FineTuneConfig(RunConfig):
     labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
     selection: str | None = None  # random (default with labels) | stratified | typiclust | probcover | kcenter
     select_encoder: str | None = None  # features to select by: a pretrain run or pixels (default: the encoder's)
+    select_readout: str | None = None  # the select encoder's readout (None: auto, through its projection head if any)
     purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
@@ -193,6 +193,8 @@ class FineTuneConfig(RunConfig):
             _choice("selection", self.selection, BUDGET_SELECTIONS)
         if self.select_encoder and self.selection not in BY_FEATURES:
             raise TransferError(f"--select-encoder serves --selection {', '.join(BY_FEATURES)}")
+        if self.select_readout is not None:  # unused by other selections (an experiment's grid mixes them)
+            _readout(self.select_readout, self.select_encoder or self.encoder, "select-readout")
         _purity(self.purity, self.selection, "--selection")
         for name in ("labels_per_class", "labels", "epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
