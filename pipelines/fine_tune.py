@@ -44,19 +44,20 @@ def _resolve_encoder(cfg: FineTuneConfig):
     return encoder, projector, manifest, int(pre["image_size"]), int(pre["channels"]), None
 
 
-def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, log):
+def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run: Run):
     """(source, labeled training images in memory, the test images: streamed, never all in memory)."""
-    found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, log)
+    found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, run.log)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
     if cfg.labels is None:
-        train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, log)
+        train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, run.log)
     else:
-        train = found.at(_choose_labels(cfg, found, image_size, log), image_size, log)
+        train = found.at(_choose_labels(cfg, found, image_size, run), image_size, run.log)
     return found.source, train, found.test_set(image_size)
 
 
-def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, log) -> np.ndarray:
-    """The --labels images of the pool, chosen by --selection (on --select-encoder's features)."""
+def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, run: Run) -> np.ndarray:
+    """The --labels images of the pool, chosen by --selection (on --select-encoder's features,
+    whose readout the row records as select_readout)."""
     how = cfg.selection or "random"
     net, name = None, None
     if how in selection.BY_FEATURES:
@@ -65,11 +66,12 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, l
         if size is not None and size != image_size:
             raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
                                 f"{image_size}x{image_size}")
+        run.note(select_readout=readout)
         name += f" ({readout})" if readout else ""
     chosen = budget.choose(how, found.source, found.pool, cfg.labels, cfg.seed, net, image_size, cfg.purity)
     present = len(np.unique(found.source.labels[chosen]))
-    log(f"{cfg.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
-        + f": {present} of {len(found.source.class_names)} classes have at least one")
+    run.log(f"{cfg.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
+            + f": {present} of {len(found.source.class_names)} classes have at least one")
     return chosen
 
 
@@ -81,7 +83,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
                  learning_rate=cfg.learning_rate)
         with run.distributed():  # models built and trained under the tf.distribute strategy
             encoder, projector, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
-            source, train, test = _load_splits(cfg, image_size, channels, log)
+            source, train, test = _load_splits(cfg, image_size, channels, run)
             channels = train.images.shape[-1]
             objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
             method = methods.name(objective, cfg.encoder, cfg.freeze, cfg.unfreeze_top, semi=bool(cfg.unlabeled))
@@ -178,15 +180,9 @@ def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | 
 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:
-    """The row's label budget: the total and how it was chosen (with --labels), the classes it
-    covers, and the readout a selection by an encoder's features chose by."""
-    how = (cfg.selection or "random") if cfg.labels else None
-    name = _select_encoder(cfg) if how in selection.BY_FEATURES else "pixels"
-    readout = None if name == "pixels" else cfg.select_readout
-    if readout in (None, "auto") and name != "pixels":
-        readout = budget.auto_readout(artifacts.read_manifest(name, "encoder"))
-    return {"labels": cfg.labels, "selection": how, "select_encoder": cfg.select_encoder,
-            "labeled_classes": len(np.unique(train.labels)), "select_readout": readout}
+    """The row's label budget: the total and how it was chosen (with --labels), the classes it covers."""
+    return {"labels": cfg.labels, "selection": (cfg.selection or "random") if cfg.labels else None,
+            "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
 
 
 def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:
