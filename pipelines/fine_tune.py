@@ -152,18 +152,23 @@ def budget_name(cfg: FineTuneConfig) -> str | int:
     how = cfg.selection or "random"
     if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
-        how += (f" at purity {cfg.purity:g}" if cfg.purity is not None else "") + " on " + _features_name(name)
+        how += (f" at purity {cfg.purity:g}" if cfg.purity is not None else "") + " on " + _features_name(
+            name, cfg.select_readout)
     return f"{cfg.labels} in all ({how})"
 
 
-def _features_name(encoder: str) -> str:
-    """pixels, or the objective of a pretrain run (its folder's name while it does not exist yet)."""
+def _features_name(encoder: str, readout: str | None = None) -> str:
+    """pixels, or the objective of a pretrain run (its folder's name while it does not exist yet),
+    with the readout when one is asked that is not the encoder's default ('contrastive (avg)'):
+    choices through different readouts are different budgets in a table and an experiment's grid."""
     if encoder == "pixels":
         return encoder
     try:
-        return artifacts.read_manifest(encoder, "encoder")["objective"]
+        manifest = artifacts.read_manifest(encoder, "encoder")
     except TransferError:
-        return Path(encoder).name
+        return Path(encoder).name + (f" ({readout})" if readout not in (None, "auto") else "")
+    default = readout in (None, "auto", budget.auto_readout(manifest))
+    return manifest["objective"] + ("" if default else f" ({readout})")
 
 
 def _select_encoder(cfg: FineTuneConfig) -> str:

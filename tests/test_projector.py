@@ -162,8 +162,27 @@ def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws
                     "--results", results, *TINY)
     assert result.exit_code == 0, result.output
     assert f"chosen by typiclust on {ws / 'contrastive'} (avg)" in result.output
-    assert pd.read_csv(results).iloc[-1]["select_readout"] == "avg"
+    rows = pd.read_csv(results).tail(2)
+    assert list(rows["select_readout"]) == ["projector", "avg"]
+    # a choice through another readout than the default is another budget (an experiment's grid runs both)
+    assert list(rows["labels_per_class"]) == ["4 in all (typiclust on contrastive)",
+                                              "4 in all (typiclust on contrastive (avg))"]
     result = invoke("fine-tune", "--data", ws / "labeled", "--encoder", "random", "--labels", "4", "--selection",
                     "typiclust", "--select-readout", "projector", "--out", tmp_path / "ft3", "--results", results,
                     *TINY)
     assert_user_error(result, "--select-readout projector reads a pretrained encoder's projection head")
+
+
+def test_a_budgets_name_says_the_selections_readout_when_it_is_not_the_encoders_default(ws):
+    from pipelines.fine_tune import budget_name
+    from transfer.config import FineTuneConfig
+
+    def name(encoder, readout):
+        return budget_name(FineTuneConfig(data="digits", labels=6, selection="kcenter", select_encoder=str(ws / encoder),
+                                          select_readout=readout))
+
+    assert name("contrastive", None) == name("contrastive", "auto") == name("contrastive", "projector") == \
+        "6 in all (kcenter on contrastive)"
+    assert name("contrastive", "avg") == "6 in all (kcenter on contrastive (avg))"
+    assert name("autoencoder", "avg") == name("autoencoder", None) == "6 in all (kcenter on autoencoder)"
+    assert name("autoencoder", "multi") == "6 in all (kcenter on autoencoder (multi))"
