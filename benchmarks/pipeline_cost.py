@@ -1,0 +1,116 @@
+"""Benchmark: the wall time of each label-budget pipeline's fine-tune, side by side, and the
+pretraining it amortizes.
+
+The pipelines of the budget tables (docs/results.md), at one total budget on a built-in:
+FixMatch from scratch on a blind draw and on the pixels' typiclust choice (the baselines
+without pretraining), and, with a pretrained encoder, the default recipe and FixMatch from
+the encoder, both on the encoder's own typiclust choice (through its projection head when it
+has one). Each run is `transfer fine-tune` in a fresh process (several models in one process
+slow each other down), the pipelines taking turns for every seed (the machine is shared and
+noisy: a ratio is only worth quoting when both sides ran in the same stretch). The time is the
+results row's `seconds`: the whole command, selection, loading and evaluation included.
+
+The encoder's pretraining time (the sum of its history's epoch seconds) is printed beside it,
+and the pretrained pipelines' time with it amortized over 1, 5 and 20 tasks that reuse the
+encoder (each new labeled task, or each new round of labels, is one).
+
+    python benchmarks/pipeline_cost.py --encoder runs/digits/pretrain-contrastive [--data digits]
+        [--image-size 16] [--labels 10] [--seeds 0,1] [--steps N]
+
+Prints a markdown table: pipeline, seconds per run (median over seeds), over FixMatch from
+scratch on the pixels' choice, train seconds, and the amortized times.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+BASELINE = "FixMatch from scratch, pixels' typiclust"
+PIPELINES = {  # name: (method, selection, selection's features: None = the encoder's)
+    "FixMatch from scratch, blind draw": ("scratch-semi", "random", None),
+    BASELINE: ("scratch-semi", "typiclust", "pixels"),
+    "default recipe, encoder's typiclust": ("OBJECTIVE", "typiclust", None),
+    "FixMatch from the encoder, encoder's typiclust": ("OBJECTIVE-semi", "typiclust", None),
+}
+TASKS = (1, 5, 20)
+
+
+def worker(pipeline: str, args, seed: int, out: str) -> dict:
+    """One fine-tune, as `transfer experiment` runs the pipeline's cell: its row's times."""
+    from pipelines import fine_tune
+    from transfer import artifacts, methods
+    from transfer.config import FineTuneConfig
+
+    name, how, features = PIPELINES[pipeline]
+    objective = artifacts.read_manifest(args.encoder, "encoder")["objective"]
+    method = methods.parse(name.replace("OBJECTIVE", objective))
+    cfg = FineTuneConfig(data=args.data, image_size=args.image_size, labels=args.labels, selection=how,
+                         select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
+                         unlabeled=args.data if method.semi else None,
+                         **({"steps": args.steps} if args.steps else {}),
+                         **method.settings, **({"encoder": args.encoder} if method.objective else {}))
+    row = fine_tune.run(cfg, log=lambda message: None)
+    return {"seconds": float(row["seconds"]), "train_seconds": float(row.get("train_seconds") or 0.0)}
+
+
+def pretrain_seconds(encoder: str) -> float:
+    """The encoder's pretraining time: the sum of its epochs' seconds."""
+    with open(Path(encoder) / "history.csv", newline="") as f:
+        return sum(float(r["seconds"]) for r in csv.DictReader(f) if r.get("seconds"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--encoder", required=True, help="a pretrain run directory")
+    parser.add_argument("--data", default="digits")
+    parser.add_argument("--image-size", type=int, default=16)
+    parser.add_argument("--labels", type=int, default=10, help="the total label budget")
+    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--steps", type=int, help="FixMatch's steps (default: fine-tune's)")
+    parser.add_argument("--worker", nargs=2, metavar=("PIPELINE", "SEED"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        print(json.dumps(worker(args.worker[0], args, int(args.worker[1]), args.out)))
+        os._exit(0)  # a live tf.data iterator can hang the interpreter's exit
+    seeds = [int(s) for s in args.seeds.split(",")]
+    common = ["--encoder", args.encoder, "--data", args.data, "--image-size", str(args.image_size),
+              "--labels", str(args.labels), *(["--steps", str(args.steps)] if args.steps else [])]
+    runs: dict[str, list[dict]] = {p: [] for p in PIPELINES}
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in seeds:
+            for i, pipeline in enumerate(PIPELINES):  # taking turns
+                out = subprocess.run([sys.executable, __file__, "--worker", pipeline, str(seed), *common,
+                                      "--out", f"{tmp}/{seed}-{i}"], capture_output=True, text=True)
+                if out.returncode:
+                    sys.exit(f"{pipeline}, seed {seed} failed:\n{out.stderr[-2000:]}")
+                runs[pipeline].append(json.loads(out.stdout.strip().splitlines()[-1]))
+    pretrain = pretrain_seconds(args.encoder)
+    base = statistics.median(r["seconds"] for r in runs[BASELINE])
+    print(f"fine-tune wall time on {args.data} at {args.labels} labels in all, seeds {args.seeds}, one process a "
+          f"run, taking turns; the encoder ({args.encoder}) pretrained in {pretrain:.0f} s\n")
+    print("| pipeline | s/run | x FixMatch from scratch | train s | " + " | ".join(
+        f"s/task over {n} task{'s' * (n > 1)}" for n in TASKS) + " |")
+    print("|---|---|---|---|" + "---|" * len(TASKS))
+    for pipeline, rows in runs.items():
+        seconds = statistics.median(r["seconds"] for r in rows)
+        train = statistics.median(r["train_seconds"] for r in rows)
+        pretrained = PIPELINES[pipeline][0].startswith("OBJECTIVE")
+        amortized = [seconds + pretrain / n if pretrained else seconds for n in TASKS]
+        print(f"| {pipeline} | {seconds:.0f} | {seconds / base:.2f}x | {train:.0f} | "
+              + " | ".join(f"{a:.0f}" for a in amortized) + " |")
+
+
+if __name__ == "__main__":
+    main()
