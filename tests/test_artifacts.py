@@ -96,3 +96,15 @@ def test_bad_model_files_are_refused(tmp_path, filename, message):
     _manifest_for(run, filename)
     with pytest.raises(TransferError, match=message):
         artifacts.load_model_run(run, "encoder")
+
+
+def test_an_interrupted_run_of_the_same_configuration_resumes_even_with_overwrite(tmp_path):
+    """--overwrite replaces a finished run directory; an interrupted one of the same configuration
+    resumes (an experiment's fine-tunes always pass overwrite), another configuration starts empty."""
+    out = tmp_path / "run"
+    staging, resumed = artifacts.start_run_dir(out, overwrite=True, config={"seed": 1})
+    (staging / "backup.txt").write_text("epoch 3")
+    staging, resumed = artifacts.start_run_dir(out, overwrite=True, config={"seed": 1})
+    assert resumed and (staging / "backup.txt").read_text() == "epoch 3"
+    staging, resumed = artifacts.start_run_dir(out, overwrite=True, config={"seed": 2})
+    assert not resumed and not (staging / "backup.txt").exists()

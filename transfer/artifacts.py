@@ -168,8 +168,10 @@ def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None =
 
     The staging directory `<out>.partial` is kept, and the run resumed, when
     it was left by an interrupted run of the same configuration (its
-    `config.json` equals `config`); otherwise it starts empty. `config` is
-    written there first, so an interrupted run can always be matched.
+    `config.json` equals `config`), with or without `overwrite` (which is about
+    a finished `out`: an experiment's fine-tunes pass it, and resume their own
+    interrupted runs); otherwise it starts empty. `config` is written there
+    first, so an interrupted run can always be matched.
 
     Raises:
         RunComplete: `out` is a finished run and overwrite is False.
@@ -188,7 +190,7 @@ def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None =
     resumed = False
     if staging.exists():
         try:
-            resumed = not overwrite and config is not None and json.loads(
+            resumed = config is not None and json.loads(
                 (staging / "config.json").read_text(encoding="utf-8")) == json.loads(
                 json.dumps(config, default=_json_default))
         except (OSError, ValueError):
