@@ -375,7 +375,8 @@ main.help += ", ".join(builtins.names()) + "."
      "Gaussian blur, 0 to 1 (default 0.5; 0: none).")
 @opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
-@opt(PretrainConfig, "overwrite", is_flag=True, help="Replace an existing run directory (an interrupted run of the same configuration still resumes).")
+@opt(PretrainConfig, "overwrite", is_flag=True,
+     help="Replace an existing run directory (an interrupted run of the same configuration still resumes).")
 @opt(PretrainConfig, "plots/--no-plots", "plots",
      help="Write the preview PNG (reconstructions, views or samples) and the visualize/ report.")
 @opt(PretrainConfig, "probe-data", metavar="LABELED",
@@ -482,7 +483,8 @@ def pretrain(**params):
 @opt(FineTuneConfig, "channels", type=int, help="With --encoder random only (default: from data).")
 @opt(FineTuneConfig, "out", type=click.Path(file_okay=False), help="Run directory (default runs/RUN_ID).")
 @opt(FineTuneConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
-@opt(FineTuneConfig, "overwrite", is_flag=True, help="Replace an existing run directory (an interrupted run of the same configuration still resumes).")
+@opt(FineTuneConfig, "overwrite", is_flag=True,
+     help="Replace an existing run directory (an interrupted run of the same configuration still resumes).")
 @opt(FineTuneConfig, "strategy", type=click.Choice(STRATEGIES),
      help="tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines "
           "listed in TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several "
