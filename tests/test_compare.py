@@ -189,6 +189,11 @@ def test_the_best_pipeline_with_a_pretrained_encoder_is_judged_across_selections
     assert line == ["animals, 10 labels in all, any selection: pretraining paid. Best pipeline with a pretrained "
                     "encoder (typiclust on contrastive, then scratch: 90.0) vs best without one (typiclust on "
                     "pixels, then scratch: 82.0): +8.0 points (95% CI +8.0 to +8.0, paired over 5 seed(s))."]
+    lucky = pd.DataFrame(rows("contrastive-finetuned", "typiclust on contrastive", "runs/pretrain-contrastive",
+                              [0.99, 0.99]))  # a partly run cell: 2 seeds of 5, best mean
+    pd.concat([table, lucky]).to_csv(tmp_path / "partial.csv", index=False)
+    partial = [l for l in invoke(tmp_path / "partial.csv").output.splitlines() if "any selection" in l]
+    assert partial == [line[0][:-1] + "; 1 pipeline(s) run on fewer seeds not ranked."]
     alone = table[table["select_encoder"].isna() & (table["method"] == "scratch")]
     alone.to_csv(tmp_path / "one_side.csv", index=False)  # no pipeline with pretraining: no sentence
     assert "any selection" not in invoke(tmp_path / "one_side.csv").output

@@ -90,8 +90,10 @@ def uses_pretraining(method: str, select_encoder) -> bool:
 def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFrame:
     """At each total label budget (rows with `labels`), across selections: the best pipeline
     (selection, then method) that uses a pretrained encoder against the best that does not,
-    paired over the seeds both share, with a 95% interval. `context`: the other grouping
-    columns (e.g. data). Empty when the rows have no total budgets or one side is missing."""
+    paired over the seeds both share, with a 95% interval. Each side's best is ranked among its
+    pipelines run on that side's most seeds (`unranked` counts those left out for fewer: a
+    partly run grid cell's mean is not comparable). `context`: the other grouping columns
+    (e.g. data). Empty when the rows have no total budgets or one side is missing."""
     needed = {"labels", "labels_per_class", "method"}
     if not needed <= set(df.columns) or df["labels"].isna().all():
         return pd.DataFrame()
@@ -101,11 +103,15 @@ def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.Data
     keys = [c for c in context if c not in ("labels_per_class", "method", "labels")] + ["labels"]
     out = []
     for key, group in rows.groupby(keys, dropna=False, sort=True):
-        pipes = group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False)[metric].mean().reset_index()
+        pipes = group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False).agg(
+            **{metric: (metric, "mean"), "_seeds": ("seed", "nunique") if "seed" in group else (metric, "size")}).reset_index()
         if pipes["_pretrained"].all() or not pipes["_pretrained"].any():
             continue
-        best = {side: pipes[pipes["_pretrained"] == side].sort_values(metric, kind="stable").iloc[-1]
-                for side in (True, False)}
+        best, unranked = {}, 0
+        for side in (True, False):  # ranked among the side's pipelines run on the most seeds: a mean over fewer
+            mine = pipes[pipes["_pretrained"] == side]  # seeds is not comparable (one lucky seed would win)
+            full = mine[mine["_seeds"] == mine["_seeds"].max()]
+            best[side], unranked = full.sort_values(metric, kind="stable").iloc[-1], unranked + len(mine) - len(full)
 
         def per_seed(pipe):
             runs = group[(group["labels_per_class"] == pipe["labels_per_class"]) & (group["method"] == pipe["method"])]
@@ -117,7 +123,7 @@ def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.Data
             entry.update({f"{name}_budget": best[side]["labels_per_class"], f"{name}_method": best[side]["method"],
                           f"{name}_mean": best[side][metric]})
         entry.update(diff=d["diff"], low=d["low"], high=d["high"], seeds=d["seeds"], comparison=d["kind"],
-                     significant=stats.excludes_zero(d["low"], d["high"]))
+                     significant=stats.excludes_zero(d["low"], d["high"]), unranked=unranked)
         out.append(entry)
     return pd.DataFrame(out)
 

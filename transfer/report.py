@@ -63,8 +63,13 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
                 for side in ("with", "without")}
         out.append(f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
                    f"pipeline with a pretrained encoder ({pipe['with']}) vs best without one ({pipe['without']}): "
-                   f"{b['diff'] * scale:+.1f}{unit} ({sure}).")
+                   f"{b['diff'] * scale:+.1f}{unit} ({sure}){_unranked(b)}.")
     return out
+
+
+def _unranked(best: pd.Series) -> str:
+    n = int(best.get("unranked", 0) or 0)
+    return f"; {n} pipeline(s) run on fewer seeds not ranked" if n else ""
 
 
 def _selection(budget: str) -> str:
