@@ -57,9 +57,7 @@ def worker(pipeline: str, args, seed: int, out: str) -> dict:
     method = methods.parse(name.replace("OBJECTIVE", objective))
     cfg = FineTuneConfig(data=args.data, image_size=args.image_size, labels=args.labels, selection=how,
                          select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
-                         unlabeled=args.data if method.semi else None,
-                         **({"steps": args.steps} if args.steps else {}),
-                         **method.settings, **({"encoder": args.encoder} if method.objective else {}))
+                         **({"steps": args.steps} if args.steps else {}), **method.fields(args.encoder, args.data))
     row = fine_tune.run(cfg, log=lambda message: None)
     return {"seconds": float(row["seconds"]), "train_seconds": float(row.get("train_seconds") or 0.0)}
 

@@ -221,10 +221,10 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
         if method.semi and not fin.get("unlabeled"):
             raise TransferError(f"method {given} learns from unlabeled images: give them as unlabeled = SRC in "
                                 "the experiment's [fine_tune] section")
-        fcfg = FineTuneConfig(**{**fin, **method.settings, **budget, "seed": int(seed),
-                                 "unlabeled": fin.get("unlabeled") if method.semi else None,
-                                 "results": results_path, "experiment": spec["name"], "overwrite": True,
-                                 **({"encoder": encoders[method.objective]} if method.objective else {})})
+        fcfg = FineTuneConfig(**{**fin, **budget, "seed": int(seed), "results": results_path,
+                                 "experiment": spec["name"], "overwrite": True,
+                                 **method.fields(encoders[method.objective] if method.objective else None,
+                                                fin.get("unlabeled"))})
         label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
         name = fine_tune.budget_name(fcfg)
         if (label, str(name), int(seed)) not in done:

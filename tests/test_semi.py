@@ -236,6 +236,13 @@ def test_method_names_carry_semi():
         methods.parse("pixels-logreg-semi")
 
 
+def test_a_methods_fields_run_it_from_its_encoder_and_on_the_pool_only_when_semi():
+    assert methods.parse("contrastive-top1-semi").fields("runs/c", "pool") == {
+        "freeze": "all", "unfreeze_top": 1, "unlabeled": "pool", "encoder": "runs/c"}
+    assert methods.parse("scratch").fields("runs/c", "pool") == {"encoder": "random", "freeze": "none",
+                                                                  "unlabeled": None}
+
+
 @pytest.mark.slow
 def test_scratch_trains_with_augmentation_that_is_not_saved(folders, tmp_path):
     out, results = tmp_path / "ft", tmp_path / "r.csv"

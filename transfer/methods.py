@@ -42,6 +42,12 @@ class Method:
     settings: dict = field(default_factory=dict)
     semi: bool = False
 
+    def fields(self, encoder: str | None, unlabeled: str | None) -> dict:
+        """The FineTuneConfig fields that run this method: its settings, the pool when it learns
+        from one (None otherwise), and `encoder` (its objective's pretrain run) when it has one."""
+        return {**self.settings, "unlabeled": unlabeled if self.semi else None,
+                **({"encoder": encoder} if self.objective else {})}
+
 
 def parse(name: str) -> Method:
     """The Method a name stands for; an unknown name is refused."""
