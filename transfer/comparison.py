@@ -103,8 +103,9 @@ def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.Data
     keys = [c for c in context if c not in ("labels_per_class", "method", "labels")] + ["labels"]
     out = []
     for key, group in rows.groupby(keys, dropna=False, sort=True):
+        seeds = ("seed", "nunique") if "seed" in group else (metric, "size")
         pipes = group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False).agg(
-            **{metric: (metric, "mean"), "_seeds": ("seed", "nunique") if "seed" in group else (metric, "size")}).reset_index()
+            **{metric: (metric, "mean"), "_seeds": seeds}).reset_index()
         if pipes["_pretrained"].all() or not pipes["_pretrained"].any():
             continue
         best, unranked = {}, 0
