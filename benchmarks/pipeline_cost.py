@@ -5,7 +5,7 @@ The pipelines of the budget tables (docs/results.md), at one total budget on a b
 FixMatch from scratch on a blind draw and on the pixels' typiclust choice (the baselines
 without pretraining), and, with a pretrained encoder, the default recipe and FixMatch from
 the encoder, both on the encoder's own typiclust choice (through its projection head when it
-has one). Each run is `transfer fine-tune` in a fresh process (several models in one process
+has one), the latter also at 1,000 steps (half the default: benchmarks/fixmatch_steps.py). Each run is `transfer fine-tune` in a fresh process (several models in one process
 slow each other down), the pipelines taking turns for every seed (the machine is shared and
 noisy: a ratio is only worth quoting when both sides ran in the same stretch). The time is the
 results row's `seconds`: the whole command, selection, loading and evaluation included.
@@ -15,7 +15,7 @@ and the pretrained pipelines' time with it amortized over 1, 5 and 20 tasks that
 encoder (each new labeled task, or each new round of labels, is one).
 
     python benchmarks/pipeline_cost.py --encoder runs/digits/pretrain-contrastive [--data digits]
-        [--image-size 16] [--labels 10] [--seeds 0,1] [--steps N]
+        [--image-size 16] [--labels 10] [--seeds 0,1] [--steps N] [--only 2,4,5]
 
 Prints a markdown table: pipeline, seconds per run (median over seeds), over FixMatch from
 scratch on the pixels' choice, train seconds, and the amortized times.
@@ -37,11 +37,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 BASELINE = "FixMatch from scratch, pixels' typiclust"
-PIPELINES = {  # name: (method, selection, selection's features: None = the encoder's)
-    "FixMatch from scratch, blind draw": ("scratch-semi", "random", None),
-    BASELINE: ("scratch-semi", "typiclust", "pixels"),
-    "default recipe, encoder's typiclust": ("OBJECTIVE", "typiclust", None),
-    "FixMatch from the encoder, encoder's typiclust": ("OBJECTIVE-semi", "typiclust", None),
+PIPELINES = {  # name: (method, selection, selection's features: None = the encoder's, FixMatch steps: None = --steps)
+    "FixMatch from scratch, blind draw": ("scratch-semi", "random", None, None),
+    BASELINE: ("scratch-semi", "typiclust", "pixels", None),
+    "default recipe, encoder's typiclust": ("OBJECTIVE", "typiclust", None, None),
+    "FixMatch from the encoder, encoder's typiclust": ("OBJECTIVE-semi", "typiclust", None, None),
+    "FixMatch from the encoder, 1,000 steps, encoder's typiclust": ("OBJECTIVE-semi", "typiclust", None, 1000),
 }
 TASKS = (1, 5, 20)
 
@@ -52,12 +53,13 @@ def worker(pipeline: str, args, seed: int, out: str) -> dict:
     from transfer import artifacts, methods
     from transfer.config import FineTuneConfig
 
-    name, how, features = PIPELINES[pipeline]
+    name, how, features, steps = PIPELINES[pipeline]
+    steps = steps or args.steps
     objective = artifacts.read_manifest(args.encoder, "encoder")["objective"]
     method = methods.parse(name.replace("OBJECTIVE", objective))
     cfg = FineTuneConfig(data=args.data, image_size=args.image_size, labels=args.labels, selection=how,
                          select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
-                         **({"steps": args.steps} if args.steps else {}), **method.fields(args.encoder, args.data))
+                         **({"steps": steps} if steps else {}), **method.fields(args.encoder, args.data))
     row = fine_tune.run(cfg, log=lambda message: None)
     return {"seconds": float(row["seconds"]), "train_seconds": float(row.get("train_seconds") or 0.0)}
 
@@ -76,6 +78,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=10, help="the total label budget")
     parser.add_argument("--seeds", default="0,1")
     parser.add_argument("--steps", type=int, help="FixMatch's steps (default: fine-tune's)")
+    parser.add_argument("--only", help="the pipelines to run, by their 1-based place in PIPELINES (e.g. 2,4,5)")
     parser.add_argument("--worker", nargs=2, metavar=("PIPELINE", "SEED"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -85,10 +88,13 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     common = ["--encoder", args.encoder, "--data", args.data, "--image-size", str(args.image_size),
               "--labels", str(args.labels), *(["--steps", str(args.steps)] if args.steps else [])]
-    runs: dict[str, list[dict]] = {p: [] for p in PIPELINES}
+    chosen = [p for i, p in enumerate(PIPELINES, 1) if not args.only or str(i) in args.only.split(",")]
+    if BASELINE not in chosen:
+        sys.exit("--only must keep pipeline 2 (FixMatch from scratch on the pixels' choice): the ratios are to it")
+    runs: dict[str, list[dict]] = {p: [] for p in chosen}
     with tempfile.TemporaryDirectory() as tmp:
         for seed in seeds:
-            for i, pipeline in enumerate(PIPELINES):  # taking turns
+            for i, pipeline in enumerate(chosen):  # taking turns
                 out = subprocess.run([sys.executable, __file__, "--worker", pipeline, str(seed), *common,
                                       "--out", f"{tmp}/{seed}-{i}"], capture_output=True, text=True)
                 if out.returncode:
