@@ -68,7 +68,7 @@ def worker(args, steps: int, seed: int, out: str) -> dict:
     import numpy as np
 
     from pipelines import fine_tune
-    from transfer import artifacts, budget, splits, stream
+    from transfer import artifacts, budget, features, splits, stream
 
     cfg = config(args, steps, seed, out)
     row = finished(cfg, Path(out))
@@ -81,12 +81,10 @@ def worker(args, steps: int, seed: int, out: str) -> dict:
     chosen = budget.choose("typiclust", found.source, found.pool, args.labels, seed, net, size)  # as fine-tune does
     scored = np.setdiff1d(found.pool, chosen)
     model, _ = artifacts.load_model_run(out, "classifier")
-    hits = 0
-    for _, images, truth in stream.records(found.source, scored, size).batch(512).as_numpy_iterator():
-        hits += int((model.predict_on_batch(images).argmax(axis=1) == truth).sum())
+    probs, truth, _ = features.compute(model, stream.ImageSet(found.source, scored, size))
     seconds = row.get("train_seconds")
-    return {"accuracy": hits / len(scored), "train_seconds": float(seconds) if seconds not in (None, "") else None,
-            "trained_here": trained}
+    return {"accuracy": float(np.mean(probs.argmax(axis=1) == truth)),
+            "train_seconds": float(seconds) if seconds not in (None, "") else None, "trained_here": trained}
 
 
 def main() -> None:

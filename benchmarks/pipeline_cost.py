@@ -5,8 +5,9 @@ The pipelines of the budget tables (docs/results.md), at one total budget on a b
 FixMatch from scratch on a blind draw and on the pixels' typiclust choice (the baselines
 without pretraining), and, with a pretrained encoder, the default recipe and FixMatch from
 the encoder, both on the encoder's own typiclust choice (through its projection head when it
-has one), the latter also at 1,000 steps (half the default: benchmarks/fixmatch_steps.py). Each run is `transfer fine-tune` in a fresh process (several models in one process
-slow each other down), the pipelines taking turns for every seed (the machine is shared and
+has one), the latter also at 1,000 steps (half the default: benchmarks/fixmatch_steps.py).
+Each run is `transfer fine-tune` in a fresh process (several models in one process slow each
+other down), the pipelines taking turns for every seed (the machine is shared and
 noisy: a ratio is only worth quoting when both sides ran in the same stretch). The time is the
 results row's `seconds`: the whole command, selection, loading and evaluation included.
 

@@ -68,7 +68,7 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
 
 
 def _unranked(best: pd.Series) -> str:
-    n = int(best.get("unranked", 0) or 0)
+    n = int(best["unranked"])
     return f"; {n} pipeline(s) run on fewer seeds not ranked" if n else ""
 
 
