@@ -226,7 +226,7 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
                                  **method.fields(encoders[method.objective] if method.objective else None,
                                                 fin.get("unlabeled"))})
         label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
-        name = fine_tune.budget_name(fcfg)
+        name = fine_tune.budget_name(fcfg, pending={path: objective for objective, path in encoders.items()})
         if (label, str(name), int(seed)) not in done:
             # Under the experiment's name: experiments sharing a runs directory share its encoders only.
             tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-")

@@ -144,29 +144,33 @@ def default_epochs(n_train: int, batch_size: int) -> int:
     return max(DEFAULT_EPOCHS, -(-MIN_STEPS // max(1, -(-n_train // batch_size))))
 
 
-def budget_name(cfg: FineTuneConfig) -> str | int:
+def budget_name(cfg: FineTuneConfig, pending: dict[str, str] | None = None) -> str | int:
     """The row's labels_per_class: N (stratified per class), 'all', or 'T in all (selection)' for a
-    total ('T in all (typiclust on contrastive)': the features the selection used)."""
+    total ('T in all (typiclust on contrastive)': the features the selection used). `pending` maps
+    encoder directories not pretrained yet to the objective they will be (an experiment's plan),
+    so that a budget is named as it will be once they exist."""
     if cfg.labels is None:
         return cfg.labels_per_class or "all"
     how = cfg.selection or "random"
     if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
         how += (f" at purity {cfg.purity:g}" if cfg.purity is not None else "") + " on " + _features_name(
-            name, cfg.select_readout)
+            name, cfg.select_readout, pending)
     return f"{cfg.labels} in all ({how})"
 
 
-def _features_name(encoder: str, readout: str | None = None) -> str:
-    """pixels, or the objective of a pretrain run (its folder's name while it does not exist yet),
-    with the readout when one is asked that is not the encoder's default ('contrastive (avg)'):
-    choices through different readouts are different budgets in a table and an experiment's grid."""
+def _features_name(encoder: str, readout: str | None = None, pending: dict[str, str] | None = None) -> str:
+    """pixels, or the objective of a pretrain run (while it does not exist yet: the objective
+    `pending` says it will be, else its folder's name), with the readout when one is asked that
+    is not the encoder's default ('contrastive (avg)'): choices through different readouts are
+    different budgets in a table and an experiment's grid."""
     if encoder == "pixels":
         return encoder
     try:
         manifest = artifacts.read_manifest(encoder, "encoder")
     except TransferError:
-        return Path(encoder).name + (f" ({readout})" if readout not in (None, "auto") else "")
+        name = (pending or {}).get(encoder, Path(encoder).name)
+        return name + (f" ({readout})" if readout not in (None, "auto") else "")
     default = readout in (None, "auto", budget.auto_readout(manifest))
     return manifest["objective"] + ("" if default else f" ({readout})")
 

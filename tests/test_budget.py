@@ -146,6 +146,26 @@ unfreeze_top = 0
     assert "6 of 6 fine-tunes already in" in again.output and len(pd.read_csv(tmp_path / "grid.csv")) == len(rows)
 
 
+def test_a_dry_run_before_the_encoder_is_pretrained_names_its_choices_by_the_objective(labeled, tmp_path):
+    """On a fresh checkout the grid's encoder is not pretrained yet: --dry-run names the cells
+    chosen on it as the real run will ('typiclust on contrastive'), so the table's rows count as done."""
+    from transfer import results
+
+    table = tmp_path / "grid.csv"
+    results.append_row(table, {"run_id": "done", "command": "fine-tune", "status": "ok", "experiment": "g",
+                               "method": "scratch", "labels_per_class": "6 in all (typiclust on contrastive)",
+                               "seed": 0, "test_accuracy": 0.5})
+    path, runs, data = tmp_path / "grid.toml", tmp_path / "runs", labeled / "labeled"
+    path.write_text(f'name = "g"\nresults = "{table}"\nruns = "{runs}"\nseeds = [0, 1]\nbudgets = [6]\n'
+                    f'selections = ["typiclust-contrastive"]\nmethods = ["scratch"]\n'
+                    f'[fine_tune]\ndata = "{data}"\nimage_size = 8\n')
+    result = invoke("experiment", path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "pretraining contrastive" in result.output and not runs.exists()
+    assert "1 of 2 fine-tunes already in" in result.output, result.output
+    assert "labels=6 in all (typiclust on contrastive) seed=1" in result.output
+
+
 @pytest.mark.parametrize("bad,message", [("selections = [\"entropy\"]", "unknown selection 'entropy'"),
                                          ("budgets = [0]", "budgets must be >= 1"),
                                          ("budgets = []\nlabels_per_class = [2]\nselections = [\"random\"]",
