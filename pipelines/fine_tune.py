@@ -104,7 +104,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             classifier, metrics = fit(job)
         if run.worker_done(f" (test accuracy {metrics['test_accuracy']:.4f})"):
             return {}
-        metrics.update(mistakes.write(run.staging, classifier, test, train.class_names))
+        metrics.update(_write_reports(run.staging, classifier, train, test))
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
                        encoder={"source": cfg.encoder, "objective": objective,
                                 "sha256": manifest["model_sha256"] if manifest else None},
@@ -125,6 +125,14 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         **_skipped_counts(source, test.listing, pool), **metrics, **job.pace.row())
     log(f"{method}: test accuracy {metrics['test_accuracy']:.4f} ({row['seconds']:.1f}s) -> {out}")
     return row
+
+
+def _write_reports(folder: Path, classifier, train, test) -> dict:
+    """labeled.csv (the labeled images it learned from, `path,label` as `transfer select` writes:
+    the next round's `select --exclude`) and what it gets wrong on the test split (`mistakes.write`)."""
+    artifacts.write_csv(folder / "labeled.csv", ["path", "label"],
+                        ((train.name(i), train.class_names[c]) for i, c in enumerate(train.labels)))
+    return mistakes.write(folder, classifier, test, train.class_names)
 
 
 def _resolve_epochs(cfg: FineTuneConfig, n_train: int, run: Run) -> FineTuneConfig:

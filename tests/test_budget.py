@@ -1,5 +1,6 @@
 """Label budgets as totals (fine-tune --labels N --selection ...): a blind draw may miss classes."""
 
+from pathlib import Path
 
 import keras
 import numpy as np
@@ -61,6 +62,16 @@ def test_fine_tune_with_a_total_budget_records_it_and_a_missing_class_is_never_p
     x = np.random.default_rng(0).random((64, 8, 8, 1)).astype("float32")
     predicted = set(np.argmax(classifier.predict(x, verbose=0), axis=1).tolist())
     assert len(predicted) <= row["labeled_classes"]  # a class without a label is never predicted
+    # the run directory lists the images it learned from, as select writes them: the next round's --exclude
+    learned = pd.read_csv(tmp_path / "ft" / "labeled.csv", dtype=str)
+    assert list(learned.columns) == ["path", "label"] and len(learned) == 2
+    assert [Path(p).parent.name for p in learned["path"]] == learned["label"].tolist()
+    assert learned["label"].nunique() == row["labeled_classes"]
+    more = invoke("select", "--data", labeled / "labeled", "--encoder", "pixels", "--image-size", "8", "--budget",
+                  "3", "--exclude", tmp_path / "ft" / "labeled.csv", "--out", tmp_path / "next.csv", "--results",
+                  results)
+    assert more.exit_code == 0 and pd.read_csv(results).iloc[-1]["n_excluded"] == 2, more.output
+    assert not set(pd.read_csv(tmp_path / "next.csv", dtype=str)["path"]) & set(learned["path"])
 
 
 @pytest.mark.parametrize("selection", ["stratified", *selection_module.BY_FEATURES])
