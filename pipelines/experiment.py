@@ -216,6 +216,7 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
         on = encoders.get(on, on)  # an objective's encoder directory
         budgets += [{"labels": int(n), "selection": base, "select_encoder": on} for n in spec["budgets"]]
     jobs = [(m, b, s) for b in budgets for s in spec["seeds"] for m in plan]
+    pending = {path: objective for objective, path in encoders.items()}  # names a choice before its encoder exists
     todo = []
     for (given, method), budget, seed in jobs:
         if method.semi and not fin.get("unlabeled"):
@@ -226,7 +227,7 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
                                  **method.fields(encoders[method.objective] if method.objective else None,
                                                 fin.get("unlabeled"))})
         label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
-        name = fine_tune.budget_name(fcfg, pending={path: objective for objective, path in encoders.items()})
+        name = fine_tune.budget_name(fcfg, pending)
         if (label, str(name), int(seed)) not in done:
             # Under the experiment's name: experiments sharing a runs directory share its encoders only.
             tag = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name)).strip("-")

@@ -130,8 +130,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
 def _write_reports(folder: Path, classifier, train, test) -> dict:
     """labeled.csv (the labeled images it learned from, `path,label` as `transfer select` writes:
     the next round's `select --exclude`) and what it gets wrong on the test split (`mistakes.write`)."""
-    artifacts.write_csv(folder / "labeled.csv", ["path", "label"],
-                        ((train.name(i), train.class_names[c]) for i, c in enumerate(train.labels)))
+    artifacts.write_label_list(folder / "labeled.csv", [train.name(i) for i in range(len(train))],
+                               [train.class_names[c] for c in train.labels])
     return mistakes.write(folder, classifier, test, train.class_names)
 
 

@@ -53,8 +53,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
-    artifacts.write_csv(out, ["path", "label"], zip(names, [source.class_names[c] if known and c >= 0 else ""
-                                                            for c in labels]))
+    artifacts.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
     if cfg.sheet:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",

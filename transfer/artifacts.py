@@ -231,6 +231,12 @@ def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
     write_text(path, text.getvalue())
 
 
+def write_label_list(path: str | os.PathLike, names, labels) -> None:
+    """A list of images and their labels, `path,label` (a label may be empty, to fill in): what
+    `transfer select` writes, a fine-tune's labeled.csv, and what `select --exclude` reads."""
+    write_csv(path, ["path", "label"], zip(names, labels))
+
+
 def write_text(path: str | os.PathLike, text: str) -> None:
     """Write a text file atomically: under a temporary name, then renamed into place."""
     path = Path(path)
