@@ -536,8 +536,9 @@ def evaluate(**params):
 @opt(EmbedConfig, "data", required=True, help="Images: directory, CSV manifest or built-in name.")
 @opt(EmbedConfig, "out", required=True, type=click.Path(dir_okay=False),
      help="FILE.npy for the features; FILE.csv (row,path,id,label[,neighbors,distances]) is written beside it.")
-@opt(EmbedConfig, "readout", type=click.Choice([r for r in READOUTS if r != "auto"]),
-     help="How the encoder's last block becomes one feature vector.")
+@opt(EmbedConfig, "readout", type=click.Choice(READOUTS),
+     help="How the encoder's last block becomes one feature vector. auto (default): what its fine-tunes and "
+          "selections read, through its projection head when it has one (the two-view objectives), else avg.")
 @opt(EmbedConfig, "neighbors", type=int, help="Add each image's K nearest neighbours (cosine) and distances.")
 @opt(EmbedConfig, "duplicates", type=float, metavar="D",
      help="Write FILE-duplicates.csv: every pair of images closer than cosine distance D (near-duplicates).")

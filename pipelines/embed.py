@@ -28,11 +28,11 @@ def run(cfg: EmbedConfig, log=print) -> dict:
     paths = {"npy": out, "csv": out.with_suffix(".csv"), "duplicates": out.with_name(out.stem + "-duplicates.csv")}
     for path in paths.values():
         artifacts.check_writable(path, "--out")
-    net, size, channels, objective, _ = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
+    net, size, channels, objective, readout = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
     source, _ = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)  # every image
     log(f"embedding {len(source)} images of {cfg.data} with {cfg.encoder}"
-        + ("" if net is None else f" ({objective}, readout {cfg.readout})"))
+        + ("" if net is None else f" ({objective}, readout {readout})"))
     f, y, positions = features.compute(net, stream.ImageSet.of(source, image_size=size))
     report_skipped(source.failed, log, "while decoding")
     if len(f) == 0:

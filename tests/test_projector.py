@@ -134,6 +134,13 @@ def test_evaluate_select_and_embed_read_through_the_head(ws, tmp_path):
                     "--out", tmp_path / "emb.npy")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "emb.npy").shape == (30, 5)  # every image, through the head
+    for encoder, out in (("contrastive", "auto.npy"), ("autoencoder", "ae.npy")):  # the default: select's readout
+        result = invoke("embed", "--encoder", ws / encoder, "--data", ws / "labeled", "--out", tmp_path / out)
+        assert result.exit_code == 0, result.output
+    assert "readout projector" in invoke("embed", "--encoder", ws / "contrastive", "--data", ws / "labeled",
+                                         "--out", tmp_path / "again.npy").output
+    np.testing.assert_allclose(np.load(tmp_path / "auto.npy"), np.load(tmp_path / "emb.npy"), atol=1e-6)
+    assert np.load(tmp_path / "ae.npy").shape[1] != 5  # no head: the pooled maps
 
 
 def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws, tmp_path):

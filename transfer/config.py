@@ -276,7 +276,7 @@ class EmbedConfig:
     encoder: str = ""  # a pretrain run directory, or pixels
     data: str = ""
     out: str = ""  # FILE.npy: the features; FILE.csv beside it: one row per image
-    readout: str = "avg"
+    readout: str = "auto"  # auto: what the encoder's fine-tunes and selections read (its projection head if any)
     image_size: int = 32  # for pixels (an encoder brings its own)
     channels: int | None = None
     labeled: bool = False  # read labels (class folders, a label column; built-ins always)
@@ -289,7 +289,7 @@ class EmbedConfig:
         if not self.out.endswith(".npy"):
             raise TransferError(f"--out names the features file, FILE.npy (FILE.csv is written beside it). "
                                 f"Received: {self.out!r}")
-        _choice("readout", self.readout, [x for x in READOUTS if x != "auto"])
+        _readout(self.readout, self.encoder)
         _positive("image_size", self.image_size)
         _positive("channels", self.channels)
         _positive("neighbors", self.neighbors, minimum=0)
