@@ -4,6 +4,7 @@ and the page (the summaries themselves: `transfer.comparison`)."""
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 
 import pandas as pd
@@ -18,7 +19,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         if path:
             artifacts.check_writable(path, option)
     tables = cfg.tables or (cfg.results,)
-    everything = results.read_tables(tables, warn=lambda m: log(f"warning: {m}"))
+    everything = results.read_tables(tables, warn=lambda m: _note(f"warning: {m}"))
     df = comparison.finished_fine_tunes(everything, cfg.where, " ".join(tables))
     by = list(cfg.by)
     comparison.known(df, [*by, cfg.metric], "--by/--metric")
@@ -30,7 +31,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         raise TransferError("--plot and --html need the columns method and labels_per_class")
     if cfg.plot:
         comparison.plot(df, cfg.metric, cfg.plot)
-        log(f"wrote {cfg.plot}")
+        _note(f"wrote {cfg.plot}")
     context = [c for c in by if c != "method"]
     sentences = report.verdicts(table, context, cfg.metric)
     sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
@@ -41,8 +42,14 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
             log(line)
     if cfg.html:
         write_html(cfg, table, df, everything, sentences)
-        log(f"wrote {cfg.html}")
+        _note(f"wrote {cfg.html}")
     return table
+
+
+def _note(message: str) -> None:
+    """What compare says about files and rows goes to stderr: stdout is the table alone (a CSV
+    or markdown to redirect into a file)."""
+    print(message, file=sys.stderr)
 
 
 def write_html(cfg: CompareConfig, table, df, everything, sentences) -> None:

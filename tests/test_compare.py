@@ -189,6 +189,23 @@ def test_the_best_pipeline_with_a_pretrained_encoder_is_judged_across_selections
     assert line == ["animals, 10 labels in all, any selection: pretraining paid. Best pipeline with a pretrained "
                     "encoder (typiclust on contrastive, then scratch: 90.0) vs best without one (typiclust on "
                     "pixels, then scratch: 82.0): +8.0 points (95% CI +8.0 to +8.0, paired over 5 seed(s))."]
+    cells = {l.split(":")[0]: l for l in output.splitlines() if "labels in all (" in l}
+    # within one selection every learner has the same labels: the cell weighs the pretrained start
+    assert cells["animals, 10 labels in all (random)"] == (
+        "animals, 10 labels in all (random): the pretrained start paid. Best with a pretrained start, "
+        "contrastive-finetuned, vs best without, scratch: +1.0 points (95% CI +1.0 to +1.0, paired over 5 seed(s)).")
+    assert "animals, 10 labels in all (typiclust on contrastive)" not in cells  # no pretrained start there
+    table2 = pd.concat([table, pd.DataFrame(rows("contrastive-finetuned", "typiclust on contrastive",
+                                                 "runs/pretrain-contrastive", [v - 0.01 for v in chosen]))])
+    table2.to_csv(tmp_path / "r2.csv", index=False)
+    cells = {l.split(":")[0]: l for l in invoke(tmp_path / "r2.csv").output.splitlines() if "labels in all (" in l}
+    assert cells["animals, 10 labels in all (typiclust on contrastive)"].startswith(
+        "animals, 10 labels in all (typiclust on contrastive): the pretrained start did NOT pay (it lost). Best "
+        "with a pretrained start, contrastive-finetuned, vs best without, scratch: -1.0 points")
+    assert cells["animals, 10 labels in all (typiclust on contrastive)"].endswith(
+        "; every learner here learned from the labels the contrastive encoder chose (the any-selection line weighs "
+        "the choice).")  # and the pixels' choice has no such caveat
+    assert "encoder chose" not in cells["animals, 10 labels in all (random)"]
     lucky = pd.DataFrame(rows("contrastive-finetuned", "typiclust on contrastive", "runs/pretrain-contrastive",
                               [0.99, 0.99]))  # a partly run cell: 2 seeds of 5, best mean
     pd.concat([table, lucky]).to_csv(tmp_path / "partial.csv", index=False)
@@ -279,3 +296,18 @@ def test_compare_says_how_the_evaluated_features_compare_with_pixels(tmp_path):
     assert result.exit_code == 0, result.output
     assert ("features of runs/enc (contrastive, readout avg) on animals: 20-NN 92.6%, k-NN error vs pixels: 0.42x, "
             "1-NN from 4 labels/class 60.3% (+22.4 vs pixels)") in result.output
+
+
+def test_stdout_holds_the_summary_alone_and_notes_go_to_stderr(tmp_path):
+    """`compare --format csv > summary.csv` must hold a CSV: the files written and the rows
+    skipped are said on stderr."""
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-finetuned": PRETRAINED})
+    with open(table, "a") as f:
+        f.write("fine-tune,ok,digits,scratch")  # a half-written last line (no newline): skipped, and said
+    result = invoke(table, "--format", "csv", "--plot", tmp_path / "p.png", "--html", tmp_path / "p.html")
+    assert result.exit_code == 0, result.output
+    summary = pd.read_csv(io.StringIO(result.stdout))
+    assert list(summary["method"]) == ["contrastive-finetuned", "scratch"] and len(summary.columns) > 5
+    notes = result.stderr.splitlines()
+    assert notes[0].startswith("warning: ") and "half-written last line" in notes[0]
+    assert notes[1:] == [f"wrote {tmp_path / 'p.png'}", f"wrote {tmp_path / 'p.html'}"]

@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -40,3 +42,35 @@ def test_the_readme_is_short_and_its_links_resolve():
         assert (ROOT / link).exists(), link
     commands = re.findall(r"```bash\n(pip install[^\n]*)\n```", text)
     assert commands == ['pip install -e . && transfer demo', 'pip install -e ".[test]" && python -m pytest -q']
+
+
+def _docs_tables():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_tables", ROOT / "tools" / "docs_tables.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_every_results_table_is_the_output_of_the_command_above_it(tmp_path):
+    """docs/results.md says its tables are not typed by hand: each is what its `transfer compare`
+    command prints from the shipped CSVs today (tools/docs_tables.py --write makes them so)."""
+    tables = _docs_tables()
+    page = tmp_path / "results.md"
+    text = (ROOT / "docs" / "results.md").read_text(encoding="utf-8")
+    assert len(list(tables.tables(text))) >= 8
+    page.write_text(text, encoding="utf-8")
+    assert tables.refresh(page, write=False) == []
+    # a number edited by hand, or a command whose --where was dropped, is caught and written back
+    edited = text.replace("| animals | scratch | 2 | 5 | 55.9 ± 3.7 |", "| animals | scratch | 2 | 5 | 56.9 ± 3.7 |", 1)
+    edited = edited.replace("--where \"experiment == 'digits_low'\" ", "", 1)
+    assert edited.count("56.9 ± 3.7") == 1 and "digits_low'" not in edited
+    page.write_text(edited, encoding="utf-8")
+    assert tables.main([str(page)]) == 1
+    assert tables.refresh(page, write=True) == ["animals-table", "digits-low-table"]
+    written = page.read_text(encoding="utf-8")
+    assert "55.9 ± 3.7" in written  # the shipped row again
+    assert "| digits | contrastive-finetuned | 2 | 10 |" in written  # all ten seeds: what the bare command prints
+    assert tables.refresh(page, write=False) == []

@@ -25,16 +25,31 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
         if pretrained.empty or not group["best_baseline"].iloc[0]:
             continue
         best = pretrained.loc[pretrained["mean"].idxmax()]
-        where = ", ".join(_describe(c, v) for c, v in zip(context, keys if isinstance(keys, tuple) else (keys,)))
+        values = dict(zip(context, keys if isinstance(keys, tuple) else (keys,)))
+        where = ", ".join(_describe(c, v) for c, v in values.items())
         diff = best["vs_best_baseline"] * scale
+        # Within a total budget every learner has the same labels, so what the cell weighs is the
+        # start; when an encoder chose those labels, pretraining is in every pipeline of the cell.
+        how = _selection(values["labels_per_class"]) if " in all " in str(values.get("labels_per_class")) else None
         word, sure = _judgement(diff, best["ci_low"] * scale, best["ci_high"] * scale, best["significant"],
-                                best["comparison"], best["paired_seeds"])
-        out.append(f"{where}: {word}. Best pretrained {best['method']} vs best baseline {best['best_baseline']}: "
-                   f"{diff:+.1f}{unit} ({sure}).")
+                                best["comparison"], best["paired_seeds"], "the pretrained start" if how else "pretraining")
+        pair = (f"Best with a pretrained start, {best['method']}, vs best without, {best['best_baseline']}" if how
+                else f"Best pretrained {best['method']} vs best baseline {best['best_baseline']}")
+        out.append(f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}.")
     return out
 
 
-def _judgement(diff: float, low: float, high: float, significant: bool, comparison: str, seeds) -> tuple[str, str]:
+def _chosen_by_encoder(how: str | None) -> str:
+    """The caveat of a cell whose labels a pretrained encoder chose (every learner in it used pretraining)."""
+    features = (how or "").rpartition(" on ")[2]
+    if not how or " on " not in how or features.split(" (")[0] in ("pixels", "random"):
+        return ""
+    return f"; every learner here learned from the labels the {features} encoder chose (the any-selection line " \
+           "weighs the choice)"
+
+
+def _judgement(diff: float, low: float, high: float, significant: bool, comparison: str, seeds,
+               subject: str = "pretraining") -> tuple[str, str]:
     """(verdict word, how sure) of a difference from the best without pretraining and its interval."""
     if math.isnan(low):
         sure = "no interval: too few runs"
@@ -43,10 +58,10 @@ def _judgement(diff: float, low: float, high: float, significant: bool, comparis
     else:
         sure = f"95% CI {low:+.1f} to {high:+.1f}, {comparison} over {int(seeds)} seed(s)"
     if significant and diff > 0:
-        return "pretraining paid", sure
+        return f"{subject} paid", sure
     if significant:
-        return "pretraining did NOT pay (it lost)", sure
-    return "no clear difference: pretraining did not pay", sure
+        return f"{subject} did NOT pay (it lost)", sure
+    return f"no clear difference: {subject} did not pay", sure
 
 
 def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
