@@ -203,8 +203,8 @@ def test_the_best_pipeline_with_a_pretrained_encoder_is_judged_across_selections
         "animals, 10 labels in all (typiclust on contrastive): the pretrained start did NOT pay (it lost). Best "
         "with a pretrained start, contrastive-finetuned, vs best without, scratch: -1.0 points")
     assert cells["animals, 10 labels in all (typiclust on contrastive)"].endswith(
-        "; every learner here learned from the labels the contrastive encoder chose (the any-selection line weighs "
-        "the choice).")  # and the pixels' choice has no such caveat
+        "; every learner here learned from the labels the contrastive encoder chose (the choice is weighed across "
+        "selections).")  # and the pixels' choice has no such caveat
     assert "encoder chose" not in cells["animals, 10 labels in all (random)"]
     lucky = pd.DataFrame(rows("contrastive-finetuned", "typiclust on contrastive", "runs/pretrain-contrastive",
                               [0.99, 0.99]))  # a partly run cell: 2 seeds of 5, best mean

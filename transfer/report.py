@@ -44,8 +44,8 @@ def _chosen_by_encoder(how: str | None) -> str:
     features = (how or "").rpartition(" on ")[2]
     if not how or " on " not in how or features.split(" (")[0] in ("pixels", "random"):
         return ""
-    return f"; every learner here learned from the labels the {features} encoder chose (the any-selection line " \
-           "weighs the choice)"
+    return f"; every learner here learned from the labels the {features} encoder chose (the choice is weighed " \
+           "across selections)"
 
 
 def _judgement(diff: float, low: float, high: float, significant: bool, comparison: str, seeds,
