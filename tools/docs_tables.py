@@ -13,6 +13,7 @@ in a scratch folder); a table that differs is listed and the exit status is 1, o
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
 import sys
@@ -20,6 +21,11 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from click.testing import CliRunner  # noqa: E402
+
+from cli import main as transfer  # noqa: E402
 DOCS = [ROOT / "docs" / "results.md", ROOT / "docs" / "comparing.md"]
 BLOCK = re.compile(r"<!-- ([a-z0-9-]+) -->\n(.*?)<!-- /\1 -->", re.S)
 FENCE = re.compile(r"```bash\n(.*?)```", re.S)
@@ -41,20 +47,13 @@ def tables(text: str):
 def output(arguments: list[str], plots: Path | None = None) -> str:
     """What `transfer compare ARGUMENTS` prints from the repository root (its --plot written
     under `plots` instead, when given)."""
-    import os
-
-    from click.testing import CliRunner
-
-    sys.path.insert(0, str(ROOT))
-    from cli import main
-
     if plots is not None and "--plot" in arguments:
         at = arguments.index("--plot") + 1
         arguments = [*arguments[:at], str(plots / Path(arguments[at]).name), *arguments[at + 1:]]
     here = os.getcwd()
     os.chdir(ROOT)
     try:
-        result = CliRunner().invoke(main, ["compare", *arguments])
+        result = CliRunner().invoke(transfer, ["compare", *arguments])
     finally:
         os.chdir(here)
     if result.exit_code != 0:

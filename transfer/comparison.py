@@ -83,8 +83,8 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
 
 def uses_pretraining(method: str, select_encoder) -> bool:
     """Does a pipeline use a pretrained encoder: to start from, or to choose its labels with?"""
-    chosen_with = "" if pd.isna(select_encoder) else str(select_encoder)
-    return not methods.is_baseline(method) or chosen_with not in ("", "pixels", "random")
+    return not methods.is_baseline(method) or methods.chosen_by_encoder(None if pd.isna(select_encoder) else
+                                                                         select_encoder)
 
 
 def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFrame:

@@ -92,6 +92,12 @@ def _name(objective, encoder, freeze, unfreeze_top) -> str:
     return f"{objective}-top{unfreeze_top}" if unfreeze_top else f"{objective}-frozen"
 
 
+def chosen_by_encoder(features) -> bool:
+    """Were a selection's features a pretrained encoder's (a run directory, or the objective naming
+    it in a budget's name), not raw pixels, a random encoder or none?"""
+    return str(features or "").split(" (")[0] not in ("", "pixels", "random")
+
+
 def is_baseline(method: str) -> bool:
     """True for methods that use no pretraining (what pretraining is compared against)."""
     try:

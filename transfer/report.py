@@ -42,7 +42,7 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
 def _chosen_by_encoder(how: str | None) -> str:
     """The caveat of a cell whose labels a pretrained encoder chose (every learner in it used pretraining)."""
     features = (how or "").rpartition(" on ")[2]
-    if not how or " on " not in how or features.split(" (")[0] in ("pixels", "random"):
+    if " on " not in (how or "") or not methods.chosen_by_encoder(features):
         return ""
     return f"; every learner here learned from the labels the {features} encoder chose (the choice is weighed " \
            "across selections)"
