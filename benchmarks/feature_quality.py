@@ -15,7 +15,14 @@ pretraining image as reference (for reporting a choice already made). The table 
 (the results row's), the k-NN error as a ratio of the pixels' (below 1: fewer errors),
 and the 1-NN gain over pixels at 4 labels per class.
 
+`--encoders DIR,...` scores encoders already pretrained (pretrain run directories, e.g. one
+pretraining run longer than the default) by the same protocol instead of pretraining: its
+setting is the directory, its seconds the training time its history.csv records. Score them
+on the data they were pretrained on (outside its test split), or the folds hold images the
+encoder never saw beside ones it did.
+
     python benchmarks/feature_quality.py [--data digits,animals] [--settings defaults,...] [--on validation]
+    python benchmarks/feature_quality.py --data animals --encoders runs/a,runs/b
 """
 
 from __future__ import annotations
@@ -67,7 +74,21 @@ def folds(labels, ids, k: int = FOLDS):
     return fold
 
 
-def worker(data: str, setting: str, seed: int, on: str, out: str) -> list[dict]:
+def pretrained(out: str) -> dict:
+    """The cost fields of an encoder pretrained before: training seconds from its history,
+    images/s from the images it saw in them."""
+    import pandas as pd
+
+    from transfer import artifacts
+
+    manifest = artifacts.read_manifest(out, "encoder")
+    history = pd.read_csv(Path(out) / "history.csv")
+    seconds = float(history["seconds"].sum())
+    seen = manifest.get("data", {}).get("images", 0) * len(history)
+    return {"seconds": seconds, "images_per_second": seen / seconds if seconds else None}
+
+
+def worker(data: str, setting: str, seed: int, on: str, out: str, encoder_dir: str | None = None) -> list[dict]:
     from pipelines import pretrain
     from transfer import artifacts, builtins, evaluation, features, models, stream, training
     from transfer import data as datalib
@@ -75,9 +96,12 @@ def worker(data: str, setting: str, seed: int, on: str, out: str) -> list[dict]:
     from transfer.config import PretrainConfig
 
     size = IMAGE_SIZE[data]
-    cfg = PretrainConfig(data=data, out=out, image_size=size, results=str(Path(out).parent / "rows.csv"),
-                         plots=False, seed=seed, **SETTINGS[setting])
-    row = pretrain.run(cfg, log=lambda message: None)
+    if encoder_dir:  # scored as pretrained before
+        out, row = encoder_dir, pretrained(encoder_dir)
+    else:
+        cfg = PretrainConfig(data=data, out=out, image_size=size, results=str(Path(out).parent / "rows.csv"),
+                             plots=False, seed=seed, **SETTINGS[setting])
+        row = pretrain.run(cfg, log=lambda message: None)
     encoder, manifest = artifacts.load_model_run(out, "encoder")
     everything = builtins.load(data, size, None, True, split="all")
     pool, test = datalib.split_test(everything.labels, everything.ids, 0.2) if everything.test_mask is None else (
@@ -114,21 +138,24 @@ def main() -> None:
     parser.add_argument("--settings", default="defaults,vicreg")
     parser.add_argument("--seeds", default="0", help="pretraining seeds: one row group each")
     parser.add_argument("--on", choices=("validation", "test"), default="validation")
+    parser.add_argument("--encoders", help="pretrain run directories to score instead of pretraining (comma-separated)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        data, setting, seed, out = json.loads(args.worker)
-        print("ROWS " + json.dumps(worker(data, setting, seed, args.on, out)))
+        data, setting, seed, out, encoder_dir = json.loads(args.worker)
+        print("ROWS " + json.dumps(worker(data, setting, seed, args.on, out, encoder_dir)))
         os._exit(0)  # skip TensorFlow's slow teardown
     print("| data | setting | seed | features | readout | 20-NN % | k-NN error vs pixels | 1-NN@1 % | 1-NN@4 % "
           "| 1-NN@4 vs pixels | pretraining s | images/s |")
     print("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
         for data in args.data.split(","):
-            for setting, seed in [(s, int(n)) for s in args.settings.split(",") for n in args.seeds.split(",")]:
+            jobs = ([(d, 0, d) for d in args.encoders.split(",")] if args.encoders else
+                    [(s, int(n), None) for s in args.settings.split(",") for n in args.seeds.split(",")])
+            for setting, seed, encoder_dir in jobs:
                 out = os.path.join(tmp, f"{data}-{setting}-{seed}")
                 proc = subprocess.run([sys.executable, __file__, "--on", args.on, "--worker",
-                                       json.dumps([data, setting, seed, out])], capture_output=True, text=True)
+                                       json.dumps([data, setting, seed, out, encoder_dir])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
                 if not found:
                     print(f"| {data} | {setting} | {seed} | failed: {proc.stderr.strip().splitlines()[-1:]} |")
