@@ -74,3 +74,20 @@ def test_every_results_table_is_the_output_of_the_command_above_it(tmp_path):
     assert "55.9 ± 3.7" in written  # the shipped row again
     assert "| digits | contrastive-finetuned | 2 | 10 |" in written  # all ten seeds: what the bare command prints
     assert tables.refresh(page, write=False) == []
+
+
+def test_every_number_of_the_readme_verdict_table_is_on_a_docs_page():
+    """The verdict table is typed from docs/results.md and docs/benchmarks.md: each difference
+    with its interval and each mean with its spread must be one those pages hold (as compare
+    prints it or as the prose says it), so a re-run that changes a page leaves no stale verdict."""
+    tables = _docs_tables()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    pages = [page.read_text(encoding="utf-8") for page in tables.SOURCES]
+    assert tables.unsupported(readme, pages) == []
+    assert "+23.6 [+17.7, +29.4]" in readme and "62.2 ± 2.5" in readme  # numbers the check reads
+    edited = readme.replace("+23.6 [+17.7, +29.4]", "+23.6 [+17.7, +29.9]").replace("62.2 ± 2.5", "62.2 ± 2.6")
+    assert sorted(tables.unsupported(edited, pages)) == ["+23.6 [+17.7, +29.9]", "62.2 ± 2.6"]
+    # the compare sentence and the prose forms of a difference both count
+    assert tables.unsupported(readme, [tables.SAID.sub("", page) for page in pages]) != []
+    with pytest.raises(ValueError, match="no verdict table"):
+        tables.unsupported("# transfer\n", pages)

@@ -7,6 +7,12 @@ command runs in process from the repository root, on the shipped CSV files (a `-
 in a scratch folder); a table that differs is listed and the exit status is 1, or with
 `--write` the command's output replaces it (and its plot is drawn again in place).
 
+The README's verdict table is typed by hand from those pages, so each of its numbers (a
+difference with its interval, `+4.6 [+2.5, +6.6]`, and a mean with its spread, `90.4 ± 1.6`)
+is checked to appear on a docs page (results or benchmarks; a compare sentence's "+4.6
+points (95% CI +2.5 to +6.6" counts as `+4.6 [+2.5, +6.6]`): a README number no page
+holds is listed and the exit status is 1 (`--write` leaves the README to be edited by hand).
+
     python tools/docs_tables.py [--write] [docs/results.md ...]
 """
 
@@ -27,6 +33,7 @@ from click.testing import CliRunner  # noqa: E402
 
 from cli import main as transfer  # noqa: E402
 DOCS = [ROOT / "docs" / "results.md", ROOT / "docs" / "comparing.md"]
+SOURCES = [ROOT / "docs" / "results.md", ROOT / "docs" / "benchmarks.md"]  # where the README's verdicts come from
 BLOCK = re.compile(r"<!-- ([a-z0-9-]+) -->\n(.*?)<!-- /\1 -->", re.S)
 FENCE = re.compile(r"```bash\n(.*?)```", re.S)
 
@@ -79,6 +86,23 @@ def refresh(page: Path, write: bool) -> list[str]:
     return stale
 
 
+INTERVAL = r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]"
+SPREAD = r"\d+\.\d ± \d+\.\d"
+# how the pages say a difference and its interval: compare's "+4.6 points (95% CI +2.5 to +6.6",
+# the prose's "+4.6 (+2.5 to +6.6)" and "+4.6 points (95% interval +2.5 to +6.6"
+SAID = re.compile(r"([+-]\d+\.\d)\**(?: points)? \((?:95% (?:CI|interval) )?([+-]\d+\.\d)\s+to\s+([+-]\d+\.\d)")
+
+
+def unsupported(readme: str, pages: list[str]) -> list[str]:
+    """The numbers of the README's verdict table (its section "Does it pay?") that no page holds."""
+    section = readme.split("## Does it pay?", 1)[-1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    if len(rows) < 3:
+        raise ValueError("README.md: no verdict table under '## Does it pay?'")
+    said = "\n".join(SAID.sub(r"\1 [\2, \3]", page) for page in pages)
+    return [number for row in rows for number in re.findall(f"{INTERVAL}|{SPREAD}", row) if number not in said]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("pages", nargs="*", type=Path, default=DOCS)
@@ -88,7 +112,11 @@ def main(argv=None) -> int:
     for page, names in stale.items():
         for name in names:
             print(f"{page}: table {name} {'written again' if args.write else 'differs from its command'}")
-    return 1 if any(stale.values()) and not args.write else 0
+    missing = unsupported((ROOT / "README.md").read_text(encoding="utf-8"),
+                          [page.read_text(encoding="utf-8") for page in SOURCES])
+    for number in missing:
+        print(f"README.md: the verdict table's {number} is on no page of {', '.join(p.name for p in SOURCES)}")
+    return 1 if missing or (any(stale.values()) and not args.write) else 0
 
 
 if __name__ == "__main__":
