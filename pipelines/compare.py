@@ -35,6 +35,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     context = [c for c in by if c != "method"]
     sentences = report.verdicts(table, context, cfg.metric)
     sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
+    sentences += report.choice_verdicts(comparison.choice_gains(df, context, cfg.metric), cfg.metric)
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
             log(comparison.NOTE)

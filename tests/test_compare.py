@@ -216,6 +216,51 @@ def test_the_best_pipeline_with_a_pretrained_encoder_is_judged_across_selections
     assert "any selection" not in invoke(tmp_path / "one_side.csv").output
 
 
+def test_each_learners_best_choice_of_images_is_weighed_against_its_blind_draw(tmp_path):
+    """Which images to label, learner by learner: at each total budget, every learner with a
+    blind draw and a chosen set gets its best choice's paired difference from the blind draw;
+    the stratified oracle is not a choice, and a learner with no blind draw is left out."""
+    def rows(method, how, encoder, accuracies, labels=10):
+        return [{"command": "fine-tune", "status": "ok", "data": "animals", "method": method, "labels": labels,
+                 "selection": how.split()[0], "select_encoder": encoder,
+                 "labels_per_class": f"{labels} in all ({how})", "seed": s, "test_accuracy": a, "seconds": 1.0}
+                for s, a in enumerate(accuracies)]
+
+    def shifted(d, base=SCRATCH):
+        return [v + d for v in base]
+
+    noisy = [SCRATCH[k] + d for k, d in enumerate([0.03, -0.02, 0.01, -0.03, 0.02])]
+    table = pd.DataFrame(rows("scratch", "random", None, SCRATCH)
+                         + rows("scratch", "typiclust on pixels", "pixels", shifted(0.02))
+                         + rows("scratch", "typiclust on contrastive", "runs/pretrain-contrastive", shifted(0.10))
+                         + rows("scratch", "stratified", None, shifted(0.15))  # the oracle: not a choice
+                         + rows("scratch-semi", "random", None, shifted(0.05))
+                         + rows("scratch-semi", "kcenter on contrastive", "runs/pretrain-contrastive", noisy)
+                         + rows("contrastive-finetuned", "typiclust on contrastive", "runs/pretrain-contrastive",
+                                shifted(0.12))  # no blind draw: not weighed
+                         + rows("scratch", "random", None, SCRATCH, labels=20)
+                         + rows("scratch", "typiclust on contrastive", "runs/pretrain-contrastive",
+                                shifted(-0.04), labels=20)
+                         + rows("scratch", "typiclust on pixels", "pixels", shifted(0.30)[:2], labels=20))
+    table.to_csv(tmp_path / "r.csv", index=False)
+    lines = [l for l in invoke(tmp_path / "r.csv").output.splitlines() if "which images" in l]
+    assert lines == [
+        "animals, 10 labels in all, which images: the best choice beat a blind draw for 1 of 2 learner(s). scratch "
+        "on typiclust on contrastive, 90.0 against 80.0: +10.0 points (95% CI +10.0 to +10.0, paired over 5 "
+        "seed(s)); scratch-semi on kcenter on contrastive, 80.2 against 85.0: -4.8 points (95% CI -8.0 to -1.6, "
+        "paired over 5 seed(s)).",
+        "animals, 20 labels in all, which images: the best choice beat a blind draw for 0 of 1 learner(s). scratch "
+        "on typiclust on contrastive, 76.0 against 80.0: -4.0 points (95% CI -4.0 to -4.0, paired over 5 seed(s)); "
+        "1 choice(s) run on fewer seeds not ranked.",  # the 2-seed pixels cell's +30 mean does not win
+    ]
+    d = np.array(noisy) - np.array(shifted(0.05))
+    half = scipy_stats.t.ppf(0.975, 4) * d.std(ddof=1) / np.sqrt(5)
+    assert f"{100 * (d.mean() - half):+.1f} to {100 * (d.mean() + half):+.1f}" == "-8.0 to -1.6"
+    blind_only = table[table["selection"] == "random"]
+    blind_only.to_csv(tmp_path / "blind.csv", index=False)  # no choice to weigh: no sentence
+    assert "which images" not in invoke(tmp_path / "blind.csv").output
+
+
 def test_scratch_semi_is_a_baseline_and_can_take_the_win_away(tmp_path):
     """Semi-supervised methods are compared with the semi-supervised baseline: with scratch-semi
     in the table the best baseline is scratch-semi, and a win over scratch becomes a loss."""

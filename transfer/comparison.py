@@ -94,39 +94,80 @@ def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.Data
     pipelines run on that side's most seeds (`unranked` counts those left out for fewer: a
     partly run grid cell's mean is not comparable). `context`: the other grouping columns
     (e.g. data). Empty when the rows have no total budgets or one side is missing."""
-    needed = {"labels", "labels_per_class", "method"}
-    if not needed <= set(df.columns) or df["labels"].isna().all():
-        return pd.DataFrame()
+    out = []
+    for entry, group in _total_budgets(df, context):
+        pipes = _pipelines(group, metric)
+        if pipes["_pretrained"].all() or not pipes["_pretrained"].any():
+            continue
+        best, unranked = {}, 0
+        for side in (True, False):
+            best[side], left_out = _best_of(pipes[pipes["_pretrained"] == side], metric)
+            unranked += left_out
+        d = stats.difference(_per_seed(group, best[True], metric), _per_seed(group, best[False], metric))
+        for side, name in ((True, "with"), (False, "without")):
+            entry.update({f"{name}_budget": best[side]["labels_per_class"], f"{name}_method": best[side]["method"],
+                          f"{name}_mean": best[side][metric]})
+        out.append({**entry, **_difference_fields(d), "unranked": unranked})
+    return pd.DataFrame(out)
+
+
+def choice_gains(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFrame:
+    """At each total label budget, for each learner (method) that has a blind draw (selection
+    `random`) and at least one chosen selection (not `random`, not the `stratified` oracle): its
+    best choice against its blind draw, paired over the seeds both share, with a 95% interval;
+    the best ranked among the learner's choices run on the most seeds. Which images to label,
+    weighed learner by learner. Empty when no learner has both."""
+    out = []
+    for entry, group in _total_budgets(df, context):
+        for method, runs in group.groupby("method", sort=True):
+            pipes = _pipelines(runs, metric)
+            kinds = pipes["labels_per_class"].map(lambda b: str(b).partition("(")[2].rstrip(")"))
+            blind, chosen = pipes[kinds == "random"], pipes[~kinds.isin(["random", "stratified"])]
+            if blind.empty or chosen.empty:
+                continue
+            best, unranked = _best_of(chosen, metric)
+            d = stats.difference(_per_seed(runs, best, metric), _per_seed(runs, blind.iloc[0], metric))
+            out.append({**entry, "method": method, "choice": best["labels_per_class"], "choice_mean": best[metric],
+                        "blind_mean": blind.iloc[0][metric], **_difference_fields(d), "unranked": unranked})
+    return pd.DataFrame(out)
+
+
+def _total_budgets(df: pd.DataFrame, context: list[str]):
+    """(the group's key fields, its rows) per total label budget (rows with `labels`) and
+    context; each row marked `_pretrained` (a pretrained start or an encoder's choice)."""
+    if not {"labels", "labels_per_class", "method"} <= set(df.columns) or df["labels"].isna().all():
+        return
     rows = df[df["labels"].notna()].copy()
     encoder = rows["select_encoder"] if "select_encoder" in rows else pd.Series("", index=rows.index)
     rows["_pretrained"] = [uses_pretraining(m, e) for m, e in zip(rows["method"], encoder)]
     keys = [c for c in context if c not in ("labels_per_class", "method", "labels")] + ["labels"]
-    out = []
     for key, group in rows.groupby(keys, dropna=False, sort=True):
-        seeds = ("seed", "nunique") if "seed" in group else (metric, "size")
-        pipes = group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False).agg(
-            **{metric: (metric, "mean"), "_seeds": seeds}).reset_index()
-        if pipes["_pretrained"].all() or not pipes["_pretrained"].any():
-            continue
-        best, unranked = {}, 0
-        for side in (True, False):  # ranked among the side's pipelines run on the most seeds: a mean over fewer
-            mine = pipes[pipes["_pretrained"] == side]  # seeds is not comparable (one lucky seed would win)
-            full = mine[mine["_seeds"] == mine["_seeds"].max()]
-            best[side], unranked = full.sort_values(metric, kind="stable").iloc[-1], unranked + len(mine) - len(full)
+        yield dict(zip(keys, key if isinstance(key, tuple) else (key,))), group
 
-        def per_seed(pipe):
-            runs = group[(group["labels_per_class"] == pipe["labels_per_class"]) & (group["method"] == pipe["method"])]
-            return runs.groupby("seed")[metric].mean() if "seed" in runs else runs[metric].reset_index(drop=True)
 
-        d = stats.difference(per_seed(best[True]), per_seed(best[False]))
-        entry = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
-        for side, name in ((True, "with"), (False, "without")):
-            entry.update({f"{name}_budget": best[side]["labels_per_class"], f"{name}_method": best[side]["method"],
-                          f"{name}_mean": best[side][metric]})
-        entry.update(diff=d["diff"], low=d["low"], high=d["high"], seeds=d["seeds"], comparison=d["kind"],
-                     significant=stats.excludes_zero(d["low"], d["high"]), unranked=unranked)
-        out.append(entry)
-    return pd.DataFrame(out)
+def _pipelines(group: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (selection budget, method) of a total budget's rows: mean and seeds run."""
+    seeds = ("seed", "nunique") if "seed" in group else (metric, "size")
+    return group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False).agg(
+        **{metric: (metric, "mean"), "_seeds": seeds}).reset_index()
+
+
+def _best_of(pipes: pd.DataFrame, metric: str) -> tuple[pd.Series, int]:
+    """(the best pipeline, how many were not ranked): ranked among those run on the most seeds,
+    since a mean over fewer seeds is not comparable (one lucky seed would win)."""
+    full = pipes[pipes["_seeds"] == pipes["_seeds"].max()]
+    return full.sort_values(metric, kind="stable").iloc[-1], len(pipes) - len(full)
+
+
+def _per_seed(group: pd.DataFrame, pipe: pd.Series, metric: str) -> pd.Series:
+    """seed -> value of one pipeline (selection budget and method) of a group's rows."""
+    runs = group[(group["labels_per_class"] == pipe["labels_per_class"]) & (group["method"] == pipe["method"])]
+    return runs.groupby("seed")[metric].mean() if "seed" in runs else runs[metric].reset_index(drop=True)
+
+
+def _difference_fields(d: dict) -> dict:
+    return {"diff": d["diff"], "low": d["low"], "high": d["high"], "seeds": d["seeds"], "comparison": d["kind"],
+            "significant": stats.excludes_zero(d["low"], d["high"])}
 
 
 def select(table: pd.DataFrame, cfg: CompareConfig) -> pd.DataFrame:

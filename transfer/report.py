@@ -82,6 +82,31 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
     return out
 
 
+def choice_verdicts(gains: pd.DataFrame, metric: str) -> list[str]:
+    """One sentence per total budget (`transfer.comparison.choice_gains`): for how many learners
+    the best choice of images beat a blind draw of the same size, and each learner's difference."""
+    if gains.empty:
+        return []
+    scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
+    keys = list(gains.columns[: list(gains.columns).index("labels") + 1])
+    out = []
+    for key, group in gains.groupby(keys, dropna=False, sort=False):
+        values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
+        where = ", ".join(str(values[c]) for c in keys[:-1])
+        beat = int((group["significant"] & (group["diff"] > 0)).sum())
+        each = []
+        for _, g in group.iterrows():
+            _, sure = _judgement(g["diff"] * scale, g["low"] * scale, g["high"] * scale, g["significant"],
+                                 g["comparison"], g["seeds"])
+            each.append(f"{g['method']} on {_selection(g['choice'])}, {g['choice_mean'] * scale:.1f} against "
+                        f"{g['blind_mean'] * scale:.1f}: {g['diff'] * scale:+.1f}{unit} ({sure})")
+        left_out = int(group["unranked"].sum())
+        out.append(f"{where + ', ' if where else ''}{int(values['labels'])} labels in all, which images: the best "
+                   f"choice beat a blind draw for {beat} of {len(group)} learner(s). " + "; ".join(each)
+                   + (f"; {left_out} choice(s) run on fewer seeds not ranked" if left_out else "") + ".")
+    return out
+
+
 def _unranked(best: pd.Series) -> str:
     n = int(best["unranked"])
     return f"; {n} pipeline(s) run on fewer seeds not ranked" if n else ""
