@@ -99,22 +99,15 @@ class BYOL(contrastive.SimCLR):
         p2 = self.predictor(self.embed(v2, training), training=training)
         return byol_loss(p1, self.target_embed(v2), p2, self.target_embed(v1))
 
-    def train_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
-        v1, v2 = self.augment(x, training=True), self.augment(x, training=True)
-        variables = self._followed() + self.predictor.trainable_variables
-        loss = distribute.gradient_step(self.optimizer, variables, lambda: self.views_loss(v1, v2, True))
+    def trained(self) -> list:
+        return self._followed() + self.predictor.trainable_variables
+
+    def after_step(self) -> None:
+        """The target follows the online network: an exponential moving average at the momentum
+        of this step."""
         tau = momentum(self.optimizer.iterations, self.steps, self.tau)
         for target, v in zip(self.target_weights, self._followed()):
             target.assign(tau * target + (1.0 - tau) * ops.cast(v, target.dtype))
-        self.loss_tracker.update_state(loss)
-        return {"loss": self.loss_tracker.result()}
-
-    def test_step(self, data):
-        x = data[0] if isinstance(data, tuple) else data
-        self.loss_tracker.update_state(self.views_loss(self.augment(x, training=True),
-                                                       self.augment(x, training=True), False))
-        return {"loss": self.loss_tracker.result()}
 
 
 def build(encoder, blocks, shape, options: Options) -> BYOL:

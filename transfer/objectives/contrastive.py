@@ -94,7 +94,7 @@ class SimCLR(keras.Model):
     def __init__(self, encoder, augment, projection=PROJECTION, temperature=TEMPERATURE, loss=None, **kwargs):
         super().__init__(**kwargs)
         self.encoder, self.augment, self.temperature = encoder, augment, temperature
-        self.two_view_loss = loss or (lambda z1, z2: nt_xent(z1, z2, self.temperature))
+        self.two_view_loss = loss  # (z1, z2) -> loss of the two views' projections; None: NT-Xent
         self.pool = layers.GlobalAveragePooling2D()
         self.projector = projector(projection)
         self.loss_tracker = keras.metrics.Mean(name="loss")
@@ -114,21 +114,30 @@ class SimCLR(keras.Model):
     def embed(self, x, training):
         return self.projector(self.pool(self.encoder(x, training=training)), training=training)
 
+    def trained(self) -> list:
+        """The variables the optimizer updates."""
+        return self.encoder.trainable_variables + self.projector.trainable_variables
+
+    def views_loss(self, v1, v2, training):
+        """The loss of two views of a batch: the two-view loss of their projections."""
+        z1, z2 = self.embed(v1, training), self.embed(v2, training)
+        return self.two_view_loss(z1, z2) if self.two_view_loss else nt_xent(z1, z2, self.temperature)
+
+    def after_step(self) -> None:
+        """What follows each optimizer step (nothing here; BYOL moves its target)."""
+
     def train_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
-        v1 = self.augment(x, training=True)
-        v2 = self.augment(x, training=True)
-        loss = distribute.gradient_step(self.optimizer,
-                                        self.encoder.trainable_variables + self.projector.trainable_variables,
-                                        lambda: self.two_view_loss(self.embed(v1, True), self.embed(v2, True)))
+        v1, v2 = self.augment(x, training=True), self.augment(x, training=True)
+        loss = distribute.gradient_step(self.optimizer, self.trained(), lambda: self.views_loss(v1, v2, True))
+        self.after_step()
         self.loss_tracker.update_state(loss)
         return {"loss": self.loss_tracker.result()}
 
     def test_step(self, data):
         x = data[0] if isinstance(data, tuple) else data
-        loss = self.two_view_loss(self.embed(self.augment(x, training=True), False),
-                                  self.embed(self.augment(x, training=True), False))
-        self.loss_tracker.update_state(loss)
+        self.loss_tracker.update_state(self.views_loss(self.augment(x, training=True),
+                                                       self.augment(x, training=True), False))
         return {"loss": self.loss_tracker.result()}
 
 
