@@ -23,6 +23,12 @@ def budget_key(value) -> float:
         return math.inf
 
 
+def selection_of(budget) -> str:
+    """How a total budget's labels were chosen, from its name: "typiclust on pixels" of
+    "10 in all (typiclust on pixels)", "random" of "10 in all (random)"; "" for N per class."""
+    return str(budget).partition("(")[2].rstrip(")")
+
+
 def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     """Mean, std and count of `metric` per group, and each method's difference from the baselines.
 
@@ -121,7 +127,7 @@ def choice_gains(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFr
     for entry, group in _total_budgets(df, context):
         for method, runs in group.groupby("method", sort=True):
             pipes = _pipelines(runs, metric)
-            kinds = pipes["labels_per_class"].map(lambda b: str(b).partition("(")[2].rstrip(")"))
+            kinds = pipes["labels_per_class"].map(selection_of)
             blind, chosen = pipes[kinds == "random"], pipes[~kinds.isin(["random", "stratified"])]
             if blind.empty or chosen.empty:
                 continue

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer import methods
+from transfer import comparison, methods
 
 
 def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
@@ -114,7 +114,7 @@ def _unranked(best: pd.Series) -> str:
 
 def _selection(budget: str) -> str:
     """How a total budget's labels were chosen, from its name ("10 in all (typiclust on pixels)")."""
-    how = str(budget).partition("(")[2].rstrip(")")
+    how = comparison.selection_of(budget)
     return {"random": "a blind draw", "stratified": "a stratified draw (the oracle)"}.get(how, how or str(budget))
 
 
