@@ -88,7 +88,8 @@ def pretrained(out: str) -> dict:
     return {"seconds": seconds, "images_per_second": seen / seconds if seconds else None}
 
 
-def worker(data: str, setting: str, seed: int, on: str, out: str, encoder_dir: str | None = None) -> list[dict]:
+def worker(data: str, setting: str, seed: int, on: str, out: str, pretrained_before: bool = False) -> list[dict]:
+    """The rows of the encoder in `out`: pretrained there by `setting` first, unless `pretrained_before`."""
     from pipelines import pretrain
     from transfer import artifacts, builtins, evaluation, features, models, stream, training
     from transfer import data as datalib
@@ -96,8 +97,8 @@ def worker(data: str, setting: str, seed: int, on: str, out: str, encoder_dir: s
     from transfer.config import PretrainConfig
 
     size = IMAGE_SIZE[data]
-    if encoder_dir:  # scored as pretrained before
-        out, row = encoder_dir, pretrained(encoder_dir)
+    if pretrained_before:
+        row = pretrained(out)
     else:
         cfg = PretrainConfig(data=data, out=out, image_size=size, results=str(Path(out).parent / "rows.csv"),
                              plots=False, seed=seed, **SETTINGS[setting])
@@ -142,8 +143,8 @@ def main() -> None:
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        data, setting, seed, out, encoder_dir = json.loads(args.worker)
-        print("ROWS " + json.dumps(worker(data, setting, seed, args.on, out, encoder_dir)))
+        data, setting, seed, out, pretrained_before = json.loads(args.worker)
+        print("ROWS " + json.dumps(worker(data, setting, seed, args.on, out, pretrained_before)))
         os._exit(0)  # skip TensorFlow's slow teardown
     print("| data | setting | seed | features | readout | 20-NN % | k-NN error vs pixels | 1-NN@1 % | 1-NN@4 % "
           "| 1-NN@4 vs pixels | pretraining s | images/s |")
@@ -153,9 +154,10 @@ def main() -> None:
             jobs = ([(d, 0, d) for d in args.encoders.split(",")] if args.encoders else
                     [(s, int(n), None) for s in args.settings.split(",") for n in args.seeds.split(",")])
             for setting, seed, encoder_dir in jobs:
-                out = os.path.join(tmp, f"{data}-{setting}-{seed}")
+                out = encoder_dir or os.path.join(tmp, f"{data}-{setting}-{seed}")
                 proc = subprocess.run([sys.executable, __file__, "--on", args.on, "--worker",
-                                       json.dumps([data, setting, seed, out, encoder_dir])], capture_output=True, text=True)
+                                       json.dumps([data, setting, seed, out, bool(encoder_dir)])],
+                                      capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("ROWS ")]
                 if not found:
                     print(f"| {data} | {setting} | {seed} | failed: {proc.stderr.strip().splitlines()[-1:]} |")

@@ -18,7 +18,7 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
     pretraining, by how much, and how sure is that (the summary's paired 95% interval)?"""
     if not {"method", "vs_best_baseline", "best_baseline"} <= set(table.columns):
         return []
-    scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
+    scale, unit = _scale(metric)
     out = []
     for keys, group in (table.groupby(context, dropna=False, sort=False) if context else [((), table)]):
         pretrained = group[~group["method"].map(methods.is_baseline)]
@@ -37,6 +37,11 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
                 else f"Best pretrained {best['method']} vs best baseline {best['best_baseline']}")
         out.append(f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}.")
     return out
+
+
+def _scale(metric: str) -> tuple[float, str]:
+    """(factor, unit) a metric's differences are said in: accuracies as points, others as they are."""
+    return (100.0, " points") if "accuracy" in metric else (1.0, "")
 
 
 def _chosen_by_encoder(how: str | None) -> str:
@@ -68,7 +73,7 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
     """One sentence per total budget (`transfer.comparison.best_pipelines`): the best pipeline
     with a pretrained encoder (to choose the labels, to start from, or both) against the best
     without one, whichever the selection."""
-    scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
+    scale, unit = _scale(metric)
     out = []
     for _, b in best.iterrows():
         where = ", ".join(str(b[c]) for c in best.columns[: list(best.columns).index("labels")])
@@ -87,7 +92,7 @@ def choice_verdicts(gains: pd.DataFrame, metric: str) -> list[str]:
     the best choice of images beat a blind draw of the same size, and each learner's difference."""
     if gains.empty:
         return []
-    scale, unit = (100.0, " points") if "accuracy" in metric else (1.0, "")
+    scale, unit = _scale(metric)
     keys = list(gains.columns[: list(gains.columns).index("labels") + 1])
     out = []
     for key, group in gains.groupby(keys, dropna=False, sort=False):
