@@ -155,10 +155,11 @@ class Run:
 
 
 def config_dict(cfg) -> dict:
-    """The run's configuration as saved in config.json (and matched to resume a run)."""
+    """The run's configuration as saved in config.json (and matched to resume a run), with the
+    fingerprint of the code that runs it."""
     d = {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
     d.pop("overwrite", None)
-    return d
+    return {**d, "code": artifacts.code_fingerprint()}
 
 
 def encoder_blocks(cfg) -> list[architectures.Block]:

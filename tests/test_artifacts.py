@@ -108,3 +108,40 @@ def test_an_interrupted_run_of_the_same_configuration_resumes_even_with_overwrit
     assert resumed and (staging / "backup.txt").read_text() == "epoch 3"
     staging, resumed = artifacts.start_run_dir(out, overwrite=True, config={"seed": 2})
     assert not resumed and not (staging / "backup.txt").exists()
+
+
+def test_an_interrupted_run_is_resumed_only_by_the_code_that_began_it(tmp_path, monkeypatch):
+    """config.json carries the SHA-256 of the toolkit's source: the same command under another
+    build (a default or a step that changed meaning) starts over instead of continuing."""
+    import shutil
+    from pathlib import Path
+
+    from pipelines.common import config_dict
+    from transfer.config import PretrainConfig
+
+    root = Path(artifacts.__file__).resolve().parent.parent
+    copy = tmp_path / "site"
+    for package in ("transfer", "pipelines"):
+        shutil.copytree(root / package, copy / package, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(root / "cli.py", copy / "cli.py")
+    fingerprint = artifacts.code_fingerprint.__wrapped__
+    assert fingerprint() == artifacts.code_fingerprint()
+    monkeypatch.setattr(artifacts, "__file__", str(copy / "transfer" / "artifacts.py"))
+    assert fingerprint() == artifacts.code_fingerprint()  # the same source, wherever it is installed
+    step = copy / "pipelines" / "fine_tune.py"
+    step.write_text(step.read_text() + "\nDEFAULT_CHANGED = True\n")
+    other = fingerprint()
+    assert other != artifacts.code_fingerprint()
+
+    cfg = PretrainConfig(data="digits", out=str(tmp_path / "run"))
+    config = config_dict(cfg)
+    assert config["code"] == artifacts.code_fingerprint() and config["seed"] == 0
+    staging, _ = artifacts.start_run_dir(cfg.out, overwrite=False, config=config)
+    (staging / "backup.txt").write_text("epoch 3")
+    assert json.loads((staging / "config.json").read_text())["code"] == config["code"]
+    staging, resumed = artifacts.start_run_dir(cfg.out, overwrite=False, config=config_dict(cfg))
+    assert resumed and (staging / "backup.txt").is_file()
+    monkeypatch.setattr(artifacts, "code_fingerprint", lambda: other)  # the next build runs the same command
+    staging, resumed = artifacts.start_run_dir(cfg.out, overwrite=False, config=config_dict(cfg))
+    assert not resumed and not (staging / "backup.txt").exists()
+    assert json.loads((staging / "config.json").read_text())["code"] == other

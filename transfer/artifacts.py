@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import fcntl
+import functools
 import hashlib
 import io
 import json
@@ -67,6 +68,21 @@ def sha256_file(path: str | os.PathLike) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
+    return h.hexdigest()
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """SHA-256 of this installation's own source (the transfer and pipelines packages and
+    cli.py): saved in config.json, so an interrupted run is resumed only by the code that
+    began it (the version string does not change between builds, and a changed default or
+    step would otherwise continue under another meaning)."""
+    root = Path(__file__).resolve().parent.parent
+    files = [f for package in ("transfer", "pipelines") for f in (root / package).rglob("*.py")]
+    h = hashlib.sha256()
+    for path in sorted(files + [root / "cli.py"]):
+        if path.is_file():
+            h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return h.hexdigest()
 
 
