@@ -25,6 +25,8 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     comparison.known(df, [*by, cfg.metric], "--by/--metric")
     if not pd.api.types.is_numeric_dtype(df[cfg.metric]):
         raise TransferError(f"metric column '{cfg.metric}' is not numeric")
+    for note in comparison.repeated_seeds(df, by):
+        _note(note)
     table = comparison.summarize(df, by, cfg.metric)
     log(comparison.format_table(comparison.select(table, cfg), cfg.metric, cfg.format))
     if (cfg.plot or cfg.html) and not {"method", "labels_per_class"} <= set(df.columns):

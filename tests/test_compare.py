@@ -356,3 +356,27 @@ def test_stdout_holds_the_summary_alone_and_notes_go_to_stderr(tmp_path):
     notes = result.stderr.splitlines()
     assert notes[0].startswith("warning: ") and "half-written last line" in notes[0]
     assert notes[1:] == [f"wrote {tmp_path / 'p.png'}", f"wrote {tmp_path / 'p.html'}"]
+
+
+def test_runs_of_one_seed_pooled_from_two_grids_are_said_and_can_be_kept_apart(tmp_path):
+    """Two experiments that ran the same cell (another number of steps) would be averaged as
+    10 runs of 5 seeds: compare says so on stderr, names what tells them apart and how to keep
+    them apart; grouped that way, nothing is said."""
+    first = pd.read_csv(write_table(tmp_path / "a.csv", {"scratch": SCRATCH, "contrastive-finetuned": PRETRAINED}))
+    second = first[first["method"] == "contrastive-finetuned"].assign(test_accuracy=0.5)
+    table = pd.concat([first.assign(experiment="grid", steps=2000), second.assign(experiment="grid_steps", steps=1000)])
+    table.to_csv(tmp_path / "r.csv", index=False)
+    result = invoke(tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    notes = [line for line in result.stderr.splitlines() if line.startswith("warning")]
+    assert notes == ["warning: data digits, method contrastive-finetuned, labels_per_class 5: 10 runs over 5 seed(s), "
+                     "averaged as one; they differ in experiment, steps (experiment: grid, grid_steps): "
+                     "--by data,method,labels_per_class,experiment keeps them apart, or --where picks one"]
+    pooled = pd.read_csv(io.StringIO(invoke(tmp_path / "r.csv", "--format", "csv").stdout))
+    assert pooled.loc[pooled["method"] == "contrastive-finetuned", "mean"].item() == pytest.approx(
+        (np.mean(PRETRAINED) + 0.5) / 2)  # what the warning is about: both grids in one mean
+    apart = invoke(tmp_path / "r.csv", "--by", "data,method,labels_per_class,experiment")
+    assert apart.exit_code == 0 and "warning" not in apart.stderr
+    pd.concat([first, first.iloc[:1]]).to_csv(tmp_path / "again.csv", index=False)  # one run repeated as it was
+    again = invoke(tmp_path / "again.csv").stderr
+    assert "scratch, labels_per_class 5: 6 runs over 5 seed(s)" in again and "the same settings ran again" in again

@@ -87,6 +87,39 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
             table.loc[i, "significant"] = stats.excludes_zero(d["low"], d["high"]) and not baseline[i]
 
 
+def repeated_seeds(df: pd.DataFrame, by: list[str]) -> list[str]:
+    """One warning per summary group holding more runs than seeds: the same seed run more than
+    once (two experiments' grids, or a setting changed between runs) is averaged as one cell,
+    its spread taken over runs of different settings. Names the experiments, or else the
+    settings, that tell the runs apart."""
+    if "seed" not in df or df.empty:
+        return []
+    notes = []
+    for key, group in df.groupby(by, dropna=False):
+        runs, seeds = len(group), group["seed"].nunique()
+        if runs == seeds:
+            continue
+        key = key if isinstance(key, tuple) else (key,)
+        label = ", ".join(f"{c} {v}" for c, v in zip(by, key))
+        notes.append(f"warning: {label}: {runs} runs over {seeds} seed(s), averaged as one; {_apart(group, by)}")
+    return notes
+
+
+SETTINGS = ("experiment", "encoder", "select_encoder", "select_readout", "readout", "freeze", "unfreeze_top", "head",
+            "epochs", "steps", "learning_rate", "semi_learning_rate", "batch_size", "image_size", "augment", "mu",
+            "threshold", "unlabeled_weight", "align", "teacher", "adapt_bn", "unlabeled", "test_data")
+
+
+def _apart(group: pd.DataFrame, by: list[str]) -> str:
+    """What tells a group's runs apart, and how to keep them apart."""
+    differ = [c for c in SETTINGS if c in group and group[c].astype(str).nunique() > 1]
+    if not differ:
+        return "the same settings ran again: --where (on run_id or timestamp) picks one"
+    values = ", ".join(sorted(group[differ[0]].astype(str).unique()))
+    return (f"they differ in {', '.join(differ)} ({differ[0]}: {values}): "
+            f"--by {','.join([*by, differ[0]])} keeps them apart, or --where picks one")
+
+
 def uses_pretraining(method: str, select_encoder) -> bool:
     """Does a pipeline use a pretrained encoder: to start from, or to choose its labels with?"""
     return not methods.is_baseline(method) or methods.chosen_by_encoder(None if pd.isna(select_encoder) else
