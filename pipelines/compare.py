@@ -25,7 +25,8 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     comparison.known(df, [*by, cfg.metric], "--by/--metric")
     if not pd.api.types.is_numeric_dtype(df[cfg.metric]):
         raise TransferError(f"metric column '{cfg.metric}' is not numeric")
-    for note in comparison.repeated_seeds(df, by):
+    pooled = comparison.repeated_seeds(df, by)
+    for note in pooled:
         _note(note)
     table = comparison.summarize(df, by, cfg.metric)
     log(comparison.format_table(comparison.select(table, cfg), cfg.metric, cfg.format))
@@ -44,7 +45,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         for line in sentences + comparison.pretraining_cost(everything) + comparison.feature_quality(everything):
             log(line)
     if cfg.html:
-        write_html(cfg, table, df, everything, sentences)
+        write_html(cfg, table, df, everything, sentences, pooled)
         _note(f"wrote {cfg.html}")
     return table
 
@@ -55,8 +56,9 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def write_html(cfg: CompareConfig, table, df, everything, sentences) -> None:
-    """The self-contained page: verdict, summary, label-efficiency plot (embedded), costs."""
+def write_html(cfg: CompareConfig, table, df, everything, sentences, warnings=()) -> None:
+    """The self-contained page: verdict, summary (with the warnings about pooled runs below it),
+    label-efficiency plot (embedded), costs."""
     with tempfile.TemporaryDirectory() as tmp:
         png = cfg.plot or os.path.join(tmp, "plot.png")  # drawn already when --plot was given
         if not cfg.plot:
@@ -64,5 +66,5 @@ def write_html(cfg: CompareConfig, table, df, everything, sentences) -> None:
         summary = comparison.rendered(comparison.select(table, cfg), cfg.metric).to_html(index=False)
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}", summary, sentences, png,
                            comparison.costs(df, everything).to_html(index=False),
-                           [comparison.NOTE, *comparison.pretraining_cost(everything)])
+                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(everything)])
     artifacts.write_text(cfg.html, text)

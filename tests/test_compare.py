@@ -375,6 +375,8 @@ def test_runs_of_one_seed_pooled_from_two_grids_are_said_and_can_be_kept_apart(t
     pooled = pd.read_csv(io.StringIO(invoke(tmp_path / "r.csv", "--format", "csv").stdout))
     assert pooled.loc[pooled["method"] == "contrastive-finetuned", "mean"].item() == pytest.approx(
         (np.mean(PRETRAINED) + 0.5) / 2)  # what the warning is about: both grids in one mean
+    assert invoke(tmp_path / "r.csv", "--html", tmp_path / "r.html").exit_code == 0
+    assert "10 runs over 5 seed(s), averaged as one" in (tmp_path / "r.html").read_text()  # the page says it too
     apart = invoke(tmp_path / "r.csv", "--by", "data,method,labels_per_class,experiment")
     assert apart.exit_code == 0 and "warning" not in apart.stderr
     pd.concat([first, first.iloc[:1]]).to_csv(tmp_path / "again.csv", index=False)  # one run repeated as it was
