@@ -96,7 +96,7 @@ def repeated_seeds(df: pd.DataFrame, by: list[str]) -> list[str]:
         return []
     notes = []
     for key, group in df.groupby(by, dropna=False):
-        runs, seeds = len(group), group["seed"].nunique()
+        runs, seeds = int(group["seed"].notna().sum()), group["seed"].nunique()  # rows without a seed: not runs
         if runs == seeds:
             continue
         key = key if isinstance(key, tuple) else (key,)
