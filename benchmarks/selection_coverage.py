@@ -32,8 +32,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from transfer import budget, features, selection, splits, stream  # noqa: E402
-from transfer.evaluation import normalized  # noqa: E402
+from transfer import budget, evaluation, features, selection, splits, stream  # noqa: E402
 
 
 def pool_features(data: str, encoder: str, image_size: int,
@@ -45,13 +44,6 @@ def pool_features(data: str, encoder: str, image_size: int,
     source, pool = splits.open_pool(data, True, size, channels, lambda m: None)
     f, y, _ = features.compute(net, stream.ImageSet(source, pool, size))
     return f, y, name
-
-
-def propagated(f: np.ndarray, y: np.ndarray, chosen: np.ndarray) -> float:
-    """Share of the pool whose nearest chosen image (cosine) has its label."""
-    unit = normalized(f)
-    nearest = np.concatenate([np.argmax(unit[i:i + 4096] @ unit[chosen].T, axis=1) for i in range(0, len(f), 4096)])
-    return float(np.mean(y[chosen][nearest] == y))
 
 
 def main() -> None:
@@ -76,7 +68,7 @@ def main() -> None:
                     choices.append(selection.select(strategy, f, b, (), seed))
                 seconds = (time.perf_counter() - t) / args.seeds
                 covered = [len(set(y[chosen])) for chosen in choices]
-                right = [100 * propagated(f, y, chosen) for chosen in choices]
+                right = [100 * evaluation.nearest_accuracy(f[chosen], y[chosen], f, y) for chosen in choices]
                 print(f"| {name} | {b} | {strategy} | {np.mean(covered):.1f} | {min(covered)}-{max(covered)} | "
                       f"{np.mean(right):.1f} ± {np.std(right):.1f} | {seconds:.1f} |", flush=True)
 
