@@ -36,7 +36,7 @@ class Run:
         results.check_table(cfg.results)
         self.run_id = results.new_run_id(command)
         self.out = Path(out) if out else Path("runs") / self.run_id
-        self.started = time.perf_counter()
+        self.started, self.cpu_started = time.perf_counter(), time.process_time()
         self.strategy = distribute.make_strategy(cfg.strategy)
         self.chief = distribute.cluster()["chief"] if distribute.is_multiworker(self.strategy) else True
         with self.strategy.scope():  # the chief's --out is the run's on every worker (backups, barriers)
@@ -143,6 +143,7 @@ class Run:
                "precision": self.cfg.precision, "xla": self.cfg.xla,
                "replicas": self.strategy.num_replicas_in_sync, "workers": distribute.workers(self.strategy),
                "seconds": round(time.perf_counter() - self.started, 2),
+               "cpu_seconds": round(time.process_time() - self.cpu_started, 2),
                "peak_memory_mb": round(training.peak_memory_mb(), 1)}
         results.append_row(self.cfg.results, row)
         board.write_hparams(self.cfg.tensorboard, self.run_id, row)

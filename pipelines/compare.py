@@ -65,6 +65,6 @@ def write_html(cfg: CompareConfig, table, df, everything, sentences, warnings=()
             comparison.plot(df, cfg.metric, png)
         summary = comparison.rendered(comparison.select(table, cfg), cfg.metric).to_html(index=False)
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}", summary, sentences, png,
-                           comparison.costs(df, everything).to_html(index=False),
+                           comparison.costs(df, everything).to_html(index=False, na_rep=""),
                            [comparison.NOTE, *warnings, *comparison.pretraining_cost(everything)])
     artifacts.write_text(cfg.html, text)

@@ -148,6 +148,10 @@ def test_html_report_is_one_self_contained_page(tmp_path):
     assert parsed.tags.count("table") == 2  # the summary and the costs
     assert "digits, 5 labels/class: pretraining paid" in text and "+2.4 [+1.7, +3.1] *" in text
     assert "s/run" in text and "fine-tune" in text
+    assert "CPU s/run" not in text  # a table of rows from before CPU time was kept: no empty column
+    pd.read_csv(table).assign(cpu_seconds=1.5).to_csv(table, index=False)
+    assert invoke(table, "--html", page).exit_code == 0
+    assert "<th>CPU s/run</th>" in page.read_text() and "<td>1.5</td>" in page.read_text()
 
 
 def test_verdict_says_where_pretraining_does_not_pay(tmp_path):

@@ -1,5 +1,7 @@
 """transfer select: which images to label, before any label exists."""
 
+import time
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -134,6 +136,24 @@ def test_select_writes_the_list_the_sheet_and_the_row_and_a_second_round_exclude
     second = pd.read_csv(tmp_path / "round2.csv", dtype=str)
     assert not set(second["path"]) & set(chosen["path"]) and len(second) == 10
     assert pd.read_csv(results).iloc[-1]["n_excluded"] == 10
+
+
+def test_the_rows_cpu_seconds_leave_out_the_time_the_run_waited(tmp_path, monkeypatch):
+    """seconds is wall time, counting whatever the run waited for (other jobs on the cores, a
+    pause); cpu_seconds is the time the process computed, to compare costs on a shared machine."""
+    import pipelines.select
+
+    def slow(*args, **kwargs):
+        time.sleep(1.5)  # waits without computing, as a run does behind other jobs or while paused
+        return choose(*args, **kwargs)
+
+    choose = pipelines.select.selection.select
+    monkeypatch.setattr(pipelines.select.selection, "select", slow)
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "5",
+                    "--out", tmp_path / "to_label.csv", "--results", tmp_path / "results.csv", "--no-sheet")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "results.csv").iloc[-1]
+    assert row["seconds"] >= 1.5 and 0 < row["cpu_seconds"] <= row["seconds"] - 1.4
 
 
 def test_select_on_an_unlabeled_folder_with_a_random_encoder_leaves_labels_to_fill(tmp_path):

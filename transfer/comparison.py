@@ -391,8 +391,9 @@ NOTE = ("* the 95% confidence interval of the difference from the best baseline 
 
 def costs(df: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
     """What each method cost per run (fine-tune) and what each pretraining cost once."""
-    wanted = {"seconds": "s/run", "images_per_second": "images/s", "peak_memory_mb": "peak MiB"}
-    have = {k: v for k, v in wanted.items() if k in df}
+    wanted = {"seconds": "s/run", "cpu_seconds": "CPU s/run", "images_per_second": "images/s",
+              "peak_memory_mb": "peak MiB"}
+    have = {k: v for k, v in wanted.items() if k in df and df[k].notna().any()}  # CPU time: rows since it was kept
     keys = [c for c in ("data", "method") if c in df]
     fine = df.groupby(keys, dropna=False)[list(have)].mean().round(1).reset_index().rename(columns=have)
     fine.insert(0, "what", "fine-tune")
