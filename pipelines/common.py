@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import shutil
 import time
 from pathlib import Path
@@ -45,6 +46,7 @@ class Run:
             log(f"this worker's --out {self.out} differs from the chief's; the chief's {chief_out} is the run's")
             self.out = chief_out
         self.facts = {"data": cfg.data, "seed": cfg.seed}  # row fields known so far
+        self.earlier = {"attempts": 0, "seconds": 0.0, "cpu_seconds": 0.0}  # of the processes this run resumes
         self._lock = contextlib.ExitStack()
         self._temporary = contextlib.ExitStack()  # temporary files of the run, removed when it ends, however
         if self.chief:
@@ -56,6 +58,8 @@ class Run:
                 raise
             if resumed:
                 log(f"resuming the interrupted run in {self.staging}")
+                self.earlier = _earlier_attempts(self.staging)
+            artifacts.write_json(self.staging / ELAPSED, {**self.earlier, "attempts": self.earlier["attempts"] + 1})
         else:  # only the chief writes artifacts; a worker's files go to a scratch directory
             self._scratch = stopping.temporary_directory("transfer-worker-")
             self.staging = Path(self._scratch.name)
@@ -102,7 +106,8 @@ class Run:
         elif isinstance(exc, (distribute.WorkerFailed, stopping.Stopped)) and not self.chief:
             shutil.rmtree(self.staging, ignore_errors=True)
         elif isinstance(exc, (Exception, stopping.Stopped)) and self.chief and self.staging.is_dir():
-            exc.staging = self.staging  # kept: a stopped or failed run resumes from it
+            exc.staging = self.staging  # kept: a stopped or failed run resumes from it, and adds this time to its own
+            artifacts.write_json(self.staging / ELAPSED, self._elapsed())
 
     @contextlib.contextmanager
     def distributed(self):
@@ -126,6 +131,7 @@ class Run:
         Call outside `distributed()`: reading mirrored variables there is a collective
         that the other workers, already finished, would never join."""
         filename = f"{kind}.keras"
+        (self.staging / ELAPSED).unlink(missing_ok=True)  # in the row, not an artifact
         digest = artifacts.save_model(model, self.staging / filename)
         artifacts.write_manifest(self.staging, kind, run_id=self.run_id, model_file=filename, model_sha256=digest,
                                  image_size=image_size, channels=channels, **manifest)
@@ -142,17 +148,36 @@ class Run:
         row = {**self._common(), "status": "ok", **fields, "strategy": self.cfg.strategy,
                "precision": self.cfg.precision, "xla": self.cfg.xla,
                "replicas": self.strategy.num_replicas_in_sync, "workers": distribute.workers(self.strategy),
-               "seconds": round(time.perf_counter() - self.started, 2),
-               "cpu_seconds": round(time.process_time() - self.cpu_started, 2),
-               "peak_memory_mb": round(training.peak_memory_mb(), 1)}
+               **self._elapsed(), "peak_memory_mb": round(training.peak_memory_mb(), 1)}
         results.append_row(self.cfg.results, row)
         board.write_hparams(self.cfg.tensorboard, self.run_id, row)
         self._lock.close()  # the row is in: another process may now take the run directory
         return row
 
+    def _elapsed(self) -> dict:
+        """The run's processes so far (this one and those it resumes), their wall and CPU seconds."""
+        return {"attempts": self.earlier["attempts"] + 1,
+                "seconds": round(self.earlier["seconds"] + time.perf_counter() - self.started, 2),
+                "cpu_seconds": round(self.earlier["cpu_seconds"] + time.process_time() - self.cpu_started, 2)}
+
     def _common(self) -> dict:
         return {"run_id": self.run_id, "timestamp": results.now(), "command": self.command,
                 "experiment": self.cfg.experiment, **self.facts, "run_dir": str(self.out)}
+
+
+ELAPSED = "elapsed.json"  # in OUT.partial: the processes that worked on the run so far, their seconds and CPU seconds
+
+
+def _earlier_attempts(staging: Path) -> dict:
+    """What the processes that worked on a resumed run spent (elapsed.json: each process counts
+    itself in as it starts and adds its time as it stops or fails; one killed outright, by SIGKILL
+    or a power cut, is counted, its time is not)."""
+    try:
+        earlier = json.loads((staging / ELAPSED).read_text(encoding="utf-8"))
+        return {"attempts": int(earlier["attempts"]), "seconds": float(earlier["seconds"]),
+                "cpu_seconds": float(earlier["cpu_seconds"])}
+    except (OSError, ValueError, KeyError, TypeError):
+        return {"attempts": 1, "seconds": 0.0, "cpu_seconds": 0.0}
 
 
 def config_dict(cfg) -> dict:

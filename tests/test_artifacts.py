@@ -145,3 +145,40 @@ def test_an_interrupted_run_is_resumed_only_by_the_code_that_began_it(tmp_path, 
     staging, resumed = artifacts.start_run_dir(cfg.out, overwrite=False, config=config_dict(cfg))
     assert not resumed and not (staging / "backup.txt").exists()
     assert json.loads((staging / "config.json").read_text())["code"] == other
+
+
+def test_a_resumed_runs_row_counts_every_process_that_worked_on_it_and_their_time(tmp_path):
+    """A run stopped and resumed, twice over: its row's seconds and cpu_seconds add the processes
+    before it, attempts counts them, one killed outright too (its time is lost with it); the
+    count is not left in the finished run directory."""
+    import signal
+    import time
+
+    import pandas as pd
+
+    from pipelines.common import ELAPSED, Run
+    from transfer import stopping
+    from transfer.config import PretrainConfig
+
+    cfg = PretrainConfig(data="digits", out=str(tmp_path / "run"), results=str(tmp_path / "r.csv"))
+    logged = []
+    with pytest.raises(stopping.Stopped):
+        with Run("pretrain", cfg, cfg.out, logged.append):
+            time.sleep(1.0)  # waiting: wall time, not CPU time
+            raise stopping.Stopped(signal.SIGTERM)
+    first = json.loads((tmp_path / "run.partial" / ELAPSED).read_text())
+    assert first["attempts"] == 1 and first["seconds"] >= 1.0 and first["cpu_seconds"] < first["seconds"] - 0.9
+    killed = Run("pretrain", cfg, cfg.out, logged.append)  # killed outright: never exits, writes nothing more
+    time.sleep(0.5)
+    killed._lock.close()  # the lock a killed process leaves is free
+    with Run("pretrain", cfg, cfg.out, logged.append) as run:
+        time.sleep(0.5)
+        enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
+        out = run.save(enc, "encoder", 8, 1, arch={}, data={}, metrics={}, objective="autoencoder", projector=None)
+        row = run.record()
+    assert sum("resuming the interrupted run" in line for line in logged) == 2
+    assert row["attempts"] == 3  # the first, the one killed, this one
+    assert first["seconds"] + 0.5 <= row["seconds"] < first["seconds"] + 0.5 + 60  # the killed one's 0.5 s: lost
+    assert first["cpu_seconds"] <= row["cpu_seconds"] < row["seconds"]
+    assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["attempts"] == 3
+    assert not (out / ELAPSED).exists() and (out / "encoder.keras").is_file()

@@ -188,6 +188,7 @@ def test_sigterm_and_sigkill_stop_every_command_and_the_rerun_resumes(data, tmp_
             assert "resuming the interrupted run" in again.output, again.output
             restored = int(again.output.split("continuing after epoch ")[1].split()[0])
             assert logged[command, name] - 1 <= restored <= logged[command, name], (command, name, restored)
+            assert pd.read_csv(case / "results.csv").iloc[-1]["attempts"] == 2  # the stopped process and this one
         _finished(case, command, rows)
 
 

@@ -27,7 +27,7 @@ COLUMNS = [
     "skipped_unlabeled", "seconds", "images_per_second", "peak_memory_mb", "run_dir", "error",
     "gflops_per_second", "train_flops_per_image", "strategy", "replicas", "workers",
     "knn_accuracy", "probe_accuracy", "knn_error_vs_pixels", "probe_error_vs_pixels", "feature_dim",
-    "images_trained", "train_seconds", "cpu_seconds",
+    "images_trained", "train_seconds", "cpu_seconds", "attempts",
 ]
 
 
