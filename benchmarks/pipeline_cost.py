@@ -9,7 +9,9 @@ has one), the latter also at 1,000 steps (half the default: benchmarks/fixmatch_
 Each run is `transfer fine-tune` in a fresh process (several models in one process slow each
 other down), the pipelines taking turns for every seed (the machine is shared and
 noisy: a ratio is only worth quoting when both sides ran in the same stretch). The time is the
-results row's `seconds`: the whole command, selection, loading and evaluation included.
+results row's `seconds`: the whole command, selection, loading and evaluation included; its
+`cpu_seconds` (the processor time of the run's process, which the time it waited behind other
+jobs does not inflate) is printed beside it, with its ratio.
 
 The encoder's pretraining time (the sum of its history's epoch seconds) is printed beside it,
 and the pretrained pipelines' time with it amortized over 1, 5 and 20 tasks that reuse the
@@ -19,7 +21,8 @@ encoder (each new labeled task, or each new round of labels, is one).
         [--image-size 16] [--labels 10] [--seeds 0,1] [--steps N] [--only 2,4,5]
 
 Prints a markdown table: pipeline, seconds per run (median over seeds), over FixMatch from
-scratch on the pixels' choice, train seconds, and the amortized times.
+scratch on the pixels' choice, train seconds, the amortized times, then CPU seconds per run
+and their ratio to FixMatch from scratch's.
 """
 
 from __future__ import annotations
@@ -62,7 +65,8 @@ def worker(pipeline: str, args, seed: int, out: str) -> dict:
                          select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
                          **({"steps": steps} if steps else {}), **method.fields(args.encoder, args.data))
     row = fine_tune.run(cfg, log=lambda message: None)
-    return {"seconds": float(row["seconds"]), "train_seconds": float(row.get("train_seconds") or 0.0)}
+    return {"seconds": float(row["seconds"]), "train_seconds": float(row.get("train_seconds") or 0.0),
+            "cpu_seconds": float(row["cpu_seconds"])}
 
 
 def pretrain_seconds(encoder: str) -> float:
@@ -103,18 +107,20 @@ def main() -> None:
                 runs[pipeline].append(json.loads(out.stdout.strip().splitlines()[-1]))
     pretrain = pretrain_seconds(args.encoder)
     base = statistics.median(r["seconds"] for r in runs[BASELINE])
+    cpu_base = statistics.median(r["cpu_seconds"] for r in runs[BASELINE])
     print(f"fine-tune wall time on {args.data} at {args.labels} labels in all, seeds {args.seeds}, one process a "
           f"run, taking turns; the encoder ({args.encoder}) pretrained in {pretrain:.0f} s\n")
     print("| pipeline | s/run | x FixMatch from scratch | train s | " + " | ".join(
-        f"s/task over {n} task{'s' * (n > 1)}" for n in TASKS) + " |")
-    print("|---|---|---|---|" + "---|" * len(TASKS))
+        f"s/task over {n} task{'s' * (n > 1)}" for n in TASKS) + " | CPU s/run | CPU x FixMatch from scratch |")
+    print("|---|---|---|---|" + "---|" * len(TASKS) + "---|---|")
     for pipeline, rows in runs.items():
         seconds = statistics.median(r["seconds"] for r in rows)
         train = statistics.median(r["train_seconds"] for r in rows)
         pretrained = PIPELINES[pipeline][0].startswith("OBJECTIVE")
         amortized = [seconds + pretrain / n if pretrained else seconds for n in TASKS]
+        cpu = statistics.median(r["cpu_seconds"] for r in rows)
         print(f"| {pipeline} | {seconds:.0f} | {seconds / base:.2f}x | {train:.0f} | "
-              + " | ".join(f"{a:.0f}" for a in amortized) + " |")
+              + " | ".join(f"{a:.0f}" for a in amortized) + f" | {cpu:.0f} | {cpu / cpu_base:.2f}x |")
 
 
 if __name__ == "__main__":
