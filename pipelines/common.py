@@ -107,7 +107,8 @@ class Run:
             shutil.rmtree(self.staging, ignore_errors=True)
         elif isinstance(exc, (Exception, stopping.Stopped)) and self.chief and self.staging.is_dir():
             exc.staging = self.staging  # kept: a stopped or failed run resumes from it, and adds this time to its own
-            artifacts.write_json(self.staging / ELAPSED, self._elapsed())
+            with contextlib.suppress(OSError):  # a full disk must not hide what stopped the run
+                artifacts.write_json(self.staging / ELAPSED, self._elapsed())
 
     @contextlib.contextmanager
     def distributed(self):
