@@ -53,13 +53,13 @@ class Run:
             self._lock.enter_context(artifacts.run_lock(self.out))  # one process per run directory
             try:
                 self.staging, resumed = artifacts.start_run_dir(self.out, cfg.overwrite, config_dict(cfg))
+                if resumed:
+                    log(f"resuming the interrupted run in {self.staging}")
+                    self.earlier = _earlier_attempts(self.staging)
+                artifacts.write_json(self.staging / ELAPSED, {**self.earlier, "attempts": self.earlier["attempts"] + 1})
             except BaseException:
                 self._lock.close()
                 raise
-            if resumed:
-                log(f"resuming the interrupted run in {self.staging}")
-                self.earlier = _earlier_attempts(self.staging)
-            artifacts.write_json(self.staging / ELAPSED, {**self.earlier, "attempts": self.earlier["attempts"] + 1})
         else:  # only the chief writes artifacts; a worker's files go to a scratch directory
             self._scratch = stopping.temporary_directory("transfer-worker-")
             self.staging = Path(self._scratch.name)
