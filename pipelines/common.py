@@ -6,7 +6,6 @@ import contextlib
 import dataclasses
 import json
 import shutil
-import time
 from pathlib import Path
 
 import keras
@@ -37,7 +36,7 @@ class Run:
         results.check_table(cfg.results)
         self.run_id = results.new_run_id(command)
         self.out = Path(out) if out else Path("runs") / self.run_id
-        self.started, self.cpu_started = time.perf_counter(), time.process_time()
+        self.clock, self.attempts = results.Stopwatch(), 1  # with the processes this run resumes, if any
         self.strategy = distribute.make_strategy(cfg.strategy)
         self.chief = distribute.cluster()["chief"] if distribute.is_multiworker(self.strategy) else True
         with self.strategy.scope():  # the chief's --out is the run's on every worker (backups, barriers)
@@ -46,7 +45,6 @@ class Run:
             log(f"this worker's --out {self.out} differs from the chief's; the chief's {chief_out} is the run's")
             self.out = chief_out
         self.facts = {"data": cfg.data, "seed": cfg.seed}  # row fields known so far
-        self.earlier = {"attempts": 0, "seconds": 0.0, "cpu_seconds": 0.0}  # of the processes this run resumes
         self._lock = contextlib.ExitStack()
         self._temporary = contextlib.ExitStack()  # temporary files of the run, removed when it ends, however
         if self.chief:
@@ -55,8 +53,10 @@ class Run:
                 self.staging, resumed = artifacts.start_run_dir(self.out, cfg.overwrite, config_dict(cfg))
                 if resumed:
                     log(f"resuming the interrupted run in {self.staging}")
-                    self.earlier = _earlier_attempts(self.staging)
-                artifacts.write_json(self.staging / ELAPSED, {**self.earlier, "attempts": self.earlier["attempts"] + 1})
+                    earlier = _earlier_attempts(self.staging)
+                    self.clock, self.attempts = results.Stopwatch(earlier["seconds"], earlier["cpu_seconds"]), \
+                        earlier["attempts"] + 1
+                artifacts.write_json(self.staging / ELAPSED, self._elapsed())  # counted in, should it be killed
             except BaseException:
                 self._lock.close()
                 raise
@@ -157,9 +157,7 @@ class Run:
 
     def _elapsed(self) -> dict:
         """The run's processes so far (this one and those it resumes), their wall and CPU seconds."""
-        return {"attempts": self.earlier["attempts"] + 1,
-                "seconds": round(self.earlier["seconds"] + time.perf_counter() - self.started, 2),
-                "cpu_seconds": round(self.earlier["cpu_seconds"] + time.process_time() - self.cpu_started, 2)}
+        return {"attempts": self.attempts, **self.clock.read()}
 
     def _common(self) -> dict:
         return {"run_id": self.run_id, "timestamp": results.now(), "command": self.command,

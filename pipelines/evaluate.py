@@ -3,7 +3,6 @@ of the same architecture; one results row per (features, readout)."""
 
 from __future__ import annotations
 
-import time
 
 from pipelines.common import report_skipped
 from transfer import artifacts, evaluation, features, models, results, splits, training
@@ -37,7 +36,7 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         f"{len(found.test_index)} test images")
     rows, reference = [], None
     for method, model, readout in candidates:
-        start, cpu_start = time.perf_counter(), time.process_time()
+        clock = results.Stopwatch()
         net = None if model is None else models.build_features(model, readout, True, projector)
         pool_f, pool_y, _ = features.compute(net, found.pool_set(size))
         test_f, test_y, _ = features.compute(net, found.test_set(size))
@@ -46,7 +45,7 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed)
         reference = reference or got
         rows.append(_row(cfg, manifest, method, readout, got, reference, len(pool_f), len(test_f), pool_f.shape[1],
-                         time.perf_counter() - start, time.process_time() - cpu_start))
+                         clock.read()))
     report_skipped(found.source.failed + (found.test_source.failed if found.test_source is not found.source else []),
                    log, "while decoding")
     for row in rows:
@@ -55,7 +54,7 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     return rows
 
 
-def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, seconds, cpu_seconds) -> dict:
+def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, elapsed) -> dict:
     return {"run_id": results.new_run_id("evaluate"), "timestamp": results.now(), "command": "evaluate",
             "status": "ok", "experiment": cfg.experiment, "data": cfg.data, "test_data": cfg.test_data,
             "encoder": cfg.encoder, "objective": manifest["objective"], "method": method,
@@ -64,7 +63,7 @@ def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, se
             **{f"{k}_accuracy" if k in ("knn", "probe") else k: round(v, 5) for k, v in got.items()},
             "knn_error_vs_pixels": round(evaluation.error_ratio(got["knn"], reference["knn"]), 4),
             "probe_error_vs_pixels": round(evaluation.error_ratio(got["probe"], reference["probe"]), 4),
-            "seconds": round(seconds, 2), "cpu_seconds": round(cpu_seconds, 2)}
+            **elapsed}
 
 
 def table(rows: list[dict]) -> str:

@@ -10,7 +10,6 @@ the next round of an iterative labeling.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -25,7 +24,7 @@ from transfer.errors import TransferError
 
 def run(cfg: SelectConfig, log=print) -> dict:
     """Select, write the CSV and the contact sheet, append and return the row."""
-    start, cpu_start = time.perf_counter(), time.process_time()
+    clock = results.Stopwatch()
     out = Path(cfg.out)
     for path, what in ((out, "--out"), (out.with_suffix(".png"), "contact sheet"), (results.target(cfg.results),
                                                                                      "--results")):
@@ -62,7 +61,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
            "budget": cfg.budget, "n_selected": len(chosen), "n_pool": len(f), "n_excluded": len(labeled_rows),
            "seed": cfg.seed, "feature_dim": f.shape[1], "labeled_classes": len(set(labels.tolist())) if known else None,
            "classes": len(source.class_names) if known else None, "skipped_files": source.unreadable(),
-           "seconds": round(time.perf_counter() - start, 2), "cpu_seconds": round(time.process_time() - cpu_start, 2),
+           **clock.read(),
            "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out)}
     results.append_row(cfg.results, row)
     log(f"{len(chosen)} images to label -> {out}" + (f" (covering {row['labeled_classes']} of "

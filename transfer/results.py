@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+import time
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +30,18 @@ COLUMNS = [
     "knn_accuracy", "probe_accuracy", "knn_error_vs_pixels", "probe_error_vs_pixels", "feature_dim",
     "images_trained", "train_seconds", "cpu_seconds", "attempts",
 ]
+
+
+class Stopwatch:
+    """A row's `seconds` (wall time) and `cpu_seconds` (this process's processor time, all its
+    threads) since it was made, on top of what earlier processes of the same run spent."""
+
+    def __init__(self, seconds: float = 0.0, cpu_seconds: float = 0.0):
+        self._wall, self._cpu = time.perf_counter() - seconds, time.process_time() - cpu_seconds
+
+    def read(self) -> dict:
+        return {"seconds": round(time.perf_counter() - self._wall, 2),
+                "cpu_seconds": round(time.process_time() - self._cpu, 2)}
 
 
 def new_run_id(command: str) -> str:
