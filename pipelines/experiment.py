@@ -143,12 +143,13 @@ def run(cfg: ExperimentConfig, log=print):
     _check_values(cfg.file, pre, fin)
     artifacts.check_writable(results.target(results_path), "results")
     results.check_table(results_path, f"{cfg.file}: results")
-    encoders = {}
     by_selection = [_selection(h, cfg.file)[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
-    for objective in dict.fromkeys([*(m.objective for _, m in plan if m.objective),
-                                    *(o for o in by_selection if o not in (None, "pixels"))]):
-        encoders[objective] = _pretrained(objective, runs, pre, results_path, name, cfg.dry_run, log)
+    encoders = {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(
+        [*(m.objective for _, m in plan if m.objective), *(o for o in by_selection if o not in (None, "pixels"))])}
     jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
+    used = {path for _, _, fcfg in todo for path in (fcfg.encoder, fcfg.select_encoder)}
+    for objective, out in encoders.items():  # pretrained only when a fine-tune left to run needs it
+        _pretrained(objective, Path(out), out in used, pre, results_path, name, cfg.dry_run, log)
     log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")
     progress = Progress(log, len(todo), "  run", every=1, bar=False)
     for i, (label, budget, fcfg) in enumerate(todo, start=1):
@@ -188,9 +189,13 @@ def _fine_tune(fcfg: FineTuneConfig, key: tuple, results_path: str, name: str) -
         return Skipped("another process is running it")
 
 
-def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: str, dry_run: bool, log) -> str:
-    """The run directory of the experiment's encoder for `objective`, pretrained unless it exists."""
-    out = runs / f"pretrain-{objective}"
+def _pretrained(objective: str, out: Path, needed: bool, pre: dict, results_path: str, name: str, dry_run: bool,
+                log) -> None:
+    """The experiment's encoder for `objective` at `out`: reused when it exists, else pretrained
+    when `needed` (a fine-tune left to run learns from it or chooses its labels with it)."""
+    if not needed and not (out / artifacts.MANIFEST).is_file():
+        log(f"not pretraining {objective}: every fine-tune that needs it is in {results_path}")
+        return
     with contextlib.ExitStack() as held:
         if not dry_run:  # another experiment pretraining the same encoder: wait for it, then reuse
             held.enter_context(artifacts.run_lock(out, wait=True, on_wait=lambda m: log("  " + m)))
@@ -204,7 +209,6 @@ def _pretrained(objective: str, runs: Path, pre: dict, results_path: str, name: 
                 pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
                                                "results": results_path, "experiment": name}),
                              log=lambda m: log("  " + m))
-    return str(out)
 
 
 def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path: str):

@@ -177,6 +177,29 @@ def test_a_dry_run_before_the_encoder_is_pretrained_names_its_choices_by_the_obj
     assert "labels=6 in all (typiclust on contrastive) seed=1" in result.output
 
 
+def test_a_grid_whose_fine_tunes_are_all_in_the_table_pretrains_nothing(labeled, tmp_path):
+    """A fresh checkout of a finished grid (its table committed, its runs directory not): the
+    real run has nothing to fine-tune, so it does not pretrain the encoder the cells were chosen
+    on (minutes to hours for nothing) and says why."""
+    from transfer import results
+
+    table = tmp_path / "grid.csv"
+    for seed in (0, 1):
+        results.append_row(table, {"run_id": f"done{seed}", "command": "fine-tune", "status": "ok", "experiment": "g",
+                                   "method": "scratch", "labels_per_class": "6 in all (typiclust on contrastive)",
+                                   "seed": seed, "test_accuracy": 0.5})
+    path, runs, data = tmp_path / "grid.toml", tmp_path / "runs", labeled / "labeled"
+    path.write_text(f'name = "g"\nresults = "{table}"\nruns = "{runs}"\nseeds = [0, 1]\nbudgets = [6]\n'
+                    f'selections = ["typiclust-contrastive"]\nmethods = ["scratch"]\n'
+                    f'[pretrain]\ndata = "{data}"\nimage_size = 8\nepochs = 1\n'
+                    f'[fine_tune]\ndata = "{data}"\nimage_size = 8\n')
+    result = invoke("experiment", path)
+    assert result.exit_code == 0, result.output
+    assert "not pretraining contrastive: every fine-tune that needs it is in" in result.output, result.output
+    assert "2 of 2 fine-tunes already in" in result.output and not runs.exists()
+    assert len(pd.read_csv(table)) == 2  # no pretrain row either
+
+
 @pytest.mark.parametrize("bad,message", [("selections = [\"entropy\"]", "unknown selection 'entropy'"),
                                          ("budgets = [0]", "budgets must be >= 1"),
                                          ("budgets = []\nlabels_per_class = [2]\nselections = [\"random\"]",
