@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -90,8 +91,12 @@ def test_a_stop_signal_ends_a_worker_waiting_for_its_peers_within_seconds(tmp_pa
     args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "3",
             "--results", tmp_path / "results.csv"]
     (proc,) = start_workers(tmp_path, args, only=0, timeout="600")
-    time.sleep(10)  # TensorFlow imported; waiting for worker 1, which never comes
-    assert proc.poll() is None
+    children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 180
+    while proc.poll() is None and not children.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.2)  # the join's watchdog starts as the worker begins waiting for worker 1, which never comes
+    time.sleep(1)
+    assert proc.poll() is None and children.read_text().split()
     sent = time.monotonic()
     proc.send_signal(signal.SIGHUP)
     assert proc.wait(timeout=20) in (-signal.SIGHUP, 128 + signal.SIGHUP) and time.monotonic() - sent < 10

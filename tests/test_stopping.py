@@ -52,6 +52,21 @@ def test_without_a_safe_point_the_grace_period_ends_it(monkeypatch):
     assert time.monotonic() - start < 2
 
 
+def test_a_signal_noted_just_before_an_immediate_block_stops_the_run_as_it_enters():
+    """A stop signal that arrives while a worker is still starting (noted, waiting for a safe
+    point) and just before it joins its cluster (a wait inside C++, the default action) is not
+    lost: the join is never entered, and the handlers are back afterwards."""
+    entered = []
+    with stopping.handled():
+        os.kill(os.getpid(), signal.SIGHUP)
+        time.sleep(0.01)  # delivered and noted
+        with pytest.raises(stopping.Stopped) as stopped:
+            with stopping.immediate():
+                entered.append("the join")
+        assert signal.getsignal(signal.SIGHUP) is stopping._handler
+    assert entered == [] and stopped.value.name == "SIGHUP"
+
+
 def test_stale_folders_of_dead_processes_are_removed(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     pid = int(dead.stdout)

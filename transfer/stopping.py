@@ -109,12 +109,16 @@ def critical():
 @contextlib.contextmanager
 def immediate():
     """Within the block, the stop signals end the process at once (their default action):
-    for waits inside C++ that never return to Python, before anything was written."""
+    for waits inside C++ that never return to Python, before anything was written. A signal
+    that arrived just before the block (noted, waiting for a safe point) stops the run as it
+    enters: inside, no check() comes and the grace period's second delivery finds no Python
+    handler, so the signal would be lost until the wait ended."""
     if not _main_thread():
         yield
         return
-    previous = {s: signal.signal(s, signal.SIG_DFL) for s in SIGNALS}
+    previous = {s: signal.signal(s, signal.SIG_DFL) for s in SIGNALS}  # first, so that none falls in between
     try:
+        check()
         yield
     finally:
         for s, h in previous.items():
