@@ -54,8 +54,8 @@ class Run:
                 if resumed:
                     log(f"resuming the interrupted run in {self.staging}")
                     earlier = _earlier_attempts(self.staging)
-                    self.clock, self.attempts = results.Stopwatch(earlier["seconds"], earlier["cpu_seconds"]), \
-                        earlier["attempts"] + 1
+                    self.clock = results.Stopwatch(earlier["seconds"], earlier["cpu_seconds"])
+                    self.attempts = earlier["attempts"] + 1
                 artifacts.write_json(self.staging / ELAPSED, self._elapsed())  # counted in, should it be killed
             except BaseException:
                 self._lock.close()

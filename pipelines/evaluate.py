@@ -3,7 +3,6 @@ of the same architecture; one results row per (features, readout)."""
 
 from __future__ import annotations
 
-
 from pipelines.common import report_skipped
 from transfer import artifacts, evaluation, features, models, results, splits, training
 from transfer.architectures import Block
