@@ -390,8 +390,11 @@ main.help += ", ".join(builtins.names()) + "."
 def pretrain(**params):
     """Pretrain an encoder on unlabeled images (SRC labels are ignored).
 
-    Writes RUN_DIR with encoder.keras, manifest.json, history.csv, config.json and
-    reconstructions.png, and reports the reconstruction error next to trivial baselines.
+    Reports the reconstruction error next to trivial baselines.
+
+    Writes: --out (a run directory: encoder.keras, manifest.json, history.csv,
+    config.json, previews; built in OUT.partial, moved into place when complete), one
+    row in --results, --tensorboard logs. --overwrite replaces only a run directory.
     """
     _import_tensorflow_quietly()
     from pipelines import pretrain as pipeline
@@ -495,6 +498,10 @@ def fine_tune(**params):
 
     With a pretrained encoder its image size, channels and preprocessing are
     used (the --arch/--image-size options apply to --encoder random only).
+
+    Writes: --out (a run directory: classifier.keras, manifest.json, history.csv,
+    config.json, labeled.csv, confusion and mistakes; built in OUT.partial), one row in
+    --results, --tensorboard logs. --overwrite replaces only a run directory.
     """
     _import_tensorflow_quietly()
     from pipelines import fine_tune as pipeline
@@ -523,6 +530,8 @@ def evaluate(**params):
     Weighted 20-NN (cosine) and a linear probe with every pool label, and 1-NN / probe from
     1, 4 and 10 labels per class (random draws), on the test split; for each readout. One
     row per (features, readout), with the k-NN error as a ratio of the pixels' (below 1: better).
+
+    Writes: rows in --results only.
     """
     _import_tensorflow_quietly()
     from pipelines import evaluate as pipeline
@@ -545,11 +554,15 @@ def evaluate(**params):
 @opt(EmbedConfig, "labeled", is_flag=True, help="Read labels (class subfolders or a label column; built-ins always).")
 @opt(EmbedConfig, "image-size", type=int, help="Image size for pixels (an encoder brings its own).")
 @opt(EmbedConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
+@opt(EmbedConfig, "overwrite", is_flag=True, help="Replace existing files, if they are files that embed wrote.")
 def embed(**params):
     """Write the features of every image, with its path, content id and label.
 
     Streamed in batches (any source size); for TensorBoard's projector, a nearest-neighbour
     index, or finding near-duplicates and test images that also sit in a pool.
+
+    Writes: --out (FILE.npy), FILE.csv beside it, FILE-duplicates.csv with --duplicates;
+    existing ones only with --overwrite, and only files embed wrote.
     """
     _import_tensorflow_quietly()
     from pipelines import embed as pipeline
@@ -571,6 +584,9 @@ def export_command(**params):
     images and must match the Keras model within 1e-4, or nothing is written. OUT.json says
     what to feed it (float32 images in [0, 1], preprocessed as `transfer predict` does) and
     records the check's max difference.
+
+    Writes: --out (the model) and OUT.json (its record); an existing export only with
+    --overwrite, and only one this command made (OUT.json names it).
     """
     _import_tensorflow_quietly()
     from pipelines import export as pipeline
@@ -607,6 +623,8 @@ def export_command(**params):
 @arch_options(SelectConfig)
 @opt(SelectConfig, "seed", type=int, help="Seed of k-means, k-center's first image, random draws.")
 @opt(SelectConfig, "sheet/--no-sheet", "sheet", help="Write the contact sheet of the chosen images.")
+@opt(SelectConfig, "overwrite", is_flag=True,
+     help="Replace an existing --out (and its contact sheet), if it is a list (and sheet) that select wrote.")
 @opt(SelectConfig, "results", type=click.Path(dir_okay=False), help="Results table to append the row to.")
 def select(**params):
     """Choose which images of an unlabeled pool to label, before any label exists.
@@ -615,6 +633,10 @@ def select(**params):
     --strategy. Run it with --encoder pixels or random too: selection without pretraining is
     the baseline to compare with. One row in the results table (labeled_classes: how many
     classes the choice covers, when the pool's labels are known).
+
+    Writes: --out (CSV path,label; paths relative to the CSV's folder, as every command
+    reads them), OUT.png and OUT.html (the contact sheet), one row in --results; existing
+    files only with --overwrite, and only those select wrote.
     """
     _import_tensorflow_quietly()
     from pipelines import select as pipeline
@@ -633,6 +655,8 @@ def prepare(**params):
 
     The prepared directory is a source for pretrain and fine-tune (same --image-size):
     no image is decoded again, and multiworker runs split its shards between workers.
+
+    Writes: --out (a directory of shards and prepared.json).
     """
     _import_tensorflow_quietly()
     from pipelines import prepare as pipeline
@@ -665,6 +689,9 @@ def compare(**params):
 
     TABLES are results CSVs read as one (default: --results); the difference from the best
     method without pretraining is paired over the seeds both share, with a 95% interval.
+
+    Writes: nothing but --plot (PNG) and --html (a page) when given, replacing only a
+    picture or page of that kind.
     """
     from pipelines import compare as pipeline
 
@@ -679,7 +706,10 @@ def compare(**params):
 @opt(PredictConfig, "batch-size", type=int, help="Images per prediction batch.")
 @opt(PredictConfig, "overwrite", is_flag=True, help="Replace an existing output file.")
 def predict(**params):
-    """Classify images with a fine-tuned model: path, predicted class, probability of each class."""
+    """Classify images with a fine-tuned model: path, predicted class, probability of each class.
+
+    Writes: --out (CSV); an existing one only with --overwrite, and only a prediction CSV.
+    """
     _import_tensorflow_quietly()
     from pipelines import predict as pipeline
 
@@ -695,7 +725,11 @@ def predict(**params):
 @opt(VisualizeConfig, "image", type=click.Path(dir_okay=False), help="Image for the feature maps (default: the first pretraining image).")
 def visualize(**params):
     """Show what a pretrained encoder learned: filters, images that activate chosen units,
-    feature maps, and the run's reconstructions or samples, in RUN_DIR/visualize/index.html."""
+    feature maps, and the run's reconstructions or samples, in RUN_DIR/visualize/index.html.
+
+    Writes: in --out (default RUN_DIR/visualize), filters.png, activations.png,
+    feature_maps.png and index.html, replacing only files of those kinds.
+    """
     _import_tensorflow_quietly()
     from pipelines import visualize as pipeline
 
@@ -711,6 +745,9 @@ def experiment(file, dry_run):
     Each objective is pretrained once and reused; runs already in the table are
     skipped, so an interrupted experiment continues where it stopped. Ends with
     the compare table. See experiments/*.toml for examples.
+
+    Writes: the file's results table (rows), its runs directory (encoders, fine-tunes),
+    its TensorBoard logs when it names them.
     """
     _import_tensorflow_quietly()
     from pipelines import experiment as pipeline
@@ -727,7 +764,10 @@ def experiment(file, dry_run):
 @opt(DemoConfig, "seeds", type=IntList(), help="Seeds to repeat each fine-tune with.",
      default=",".join(map(str, DemoConfig.seeds)))
 def demo(**params):
-    """Pretrain on built-in digits, fine-tune three ways at two label budgets, print the comparison."""
+    """Pretrain on built-in digits, fine-tune three ways at two label budgets, print the comparison.
+
+    Writes: everything in --out (default runs/demo-TIME): runs and their results table.
+    """
     _import_tensorflow_quietly()
     from pipelines import demo as pipeline
 

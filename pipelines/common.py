@@ -11,7 +11,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from transfer import architectures, artifacts, board, data, distribute, results, stopping, training, visualize
+from transfer import (architectures, artifacts, board, data, distribute, outputs, results, stopping, training,
+                      visualize)
 from transfer.errors import TrainingDiverged, TransferError
 from transfer.listing import report_skipped  # noqa: F401 (the pipelines' one line for skipped files)
 
@@ -32,8 +33,10 @@ class Run:
     def __init__(self, command: str, cfg, out: str | None, log):
         """`out`: the run directory (None: runs/RUN_ID)."""
         self.command, self.cfg, self.log = command, cfg, log
-        artifacts.check_writable(results.target(cfg.results), "--results")  # before any work, not after hours
+        outputs.check(results.target(cfg.results), "--results")  # before any work, not after hours
         results.check_table(cfg.results)
+        if cfg.tensorboard:
+            outputs.writable_folder(cfg.tensorboard, f"--tensorboard {cfg.tensorboard} cannot be written")
         self.run_id = results.new_run_id(command)
         self.out = Path(out) if out else Path("runs") / self.run_id
         self.clock, self.attempts = results.Stopwatch(), 1  # with the processes this run resumes, if any
@@ -56,7 +59,7 @@ class Run:
                     earlier = _earlier_attempts(self.staging)
                     self.clock = results.Stopwatch(earlier["seconds"], earlier["cpu_seconds"])
                     self.attempts = earlier["attempts"] + 1
-                artifacts.write_json(self.staging / ELAPSED, self._elapsed())  # counted in, should it be killed
+                outputs.write_json(self.staging / ELAPSED, self._elapsed())  # counted in, should it be killed
             except BaseException:
                 self._lock.close()
                 raise
@@ -108,7 +111,7 @@ class Run:
         elif isinstance(exc, (Exception, stopping.Stopped)) and self.chief and self.staging.is_dir():
             exc.staging = self.staging  # kept: a stopped or failed run resumes from it, and adds this time to its own
             with contextlib.suppress(OSError):  # a full disk must not hide what stopped the run
-                artifacts.write_json(self.staging / ELAPSED, self._elapsed())
+                outputs.write_json(self.staging / ELAPSED, self._elapsed())
 
     @contextlib.contextmanager
     def distributed(self):

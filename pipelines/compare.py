@@ -9,15 +9,16 @@ import tempfile
 
 import pandas as pd
 
-from transfer import artifacts, comparison, report, results
+from transfer import comparison, outputs, report, results
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
 
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
-    for path, option in ((cfg.plot, "--plot"), (cfg.html, "--html")):
+    outputs.distinct({"--plot": cfg.plot, "--html": cfg.html}, {f"table {t}": t for t in cfg.tables or (cfg.results,)})
+    for path, option, kind in ((cfg.plot, "--plot", outputs.PNG), (cfg.html, "--html", outputs.HTML)):
         if path:
-            artifacts.check_writable(path, option)
+            outputs.check(path, option, kind)  # replaced only if it is a picture or page compare wrote
     tables = cfg.tables or (cfg.results,)
     everything = results.read_tables(tables, warn=lambda m: _note(f"warning: {m}"))
     df = comparison.finished_fine_tunes(everything, cfg.where, " ".join(tables))
@@ -67,4 +68,4 @@ def write_html(cfg: CompareConfig, table, df, everything, sentences, warnings=()
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}", summary, sentences, png,
                            comparison.costs(df, everything).to_html(index=False, na_rep=""),
                            [comparison.NOTE, *warnings, *comparison.pretraining_cost(everything)])
-    artifacts.write_text(cfg.html, text)
+    outputs.write_text(cfg.html, text)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, budget, evaluation, features, splits, stream
+from transfer import budget, evaluation, features, outputs, splits, stream
 from transfer.config import EmbedConfig
 from transfer.errors import TransferError
 
@@ -26,8 +26,12 @@ BLOCK = 1024  # rows of the similarity matrix held at once
 def run(cfg: EmbedConfig, log=print) -> dict:
     out = Path(cfg.out)
     paths = {"npy": out, "csv": out.with_suffix(".csv"), "duplicates": out.with_name(out.stem + "-duplicates.csv")}
-    for path in paths.values():
-        artifacts.check_writable(path, "--out")
+    kinds = {"npy": outputs.NPY, "csv": outputs.csv_with("row", "path", "id", "label"),
+             "duplicates": outputs.csv_with("path_a", "path_b", "distance")}
+    written = {k: p for k, p in paths.items() if k != "duplicates" or cfg.duplicates is not None}
+    outputs.distinct({f"--out ({k})": p for k, p in written.items()}, {"--data": cfg.data})
+    for key, path in written.items():
+        outputs.check(path, "--out", kinds[key], cfg.overwrite)
     net, size, channels, objective, readout = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
     source, _ = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)  # every image
@@ -44,11 +48,11 @@ def run(cfg: EmbedConfig, log=print) -> dict:
         nearest, distance = neighbours(f, cfg.neighbors)
         columns["neighbors"] = [";".join(names[j] for j in row) for row in nearest]
         columns["distances"] = [";".join(f"{d:.4f}" for d in row) for row in distance]
-    np.save(paths["npy"], f.astype(np.float32), allow_pickle=False)
-    artifacts.write_csv(paths["csv"], list(columns), zip(*columns.values()))
+    outputs.write_npy(paths["npy"], f.astype(np.float32))
+    outputs.write_csv(paths["csv"], list(columns), zip(*columns.values()))
     pairs = duplicates(f, cfg.duplicates) if cfg.duplicates is not None else []
     if cfg.duplicates is not None:
-        artifacts.write_csv(paths["duplicates"], ["path_a", "path_b", "distance"],
+        outputs.write_csv(paths["duplicates"], ["path_a", "path_b", "distance"],
                             [(names[a], names[b], f"{d:.4f}") for a, b, d in pairs])
     log(f"{len(f)} x {f.shape[1]} features -> {paths['npy']} (images: {paths['csv']})"
         + (f"; {len(pairs)} pairs closer than {cfg.duplicates} -> {paths['duplicates']}"

@@ -4,7 +4,7 @@ of the same architecture; one results row per (features, readout)."""
 from __future__ import annotations
 
 from pipelines.common import report_skipped
-from transfer import artifacts, evaluation, features, models, results, splits, training
+from transfer import artifacts, evaluation, features, models, outputs, results, splits, training
 from transfer.architectures import Block
 from transfer.config import EvaluateConfig
 from transfer.errors import TransferError
@@ -13,7 +13,7 @@ from transfer.errors import TransferError
 def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     """Score pixels, a random encoder and `cfg.encoder` (each readout) by k-NN, linear probe
     and few-label 1-NN / probe on the test split; append and return the rows."""
-    artifacts.check_writable(results.target(cfg.results), "--results")
+    outputs.check(results.target(cfg.results), "--results")
     results.check_table(cfg.results)
     encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
     size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])

@@ -41,7 +41,7 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
-from transfer import artifacts, methods, results, selection, stopping
+from transfer import artifacts, methods, outputs, results, selection, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, read_toml)
 from transfer.errors import TransferError
@@ -101,9 +101,16 @@ def load(path: str) -> dict:
     return spec
 
 
-def _check_values(path, pre: dict, fin: dict) -> None:
+def _check_values(path, spec: dict, pre: dict, fin: dict) -> None:
     """The sections' values checked as the CLI checks its options (ranges, choices), before
-    anything runs: a bad [fine_tune] value is not found after hours of pretraining."""
+    anything runs: a bad [fine_tune] value is not found after hours of pretraining. A setting
+    of one selection rule (probcover's purity) is checked with that rule, and given only to it."""
+    if "purity" in fin:
+        rules = {_selection(h, path)[0] for h in spec.get("selections", [])} if spec.get("budgets") else set()
+        if "probcover" not in rules:
+            raise TransferError(f"{path} [fine_tune]: purity is probcover's (the share of pure balls that sets its "
+                                "radius); name a probcover selection in 'selections' (with 'budgets'), or remove it")
+        fin = {**fin, "labels": 1, "selection": "probcover"}
     for key, cls, fields in (("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)):
         try:
             cls(**fields)
@@ -140,8 +147,8 @@ def run(cfg: ExperimentConfig, log=print):
     pre = _section(spec, "pretrain", PretrainConfig, cfg.file)
     fin = _section(spec, "fine_tune", FineTuneConfig, cfg.file)
     plan = [(m, methods.parse(m)) for m in spec["methods"]]
-    _check_values(cfg.file, pre, fin)
-    artifacts.check_writable(results.target(results_path), "results")
+    _check_values(cfg.file, spec, pre, fin)
+    outputs.check(results.target(results_path), "results")
     results.check_table(results_path, f"{cfg.file}: results")
     by_selection = [_selection(h, cfg.file)[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
     encoders = {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(
@@ -226,7 +233,8 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
         if method.semi and not fin.get("unlabeled"):
             raise TransferError(f"method {given} learns from unlabeled images: give them as unlabeled = SRC in "
                                 "the experiment's [fine_tune] section")
-        fcfg = FineTuneConfig(**{**fin, **budget, "seed": int(seed), "results": results_path,
+        own = fin if budget.get("selection") == "probcover" else {k: v for k, v in fin.items() if k != "purity"}
+        fcfg = FineTuneConfig(**{**own, **budget, "seed": int(seed), "results": results_path,
                                  "experiment": spec["name"], "overwrite": True,
                                  **method.fields(encoders[method.objective] if method.objective else None,
                                                 fin.get("unlabeled"))})

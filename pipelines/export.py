@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import artifacts, export, splits, stream
+from transfer import artifacts, export, outputs, splits, stream
 from transfer.config import ExportConfig
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
@@ -22,9 +22,7 @@ def run(cfg: ExportConfig, log=print) -> dict:
     kind = _kind(cfg.run_dir)
     out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "export" / f"model{export.SUFFIX[cfg.format]}"
     record = out.with_name(out.name + ".json")
-    if (out.exists() or record.exists()) and not cfg.overwrite:
-        raise TransferError(f"{out} exists; pass --overwrite to replace it")
-    artifacts.check_writable(record, "--out")
+    _check_target(cfg, out, record)
     model, manifest = artifacts.load_model_run(cfg.run_dir, kind)
     images, where = _check_images(manifest)
     diff = export.export(model, cfg.format, out, images)
@@ -40,10 +38,30 @@ def run(cfg: ExportConfig, log=print) -> dict:
             "class_names": manifest.get("class_names"),
             "check": {"images": len(images), "on": where, "max_abs_difference": diff,
                       "tolerance": export.TOLERANCE}}
-    artifacts.write_text(record, json.dumps(text, indent=2) + "\n")
+    outputs.write_text(record, json.dumps(text, indent=2) + "\n")
     log(f"exported the {kind} of {cfg.run_dir} to {cfg.format}: {out} (outputs within {diff:.1e} of the Keras "
         f"model on {len(images)} {where}); what to feed it: {record}")
     return text
+
+
+RECORD = outputs.json_with("export record (OUT.json)", "format", "model", "source_run", "check")
+
+
+def _check_target(cfg: ExportConfig, out: Path, record: Path) -> None:
+    """Before anything loads: OUT and OUT.json may be written. An existing OUT is replaced only
+    with --overwrite and when it is an export this tool made (OUT.json, its record, beside it
+    names it): never a folder or file of the user's, never the run directory itself."""
+    run = Path(cfg.run_dir).resolve()
+    if out.resolve() == run or out.resolve() in run.parents:
+        raise TransferError(f"--out {out} is the run directory {cfg.run_dir} or holds it; choose another path")
+    outputs.check(record, "--out", RECORD, cfg.overwrite)
+    if out.exists() or out.is_symlink():
+        if not cfg.overwrite:
+            raise TransferError(f"{out} already exists; pass --overwrite to replace it")
+        named = RECORD.recognise(record) and json.loads(record.read_text(encoding="utf-8"))["model"]
+        if not named or Path(str(named)).name != out.name or out.is_symlink():
+            raise TransferError(f"--out {out} exists and is not an export made by transfer (no {record.name} beside "
+                                "it naming it); it is never replaced: move it away or choose another path")
 
 
 def _kind(run_dir: str) -> str:

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import (artifacts, augment, budget, distribute, heads, layers, methods, mistakes, models,
+from transfer import (artifacts, augment, budget, distribute, heads, layers, lists, methods, mistakes, models,
                       selection, semi, splits, stream, training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
@@ -47,6 +47,7 @@ def _resolve_encoder(cfg: FineTuneConfig):
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run: Run):
     """(source, labeled training images in memory, the test images: streamed, never all in memory)."""
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, run.log)
+    run.note(duplicates_dropped=found.duplicates_dropped)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
     if cfg.labels is None:
         train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, run.log)
@@ -130,7 +131,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
 def _write_reports(folder: Path, classifier, train, test) -> dict:
     """labeled.csv (the labeled images it learned from, `path,label` as `transfer select` writes:
     the next round's `select --exclude`) and what it gets wrong on the test split (`mistakes.write`)."""
-    artifacts.write_label_list(folder / "labeled.csv", [train.name(i) for i in range(len(train))],
+    lists.write_label_list(folder / "labeled.csv", [train.name(i) for i in range(len(train))],
                                [train.class_names[c] for c in train.labels])
     return mistakes.write(folder, classifier, test, train.class_names)
 

@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-import os
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, stopping, stream
+from transfer import artifacts, outputs, stopping, stream
 from transfer.config import PredictConfig
 from transfer.errors import TransferError
 from transfer.progress import Progress
@@ -18,9 +16,8 @@ from transfer.progress import Progress
 
 def run(cfg: PredictConfig, log=print) -> Path:
     out = Path(cfg.out)
-    if out.exists() and not cfg.overwrite:
-        raise TransferError(f"{out} already exists; pass --overwrite to replace it")
-    artifacts.check_writable(out, "--out")
+    outputs.distinct({"--out": out}, {"--data": cfg.data})
+    outputs.check(out, "--out", outputs.csv_with("path", "predicted"), cfg.overwrite)
     model, manifest = artifacts.load_model_run(cfg.model, "classifier")
     pre = manifest["preprocessing"]
     size = int(pre["image_size"])
@@ -30,10 +27,11 @@ def run(cfg: PredictConfig, log=print) -> Path:
     if model.output.shape[-1] != len(classes):
         raise TransferError(f"{cfg.model}: the model has {model.output.shape[-1]} outputs but the manifest "
                             f"names {len(classes)} classes")
-    tmp = out.with_name(f".{out.name}.{uuid.uuid4().hex[:8]}.tmp")
     written = 0
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:  # rows written batch by batch: bounded memory
+
+    def write(tmp: Path) -> None:  # rows written batch by batch: bounded memory
+        nonlocal written
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f, lineterminator="\n")
             writer.writerow(["path", "predicted", *[f"prob_{c}" for c in classes]])
             batches = stream.records(source, np.arange(len(source)), size).batch(cfg.batch_size)
@@ -41,14 +39,12 @@ def run(cfg: PredictConfig, log=print) -> Path:
             for positions, images, _ in batches.as_numpy_iterator():
                 stopping.check()
                 for i, p in zip(positions, np.asarray(model.predict_on_batch(images))):
-                    writer.writerow([source.name(int(i)), classes[int(np.argmax(p))],
-                                     *[f"{v:.6f}" for v in p]])
+                    writer.writerow([source.name(int(i)), classes[int(np.argmax(p))], *[f"{v:.6f}" for v in p]])
                     written += 1
                 progress.update(int(positions[-1]) + 1)
             progress.update(len(source))
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
+
+    outputs.replace(out, write)
     report_skipped(source.failed, log, "while decoding")
     log(f"wrote {written} prediction(s) to {out}")
     return out

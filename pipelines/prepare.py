@@ -12,7 +12,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipelines.common import report_skipped
-from transfer import artifacts, builtins, data, listing, prepared, stopping, stream
+from transfer import builtins, data, listing, outputs, prepared, stopping, stream
 from transfer.config import PrepareConfig
 from transfer.errors import TransferError
 from transfer.progress import Progress
@@ -80,5 +80,5 @@ def _write(source: listing.Listing, staging: Path, image_size: int, log) -> dict
         "preprocessing": data.preprocessing_contract(image_size, source.channels),
         "fingerprint": source.fingerprint(),
     }
-    artifacts.write_json(staging / prepared.PREPARED, info)
+    outputs.write_json(staging / prepared.PREPARED, info)
     return info

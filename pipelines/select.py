@@ -10,14 +10,13 @@ the next round of an iterative labeling.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
 from pipelines.common import encoder_blocks, report_skipped
-from transfer import (artifacts, budget, features, models, results, selection, splits, stream, training,
-                      visualize)
+from transfer import budget, features, lists, models, outputs, results, selection, splits, stream, training, visualize
 from transfer.config import SelectConfig
 from transfer.errors import TransferError
 
@@ -26,9 +25,13 @@ def run(cfg: SelectConfig, log=print) -> dict:
     """Select, write the CSV and the contact sheet, append and return the row."""
     clock = results.Stopwatch()
     out = Path(cfg.out)
-    for path, what in ((out, "--out"), (out.with_suffix(".png"), "contact sheet"), (results.target(cfg.results),
-                                                                                     "--results")):
-        artifacts.check_writable(path, what)
+    sheet = {"contact sheet": out.with_suffix(".png"), "contact page": out.with_suffix(".html")} if cfg.sheet else {}
+    outputs.distinct({"--out": out, **sheet, "--results": results.target(cfg.results)},
+                     {"--data": cfg.data, "--exclude": cfg.exclude})
+    outputs.check(out, "--out", outputs.LABEL_LIST, cfg.overwrite)
+    for (what, path), kind in zip(sheet.items(), (outputs.PNG, outputs.HTML)):
+        outputs.check(path, what, kind, cfg.overwrite)
+    outputs.check(results.target(cfg.results), "--results")
     results.check_table(cfg.results)
     net, size, channels, objective, readout = budget.feature_model(
         "pixels" if cfg.encoder == "random" else cfg.encoder, cfg.readout, cfg.channels)
@@ -52,7 +55,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
-    artifacts.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
+    lists.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
     if cfg.sheet:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
@@ -73,18 +76,14 @@ def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
     """Positions of the pool's images listed in --exclude (a CSV with a path column)."""
     if not cfg.exclude:
         return np.zeros(0, np.int64)
-    try:
-        listed = pd.read_csv(cfg.exclude, dtype=str, keep_default_na=False)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise TransferError(f"--exclude {cfg.exclude}: cannot be read as a CSV ({exc})") from None
-    if "path" not in listed.columns:
-        raise TransferError(f"--exclude {cfg.exclude}: needs a path column. Columns: {list(listed.columns)}")
-    wanted = set(listed["path"]) | {str(Path(p).resolve()) for p in listed["path"] if p and "[" not in p}
-    names = {source.name(i): i for i in pool}
-    found = np.array(sorted(i for name, i in names.items() if name in wanted or str(Path(name).resolve()) in wanted
-                            and "[" not in name), dtype=np.int64)
-    if len(found) < len(listed):
-        log(f"warning: {len(listed) - len(found)} of the {len(listed)} images in {cfg.exclude} are not in the pool")
+    listed = lists.read(cfg.exclude, "--exclude")
+    wanted = {os.path.realpath(listed.resolve(row["path"])) for row in listed.rows if row["path"]}
+    names = {row["path"] for row in listed.rows}  # built-in and in-memory images by name (digits[12])
+    found = np.array(sorted(i for i in pool if os.path.realpath(source.name(i)) in wanted
+                            or source.name(i) in names and not os.path.exists(source.name(i))), dtype=np.int64)
+    if len(found) < len(listed.rows):
+        log(f"warning: {len(listed.rows) - len(found)} of the {len(listed.rows)} images in {cfg.exclude} are not in "
+            "the pool (a relative path is read relative to the list's folder)")
     return found
 
 
@@ -97,5 +96,5 @@ def _contact_sheet(out: Path, source, chosen: np.ndarray, names: list[str], size
                        min_px=640)
     caption = "In the order to label them, left to right, top to bottom: " + ", ".join(
         f"{k + 1}. {n}" for k, n in enumerate(names))
-    artifacts.write_text(out.with_suffix(".html"), visualize.html_report(title, [("Images to label", caption,
+    outputs.write_text(out.with_suffix(".html"), visualize.html_report(title, [("Images to label", caption,
                                                                                    out.with_suffix(".png"))]))

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import artifacts, data, stream
+from transfer import artifacts, data, lists, outputs, stream
 from transfer import visualize as vis
 from transfer.config import VisualizeConfig
 from transfer.errors import TransferError
+
 
 def _sample_image(cfg: VisualizeConfig, manifest: dict) -> np.ndarray | None:
     pre = manifest["preprocessing"]
@@ -25,8 +26,14 @@ def _sample_image(cfg: VisualizeConfig, manifest: dict) -> np.ndarray | None:
 
 
 def run(cfg: VisualizeConfig, log=print) -> Path:
-    encoder, manifest = artifacts.load_model_run(cfg.run_dir, "encoder")
+    encoder, manifest = artifacts.load_model_run(cfg.run_dir, "encoder")  # a run that is one, before its folder
     out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "visualize"
+    if out.exists() and not out.is_dir():
+        raise TransferError(f"--out {out} is a file; visualize writes a folder")
+    for name, kind in vis.REPORT_FILES.items():  # each replaced only if it is a report's own file
+        outputs.check(out / name, "--out", kind)
+    if cfg.image:
+        lists.check_regular(cfg.image, "--image")
     image = _sample_image(cfg, manifest)
     if image is None:
         log("feature maps skipped: the pretraining data is not readable here; pass --image")

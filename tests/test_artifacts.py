@@ -2,7 +2,7 @@ import json
 import numpy as np
 import pytest
 
-from transfer import artifacts, models
+from transfer import artifacts, models, outputs
 from transfer.architectures import preset_blocks
 from transfer.errors import TransferError
 
@@ -12,7 +12,7 @@ def _save_run(tmp_path, name="enc"):
     staging, resumed = artifacts.start_run_dir(tmp_path / name, overwrite=False)
     assert not resumed
     digest = artifacts.save_model(enc, staging / "encoder.keras")
-    artifacts.write_json(staging / "manifest.json", {
+    outputs.write_json(staging / "manifest.json", {
         "format": artifacts.FORMAT, "kind": "encoder", "model_file": "encoder.keras", "model_sha256": digest,
         "preprocessing": {"image_size": 8, "channels": 1},
     })
@@ -62,7 +62,7 @@ def test_leak_count(tmp_path):
 
 
 def test_write_json_is_valid(tmp_path):
-    artifacts.write_json(tmp_path / "m.json", {"a": np.float32(1.5), "b": (1, 2)})
+    outputs.write_json(tmp_path / "m.json", {"a": np.float32(1.5), "b": (1, 2)})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": 1.5, "b": [1, 2]}
 
 

@@ -172,7 +172,7 @@ def test_select_bad_input_is_one_error_line(tmp_path):
     (tmp_path / "bad.csv").write_text("file\nx.png\n")
     result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "5",
                     "--exclude", tmp_path / "bad.csv", "--out", tmp_path / "o.csv", "--results", tmp_path / "r.csv")
-    assert result.exit_code == 2 and "needs a path column" in result.output
+    assert result.exit_code == 2 and "needs a 'path' column" in result.output
     result = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "0", "--out", tmp_path / "o.csv")
     assert result.exit_code == 2 and "budget must be >= 1" in result.output
     result = invoke("select", "--data", "digits", "--encoder", tmp_path / "nope", "--budget", "3",

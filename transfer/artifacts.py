@@ -9,11 +9,9 @@ loading checks it and uses Keras's `safe_mode=True`.
 from __future__ import annotations
 
 import contextlib
-import csv
 import fcntl
 import functools
 import hashlib
-import io
 import json
 import os
 import platform
@@ -24,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import __version__, data, results, stopping
+from transfer import __version__, data, outputs, results, stopping
 from transfer.errors import RunComplete, TransferError
 
 MANIFEST = "manifest.json"
@@ -59,7 +57,7 @@ def write_manifest(run_dir: Path, kind: str, *, run_id: str, model_file: str, mo
         "preprocessing": data.preprocessing_contract(image_size, channels),
         **fields, "versions": versions(),
     }
-    write_json(Path(run_dir) / MANIFEST, manifest)
+    outputs.write_json(Path(run_dir) / MANIFEST, manifest)
     return manifest
 
 
@@ -92,27 +90,6 @@ def versions() -> dict:
 
     return {"transfer": __version__, "keras": keras.__version__, "tensorflow": tf.__version__,
             "numpy": np.__version__, "python": platform.python_version()}
-
-
-def check_writable(path: str | os.PathLike, what: str) -> None:
-    """Refuse, before any work, an output file that could not be written: its folder is a
-    file or cannot be created, the path is a folder, or it is not writable."""
-    path = Path(path)
-    _writable_folder(path.parent, f"{what} {path} cannot be written")
-    if path.is_dir():
-        raise TransferError(f"{what} {path} is a directory; give a file path")
-    if path.exists() and not os.access(path, os.W_OK):
-        raise TransferError(f"{what} {path} cannot be written: it is not writable")
-
-
-def _writable_folder(folder: Path, problem: str) -> None:
-    """Create `folder` if needed; refuse one that cannot be created or written, saying `problem`."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise TransferError(f"{problem}: its folder {folder} cannot be created ({exc.strerror or exc})") from None
-    if not os.access(folder, os.W_OK):
-        raise TransferError(f"{problem}: {folder} is not writable")
 
 
 class RunBusy(TransferError):
@@ -152,7 +129,7 @@ def run_lock(out: str | os.PathLike, wait: bool = False, on_wait=None):
 
 
 def _acquire(path: str, wait: bool, on_wait, out) -> int:
-    _writable_folder(Path(path).parent, f"run directory {out} cannot be created")
+    outputs.writable_folder(Path(path).parent, f"run directory {out} cannot be created")
     told = False
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -191,32 +168,44 @@ def start_run_dir(out: str | os.PathLike, overwrite: bool, config: dict | None =
 
     Raises:
         RunComplete: `out` is a finished run and overwrite is False.
-        TransferError: `out` exists and is not a finished run, and overwrite is False.
+        TransferError: `out` exists and is neither a finished run nor an empty folder (with
+            `overwrite` too: it replaces only a run directory the tool made).
     """
     out = Path(out)
-    if out.exists() and not overwrite:
-        if not out.is_dir():
-            raise TransferError(f"{out} exists and is not a directory")
-        if (out / MANIFEST).is_file():
-            raise RunComplete(f"run directory {out} is complete; pass --overwrite to start it over")
-        if any(out.iterdir()):
-            raise TransferError(f"{out} exists and is not a run directory; choose another --out or pass --overwrite")
+    if out.exists() or out.is_symlink():
+        if out.is_symlink() or not out.is_dir():
+            raise TransferError(f"{out} exists and is not a directory; choose another --out")
+        if is_run_dir(out):
+            if not overwrite:
+                raise RunComplete(f"run directory {out} is complete; pass --overwrite to start it over")
+        elif any(out.iterdir()):  # --overwrite replaces only what the tool made
+            raise TransferError(f"{out} exists and is not a run directory (no {MANIFEST} of a transfer run); it is "
+                                "never replaced, --overwrite or not: choose another --out")
     staging = out.with_name(out.name + ".partial")
-    _writable_folder(staging.parent, f"run directory {out} cannot be created")
+    outputs.writable_folder(staging.parent, f"run directory {out} cannot be created")
     resumed = False
     if staging.exists():
         try:
             resumed = config is not None and json.loads(
                 (staging / "config.json").read_text(encoding="utf-8")) == json.loads(
-                json.dumps(config, default=_json_default))
+                json.dumps(config, default=outputs.json_default))
         except (OSError, ValueError):
             resumed = False
         if not resumed:
             shutil.rmtree(staging)
     staging.mkdir(parents=True, exist_ok=True)
     if config is not None:
-        write_json(staging / "config.json", config)
+        outputs.write_json(staging / "config.json", config)
     return staging, resumed
+
+
+def is_run_dir(path: str | os.PathLike) -> bool:
+    """A folder holding the manifest of a transfer run (what `--overwrite` may replace)."""
+    try:
+        manifest = json.loads((Path(path) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
 
 
 def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:
@@ -231,47 +220,6 @@ def finish_run_dir(staging: Path, out: str | os.PathLike) -> Path:
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     return out
-
-
-def write_json(path: str | os.PathLike, obj) -> None:
-    path = Path(path)
-    write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
-
-
-def write_csv(path: str | os.PathLike, header: list[str], rows) -> None:
-    """Write a CSV table atomically (as `write_text`)."""
-    text = io.StringIO()
-    writer = csv.writer(text, lineterminator="\n")
-    writer.writerow(header)
-    writer.writerows(rows)
-    write_text(path, text.getvalue())
-
-
-def write_label_list(path: str | os.PathLike, names, labels) -> None:
-    """A list of images and their labels, `path,label` (a label may be empty, to fill in): what
-    `transfer select` writes, a fine-tune's labeled.csv, and what `select --exclude` reads."""
-    write_csv(path, ["path", "label"], zip(names, labels))
-
-
-def write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file atomically: under a temporary name, then renamed into place."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    with stopping.critical():  # never a temporary file left behind by a stop signal
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, (np.integer,)):
-        return int(obj)
-    if isinstance(obj, (np.floating,)):
-        return float(obj)
-    if isinstance(obj, (np.ndarray, tuple, set)):
-        return list(obj)
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"not JSON serializable: {type(obj).__name__}")
 
 
 def save_model(model, path: str | os.PathLike) -> str:

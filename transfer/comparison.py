@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from transfer import methods, rowfilter, stats
+from transfer import methods, outputs, rowfilter, stats
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
@@ -348,7 +348,7 @@ def plot(df: pd.DataFrame, metric: str, path: str) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    outputs.replace(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
 
 

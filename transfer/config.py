@@ -253,6 +253,7 @@ class SelectConfig(ArchConfig):
     channels: int | None = None
     seed: int = 0
     sheet: bool = True
+    overwrite: bool = False  # replace an existing list (and contact sheet) that select wrote
     results: str = "experiments/results.csv"
     experiment: str | None = None
 
@@ -282,6 +283,7 @@ class EmbedConfig:
     labeled: bool = False  # read labels (class folders, a label column; built-ins always)
     neighbors: int = 0  # each image's K nearest neighbours (cosine) in the CSV
     duplicates: float | None = None  # FILE-duplicates.csv: pairs closer than this cosine distance
+    overwrite: bool = False  # replace existing files that embed wrote
 
     def __post_init__(self):
         if not self.encoder:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -158,6 +159,8 @@ def decode_image(path: str | os.PathLike, image_size: int, channels: int | None 
     """
     path = Path(path)
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block the read
+            raise TransferError(f"{path}: not a regular file (a named pipe, socket or device)")
         arr = _native_array(path)
         if arr.shape[0] < 1 or arr.shape[1] < 1:
             raise ValueError("image has no pixels")

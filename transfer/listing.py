@@ -15,9 +15,9 @@ nothing readable is refused.
 
 from __future__ import annotations
 
-import csv
 import io
 import os
+import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +26,7 @@ from typing import Callable, Protocol
 import numpy as np
 import tensorflow as tf
 
-from transfer import data, stopping
+from transfer import data, lists, stopping
 from transfer.errors import TransferError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -258,8 +258,10 @@ def list_files(src: str, labeled: bool, channels: int | None = None) -> Listing:
     paths, labels, classes = _paths(src, labeled)
     kept, index, ids, chans, skipped = _read_headers(paths)
     target = int(channels) if channels is not None else auto_channels(chans)
-    if target not in (1, 3) and set(chans) != {target}:
-        raise TransferError(f"{src}: images have {sorted(set(chans))} channels and cannot all be converted to {target}")
+    convertible = {target} | ({1, 3} if target in (1, 3) else set())
+    if not set(chans) <= convertible:  # said now, not as every image failing to decode later
+        raise TransferError(f"{src}: images have {sorted(set(chans))} channels and cannot all be converted to the "
+                            f"{target} asked for (the encoder's, or --channels; only gray <-> RGB is converted)")
     encoded = encode_labels([labels[i] for i in index], classes, src) if labeled else None
     return Listing(src=src, paths=kept, ids=ids, labels=encoded, class_names=classes if labeled else [],
                    channels=target, skipped=skipped)
@@ -309,35 +311,27 @@ def _walk_images(root: Path) -> list[Path]:
 
 
 def _read_manifest(csv_path: Path, labeled: bool) -> tuple[list[Path], list[str] | None]:
-    try:
-        with open(csv_path, newline="", encoding="utf-8") as f:
-            reader = csv.DictReader(f)
-            columns = reader.fieldnames or []
-            rows = list(reader)
-    except (UnicodeDecodeError, csv.Error) as exc:
-        raise TransferError(f"{csv_path}: not a readable CSV manifest ({exc})") from None
-    if "path" not in columns:
-        raise TransferError(f"{csv_path}: a CSV manifest needs a 'path' column. Received columns: {columns}")
-    if labeled and "label" not in columns:
-        raise TransferError(f"{csv_path}: a labeled CSV manifest needs a 'label' column. Received columns: {columns}")
-    if not rows:
+    """A CSV manifest's paths (by the rule of `transfer.lists`: relative to the CSV's folder) and labels."""
+    table = lists.read(csv_path, "CSV manifest", ("path", "label") if labeled else ("path",))
+    if not table.rows:
         raise TransferError(f"{csv_path}: the CSV manifest lists no images")
     paths, labels, missing = [], [], []
-    for i, row in enumerate(rows, start=2):
-        rel = (row.get("path") or "").strip()
+    for i, row in enumerate(table.rows, start=2):
+        rel = row.get("path", "")
         if not rel:
             raise TransferError(f"{csv_path}: line {i} has an empty path")
-        p = csv_path.parent / rel
-        if not p.is_file():
+        p = table.resolve(rel)
+        if not (p.exists() or p.is_symlink()):
             missing.append(rel)
         paths.append(p)
         if labeled:
-            label = (row.get("label") or "").strip()
+            label = row.get("label", "")
             if not label:
                 raise TransferError(f"{csv_path}: line {i} ({rel}) has an empty label")
             labels.append(label)
     if missing:
-        raise TransferError(f"{csv_path}: {len(missing)} listed file(s) do not exist (first: {missing[0]})")
+        raise TransferError(f"{csv_path}: {len(missing)} listed file(s) do not exist (first: {missing[0]}; a relative "
+                            f"path is read relative to the CSV's folder, {csv_path.parent})")
     return paths, (labels if labeled else None)
 
 
@@ -367,6 +361,9 @@ def _read_headers(paths: list[Path]):
     for i, p in enumerate(paths):
         stopping.check()  # a safe point for a stop signal, between files
         try:
+            if not stat.S_ISREG(os.stat(p).st_mode):  # a named pipe or a device would block the read, or never end
+                skipped.append((str(p), f"{p}: not a regular file (a named pipe, socket or device)"))
+                continue
             raw = p.read_bytes()
         except OSError as exc:
             skipped.append((str(p), f"{p}: cannot read ({exc.strerror or exc})"))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from transfer import artifacts, features, stream
+from transfer import features, outputs, stream
 
 TOP = 16  # mistakes shown
 
@@ -36,11 +36,11 @@ def write(folder: Path, classifier, test: stream.ImageSet, class_names: list[str
         return {}
     predicted = probs.argmax(axis=1)
     counts = confusion(labels, predicted, len(class_names))
-    artifacts.write_csv(folder / "confusion.csv", ["true \\ predicted", *class_names],
+    outputs.write_csv(folder / "confusion.csv", ["true \\ predicted", *class_names],
                         ([name, *row] for name, row in zip(class_names, counts.tolist())))
     _plot_confusion(counts, class_names, folder / "confusion.png")
     worst = most_confident_mistakes(probs, labels)
-    artifacts.write_csv(folder / "mistakes.csv", ["path", "true", "predicted", "probability"],
+    outputs.write_csv(folder / "mistakes.csv", ["path", "true", "predicted", "probability"],
                         ([source.name(positions[r]), class_names[labels[r]], class_names[predicted[r]],
                           f"{probs[r, predicted[r]]:.4f}"] for r in worst))
     if len(worst):
@@ -74,7 +74,7 @@ def _plot_confusion(counts: np.ndarray, names: list[str], path: Path) -> None:
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    outputs.replace(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)
 
 
@@ -90,5 +90,5 @@ def _plot_mistakes(shown: list[tuple[np.ndarray, str]], path: Path) -> None:
                   interpolation="nearest")
         ax.set_title(title, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    outputs.replace(path, lambda tmp: fig.savefig(tmp, dpi=100, format="png"))
     plt.close(fig)

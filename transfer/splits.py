@@ -4,7 +4,8 @@ split: the one rule every command that reports on a test split follows.
 The test split is `--test-data` when given, else the split the source defines (a
 built-in's fixed one), else a content-hash split of every class (`data.split_test`): it
 depends only on image content, never on the seed or the label budget, so methods and
-budgets are scored on the same images.
+budgets are scored on the same images. The pool never holds an image whose content is in
+the test split (duplicates are left out of the pool and counted).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class Splits:
     pool: np.ndarray
     test_source: Listing
     test_index: np.ndarray
+    duplicates_dropped: int = 0  # pool images left out because the same content is in the test split
 
     def labeled(self, per_class: int | None, seed: int, image_size: int, log=print) -> Listing:
         """The labeled training images, decoded into memory: `per_class` of every class drawn
@@ -66,6 +68,16 @@ def open_labeled(src: str, test_src: str | None, test_fraction: float, image_siz
         splits = Splits(source, pool, source, test)
     if len(splits.test_index) == 0:
         raise TransferError(f"{src}: the test split is empty; give --test-data or more images")
+    return _without_test_content(splits, log)
+
+
+def _without_test_content(splits: Splits, log) -> Splits:
+    """The split is by content: a pool image whose bytes are also in the test split (the same file
+    listed twice, a copy under another name or class) is left out of the pool, and counted."""
+    copies = np.isin(splits.source.ids[splits.pool], splits.test_source.ids[splits.test_index])
+    if copies.any():
+        log(f"left {int(copies.sum())} image(s) out of the pool: the same content is in the test split")
+        splits.pool, splits.duplicates_dropped = splits.pool[~copies], int(copies.sum())
     return splits
 
 

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import artifacts
+from transfer import outputs
 from transfer.errors import TransferError
 
 
@@ -157,7 +157,8 @@ def save_png(image: np.ndarray, path: str | Path, min_px: int = 256) -> None:
     scale = max(1, -(-min_px // image.shape[1]))
     arr = np.clip(image * 255 + 0.5, 0, 255).astype(np.uint8)
     arr = np.kron(arr, np.ones((scale, scale, 1), dtype=np.uint8))
-    Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3]).save(path)
+    picture = Image.fromarray(arr[..., 0] if arr.shape[-1] == 1 else arr[..., :3])
+    outputs.replace(path, lambda tmp: picture.save(tmp, format="PNG"))
 
 
 def html_report(title: str, sections: list[tuple[str, str, Path]]) -> str:
@@ -172,6 +173,10 @@ def html_report(title: str, sections: list[tuple[str, str, Path]]) -> str:
                      f"<img alt='{html.escape(heading)}' src='data:image/png;base64,{data}'>")
     return "\n".join(parts) + "\n"
 
+
+# The files `write_report` writes in its folder, and their kinds (checked before any work).
+REPORT_FILES = {"filters.png": outputs.PNG, "activations.png": outputs.PNG, "feature_maps.png": outputs.PNG,
+                "index.html": outputs.HTML}
 
 PREVIEWS = {
     "reconstructions.png": ("Reconstructions", "Held-out images (top) above the autoencoder's reconstructions."),
@@ -208,5 +213,5 @@ def write_report(encoder, folder: Path, *, image: np.ndarray | None, layer: str 
         sections.append(("Feature maps", "One image (top) and the first 16 channels of each block's output, "
                          "one row per block.", folder / "feature_maps.png"))
     page = folder / "index.html"
-    artifacts.write_text(page, html_report(title, sections))
+    outputs.write_text(page, html_report(title, sections))
     return page
