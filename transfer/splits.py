@@ -78,6 +78,9 @@ def _without_test_content(splits: Splits, log) -> Splits:
     if copies.any():
         log(f"left {int(copies.sum())} image(s) out of the pool: the same content is in the test split")
         splits.pool, splits.duplicates_dropped = splits.pool[~copies], int(copies.sum())
+        if len(splits.pool) == 0:
+            raise TransferError(f"{splits.source.src}: every image is also in the test split (the same content); "
+                                "nothing is left to learn from")
     return splits
 
 
