@@ -59,21 +59,22 @@ def _import_tensorflow_quietly() -> None:
             os.close(saved)
 
 
-# The toolkit's modules import Keras and TensorFlow (the vocabulary of objectives, strategies and
-# augmentations lives with its owners): import them quietly first, so that no command prints
-# TensorFlow's start-up lines.
-_import_tensorflow_quietly()
+def _tensorflow() -> None:
+    """What a command that trains or loads models runs first: TensorFlow imported quietly, and a
+    Keras or TensorFlow outside the tested versions refused (transfer.internals fences the
+    private surfaces it uses). `--help`, `compare` and the option checks import neither."""
+    _import_tensorflow_quietly()
+    from transfer import internals
 
-from transfer import builtins, internals  # noqa: E402
-from transfer.architectures import PRESETS, READOUTS  # noqa: E402
+    try:
+        internals.check_versions()
+    except TransferError as exc:
+        raise UserError(str(exc)) from None
+
+
+# Nothing here imports TensorFlow: the options' names come from transfer.vocabulary, and each
+# command that needs TensorFlow imports it (quietly) as it starts.
 from transfer.config import (  # noqa: E402
-    AUGMENT_POLICIES,
-    BUDGET_SELECTIONS,
-    EXPORT_FORMATS,
-    OBJECTIVES,
-    PRECISIONS,
-    SELECTIONS,
-    STRATEGIES,
     CompareConfig,
     DemoConfig,
     EmbedConfig,
@@ -89,8 +90,19 @@ from transfer.config import (  # noqa: E402
     field_defaults,
     load_toml,
 )
-from transfer.distribute import WorkerFailed  # noqa: E402
 from transfer.errors import RunComplete, TransferError  # noqa: E402
+from transfer.vocabulary import (  # noqa: E402
+    AUGMENT_POLICIES,
+    BUDGET_SELECTIONS,
+    BUILTINS,
+    EXPORT_FORMATS,
+    OBJECTIVES,
+    PRECISIONS,
+    PRESETS,
+    READOUTS,
+    SELECTIONS,
+    STRATEGIES,
+)
 
 
 class UserError(click.ClickException):
@@ -194,7 +206,7 @@ def opt(cls, name, *args, **kwargs):
 def arch_options(cls):
     def decorate(fn):
         for o in reversed([
-            opt(cls, "arch", type=click.Choice(sorted(PRESETS)),
+            opt(cls, "arch", type=click.Choice(PRESETS),
                 help="Encoder preset: small (3 conv+BN+max-pool blocks), lenet5, vgg (2 convs per block), "
                      "resnet (residual units)."),
             opt(cls, "filters", type=IntList(), help="Filters per block, e.g. 32,64,128 (sets the number of blocks)."),
@@ -254,6 +266,8 @@ def _run(pipeline, cls, params: dict):
     """Build the config and run. Bad input: one line, exit code 2. A lost worker: one line,
     exit code 1. Anything else: one line, exit code 1, the traceback saved to a log file
     (in the run's staging directory when there is one) that the line names."""
+    import sys
+
     from transfer import stopping
 
     for prefix in ("transfer-decoded-", "transfer-worker-"):  # left by a process killed outright (SIGKILL)
@@ -269,9 +283,10 @@ def _run(pipeline, cls, params: dict):
         return None
     except TransferError as exc:
         raise UserError(str(exc)) from None
-    except WorkerFailed as exc:
-        _end_after_lost_peer(str(exc))
     except Exception as exc:  # a bug or an environment failure: never a traceback on the terminal
+        distribute = sys.modules.get("transfer.distribute")  # loaded by every run that can lose a peer
+        if distribute is not None and isinstance(exc, distribute.WorkerFailed):
+            _end_after_lost_peer(str(exc))
         log = _save_traceback(exc)
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         raise RunFailed(f"{type(exc).__name__}{': ' + text[:300] if text else ''} "
@@ -339,13 +354,9 @@ def main(verbose: bool):
     manifest with columns path[,label], or a built-in name: """
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
-    try:
-        internals.check_versions()  # private Keras/TF surfaces are used (transfer.internals): tested versions only
-    except TransferError as exc:
-        raise UserError(str(exc)) from None
 
 
-main.help += ", ".join(builtins.names()) + "."
+main.help += ", ".join(BUILTINS) + "."
 
 
 @main.command()
@@ -396,7 +407,7 @@ def pretrain(**params):
     config.json, previews; built in OUT.partial, moved into place when complete), one
     row in --results, --tensorboard logs. --overwrite replaces only a run directory.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import pretrain as pipeline
 
     _run(pipeline, PretrainConfig, params)
@@ -503,7 +514,7 @@ def fine_tune(**params):
     config.json, labeled.csv, confusion and mistakes; built in OUT.partial), one row in
     --results, --tensorboard logs. --overwrite replaces only a run directory.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import fine_tune as pipeline
 
     _run(pipeline, FineTuneConfig, params)
@@ -533,7 +544,7 @@ def evaluate(**params):
 
     Writes: rows in --results only.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import evaluate as pipeline
 
     _run(pipeline, EvaluateConfig, params)
@@ -564,7 +575,7 @@ def embed(**params):
     Writes: --out (FILE.npy), FILE.csv beside it, FILE-duplicates.csv with --duplicates;
     existing ones only with --overwrite, and only files embed wrote.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import embed as pipeline
 
     _run(pipeline, EmbedConfig, params)
@@ -588,7 +599,7 @@ def export_command(**params):
     Writes: --out (the model) and OUT.json (its record); an existing export only with
     --overwrite, and only one this command made (OUT.json names it).
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import export as pipeline
 
     _run(pipeline, ExportConfig, params)
@@ -638,7 +649,7 @@ def select(**params):
     reads them), OUT.png and OUT.html (the contact sheet), one row in --results; existing
     files only with --overwrite, and only those select wrote.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import select as pipeline
 
     _run(pipeline, SelectConfig, params)
@@ -658,7 +669,7 @@ def prepare(**params):
 
     Writes: --out (a directory of shards and prepared.json).
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import prepare as pipeline
 
     _run(pipeline, PrepareConfig, params)
@@ -710,7 +721,7 @@ def predict(**params):
 
     Writes: --out (CSV); an existing one only with --overwrite, and only a prediction CSV.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import predict as pipeline
 
     _run(pipeline, PredictConfig, params)
@@ -730,7 +741,7 @@ def visualize(**params):
     Writes: in --out (default RUN_DIR/visualize), filters.png, activations.png,
     feature_maps.png and index.html, replacing only files of those kinds.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import visualize as pipeline
 
     _run(pipeline, VisualizeConfig, params)
@@ -749,7 +760,7 @@ def experiment(file, dry_run):
     Writes: the file's results table (rows), its runs directory (encoders, fine-tunes),
     its TensorBoard logs when it names them.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import experiment as pipeline
 
     _run(pipeline, ExperimentConfig, {"file": file, "dry_run": dry_run})
@@ -768,7 +779,7 @@ def demo(**params):
 
     Writes: everything in --out (default runs/demo-TIME): runs and their results table.
     """
-    _import_tensorflow_quietly()
+    _tensorflow()
     from pipelines import demo as pipeline
 
     _run(pipeline, DemoConfig, params)

@@ -22,8 +22,9 @@ def run(cfg: PrepareConfig, log=print) -> dict:
     """Write cfg.out (shards, index.npz, prepared.json); returns the prepared.json contents."""
     start = time.perf_counter()
     out = Path(cfg.out)
-    if out.exists():
+    if out.exists() or out.is_symlink():
         raise TransferError(f"{out} already exists; choose a new --out (prepared data is never overwritten)")
+    outputs.writable_folder(out.parent, f"--out {out} cannot be written")  # before any image is read
     if builtins.is_builtin(cfg.src):
         raise TransferError(f"'{cfg.src}' is built-in data, already held in memory; prepare image directories or CSVs")
     if prepared.is_prepared(cfg.src):

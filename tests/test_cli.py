@@ -3,6 +3,8 @@
 import csv
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -619,7 +621,8 @@ def test_results_that_are_not_a_table_are_refused_before_training(workspace, tmp
 
 def test_an_untested_keras_or_tensorflow_is_refused_with_one_line(tmp_path, monkeypatch):
     """Private Keras/TF surfaces are fenced in transfer.internals for the tested versions: any
-    other version is one Error line and exit 2 before anything runs, unless the user insists."""
+    other version is one Error line and exit 2 before a command that uses them runs, unless the
+    user insists."""
     import keras
 
     from transfer import internals
@@ -627,14 +630,14 @@ def test_an_untested_keras_or_tensorflow_is_refused_with_one_line(tmp_path, monk
     monkeypatch.delenv(internals.UNTESTED_ENV, raising=False)
     major, minor = map(int, keras.__version__.split(".")[:2])
     monkeypatch.setitem(internals.TESTED, "keras", ((major, minor + 1), (major, minor + 2)))
-    result = CliRunner().invoke(main, ["compare", "--results", str(tmp_path / "none.csv")])
+    result = CliRunner().invoke(main, ["evaluate", "--encoder", str(tmp_path / "none"), "--data", "digits"])
     assert result.exit_code == 2, result.output
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: keras {keras.__version__} is outside the versions"), lines
     assert f"keras>={major}.{minor + 1},<{major}.{minor + 3}" in lines[0]
     monkeypatch.setenv(internals.UNTESTED_ENV, "1")
-    result = CliRunner().invoke(main, ["compare", "--results", str(tmp_path / "none.csv")])
-    assert "outside the versions" not in result.output
+    result = CliRunner().invoke(main, ["evaluate", "--encoder", str(tmp_path / "none"), "--data", "digits"])
+    assert "outside the versions" not in result.output and "not found" in result.output
     internals.check_versions({"keras": "3.15.9", "tensorflow": "2.21.0rc1"})  # dev suffixes read as their minor
 
 
@@ -737,3 +740,23 @@ def test_the_default_fine_tune_trains_at_least_500_steps_on_a_few_labels():
     assert fine_tune._resolve_epochs(FineTuneConfig(data="d", batch_size=8), 16, FakeRun()).epochs == 250
     given = FineTuneConfig(data="d", epochs=3)
     assert fine_tune._resolve_epochs(given, 20, FakeRun()) is given
+
+
+def test_help_and_compare_never_import_tensorflow(tmp_path):
+    """`transfer --help`, a command's --help and `compare` read the options' names from
+    transfer.vocabulary: they start without TensorFlow (or scikit-learn), in well under a second."""
+    script = ("import sys\nfrom cli import main\nfor args in (['--help'], ['fine-tune', '--help'], "
+              f"['compare', '--results', {str(tmp_path / 'none.csv')!r}]):\n"
+              "    try:\n        main(args)\n    except SystemExit:\n        pass\n"
+              "print('loaded:', sorted(m for m in ('tensorflow', 'keras', 'sklearn') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert "loaded: []" in done.stdout, done.stdout + done.stderr
+    assert "--labels-per-class" in done.stdout and "not found" in done.stderr
+
+
+def test_the_vocabulary_agrees_with_what_its_owners_implement():
+    from transfer import architectures, builtins, objectives, vocabulary
+
+    assert vocabulary.OBJECTIVES == objectives.OBJECTIVES and vocabulary.TWO_VIEW == objectives.TWO_VIEW
+    assert vocabulary.PRESETS == tuple(sorted(architectures.PRESETS))
+    assert vocabulary.BUILTINS == tuple(builtins.names())

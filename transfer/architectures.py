@@ -12,9 +12,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from transfer.errors import TransferError
-
-READOUTS = ("auto", "avg", "multi", "stats", "flatten", "projector")
-READOUT_CANDIDATES = ("avg", "multi", "stats")  # what "auto" chooses from, by cross-validation
+from transfer.vocabulary import READOUT_CANDIDATES, READOUTS  # noqa: F401 (the names; what they build is here)
 
 @dataclass(frozen=True)
 class Block:

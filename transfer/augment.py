@@ -23,7 +23,9 @@ import math
 import keras
 from keras import layers, ops
 
-POLICIES = ("label-preserving", "orientation-free", "none")  # `--augment`; see above
+from transfer import vocabulary
+
+POLICIES = vocabulary.AUGMENT_POLICIES  # `--augment`; see above
 
 
 class RandomAffine(layers.Layer):

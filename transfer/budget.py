@@ -13,11 +13,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from transfer import artifacts, features, models, selection, stream
+from transfer import artifacts, features, models, selection, stream, vocabulary
 from transfer.errors import TransferError
 from transfer.listing import Listing
 
-SELECTIONS = ("random", "stratified", *[s for s in selection.STRATEGIES if s != "random"])
+SELECTIONS = vocabulary.BUDGET_SELECTIONS
 
 
 def feature_model(encoder: str, readout: str = "auto", channels: int | None = None):

@@ -12,16 +12,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from transfer import rowfilter
-from transfer.architectures import READOUTS
-from transfer.augment import POLICIES as AUGMENT_POLICIES
 from transfer.data import DEFAULT_TEST_FRACTION
-from transfer.distribute import PRECISIONS, STRATEGIES
 from transfer.errors import TransferError
-from transfer.export import FORMATS as EXPORT_FORMATS
-from transfer.objectives import OBJECTIVES, TWO_VIEW
-from transfer.budget import SELECTIONS as BUDGET_SELECTIONS
-from transfer.selection import BY_FEATURES
-from transfer.selection import STRATEGIES as SELECTIONS
+from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
+                                 PRECISIONS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW)
 
 
 def _positive(name: str, value, minimum=1) -> None:

@@ -24,11 +24,11 @@ import os
 import subprocess
 import sys
 
-from transfer import internals, stopping
+from transfer import internals, stopping, vocabulary
 from transfer.errors import TransferError
 
-STRATEGIES = ("auto", "one", "mirrored", "multiworker")
-PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy (variables stay float32)
+STRATEGIES = vocabulary.STRATEGIES
+PRECISIONS = vocabulary.PRECISIONS  # mixed: Keras's mixed_bfloat16 policy (variables stay float32)
 # Seconds a worker waits for all workers to join, and a collective op for its peers, before failing;
 # TRANSFER_WORKER_TIMEOUT overrides both (cluster schedulers may start workers minutes apart).
 JOIN_TIMEOUT = 600

@@ -29,9 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from transfer import vocabulary
 from transfer.errors import TransferError
 
-FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}
+FORMATS = vocabulary.EXPORT_FORMATS
 SUFFIX = {"savedmodel": "", "onnx": ".onnx", "litert": ".tflite"}
 RUNTIMES = {"onnx": ("tf2onnx", "onnxruntime"), "litert": ("ai_edge_litert",)}
 TOLERANCE = 1e-4

@@ -18,8 +18,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from transfer.objectives import OBJECTIVES
 from transfer.errors import TransferError
+from transfer.vocabulary import OBJECTIVES
 
 _TOP = re.compile(r"^(?P<base>.+)-top(?P<k>\d+)$")
 BASELINES = {

@@ -35,11 +35,12 @@ from scipy import sparse
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.neighbors import NearestNeighbors
 
+from transfer import vocabulary
 from transfer.errors import TransferError
 from transfer.evaluation import normalized
 
-STRATEGIES = ("typiclust", "probcover", "kcenter", "random")
-BY_FEATURES = tuple(s for s in STRATEGIES if s != "random")
+STRATEGIES = vocabulary.SELECTIONS
+BY_FEATURES = vocabulary.BY_FEATURES
 MIN_CLUSTER_SIZE = 5
 MAX_CLUSTERS = 500
 K_NN = 20
