@@ -322,8 +322,7 @@ def test_the_row_counts_skipped_files_of_every_source(folders, tmp_path):
     (pool / "v" / "junk.png").write_bytes(b"not an image at all")  # unreadable at listing
     good = (pool / "d" / "0.png").read_bytes()
     (pool / "d" / "torn.png").write_bytes(good[: len(good) // 2])  # its header reads; decoding fails
-    test = tmp_path / "test"
-    shutil.copytree(folders / "labeled", test)
+    test = make_labeled_dir(tmp_path / "test", per_class=4, classes=("h", "v", "d"), seed=11)  # not the labeled images
     (test / "h" / "bad.png").write_bytes(b"")
     out, results = tmp_path / "semi", tmp_path / "r.csv"
     # A file that fails while decoding is counted once the run has read it. 6 steps draw 6 x 2 x 4 = 48
