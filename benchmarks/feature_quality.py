@@ -1,8 +1,9 @@
 """Are the pretrained features worth having? Pretraining cost and feature quality, per data
 set and pretraining setting, beside raw pixels and a random encoder of the same architecture.
 
-For each data set (built-ins with labels: digits, animals) and each setting (PretrainConfig
-fields over the defaults), one process pretrains on the data set's images outside its test
+For each data set (the labeled built-ins: digits, animals, patches, textures, faces; `--data
+all`) and each setting (PretrainConfig fields over the defaults), one process pretrains on the
+data set's images outside its test
 split, and the features of those images are scored by `transfer.evaluation`: weighted 20-NN
 and the linear probe with every label, and 1-NN from 1 and 4 labels per class (5 draws).
 
@@ -40,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-IMAGE_SIZE = {"digits": 16, "animals": 28}
+IMAGE_SIZE = {"digits": 16, "animals": 28, "patches": 28, "textures": 32, "faces": 25}  # the labeled built-ins
 FOLDS = 4
 SETTINGS = {  # name: PretrainConfig fields over the defaults
     "defaults": {},
@@ -62,7 +63,7 @@ SETTINGS = {  # name: PretrainConfig fields over the defaults
     "batch-64": {"batch_size": 64},
     "autoencoder": {"objective": "autoencoder"},
 }
-READOUTS = ("avg", "multi")
+READOUTS = ("avg", "multi", "flatten")
 
 
 def folds(labels, ids, k: int = FOLDS):
@@ -126,16 +127,20 @@ def worker(data: str, setting: str, seed: int, on: str, out: str, pretrained_bef
         got = [evaluation.scores(f[[where[i] for i in ref]], y[[where[i] for i in ref]],
                                  f[[where[i] for i in scored]], y[[where[i] for i in scored]], n_classes,
                                  budgets=(1, 4), draws=5, probe=False) for ref, scored in parts]
-        rows.append({"features": name, "readout": readout, **{k: float(np.mean([g[k] for g in got])) for k in got[0]}})
+        rows.append({"features": name, "readout": readout, **{k: float(np.mean([g[k] for g in got])) for k in got[0]},
+                     "rankme": evaluation.rankme(f[[where[i] for i in pool]])})  # no label read
+    random_knn = {r["readout"]: r["knn"] for r in rows if r["features"] == "random"}
     for r in rows:
         r.update(seconds=row["seconds"], images_per_second=row.get("images_per_second"),
-                 knn_ratio=evaluation.error_ratio(r["knn"], rows[0]["knn"]), nn1_4_gain=r["nn1_4"] - rows[0]["nn1_4"])
+                 knn_ratio=evaluation.error_ratio(r["knn"], rows[0]["knn"]), nn1_4_gain=r["nn1_4"] - rows[0]["nn1_4"],
+                 knn_ratio_random=(evaluation.error_ratio(r["knn"], random_knn[r["readout"]])
+                                   if r["readout"] in random_knn else None))
     return rows
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="digits,animals")
+    parser.add_argument("--data", default="digits,animals", help="comma-separated, or all: " + ",".join(IMAGE_SIZE))
     parser.add_argument("--settings", default="defaults,vicreg")
     parser.add_argument("--seeds", default="0", help="pretraining seeds: one row group each")
     parser.add_argument("--on", choices=("validation", "test"), default="validation")
@@ -146,11 +151,11 @@ def main() -> None:
         data, setting, seed, out, pretrained_before = json.loads(args.worker)
         print("ROWS " + json.dumps(worker(data, setting, seed, args.on, out, pretrained_before)))
         os._exit(0)  # skip TensorFlow's slow teardown
-    print("| data | setting | seed | features | readout | 20-NN % | k-NN error vs pixels | 1-NN@1 % | 1-NN@4 % "
-          "| 1-NN@4 vs pixels | pretraining s | images/s |")
-    print("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|")
+    print("| data | setting | seed | features | readout | 20-NN % | k-NN error vs pixels | vs random (same readout) "
+          "| 1-NN@1 % | 1-NN@4 % | 1-NN@4 vs pixels | RankMe | pretraining s | images/s |")
+    print("|---|---|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for data in args.data.split(","):
+        for data in (IMAGE_SIZE if args.data == "all" else args.data.split(",")):
             jobs = ([(d, 0, d) for d in args.encoders.split(",")] if args.encoders else
                     [(s, int(n), None) for s in args.settings.split(",") for n in args.seeds.split(",")])
             for setting, seed, encoder_dir in jobs:
@@ -164,13 +169,15 @@ def main() -> None:
                     continue
                 for r in json.loads(found[0][5:]):
                     pre = r["features"] not in ("pixels", "random")
+                    vs_random = f"{r['knn_ratio_random']:.2f}x" if pre and r["knn_ratio_random"] is not None else ""
                     print(f"| {data} | {setting} | {seed} | {r['features']} | {r['readout']} | {100 * r['knn']:.1f} | "
-                          f"{r['knn_ratio']:.2f}x | {100 * r['nn1_1']:.1f} ± {100 * r['nn1_1_std']:.1f} | "
+                          f"{r['knn_ratio']:.2f}x | {vs_random} | {100 * r['nn1_1']:.1f} ± {100 * r['nn1_1_std']:.1f} | "
                           f"{100 * r['nn1_4']:.1f} ± {100 * r['nn1_4_std']:.1f} | {100 * r['nn1_4_gain']:+.1f} | "
-                          f"{r['seconds']:.0f} | {r['images_per_second'] or 0:.0f} |" if pre else
+                          f"{r['rankme']:.1f} | {r['seconds']:.0f} | {r['images_per_second'] or 0:.0f} |" if pre else
                           f"| {data} | {setting} | {seed} | {r['features']} | {r['readout']} | {100 * r['knn']:.1f} | "
-                          f"{r['knn_ratio']:.2f}x | {100 * r['nn1_1']:.1f} ± {100 * r['nn1_1_std']:.1f} | "
-                          f"{100 * r['nn1_4']:.1f} ± {100 * r['nn1_4_std']:.1f} | {100 * r['nn1_4_gain']:+.1f} | | |",
+                          f"{r['knn_ratio']:.2f}x | | {100 * r['nn1_1']:.1f} ± {100 * r['nn1_1_std']:.1f} | "
+                          f"{100 * r['nn1_4']:.1f} ± {100 * r['nn1_4_std']:.1f} | {100 * r['nn1_4_gain']:+.1f} | "
+                          f"{r['rankme']:.1f} | | |",
                           flush=True)
 
 

@@ -42,6 +42,7 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         if len(pool_f) == 0 or len(test_f) == 0:
             raise TransferError(f"{cfg.data}: no readable images to evaluate on")
         got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed)
+        got["rankme"] = evaluation.rankme(pool_f)  # label-free: the features' effective rank
         reference = reference or got
         rows.append(_row(cfg, manifest, method, readout, got, reference, len(pool_f), len(test_f), pool_f.shape[1],
                          clock.read()))
@@ -67,11 +68,12 @@ def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, el
 
 def table(rows: list[dict]) -> str:
     """The rows as people read them: accuracies in %, error ratios to pixels."""
-    head = ["features", "readout", "dim", "20-NN", "probe", "k-NN err vs pixels"] + [
+    head = ["features", "readout", "dim", "RankMe", "20-NN", "probe", "k-NN err vs pixels"] + [
         f"1-NN@{b}" for b in evaluation.BUDGETS] + [f"probe@{b}" for b in evaluation.BUDGETS]
     lines = [head]
     for r in rows:
-        lines.append([r["method"], r["readout"] or "", str(r["feature_dim"]), f"{100 * r['knn_accuracy']:.1f}",
+        lines.append([r["method"], r["readout"] or "", str(r["feature_dim"]), f"{r['rankme']:.1f}",
+                      f"{100 * r['knn_accuracy']:.1f}",
                       f"{100 * r['probe_accuracy']:.1f}", f"{r['knn_error_vs_pixels']:.2f}x"]
                      + [f"{100 * r[f'nn1_{b}']:.1f} ± {100 * r[f'nn1_{b}_std']:.1f}" for b in evaluation.BUDGETS]
                      + [f"{100 * r[f'probe_{b}']:.1f}" for b in evaluation.BUDGETS])

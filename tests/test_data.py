@@ -234,3 +234,19 @@ def test_class_folders_with_zero_or_one_image(tmp_path):
     train, test = data.split_test(ds.labels, ds.ids, 0.2)
     d = ds.class_names.index("d")
     assert (ds.labels[train] == d).sum() == 1 and (ds.labels[test] == d).sum() == 0
+
+
+def test_the_patches_set_is_ten_photographs_split_by_place():
+    """The texture development set: 750 patches of each photograph, 150 of them from its bottom
+    quarter (the test split), so no test patch shares a pixel with a pool patch; a flat pool patch
+    identical to a test patch is left out."""
+    from transfer import builtins
+
+    source = builtins.load("patches", 28, None, True, split="all")
+    assert source.class_names == list(builtins.PATCH_SOURCES) and 7490 <= len(source) <= 7500
+    assert np.bincount(source.labels[source.test_mask]).tolist() == [150] * 10
+    assert (np.bincount(source.labels[~source.test_mask]) >= 595).all()
+    images = source.images
+    assert images.shape == (len(source), 28, 28, 1) and 0.0 <= images.min() and images.max() <= 1.0
+    pool = builtins.load("patches", 28, None, True, split="pretrain")  # no test patch's content among them
+    assert len(pool) == len(source) - 1500 and not np.isin(pool.ids, source.ids[source.test_mask]).any()

@@ -70,3 +70,15 @@ def test_evaluate_writes_a_row_per_features_and_readout(tmp_path):
     assert "k-NN err vs pixels" in result.output and "1-NN@4" in result.output
     bad = runner.invoke(main, ["evaluate", "--encoder", str(tmp_path / "nope"), "--data", str(labeled)])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_rankme_is_the_exponential_of_the_entropy_of_the_normalized_singular_values():
+    """Garrido et al.'s formula: p_k = sigma_k / sum(sigma) + 1e-7, RankMe = exp(-sum p log p)."""
+    p = np.array([3.0, 1.0]) / 4 + 1e-7
+    assert evaluation.rankme(np.diag([3.0, 1.0])) == pytest.approx(np.exp(-(p * np.log(p)).sum()), rel=1e-12)
+    assert evaluation.rankme(np.eye(5)) == pytest.approx(5.0, rel=1e-5)
+    line = np.outer(np.arange(1.0, 50.0), np.arange(1.0, 9.0))  # every image on one line
+    assert evaluation.rankme(line) == pytest.approx(1.0, abs=1e-3)
+    spread = np.random.default_rng(0).normal(size=(5000, 16))  # every direction used alike
+    assert 15.5 < evaluation.rankme(spread) <= 16.0
+    assert evaluation.rankme(spread, samples=100) != evaluation.rankme(spread)  # reads at most `samples` rows

@@ -8,6 +8,12 @@
   photographs (3 classes). Training patches come from the top half of each
   photograph, test patches from the bottom half: a fixed test split.
 - `faces`: scikit-image's `lfw_subset`, 200 25x25 gray images, face vs non-face.
+- `patches`: about 7,500 28x28 gray patches of 10 of scikit-image's photographs and textures
+  (brick, grass, gravel, camera, coins, moon, coffee, chelsea, astronaut, rocket), each
+  at full and half scale; the class is the photograph. Told apart by texture, grey level
+  and outline: the development set for texture-rich images. A fixed test split by place
+  (each photograph's bottom quarter), so no pixel sits on both sides (and the 3 flat
+  pool patches identical to a test patch are left out).
 - `animals`: the `animal-mnist` package's 10,000 28x28 gray silhouettes of 10 animals
   (1,000 each; MIT), harder than digits. A fixed test split by content id (about one
   image in five, the same for identical images, so the 284 duplicated images never
@@ -118,6 +124,41 @@ def _textures() -> _Raw:
     return _Raw(images, _ids(images), np.array(labels, dtype=np.int64), names, np.array(test))
 
 
+PATCH_SOURCES = ("brick", "grass", "gravel", "camera", "coins", "moon", "coffee", "chelsea", "astronaut", "rocket")
+PATCH_SIDE = 28  # as the small gray photograph sets users bring (28x28)
+PATCH_SCALES = (1, 2)  # each photograph as it is and halved: a class is not one scale
+PATCH_POOL, PATCH_TEST = 300, 75  # patches per photograph and scale, on each side of the split
+
+
+@functools.lru_cache(maxsize=None)
+def _patch_set() -> _Raw:
+    """Which photograph a 28x28 gray patch comes from, 10 classes told apart by texture, grey
+    level and outline (not by shapes a global pool keeps): the development set for texture-rich
+    images. The split is by place: test patches come from the bottom quarter of each photograph,
+    pool patches from the rest, so no pixel sits on both sides."""
+    import skimage.data
+
+    rng = np.random.default_rng(0)
+    images, labels, test = [], [], []
+    for c, name in enumerate(PATCH_SOURCES):
+        full = _gray(getattr(skimage.data, name)())
+        for scale in PATCH_SCALES:
+            img = full[: full.shape[0] // scale * scale, : full.shape[1] // scale * scale]
+            img = img.reshape(img.shape[0] // scale, scale, img.shape[1] // scale, scale).mean(axis=(1, 3))
+            cut = img.shape[0] * 3 // 4
+            for region, n, is_test in ((img[:cut], PATCH_POOL, False), (img[cut:], PATCH_TEST, True)):
+                ys = rng.integers(0, region.shape[0] - PATCH_SIDE + 1, n)
+                xs = rng.integers(0, region.shape[1] - PATCH_SIDE + 1, n)
+                images += [region[y : y + PATCH_SIDE, x : x + PATCH_SIDE, None].astype(np.float32).copy()
+                           for y, x in zip(ys, xs)]
+                labels += [c] * n
+                test += [is_test] * n
+    ids, test = _ids(images), np.array(test)
+    keep = test | ~np.isin(ids, ids[test])  # a flat patch (sky, shadow) drawn on both sides stays on the test side
+    return _Raw([im for im, k in zip(images, keep) if k], ids[keep], np.array(labels, dtype=np.int64)[keep],
+                PATCH_SOURCES, test[keep])
+
+
 @functools.lru_cache(maxsize=None)
 def _faces() -> _Raw:
     import skimage.data
@@ -169,7 +210,8 @@ def _animals() -> _Raw:
     return _Raw([(im / 255.0).astype(np.float32)[..., None] for im in images], ids, labels, ANIMALS, test)
 
 
-_SOURCES = {"digits": _digits, "photos": _photos, "textures": _textures, "faces": _faces, "animals": _animals}
+_SOURCES = {"digits": _digits, "photos": _photos, "textures": _textures, "faces": _faces, "animals": _animals,
+            "patches": _patch_set}
 
 
 def names() -> list[str]:

@@ -5,7 +5,8 @@
 - a linear probe on every pool label (multinomial logistic regression on standardized
   features, its L2 strength chosen by cross-validation on the pool: `transfer.heads`);
 - from a few labels per class (1, 4, 10; several random draws from the pool): 1-NN by
-  cosine similarity, and the linear probe.
+  cosine similarity, and the linear probe;
+- without any label: RankMe, the effective rank of the features (`rankme`).
 
 Every score is on the test images, which are never among the pool. The same code serves
 `transfer evaluate`, the online probe of pretraining (`transfer.probe`) and the
@@ -109,6 +110,23 @@ def scores(pool_f, pool_y, test_f, test_y, n_classes: int, budgets=BUDGETS, draw
         if probe:
             out[f"probe_{budget}"], out[f"probe_{budget}_std"] = float(np.mean(lin)), float(np.std(lin))
     return out
+
+
+RANKME_SAMPLES = 25_600  # the images RankMe reads at most (as Garrido et al.)
+RANKME_EPSILON = 1e-7
+
+
+def rankme(f: np.ndarray, samples: int = RANKME_SAMPLES, seed: int = 0) -> float:
+    """RankMe (Garrido, Balestriero, Najman and LeCun, ICML 2023), a label-free measure of
+    features: exp(-sum_k p_k log p_k) with p_k = sigma_k / sum(sigma) + 1e-7, the singular
+    values sigma of the (N, D) feature matrix (at most `samples` rows, drawn with `seed`). From 1
+    (every image on one line) to min(N, D) (every direction used alike)."""
+    f = np.asarray(f, dtype=np.float64).reshape(len(f), -1)
+    if len(f) > samples:
+        f = f[np.random.default_rng(seed).choice(len(f), samples, replace=False)]
+    sigma = np.linalg.svd(f, compute_uv=False)
+    p = sigma / max(sigma.sum(), 1e-12) + RANKME_EPSILON
+    return float(np.exp(-(p * np.log(p)).sum()))
 
 
 def error_ratio(accuracy: float, reference: float) -> float:
