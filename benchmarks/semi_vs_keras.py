@@ -86,24 +86,14 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
             "test": float(row["test_accuracy"]), "seconds": seconds, "mask_rate": row.get("mask_rate")}
 
 
-def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 32, mu: int = 7,
-                threshold: float = 0.95, weight: float = 1.0) -> dict:
+def _fixmatch(net, weak, strong, threshold: float, weight: float):
+    """FixMatch's training step around `net` (images -> logits), as the authors' code does it: the
+    labeled images' weak views, the unlabeled images' weak and strong views through the network
+    together in training mode; the pseudo-label is the weak view's argmax where its softmax reaches
+    the threshold (no gradient); loss = CE(labeled) + weight * mean(mask * CE(strong, pseudo-label))."""
     import keras
-    import numpy as np
     import tensorflow as tf
-    from keras import layers, ops
-
-    from transfer import augment, models, semi, stream, training
-    from transfer.architectures import preset_blocks
-
-    size = IMAGE_SIZE[data]
-    found, train = _splits(data, per_class, seed)
-    training.set_seed(seed)
-    n_classes = len(found.source.class_names)
-    encoder = models.build_encoder((size, size, train.images.shape[-1]), preset_blocks("small"))
-    inputs = keras.Input(encoder.input.shape[1:])
-    logits_model = keras.Model(inputs, layers.Dense(n_classes)(layers.GlobalAveragePooling2D()(encoder(inputs))))
-    weak, strong = augment.build("label-preserving"), augment.strong("label-preserving")
+    from keras import ops
 
     class FixMatch(keras.Model):
         def __init__(self, net):
@@ -117,8 +107,7 @@ def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 3
             (x_l, y_l), x_u = batch_data
             n_l, n_u = ops.shape(x_l)[0], ops.shape(x_u)[0]
             with tf.GradientTape() as tape:
-                logits = self.net(ops.concatenate([weak(x_l, training=True), weak(x_u, training=True),
-                                                   strong(x_u, training=True)], axis=0), training=True)
+                logits = self.net(ops.concatenate([weak(x_l), weak(x_u), strong(x_u)], axis=0), training=True)
                 logits_l, logits_w, logits_s = logits[:n_l], logits[n_l:n_l + n_u], logits[n_l + n_u:]
                 probs = ops.stop_gradient(ops.softmax(logits_w))
                 mask = ops.cast(ops.max(probs, axis=1) >= threshold, "float32")
@@ -130,6 +119,47 @@ def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 3
             self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
             return {"loss": loss, "mask_rate": ops.mean(mask)}
 
+    return FixMatch(net)
+
+
+def _fit_and_score(model, found, train, size: int, seed: int, steps: int, batch: int, mu: int) -> dict:
+    """Train a compiled `_fixmatch` model with the reference's samplers (`batch` labeled images a
+    step however few are labeled, they repeat; mu times as many unlabeled), then score its network."""
+    import numpy as np
+    import tensorflow as tf
+
+    from transfer import stream
+
+    labeled = stream.dataset(train, np.arange(len(train)), size, batch_size=batch, shuffle=True,
+                             seed=seed, with_labels=True, forever=True)
+    pool = stream.dataset(found.source, found.pool, size, batch_size=mu * batch, shuffle=True,
+                          seed=seed + 1, forever=True)
+    start = time.perf_counter()
+    history = model.fit(tf.data.Dataset.zip((labeled, pool)), epochs=steps // 100, steps_per_epoch=100, verbose=0)
+    seconds = time.perf_counter() - start
+    predict = lambda x: np.asarray(model.net(x, training=False))  # noqa: E731
+    return {"pool": _accuracy(predict, found.source, found.pool, size),
+            "test": _accuracy(predict, found.test_source, found.test_index, size), "seconds": seconds,
+            "mask_rate": float(history.history["mask_rate"][-1])}
+
+
+def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 32, mu: int = 7,
+                threshold: float = 0.95, weight: float = 1.0) -> dict:
+    import keras
+    from keras import layers, ops
+
+    from transfer import augment, models, semi, training
+    from transfer.architectures import preset_blocks
+
+    size = IMAGE_SIZE[data]
+    found, train = _splits(data, per_class, seed)
+    training.set_seed(seed)
+    n_classes = len(found.source.class_names)
+    encoder = models.build_encoder((size, size, train.images.shape[-1]), preset_blocks("small"))
+    inputs = keras.Input(encoder.input.shape[1:])
+    logits_model = keras.Model(inputs, layers.Dense(n_classes)(layers.GlobalAveragePooling2D()(encoder(inputs))))
+    weak, strong = augment.build("label-preserving"), augment.strong("label-preserving")
+
     def fixmatch_lr(step):  # FixMatch's cosine decay: lr * cos(7 pi k / (16 K))
         return 0.03 * ops.cos(7.0 * math.pi * ops.cast(step, "float32") / (16.0 * steps))
 
@@ -137,32 +167,21 @@ def plain_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 3
         def __call__(self, step):
             return fixmatch_lr(step)
 
-    model = FixMatch(logits_model)
+    model = _fixmatch(logits_model, lambda x: weak(x, training=True), lambda x: strong(x, training=True),
+                      threshold, weight)
     model.compile(optimizer=keras.optimizers.SGD(Schedule(), momentum=0.9, nesterov=True, weight_decay=5e-4,
                                                  use_ema=True, ema_momentum=semi.EMA))
-    # The reference's samplers: `batch` labeled images a step however few are labeled (they repeat), mu times as many unlabeled.
-    labeled = stream.dataset(train, np.arange(len(train)), size, batch_size=batch, shuffle=True,
-                             seed=seed, with_labels=True, forever=True)
-    pool = stream.dataset(found.source, found.pool, size, batch_size=mu * batch, shuffle=True,
-                          seed=seed + 1, forever=True)
-    start = time.perf_counter()
-    history = model.fit(tf.data.Dataset.zip((labeled, pool)), epochs=steps // 100, steps_per_epoch=100, verbose=0)
-    seconds = time.perf_counter() - start  # fit ends by copying the EMA weights into the model (Keras's use_ema)
-    predict = lambda x: np.asarray(logits_model(x, training=False))  # noqa: E731
-    return {"pool": _accuracy(predict, found.source, found.pool, size),
-            "test": _accuracy(predict, found.test_source, found.test_index, size), "seconds": seconds,
-            "mask_rate": float(history.history["mask_rate"][-1])}
+    return _fit_and_score(model, found, train, size, seed, steps, batch, mu)  # fit ends with the EMA weights (use_ema)
 
 
 def simple_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 32, mu: int = 7,
                  threshold: float = 0.95) -> dict:
     """FixMatch as the module's docstring describes its `simple Keras FixMatch`."""
     import keras
-    import numpy as np
     import tensorflow as tf
     from keras import layers, ops
 
-    from transfer import stream, training
+    from transfer import training
 
     size = IMAGE_SIZE[data]
     found, train = _splits(data, per_class, seed)
@@ -195,44 +214,9 @@ def simple_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 
         hole = (tf.abs(yy - cy) * 2 < side) & (tf.abs(xx - cx) * 2 < side)
         return tf.where(hole, tf.zeros_like(images), images)
 
-    class FixMatch(keras.Model):
-        def __init__(self, net):
-            super().__init__()
-            self.net = net
-
-        def call(self, x, training=False):
-            return self.net(x, training=training)
-
-        def train_step(self, batch_data):
-            (x_l, y_l), x_u = batch_data
-            n_l, n_u = ops.shape(x_l)[0], ops.shape(x_u)[0]
-            with tf.GradientTape() as tape:
-                logits = self.net(ops.concatenate([weak(x_l, training=True), weak(x_u, training=True), strong(x_u)],
-                                                  axis=0), training=True)
-                logits_l, logits_w, logits_s = logits[:n_l], logits[n_l:n_l + n_u], logits[n_l + n_u:]
-                probs = ops.stop_gradient(ops.softmax(logits_w))
-                mask = ops.cast(ops.max(probs, axis=1) >= threshold, "float32")
-                labeled = ops.mean(keras.losses.sparse_categorical_crossentropy(y_l, logits_l, from_logits=True))
-                unlabeled = ops.mean(mask * keras.losses.sparse_categorical_crossentropy(
-                    ops.argmax(probs, axis=1), logits_s, from_logits=True))
-                loss = labeled + unlabeled
-            variables = self.net.trainable_variables
-            self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-            return {"loss": loss, "mask_rate": ops.mean(mask)}
-
-    model = FixMatch(net)
+    model = _fixmatch(net, lambda x: weak(x, training=True), strong, threshold, 1.0)
     model.compile(optimizer=keras.optimizers.Adam(keras.optimizers.schedules.CosineDecay(1e-3, steps, alpha=0.05)))
-    labeled = stream.dataset(train, np.arange(len(train)), size, batch_size=batch, shuffle=True,
-                             seed=seed, with_labels=True, forever=True)
-    pool = stream.dataset(found.source, found.pool, size, batch_size=mu * batch, shuffle=True,
-                          seed=seed + 1, forever=True)
-    start = time.perf_counter()
-    history = model.fit(tf.data.Dataset.zip((labeled, pool)), epochs=steps // 100, steps_per_epoch=100, verbose=0)
-    seconds = time.perf_counter() - start
-    predict = lambda x: np.asarray(net(x, training=False))  # noqa: E731
-    return {"pool": _accuracy(predict, found.source, found.pool, size),
-            "test": _accuracy(predict, found.test_source, found.test_index, size), "seconds": seconds,
-            "mask_rate": float(history.history["mask_rate"][-1])}
+    return _fit_and_score(model, found, train, size, seed, steps, batch, mu)
 
 
 def main() -> None:
