@@ -44,7 +44,8 @@ def run(cfg: ExportConfig, log=print) -> dict:
     return text
 
 
-RECORD = outputs.json_with("export record (OUT.json)", "format", "model", "source_run", "check")
+RECORD_KEYS = ("format", "model", "source_run", "check")
+RECORD = outputs.json_with("export record (OUT.json)", *RECORD_KEYS)
 
 
 def _check_target(cfg: ExportConfig, out: Path, record: Path) -> None:
@@ -58,8 +59,8 @@ def _check_target(cfg: ExportConfig, out: Path, record: Path) -> None:
     if out.exists() or out.is_symlink():
         if not cfg.overwrite:
             raise TransferError(f"{out} already exists; pass --overwrite to replace it")
-        named = RECORD.recognise(record) and json.loads(record.read_text(encoding="utf-8"))["model"]
-        if not named or Path(str(named)).name != out.name or out.is_symlink():
+        made = outputs.json_record(record, RECORD_KEYS)  # read once: it names the export it records
+        if made is None or Path(str(made["model"])).name != out.name or out.is_symlink():
             raise TransferError(f"--out {out} exists and is not an export made by transfer (no {record.name} beside "
                                 "it naming it); it is never replaced: move it away or choose another path")
 

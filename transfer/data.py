@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import hashlib
 import os
-import stat
 import warnings
 from pathlib import Path
 
 import numpy as np
 
+from transfer import lists
 from transfer.errors import TransferError
 
 LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -159,7 +159,7 @@ def decode_image(path: str | os.PathLike, image_size: int, channels: int | None 
     """
     path = Path(path)
     try:
-        if not stat.S_ISREG(os.stat(path).st_mode):  # a named pipe would block the read
+        if not lists.is_regular(path):  # a named pipe would block the read
             raise TransferError(f"{path}: not a regular file (a named pipe, socket or device)")
         arr = _native_array(path)
         if arr.shape[0] < 1 or arr.shape[1] < 1:

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import os
-import stat
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -361,7 +360,7 @@ def _read_headers(paths: list[Path]):
     for i, p in enumerate(paths):
         stopping.check()  # a safe point for a stop signal, between files
         try:
-            if not stat.S_ISREG(os.stat(p).st_mode):  # a named pipe or a device would block the read, or never end
+            if not lists.is_regular(p):  # a named pipe or a device would block the read, or never end
                 skipped.append((str(p), f"{p}: not a regular file (a named pipe, socket or device)"))
                 continue
             raw = p.read_bytes()

@@ -40,13 +40,19 @@ def resolve(csv_path: str | os.PathLike, value: str) -> Path:
     return p if p.is_absolute() else Path(csv_path).parent / p
 
 
+def is_regular(path: str | os.PathLike) -> bool:
+    """A regular file (not a folder, named pipe, socket or device: a read of those can block);
+    OSError when it cannot be looked at."""
+    return stat.S_ISREG(os.stat(path).st_mode)
+
+
 def check_regular(path: str | os.PathLike, what: str) -> None:
     """Refuse a path that is not a regular file (a folder, a named pipe, a device) before it is opened."""
     try:
-        mode = os.stat(path).st_mode
+        regular = is_regular(path)
     except OSError as exc:
         raise TransferError(f"{what} {path}: cannot be read ({exc.strerror or exc})") from None
-    if not stat.S_ISREG(mode):
+    if not regular:
         raise TransferError(f"{what} {path} is not a regular file")
 
 

@@ -64,16 +64,18 @@ def csv_with(*columns: str) -> Kind:
     return starting(f"CSV table ({','.join(columns)},...)", ",".join(columns).encode())
 
 
+def json_record(path: Path, keys: tuple[str, ...]) -> dict | None:
+    """The JSON object at `path` if it holds every one of `keys` (a record the tool wrote), else None."""
+    try:
+        obj = json.loads(head(path, 1 << 20).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return None
+    return obj if isinstance(obj, dict) and all(k in obj for k in keys) else None
+
+
 def json_with(name: str, *keys: str) -> Kind:
     """A JSON object holding `keys` (a record the tool wrote)."""
-    def recognise(path: Path) -> bool:
-        try:
-            obj = json.loads(head(path, 1 << 20).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError):
-            return False
-        return isinstance(obj, dict) and all(k in obj for k in keys)
-
-    return Kind(name, recognise)
+    return Kind(name, lambda path: json_record(path, keys) is not None)
 
 
 LABEL_LIST = csv_with("path", "label")
