@@ -384,6 +384,8 @@ main.help += ", ".join(BUILTINS) + "."
           "(default 0.7).")
 @opt(PretrainConfig, "blur", type=float, help="contrastive, vicreg, byol: the strength of the views' random "
      "Gaussian blur, 0 to 1 (default 0.5; 0: none).")
+@opt(PretrainConfig, "jitter", type=float, help="contrastive, vicreg, byol: the strength of the views' random "
+     "brightness and contrast jitter, 0 to 1 (default 1: brightness +-0.3, contrast x0.4-1.6; 0: none).")
 @opt(PretrainConfig, "seed", type=int, help="Seed of initialization, shuffling and augmentation.")
 @opt(PretrainConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(PretrainConfig, "overwrite", is_flag=True,

@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np  # noqa: E402
 
-IMAGE_SIZE = {"digits": 16, "animals": 28, "patches": 28, "textures": 32, "faces": 25}  # the labeled built-ins
+IMAGE_SIZE = {"digits": 16, "animals": 28, "patches": 28, "fills": 28, "textures": 32, "faces": 25}  # the labeled built-ins
 FOLDS = 4
 SETTINGS = {  # name: PretrainConfig fields over the defaults
     "defaults": {},
@@ -62,6 +62,10 @@ SETTINGS = {  # name: PretrainConfig fields over the defaults
     "byol": {"objective": "byol"},
     "batch-64": {"batch_size": 64},
     "autoencoder": {"objective": "autoencoder"},
+    "no-blur": {"blur": 0.0},
+    "jitter-0.3": {"jitter": 0.3},
+    "jitter-0.3-no-blur": {"jitter": 0.3, "blur": 0.0},
+    "jitter-0": {"jitter": 0.0},
 }
 READOUTS = ("avg", "multi", "flatten")
 

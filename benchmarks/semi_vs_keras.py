@@ -44,7 +44,7 @@ from pathlib import Path
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-IMAGE_SIZE = {"digits": 16, "animals": 28, "patches": 28, "textures": 32, "faces": 25}  # the labeled built-ins
+IMAGE_SIZE = {"digits": 16, "animals": 28, "patches": 28, "fills": 28, "textures": 32, "faces": 25}  # the labeled built-ins
 LEARNERS = ("scratch-semi", "plain Keras FixMatch", "simple Keras FixMatch")
 
 

@@ -100,7 +100,7 @@ def _report(objective, model, train, val_images, watch):
 
 def _options(cfg: PretrainConfig, learning_rate: float, batch: int, steps: int) -> objectives.Options:
     return objectives.Options(learning_rate, batch, cfg.seed, steps, cfg.temperature,
-                              tuple(cfg.projector) if cfg.projector else None, cfg.crop, cfg.blur)
+                              tuple(cfg.projector) if cfg.projector else None, cfg.crop, cfg.blur, cfg.jitter)
 
 
 def _images_trained(history, steps: int | None, batch: int, count: int) -> int:

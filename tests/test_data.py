@@ -250,3 +250,25 @@ def test_the_patches_set_is_ten_photographs_split_by_place():
     assert images.shape == (len(source), 28, 28, 1) and 0.0 <= images.min() and images.max() <= 1.0
     pool = builtins.load("patches", 28, None, True, split="pretrain")  # no test patch's content among them
     assert len(pool) == len(source) - 1500 and not np.isin(pool.ids, source.ids[source.test_mask]).any()
+
+
+def test_the_fills_set_is_five_animals_in_two_surfaces_split_by_silhouette():
+    """The grey-level development set: 500 images of each (animal, surface) class, each silhouette
+    once; the test split is the animals' own, so no test silhouette is in the pool; a moon fill is
+    brighter than a gravel fill of the same animal, on average, and the background stays black."""
+    from transfer import builtins
+
+    source = builtins.load("fills", 28, None, True, split="all")
+    assert len(source) == 5000 and np.bincount(source.labels).tolist() == [500] * 10
+    assert source.class_names[:2] == ["bird-moon", "bird-gravel"]
+    images = source.images
+    assert images.shape == (5000, 28, 28, 1) and 0.0 <= images.min() and images.max() <= 1.0
+    inside = images[..., 0] > 0.05
+    mean = np.array([images[i, ..., 0][inside[i]].mean() for i in range(len(images))])
+    assert mean[source.labels % 2 == 0].mean() > mean[source.labels % 2 == 1].mean() + 0.2
+    assert (images[:, 0, 0, 0] == 0).mean() > 0.95
+    animals = builtins.load("animals", 28, None, True, split="all")
+    assert source.test_mask.sum() == sum(animals.test_mask[animals.labels == builtins.ANIMALS.index(a)].sum()
+                                         for a in builtins.FILL_ANIMALS)
+    pool = builtins.load("fills", 28, None, True, split="pretrain")
+    assert len(pool) == 5000 - source.test_mask.sum() and not np.isin(pool.ids, source.ids[source.test_mask]).any()

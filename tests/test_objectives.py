@@ -249,7 +249,7 @@ def test_byol_target_is_the_moving_average_of_the_online_encoder_and_projector()
 
 
 def test_contrastive_recipe_options_reach_the_model_and_are_checked():
-    """--temperature, --projector, --crop and --blur build the model they name; the defaults are
+    """--temperature, --projector, --crop, --blur and --jitter build the model they name; the defaults are
     the objective's own; bad values and objectives without views are refused in one line."""
     import keras
     import pytest
@@ -267,12 +267,21 @@ def test_contrastive_recipe_options_reach_the_model_and_are_checked():
     assert [l.units for l in default.projector.layers if isinstance(l, keras.layers.Dense)] == [128, 64]
     assert default.augment.layers[0].zoom[0] == pytest.approx(-(1 - contrastive.CROP))
     assert [l.factor for l in default.augment.layers if isinstance(l, keras.layers.RandomGaussianBlur)]
+    assert [l.factor for l in default.augment.layers if isinstance(l, keras.layers.RandomBrightness)] == [
+        (-0.3 * contrastive.JITTER, 0.3 * contrastive.JITTER)]
     tuned = contrastive.build(models.build_encoder(shape, blocks), blocks, shape,
-                              objectives.Options(1e-3, 8, temperature=0.1, projector=(32, 16), crop=0.8, blur=0.0))
+                              objectives.Options(1e-3, 8, temperature=0.1, projector=(32, 16), crop=0.8, blur=0.0,
+                                                 jitter=0.5))
     assert tuned.temperature == 0.1
     assert [l.units for l in tuned.projector.layers if isinstance(l, keras.layers.Dense)] == [32, 16]
     assert tuned.augment.layers[0].zoom[0] == pytest.approx(-0.2)  # zoom in to 0.8 of the side at most
     assert not any(isinstance(l, keras.layers.RandomGaussianBlur) for l in tuned.augment.layers)  # --blur 0
+    assert [l.factor for l in tuned.augment.layers if isinstance(l, keras.layers.RandomBrightness)] == [(-0.15, 0.15)]
+    contrast = [max(l.factor) for l in tuned.augment.layers if isinstance(l, keras.layers.RandomContrast)]
+    assert contrast == [pytest.approx(0.3)]
+    still = contrastive.build(models.build_encoder(shape, blocks), blocks, shape, objectives.Options(1e-3, 8, jitter=0))
+    assert not any(isinstance(l, (keras.layers.RandomBrightness, keras.layers.RandomContrast))
+                   for l in still.augment.layers)  # --jitter 0: grey levels as they are
     from transfer.objectives import byol
 
     tuned_byol = byol.build(models.build_encoder(shape, blocks), blocks, shape,
@@ -286,6 +295,8 @@ def test_contrastive_recipe_options_reach_the_model_and_are_checked():
     assert [l.units for l in expander.projector.layers if isinstance(l, keras.layers.Dense)] == list(vicreg.EXPANDER)
     for bad, match in (({"temperature": 0}, "temperature must be > 0"), ({"crop": 1.5}, r"crop must be in \(0, 1\]"),
                        ({"blur": -0.1}, r"blur must be in \[0, 1\]"), ({"projector": (0,)}, "projector widths"),
+                       ({"jitter": 1.5}, r"jitter must be in \[0, 1\]"),
+                       ({"objective": "masked", "jitter": 0.5}, "objective masked has no views"),
                        ({"objective": "autoencoder", "crop": 0.8}, "objective autoencoder has no views"),
                        ({"objective": "vicreg", "temperature": 0.2}, "objective vicreg has no temperature"),
                        ({"objective": "byol", "temperature": 0.2}, "objective byol has no temperature")):

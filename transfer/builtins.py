@@ -14,6 +14,14 @@
   and outline: the development set for texture-rich images. A fixed test split by place
   (each photograph's bottom quarter), so no pixel sits on both sides (and the 3 flat
   pool patches identical to a test patch are left out).
+- `fills`: 5,000 28x28 gray animal silhouettes (bird, giraffe, elephant, cow, sheep; from
+  `animals`) each filled with one of two surfaces, a smooth bright one (scikit-image's moon)
+  or a darker textured one (gravel), at a grey level that varies per image; 10 classes, an
+  animal and its surface. Centred, aligned objects that an outline alone does not tell apart
+  (half the classes differ only by grey level and texture), where raw pixels are strong
+  (about 79% 20-NN): the development set for the cues that view augmentation can erase.
+  The test split is the animals' (by silhouette); test fills come from the bottom quarter
+  of each surface photograph, pool fills from the rest.
 - `animals`: the `animal-mnist` package's 10,000 28x28 gray silhouettes of 10 animals
   (1,000 each; MIT), harder than digits. A fixed test split by content id (about one
   image in five, the same for identical images, so the 284 duplicated images never
@@ -210,8 +218,44 @@ def _animals() -> _Raw:
     return _Raw([(im / 255.0).astype(np.float32)[..., None] for im in images], ids, labels, ANIMALS, test)
 
 
+FILL_ANIMALS = ("bird", "giraffe", "elephant", "cow", "sheep")  # outlines a pixel k-NN tells apart well
+# (surface photograph, mean grey level, texture amplitude): a smooth bright fill, a darker textured one
+FILL_SURFACES = (("moon", 0.85, 0.03), ("gravel", 0.5, 0.15))
+FILL_GREY_SPREAD = 0.06  # the per-image grey level's standard deviation about its surface's
+
+
+@functools.lru_cache(maxsize=None)
+def _fill_set() -> _Raw:
+    """Animal silhouettes filled with a surface: class = (animal, surface). Each silhouette is
+    used once, the surfaces alternating within an animal's images; the fill is the silhouette
+    (its anti-aliased edge kept) times a grey level plus the surface's standardised texture."""
+    import skimage.data
+
+    animals = _animals()
+    rng = np.random.default_rng(0)
+    surfaces = [_gray(getattr(skimage.data, name)()) for name, _, _ in FILL_SURFACES]
+    images, labels, test = [], [], []
+    for a, name in enumerate(FILL_ANIMALS):
+        for k, i in enumerate(np.flatnonzero(animals.labels == ANIMALS.index(name))):
+            s = k % len(FILL_SURFACES)
+            _, grey, amplitude = FILL_SURFACES[s]
+            src, is_test = surfaces[s], bool(animals.test_mask[i])
+            cut = src.shape[0] * 3 // 4
+            region = src[cut:] if is_test else src[:cut]
+            y = rng.integers(0, region.shape[0] - 28 + 1)
+            x = rng.integers(0, region.shape[1] - 28 + 1)
+            texture = region[y : y + 28, x : x + 28]
+            texture = (texture - texture.mean()) / (texture.std() + 1e-6)
+            fill = np.clip(grey + rng.normal(0.0, FILL_GREY_SPREAD) + amplitude * texture, 0.0, 1.0)
+            images.append((animals.images[i][..., 0] * fill)[..., None].astype(np.float32))
+            labels.append(a * len(FILL_SURFACES) + s)
+            test.append(is_test)
+    names = tuple(f"{a}-{s}" for a in FILL_ANIMALS for s, _, _ in FILL_SURFACES)
+    return _Raw(images, _ids(images), np.array(labels, dtype=np.int64), names, np.array(test))
+
+
 _SOURCES = {"digits": _digits, "photos": _photos, "textures": _textures, "faces": _faces, "animals": _animals,
-            "patches": _patch_set}
+            "patches": _patch_set, "fills": _fill_set}
 
 
 def names() -> list[str]:

@@ -112,6 +112,7 @@ class PretrainConfig(RunConfig):
     projector: tuple[int, ...] | None = None
     crop: float | None = None  # smallest side of a random crop, as a fraction of the image's
     blur: float | None = None  # strength of the random Gaussian blur of the views (0: none)
+    jitter: float | None = None  # strength of the views' brightness/contrast jitter (0: none, 1: SimCLR-like)
 
     def __post_init__(self):
         super().__post_init__()
@@ -122,14 +123,15 @@ class PretrainConfig(RunConfig):
             _positive(name, getattr(self, name))
         _rate("learning_rate", self.learning_rate)
         _rate("temperature", self.temperature)
-        for name, value in (("crop", self.crop), ("blur", self.blur)):
+        for name, value in (("crop", self.crop), ("blur", self.blur), ("jitter", self.jitter)):
             if value is not None and not (0.0 < value <= 1.0 if name == "crop" else 0.0 <= value <= 1.0):
                 bounds = "in (0, 1]" if name == "crop" else "in [0, 1]"
                 raise TransferError(f"{name} must be {bounds}. Received: {name}={value}")
         for width in self.projector or ():
             _positive("projector widths", width)
-        if self.objective not in TWO_VIEW and any(v is not None for v in (self.projector, self.crop, self.blur)):
-            raise TransferError(f"--projector, --crop and --blur are the two-view objectives' ({', '.join(TWO_VIEW)}) "
+        views = (self.projector, self.crop, self.blur, self.jitter)
+        if self.objective not in TWO_VIEW and any(v is not None for v in views):
+            raise TransferError(f"--projector, --crop, --blur and --jitter are the two-view objectives' ({', '.join(TWO_VIEW)}) "
                                 f"options; objective {self.objective} has no views to tune")
         if self.objective != "contrastive" and self.temperature is not None:
             raise TransferError(f"--temperature is the contrastive objective's option (NT-Xent's softmax); "

@@ -16,8 +16,9 @@ class Options:
         batch_size: images per step (contrastive: also the negatives per image).
         seed: seed of the objective's own randomness (noise, fixed sample grids).
         steps: training steps of the whole run (for learning-rate schedules; 0: unknown).
-        temperature, projector, crop, blur: the two-view objectives' (contrastive, vicreg, byol)
-            softmax temperature (contrastive only), projector widths, smallest crop side and view blur;
+        temperature, projector, crop, blur, jitter: the two-view objectives' (contrastive, vicreg, byol)
+            softmax temperature (contrastive only), projector widths, smallest crop side, view blur
+            and brightness/contrast jitter strength;
             None: the objective's own (see `transfer.objectives.contrastive`).
     """
 
@@ -29,6 +30,7 @@ class Options:
     projector: tuple[int, ...] | None = None
     crop: float | None = None
     blur: float | None = None
+    jitter: float | None = None
 
 
 @dataclass

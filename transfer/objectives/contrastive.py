@@ -33,19 +33,21 @@ PROJECTION = (128, 64)
 # better on digits (1-NN from 4 labels); --crop 0.5 --blur 0 is the earlier recipe.
 CROP = 0.7  # the smallest crop side, as a fraction of the image's
 BLUR = 0.5  # the views' Gaussian blur strength (keras.layers.RandomGaussianBlur's factor)
+JITTER = 1.0  # the views' brightness/contrast jitter: contrast x(1 +- 0.6 JITTER), brightness +-0.3 JITTER
 WARMUP = 0.1  # fraction of the steps with a linearly rising learning rate
 
 
 def build_augment(channels: int, strength: float = 1.0, crop: float | None = None,
-                  blur: float | None = None) -> keras.Sequential:
+                  blur: float | None = None, jitter: float | None = None) -> keras.Sequential:
     """The random view generator (Keras preprocessing layers and the one-warp `augment.RandomAffine`)."""
     crop, blur = CROP if crop is None else crop, BLUR if blur is None else blur
+    jitter = JITTER if jitter is None else jitter
     return keras.Sequential(
         [
             # resized crops (zoom in to `crop` of the side), shifts and small rotations, as one warp
             augment.RandomAffine(0.04 * strength, 0.15 * strength, (-(1.0 - crop) * strength, 0.1 * strength)),
-            layers.RandomContrast(min(0.6 * strength, 0.9)),
-            layers.RandomBrightness(0.3 * strength, value_range=(0.0, 1.0)),
+            *([layers.RandomContrast(min(0.6 * jitter * strength, 0.9)),
+               layers.RandomBrightness(0.3 * jitter * strength, value_range=(0.0, 1.0))] if jitter else []),
             *([layers.RandomGaussianBlur(blur, kernel_size=3, value_range=(0.0, 1.0))] if blur else []),
             layers.GaussianNoise(0.05 * strength),
         ],
@@ -168,8 +170,8 @@ def schedule(learning_rate: float, steps: int):
 
 
 def views(shape, options: Options) -> keras.Sequential:
-    """The view generator of `options` (its crop and blur, or the defaults)."""
-    return build_augment(shape[-1], crop=options.crop, blur=options.blur)
+    """The view generator of `options` (its crop, blur and jitter, or the defaults)."""
+    return build_augment(shape[-1], crop=options.crop, blur=options.blur, jitter=options.jitter)
 
 
 def compiled(model: SimCLR, shape, options: Options) -> SimCLR:
