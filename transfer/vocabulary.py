@@ -16,4 +16,4 @@ TWO_VIEW = ("contrastive", "vicreg", "byol")  # the objectives that learn from t
 SELECTIONS = ("typiclust", "probcover", "kcenter", "random")  # `select --strategy`; see transfer.selection
 BY_FEATURES = tuple(s for s in SELECTIONS if s != "random")
 BUDGET_SELECTIONS = ("random", "stratified", *BY_FEATURES)  # `fine-tune --selection`; see transfer.budget
-BUILTINS = ("animals", "digits", "faces", "patches", "photos", "textures")  # transfer.builtins
+BUILTINS = ("animals", "digits", "faces", "fills", "patches", "photos", "textures")  # transfer.builtins
