@@ -25,7 +25,7 @@ both are scored on the pool's labels (never the test split), and on the test spl
 reference. One fresh process per run.
 
     python benchmarks/semi_vs_keras.py [--data digits] [--labels-per-class 10] [--seeds 0,1,2] [--steps 2000]
-        [--only scratch-semi] [--teacher batch|inference] [--no-align]
+        [--only scratch-semi] [--teacher batch|inference] [--no-align] [--readout flatten]
 """
 
 from __future__ import annotations
@@ -68,14 +68,14 @@ def _accuracy(predict, source, index, size) -> float:
 
 
 def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch",
-            align: bool = True) -> dict:
+            align: bool = True, readout: str = "auto") -> dict:
     from pipelines import fine_tune
     from transfer import artifacts
     from transfer.config import FineTuneConfig
 
     cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
                          unlabeled=data, steps=steps, image_size=IMAGE_SIZE[data], out=out,
-                         results=out + ".csv", teacher=teacher, align=align)
+                         results=out + ".csv", teacher=teacher, align=align, readout=readout)
     start = time.perf_counter()
     row = fine_tune.run(cfg, log=lambda m: None)
     seconds = time.perf_counter() - start
@@ -230,11 +230,13 @@ def main() -> None:
                         help="scratch-semi's FixMatch teacher (fine-tune --teacher)")
     parser.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
                         help="scratch-semi with distribution alignment or not (fine-tune --align, the default)")
+    parser.add_argument("--readout", default="auto", help="scratch-semi's readout (fine-tune --readout)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         which, seed, out = json.loads(args.worker)
-        got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher, args.align)
+        got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher, args.align,
+                       args.readout)
                if which == "scratch-semi" else
                plain_keras(args.data, args.labels_per_class, seed, args.steps) if which == "plain Keras FixMatch"
                else simple_keras(args.data, args.labels_per_class, seed, args.steps))
@@ -249,6 +251,7 @@ def main() -> None:
                 proc = subprocess.run([sys.executable, __file__, "--data", args.data, "--labels-per-class",
                                        str(args.labels_per_class), "--steps", str(args.steps),
                                        "--teacher", args.teacher, "--align" if args.align else "--no-align",
+                                       "--readout", args.readout,
                                        "--worker",
                                        json.dumps([which, seed, out])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -256,7 +259,8 @@ def main() -> None:
                     raise SystemExit(f"{which} seed {seed} failed: {proc.stderr.strip().splitlines()[-3:]}")
                 runs[which].append(json.loads(found[0][7:]))
     print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}, "
-          f"scratch-semi --teacher {args.teacher} {'--align' if args.align else '--no-align'}\n")
+          f"scratch-semi --teacher {args.teacher} {'--align' if args.align else '--no-align'} "
+          f"--readout {args.readout}\n")
     print("| learner | pool accuracy % (mean ± std) | per seed | test % | final mask rate | s/run |")
     print("|---|---:|---|---:|---:|---:|")
     for which, got in runs.items():
