@@ -53,7 +53,24 @@ def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run
         train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, run.log)
     else:
         train = found.at(_choose_labels(cfg, found, image_size, run), image_size, run.log)
+    _classes_labeled(train, run)
     return found.source, train, found.test_set(image_size)
+
+
+def _classes_labeled(train, run: Run) -> None:
+    """The row records how many classes have labels; the terminal names those without (a class
+    only the test set holds, or one a small choice missed): the classifier keeps them, and their
+    test images count as errors. Fewer than 2 labeled classes cannot train a classifier."""
+    present = set(np.unique(train.labels).tolist())
+    run.note(classes_labeled=len(present))
+    if len(present) < 2:
+        raise TransferError(f"the labeled images cover {len(present)} class(es); a classifier needs labels of at "
+                            "least 2")
+    missing = [name for i, name in enumerate(train.class_names) if i not in present]
+    if missing:
+        run.log(f"no labeled images of {len(missing)} of {len(train.class_names)} classes ("
+                + ", ".join(missing[:10]) + (", ..." if len(missing) > 10 else "")
+                + "): the classifier keeps them, and their test images count as errors")
 
 
 def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, run: Run) -> np.ndarray:

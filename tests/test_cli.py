@@ -760,3 +760,28 @@ def test_the_vocabulary_agrees_with_what_its_owners_implement():
     assert vocabulary.OBJECTIVES == objectives.OBJECTIVES and vocabulary.TWO_VIEW == objectives.TWO_VIEW
     assert vocabulary.PRESETS == tuple(sorted(architectures.PRESETS))
     assert vocabulary.BUILTINS == tuple(builtins.names())
+
+
+def test_labels_that_miss_a_class_of_the_test_data_are_scored_honestly(tmp_path):
+    """select -> label -> fine-tune --test-data: a choice that covers 2 of the test set's 3 classes
+    trains a 3-class classifier; the third class's test images count as errors; the row records
+    how many classes had labels and the terminal names the one that had none."""
+    import pandas as pd
+
+    from conftest import make_labeled_dir
+
+    make_labeled_dir(tmp_path / "labeled", per_class=6, classes=("h", "v"), size=8)
+    make_labeled_dir(tmp_path / "test", per_class=4, classes=("d", "h", "v"), size=8, seed=1)
+    result = invoke("fine-tune", "--data", tmp_path / "labeled", "--test-data", tmp_path / "test", "--encoder",
+                    "pixels", "--image-size", "8", "--labels-per-class", "3", "--out", tmp_path / "ft",
+                    "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    assert "no labeled images of 1 of 3 classes (d)" in result.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
+    assert row["classes_labeled"] == 2 and row["n_train"] == 6
+    assert row["test_accuracy"] <= 8 / 12 + 1e-9  # the 4 'd' images are errors
+    assert json.loads((tmp_path / "ft" / "manifest.json").read_text())["class_names"] == ["d", "h", "v"]
+    one = make_labeled_dir(tmp_path / "one", per_class=4, classes=("h",), size=8)
+    result = invoke("fine-tune", "--data", one, "--test-data", tmp_path / "test", "--encoder", "pixels",
+                    "--image-size", "8", "--out", tmp_path / "ft1", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 2 and result.output.count("Error:") == 1 and not (tmp_path / "ft1").exists()

@@ -203,14 +203,16 @@ def split_test(labels: np.ndarray, ids: np.ndarray, test_fraction: float) -> tup
 def sample_per_class(
     labels: np.ndarray, index: np.ndarray, per_class: int | None, seed: int, class_names: list[str]
 ) -> np.ndarray:
-    """A stratified draw of `per_class` items of each class from `index` (None: all of them)."""
+    """A stratified draw of `per_class` items of each class from `index` (None: all of them). A
+    class with no image at all in `index` is one only the test set holds (see
+    `splits.class_union`): it has no labels to draw, and its test images count as errors."""
     if per_class is None:
         return np.sort(index)
     rng = np.random.default_rng(seed)
     chosen = []
     for c, name in enumerate(class_names):
         members = index[labels[index] == c]
-        if len(members) < per_class:
+        if 0 < len(members) < per_class:
             raise TransferError(
                 f"class '{name}' has {len(members)} training image(s), fewer than "
                 f"labels_per_class={per_class}"

@@ -58,8 +58,10 @@ def open_labeled(src: str, test_src: str | None, test_fraction: float, image_siz
     report_skipped(source.skipped, log)
     data.check_classes(source, src)
     if test_src:
-        test_source = stream.open_source(test_src, True, image_size, source.channels, source.class_names)
+        test_source = stream.open_source(test_src, True, image_size, source.channels)
         report_skipped(test_source.skipped, log)
+        classes = class_union(source.class_names, test_source.class_names)
+        source.with_classes(classes), test_source.with_classes(classes)
         splits = Splits(source, np.arange(len(source)), test_source, np.arange(len(test_source)))
     elif source.test_mask is not None:
         splits = Splits(source, np.flatnonzero(~source.test_mask), source, np.flatnonzero(source.test_mask))
@@ -69,6 +71,19 @@ def open_labeled(src: str, test_src: str | None, test_fraction: float, image_siz
     if len(splits.test_index) == 0:
         raise TransferError(f"{src}: the test split is empty; give --test-data or more images")
     return _without_test_content(splits, log)
+
+
+def class_union(labeled: list[str], test: list[str]) -> list[str]:
+    """The classes of a labeled source and its test source together: a choice of a few labels
+    often misses a class the test set holds, and its test images then count as errors (the
+    classifier has the class, no label of it). Sorted when both are (folders, CSV labels), else
+    the labeled source's order, then the test's new classes."""
+    extra = [c for c in test if c not in labeled]
+    if not extra:
+        return list(labeled)
+    if list(labeled) == sorted(labeled) and list(test) == sorted(test):
+        return sorted([*labeled, *extra])
+    return [*labeled, *extra]
 
 
 def _without_test_content(splits: Splits, log) -> Splits:
