@@ -759,8 +759,9 @@ def experiment(file, dry_run):
     skipped, so an interrupted experiment continues where it stopped. Ends with
     the compare table. See experiments/*.toml for examples.
 
-    Writes: the file's results table (rows), its runs directory (encoders, fine-tunes),
-    its TensorBoard logs when it names them.
+    Paths in the file are relative to the file's folder. Writes: the file's results
+    table (rows), its runs directory (encoders, fine-tunes), its TensorBoard logs when
+    it names them; with --dry-run, nothing.
     """
     _tensorflow()
     from pipelines import experiment as pipeline

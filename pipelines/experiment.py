@@ -1,8 +1,8 @@
 """Run an experiment file: methods x label budgets x seeds, every run a row in one table.
 
     name = "digits"
-    results = "experiments/digits.csv"     # default experiments/<name>.csv
-    runs = "runs/digits"                   # default runs/<name>
+    results = "digits.csv"                 # default <name>.csv beside this file
+    runs = "../runs/digits"                # default runs/<name> beside this file
     tensorboard = "tb/digits"              # optional: TensorBoard logs of every run, DIR/<run id>
     seeds = [0, 1, 2, 3, 4]
     labels_per_class = [5, 10, 25, 100]    # stratified draws of N per class (the oracle), and/or
@@ -25,8 +25,10 @@ the default recipe), or `<objective>-frozen|-top<K>|-finetuned`; with `-semi`
 (FixMatch), which the other methods ignore. Each objective
 is pretrained once (runs/pretrain-<objective>) and reused by all its fine-tunes
 (runs/fine-tune/<name>/...); experiments naming the same `runs` share its
-encoders and keep their fine-tunes apart. Paths are relative to the working
-directory. Re-running skips the runs whose rows are already in the
+encoders and keep their fine-tunes apart. Paths in the file (results, runs,
+tensorboard, and the sections' data, unlabeled, test_data, probe_data and encoders) are
+relative to the file's own folder, wherever the command runs (a built-in name or an
+absolute path as it is). `--dry-run` plans and writes nothing. Re-running skips the runs whose rows are already in the
 table, and reuses finished pretrainings.
 """
 
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import os
 import re
 import time
 from pathlib import Path
@@ -41,7 +44,7 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
-from transfer import artifacts, methods, outputs, results, selection, stopping
+from transfer import artifacts, builtins, methods, outputs, results, selection, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, read_toml)
 from transfer.errors import TransferError
@@ -58,6 +61,19 @@ TYPES = {"name": str, "description": str, "results": str, "runs": str, "tensorbo
          "pretrain": dict, "fine_tune": dict}
 
 
+# The sections' options that name files or folders: relative to the experiment file's folder.
+PATHS = ("data", "unlabeled", "test_data", "probe_data", "tensorboard", "results", "encoder", "select_encoder")
+
+
+def _beside(value, base: Path):
+    """A path of the experiment file, relative to its folder; a built-in name, an encoder's
+    name (random, pixels) or an absolute path as it is."""
+    if not isinstance(value, str) or not value or value in ("random", "pixels") or builtins.is_builtin(value):
+        return value
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else Path(os.path.normpath(base / path)))
+
+
 def _section(spec: dict, key: str, cls, path) -> dict:
     """The [key] section's options (the top-level `tensorboard` for every run, unless it names its own)."""
     section = {**({"tensorboard": spec["tensorboard"]} if "tensorboard" in spec else {}), **spec.get(key, {})}
@@ -66,7 +82,8 @@ def _section(spec: dict, key: str, cls, path) -> dict:
     if unknown:
         raise TransferError(f"{path}: unknown [{key}] option(s) {unknown}")
     check_section(section, cls, f"{path} [{key}]")
-    return {k: tuple(v) if isinstance(v, list) else v for k, v in section.items()}
+    base = Path(path).parent
+    return {k: tuple(v) if isinstance(v, list) else _beside(v, base) if k in PATHS else v for k, v in section.items()}
 
 
 def load(path: str) -> dict:
@@ -141,14 +158,14 @@ def _done(results_path: str, name: str) -> set[tuple[str, str, int]]:
 
 def run(cfg: ExperimentConfig, log=print):
     spec = load(cfg.file)
-    name = spec["name"]
-    results_path = spec.get("results", f"experiments/{name}.csv")
-    runs = Path(spec.get("runs", f"runs/{name}"))
+    name, base = spec["name"], Path(cfg.file).parent
+    results_path = _beside(spec.get("results", f"{name}.csv"), base)
+    runs = Path(_beside(spec.get("runs", f"runs/{name}"), base))
     pre = _section(spec, "pretrain", PretrainConfig, cfg.file)
     fin = _section(spec, "fine_tune", FineTuneConfig, cfg.file)
     plan = [(m, methods.parse(m)) for m in spec["methods"]]
     _check_values(cfg.file, spec, pre, fin)
-    outputs.check(results.target(results_path), "results")
+    outputs.check(results.target(results_path), "results", create=not cfg.dry_run)
     results.check_table(results_path, f"{cfg.file}: results")
     by_selection = [_selection(h, cfg.file)[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
     encoders = {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(

@@ -220,3 +220,40 @@ def test_a_budgets_name_says_probcovers_purity_when_it_is_not_the_default():
         "6 in all (probcover on pixels)"
     assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover", purity=0.6)) == \
         "6 in all (probcover at purity 0.6 on pixels)"
+
+
+def test_an_experiment_files_paths_are_relative_to_the_file_and_a_dry_run_writes_nothing(labeled, tmp_path,
+                                                                                          monkeypatch):
+    """Run from another folder, the file's results, runs and data resolve beside the file: the
+    dry run finds the finished cell in the file's table and plans only the other, creating no
+    folder anywhere; the real run appends to that table and writes its runs there."""
+    import shutil
+
+    from transfer import results
+
+    shutil.copytree(labeled / "labeled", tmp_path / "labeled" / "labeled")
+    (tmp_path / "exp").mkdir()
+    table = tmp_path / "exp" / "grid.csv"
+    results.append_row(table, {"run_id": "done", "command": "fine-tune", "status": "ok", "experiment": "g",
+                               "method": "pixels-logreg", "labels_per_class": "2", "seed": 0,
+                               "test_accuracy": 0.5})
+    path = tmp_path / "exp" / "grid.toml"
+    path.write_text('name = "g"\nresults = "grid.csv"\nruns = "../runs"\nseeds = [0, 1]\nlabels_per_class = [2]\n'
+                    'methods = ["pixels-logreg"]\n[fine_tune]\ndata = "../labeled/labeled"\nimage_size = 8\n')
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    before = sorted(p for p in tmp_path.rglob("*"))
+    result = invoke("experiment", path, "--dry-run")
+    assert result.exit_code == 0, result.output
+    assert "1 of 2 fine-tunes already in" in result.output and "would run pixels-logreg" in result.output
+    assert sorted(p for p in tmp_path.rglob("*")) == before  # nothing made, here or beside the file
+    fresh = tmp_path / "exp" / "fresh.toml"
+    fresh.write_text(path.read_text().replace('results = "grid.csv"', 'results = "tables/new.csv"'))
+    result = invoke("experiment", fresh, "--dry-run")
+    assert result.exit_code == 0 and "0 of 2 fine-tunes already in" in result.output, result.output
+    assert not (tmp_path / "exp" / "tables").exists()  # the table's folder is not made by a dry run
+    result = invoke("experiment", path)
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(table)
+    assert len(rows) == 2 and rows.iloc[-1]["seed"] == 1 and (tmp_path / "runs" / "fine-tune" / "g").is_dir()
+    assert not any((tmp_path / "elsewhere").iterdir())

@@ -313,7 +313,7 @@ mu = 1
     result = invoke("experiment", "exp.toml")
     assert result.exit_code == 0, result.output
     assert "run 1/10 " in result.output and ", ETA " in result.output and "run 10/10 " in result.output
-    df = pd.read_csv(tmp_path / "experiments" / "tiny.csv")
+    df = pd.read_csv(tmp_path / "tiny.csv")
     ft_rows = df[df["command"] == "fine-tune"]
     assert len(ft_rows) == 10 and (df["experiment"] == "tiny").all()
     assert sorted(ft_rows["method"].unique()) == ["autoencoder-finetuned", "pixels-logreg", "random-frozen",
@@ -321,7 +321,7 @@ mu = 1
     assert ft_rows["unlabeled"].notna().sum() == 2  # only the -semi method uses the pool
     assert (df["command"] == "pretrain").sum() == 1
     # another experiment's row in the same table (here an earlier run of this grid kept under another name)
-    table = tmp_path / "experiments" / "tiny.csv"
+    table = tmp_path / "tiny.csv"
     with table.open(newline="") as f:
         rows = list(csv.DictReader(f))
     foreign = {**next(r for r in rows if r["command"] == "fine-tune"), "experiment": "tiny_before",
@@ -332,7 +332,7 @@ mu = 1
     assert again.exit_code == 0 and "10 of 10 fine-tunes already in" in again.output
     assert "reusing the autoencoder encoder" in again.output
     assert "scratch-semi" in again.output and "foreign-method" not in again.output  # the summary: this grid's rows
-    assert len(pd.read_csv(tmp_path / "experiments" / "tiny.csv")) == len(df) + 1
+    assert len(pd.read_csv(tmp_path / "tiny.csv")) == len(df) + 1
     # A second experiment naming the same runs directory reuses its encoder; its fine-tunes stay apart.
     spec = (tmp_path / "exp.toml").read_text().replace('name = "tiny"', 'name = "other"\nruns = "runs/tiny"')
     (tmp_path / "other.toml").write_text(spec.replace("seeds = [0, 1]", "seeds = [0]").replace(
@@ -340,7 +340,7 @@ mu = 1
         'methods = ["autoencoder"]'))
     other = invoke("experiment", "other.toml")
     assert other.exit_code == 0 and "reusing the autoencoder encoder" in other.output, other.output
-    row = pd.read_csv(tmp_path / "experiments" / "other.csv").iloc[0]
+    row = pd.read_csv(tmp_path / "other.csv").iloc[0]
     first = ft_rows[(ft_rows["method"] == "autoencoder-finetuned") & (ft_rows["seed"] == 0)].iloc[0]
     assert Path(row["run_dir"]).parent.name == "other" and Path(first["run_dir"]).parent.name == "tiny"
     assert Path(first["run_dir"], "manifest.json").is_file() and Path(row["run_dir"], "manifest.json").is_file()
@@ -531,7 +531,7 @@ def test_every_experiment_key_is_checked_before_anything_runs(tmp_path, monkeypa
     (tmp_path / "bad.toml").write_text(text)
     result = invoke("experiment", "bad.toml")
     assert_user_error(result, message)
-    assert not (tmp_path / "experiments").exists() and not (tmp_path / "runs").exists()  # nothing ran
+    assert not (tmp_path / "bad.csv").exists() and not (tmp_path / "runs").exists()  # nothing ran
 
 
 @pytest.mark.slow
@@ -589,7 +589,7 @@ epochs = 20
                               stderr=subprocess.STDOUT, text=True) for _ in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    df = pd.read_csv(tmp_path / "experiments" / "both.csv")
+    df = pd.read_csv(tmp_path / "both.csv")
     ft = df[df["command"] == "fine-tune"]
     assert len(ft) == 6 and not ft.duplicated(["method", "labels_per_class", "seed"]).any()
     assert (df["command"] == "pretrain").sum() == 1

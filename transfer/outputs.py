@@ -84,14 +84,16 @@ HTML = starting("HTML page", b"<!doctype html")
 NPY = starting("NumPy array file", b"\x93NUMPY")
 
 
-def check(path: str | os.PathLike, what: str, kind: Kind | None = None, overwrite: bool | None = None) -> Path:
+def check(path: str | os.PathLike, what: str, kind: Kind | None = None, overwrite: bool | None = None,
+          create: bool = True) -> Path:
     """Refuse, before any work, an output file that could not or must not be written: its folder
     is a file or cannot be made or written; the path is a folder; it exists and (`overwrite` is
     False: the command has --overwrite and it was not given) or (it is not of `kind`: not a file
     this command writes). `overwrite=None`: the command replaces its own kind of file freely
-    (compare's plot and page). Returns the path."""
+    (compare's plot and page). `create=False` (a dry run) makes no folder and writes no probe:
+    the nearest folder that exists must be writable. Returns the path."""
     path = Path(path)
-    writable_folder(path.parent, f"{what} {path} cannot be written")
+    writable_folder(path.parent, f"{what} {path} cannot be written", create)
     if path.is_dir():
         raise TransferError(f"{what} {path} is a directory; give a file path")
     if not (path.exists() or path.is_symlink()):
@@ -108,9 +110,17 @@ def check(path: str | os.PathLike, what: str, kind: Kind | None = None, overwrit
     return path
 
 
-def writable_folder(folder: str | os.PathLike, problem: str) -> None:
-    """Create `folder` if needed; refuse one that cannot be created or written, saying `problem`."""
+def writable_folder(folder: str | os.PathLike, problem: str, create: bool = True) -> None:
+    """Create `folder` if needed; refuse one that cannot be created or written, saying `problem`.
+    `create=False`: nothing is made; the nearest existing folder on the way must be a writable folder."""
     folder = Path(folder)
+    if not create:
+        existing = folder.absolute()
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+            raise TransferError(f"{problem}: {existing} is not a writable folder")
+        return
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
