@@ -26,6 +26,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     comparison.known(df, [*by, cfg.metric], "--by/--metric")
     if not pd.api.types.is_numeric_dtype(df[cfg.metric]):
         raise TransferError(f"metric column '{cfg.metric}' is not numeric")
+    df, split = comparison.split_settings(df, by)
     pooled = comparison.repeated_seeds(df, by)
     for note in pooled:
         _note(note)
@@ -40,13 +41,15 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     sentences = report.verdicts(table, context, cfg.metric)
     sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
     sentences += report.choice_verdicts(comparison.choice_gains(df, context, cfg.metric), cfg.metric)
+    for line in split:  # beside the table it explains; stderr when stdout is data (csv, json)
+        (log if cfg.format in ("text", "markdown") else _note)(line)
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
             log(comparison.NOTE)
         for line in sentences + comparison.pretraining_cost(everything) + comparison.feature_quality(everything):
             log(line)
     if cfg.html:
-        write_html(cfg, table, df, everything, sentences, pooled)
+        write_html(cfg, table, df, everything, sentences, [*split, *pooled])
         _note(f"wrote {cfg.html}")
     return table
 

@@ -362,27 +362,36 @@ def test_stdout_holds_the_summary_alone_and_notes_go_to_stderr(tmp_path):
     assert notes[1:] == [f"wrote {tmp_path / 'p.png'}", f"wrote {tmp_path / 'p.html'}"]
 
 
-def test_runs_of_one_seed_pooled_from_two_grids_are_said_and_can_be_kept_apart(tmp_path):
-    """Two experiments that ran the same cell (another number of steps) would be averaged as
-    10 runs of 5 seeds: compare says so on stderr, names what tells them apart and how to keep
-    them apart; grouped that way, nothing is said."""
+def test_runs_that_differ_in_a_setting_are_never_pooled(tmp_path):
+    """Two experiments that ran the same cell with another number of steps are shown as two
+    methods, each compared with the baselines (never 10 runs of 5 seeds averaged as one); a line
+    on stdout says what was split and why; `seeds` counts distinct seeds; one run repeated with
+    the same settings counts once, averaged per seed, and is said on stderr."""
     first = pd.read_csv(write_table(tmp_path / "a.csv", {"scratch": SCRATCH, "contrastive-finetuned": PRETRAINED}))
     second = first[first["method"] == "contrastive-finetuned"].assign(test_accuracy=0.5)
     table = pd.concat([first.assign(experiment="grid", steps=2000), second.assign(experiment="grid_steps", steps=1000)])
     table.to_csv(tmp_path / "r.csv", index=False)
     result = invoke(tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
-    notes = [line for line in result.stderr.splitlines() if line.startswith("warning")]
-    assert notes == ["warning: data digits, method contrastive-finetuned, labels_per_class 5: 10 runs over 5 seed(s), "
-                     "averaged as one; they differ in experiment, steps (experiment: grid, grid_steps): "
-                     "--by data,method,labels_per_class,experiment keeps them apart, or --where picks one"]
-    pooled = pd.read_csv(io.StringIO(invoke(tmp_path / "r.csv", "--format", "csv").stdout))
-    assert pooled.loc[pooled["method"] == "contrastive-finetuned", "mean"].item() == pytest.approx(
-        (np.mean(PRETRAINED) + 0.5) / 2)  # what the warning is about: both grids in one mean
+    assert ("data digits, method contrastive-finetuned, labels_per_class 5: 10 runs over 5 seeds differ in steps: "
+            "shown apart (steps=1000, steps=2000), never averaged") in result.stdout
+    assert "warning" not in result.stderr
+    split = pd.read_csv(io.StringIO(invoke(tmp_path / "r.csv", "--format", "csv").stdout))
+    assert sorted(split["method"]) == ["contrastive-finetuned [steps=1000]", "contrastive-finetuned [steps=2000]",
+                                       "scratch"]
+    assert (split["n"] == 5).all()
+    ours = split.set_index("method")
+    assert ours.loc["contrastive-finetuned [steps=2000]", "mean"] == pytest.approx(np.mean(PRETRAINED))
+    assert ours.loc["contrastive-finetuned [steps=1000]", "mean"] == pytest.approx(0.5)
+    assert ours.loc["contrastive-finetuned [steps=2000]", "vs_best_baseline"] == pytest.approx(
+        np.mean(PRETRAINED) - np.mean(SCRATCH))  # each compared with the baselines
     assert invoke(tmp_path / "r.csv", "--html", tmp_path / "r.html").exit_code == 0
-    assert "10 runs over 5 seed(s), averaged as one" in (tmp_path / "r.html").read_text()  # the page says it too
-    apart = invoke(tmp_path / "r.csv", "--by", "data,method,labels_per_class,experiment")
-    assert apart.exit_code == 0 and "warning" not in apart.stderr
-    pd.concat([first, first.iloc[:1]]).to_csv(tmp_path / "again.csv", index=False)  # one run repeated as it was
-    again = invoke(tmp_path / "again.csv").stderr
-    assert "scratch, labels_per_class 5: 6 runs over 5 seed(s)" in again and "the same settings ran again" in again
+    assert "shown apart (steps=1000, steps=2000)" in (tmp_path / "r.html").read_text()  # the page says it too
+    pd.concat([first, first.iloc[:1].assign(test_accuracy=0.0)]).to_csv(tmp_path / "again.csv", index=False)
+    again = invoke(tmp_path / "again.csv")
+    assert "scratch, labels_per_class 5: 6 runs over 5 seed(s)" in again.stderr
+    assert "the same settings ran again" in again.stderr
+    counted = pd.read_csv(io.StringIO(invoke(tmp_path / "again.csv", "--format", "csv").stdout)).set_index("method")
+    assert counted.loc["scratch", "n"] == 5  # distinct seeds, not runs
+    repeated = [SCRATCH[0] / 2, *SCRATCH[1:]]  # seed 0 run twice (its first value and 0): averaged, then counted once
+    assert counted.loc["scratch", "mean"] == pytest.approx(np.mean(repeated))

@@ -39,8 +39,11 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     ("paired", or "unpaired" when fewer than 2 seeds are shared). `significant` is true when
     the interval excludes zero.
     """
+    if "seed" in df and df["seed"].notna().all() and "seed" not in by:  # a seed run twice is one run, averaged
+        keep = [metric, *(["seconds"] if "seconds" in df else [])]
+        df = df.groupby([*by, "seed"], dropna=False)[keep].mean().reset_index()
     grouped = df.groupby(by, dropna=False)
-    table = grouped[metric].agg(mean="mean", std="std", n="count").reset_index()
+    table = grouped[metric].agg(mean="mean", std="std", n="count").reset_index()  # n: distinct seeds
     if "seconds" in df:
         table["seconds"] = grouped["seconds"].mean().to_numpy()
     table["std"] = table["std"].fillna(0.0)
@@ -68,7 +71,7 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
 
     groups = table.groupby(context, dropna=False) if context else [((), table)]
     for _, group in groups:
-        scratch = group[group["method"] == "scratch"]
+        scratch = group[group["method"].str.split(" [", regex=False).str[0] == "scratch"]
         if not scratch.empty:
             table.loc[group.index, "vs_scratch"] = group["mean"] - scratch["mean"].iloc[0]
         baseline = group["method"].map(methods.is_baseline)
@@ -85,6 +88,46 @@ def _add_differences(df: pd.DataFrame, table: pd.DataFrame, by: list[str], metri
                 d["diff"], d["low"], d["high"], d["seeds"]]
             table.loc[i, "comparison"] = d["kind"]
             table.loc[i, "significant"] = stats.excludes_zero(d["low"], d["high"]) and not baseline[i]
+
+
+def split_settings(df: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, list[str]]:
+    """Runs of one summary group that differ in a recorded setting (`SETTINGS`: the experiment,
+    readout, selection encoder, recipe options) are never averaged as one: the group's method
+    names gain the settings that tell its runs apart (`contrastive [readout=multi]`), the fewest
+    that leave no seed run twice (the experiment's name last: two grids of one recipe over other
+    seeds are one method), so each is its own row, compared with the baselines as any
+    method is. Returns the rows and one line per group split."""
+    if "seed" not in df or "method" not in by or df.empty:
+        return df, []
+    df, notes = df.copy(), []
+    asked = df.copy()  # a readout chosen per run (auto: by cross-validation) is an outcome, not a setting
+    if {"readout", "readout_choice"} <= set(df.columns):
+        chose = asked["readout_choice"].notna() & (asked["readout_choice"].astype(str) != "given")
+        asked.loc[chose, "readout"] = "auto"
+    for key, group in asked.groupby(by, dropna=False, sort=True):
+        if group["seed"].notna().sum() == group["seed"].nunique():
+            continue
+        chosen = []  # the recipe's settings first; the experiment's name only when they do not tell the runs apart
+        for column in (c for c in (*SETTINGS[1:], SETTINGS[0]) if c in group and group[c].astype(str).nunique() > 1):
+            chosen.append(column)
+            if all(g["seed"].notna().sum() == g["seed"].nunique() for _, g in group.groupby(chosen, dropna=False)):
+                break
+        if not chosen:
+            continue
+        tags = group[chosen].apply(lambda row: ", ".join(f"{c}={_short(v)}" for c, v in row.items()), axis=1)
+        df.loc[group.index, "method"] = group["method"] + " [" + tags + "]"
+        label = ", ".join(f"{c} {v}" for c, v in zip(by, key if isinstance(key, tuple) else (key,)))
+        notes.append(f"{label}: {len(group)} runs over {group['seed'].nunique()} seeds differ in "
+                     f"{', '.join(chosen)}: shown apart ({', '.join(sorted(tags.unique()))}), never averaged")
+    return df, notes
+
+
+def _short(value) -> str:
+    """A setting's value as a tag: a path by its last two parts."""
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = "" if value is None or (isinstance(value, float) and math.isnan(value)) else str(value).replace("\\", "/")
+    return "/".join(text.split("/")[-2:])
 
 
 def repeated_seeds(df: pd.DataFrame, by: list[str]) -> list[str]:

@@ -99,8 +99,10 @@ def chosen_by_encoder(features) -> bool:
 
 
 def is_baseline(method: str) -> bool:
-    """True for methods that use no pretraining (what pretraining is compared against)."""
+    """True for methods that use no pretraining (what pretraining is compared against); a
+    method shown with its settings (`scratch [experiment=a]`, see `comparison.split_settings`)
+    is its method's."""
     try:
-        return parse(method).objective is None
+        return parse(str(method).split(" [")[0]).objective is None
     except TransferError:
         return False
