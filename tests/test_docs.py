@@ -72,7 +72,8 @@ def test_every_results_table_is_the_output_of_the_command_above_it(tmp_path):
     assert tables.refresh(page, write=True) == ["animals-table", "digits-low-table"]
     written = page.read_text(encoding="utf-8")
     assert "55.9 ± 3.7" in written  # the shipped row again
-    assert "| digits | contrastive-finetuned | 2 | 10 |" in written  # all ten seeds: what the bare command prints
+    assert "| digits | contrastive-finetuned [experiment=digits_low] | 2 | 5 |" in written  # the bare command shows
+    assert "| digits | contrastive-finetuned [experiment=digits_low_avg_readout] | 2 | 5 |" in written  # both grids
     assert tables.refresh(page, write=False) == []
 
 
