@@ -395,3 +395,28 @@ def test_runs_that_differ_in_a_setting_are_never_pooled(tmp_path):
     assert counted.loc["scratch", "n"] == 5  # distinct seeds, not runs
     repeated = [SCRATCH[0] / 2, *SCRATCH[1:]]  # seed 0 run twice (its first value and 0): averaged, then counted once
     assert counted.loc["scratch", "mean"] == pytest.approx(np.mean(repeated))
+
+
+def test_the_best_of_several_pretrained_methods_is_judged_with_an_interval_widened_for_the_choice(tmp_path):
+    """Three pretrained methods against scratch: the verdict picks the best by its mean, so its
+    interval is the Bonferroni one for 3 (t at 1 - 0.05 / 6 with 4 degrees of freedom) and the
+    verdict follows it: a gain whose plain 95% interval excludes zero but whose widened one does
+    not is "no clear difference". The table's own row keeps its plain interval."""
+    gains = np.array([0.050, 0.010, 0.030, 0.045, 0.005])  # the best method's paired differences
+    chance = {f"m{i}-finetuned": [a + 0.001 * i for a in SCRATCH] for i in (1, 2)}  # two others, no better
+    write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-finetuned": list(np.array(SCRATCH) + gains),
+                                     **{k.replace("m1", "autoencoder").replace("m2", "vicreg"): v
+                                        for k, v in chance.items()}})
+    result = invoke(tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    half = scipy_stats.t.ppf(0.975, 4) * gains.std(ddof=1) / math.sqrt(5)
+    wide = scipy_stats.t.ppf(1 - 0.05 / 3 / 2, 4) * gains.std(ddof=1) / math.sqrt(5)
+    assert gains.mean() - half > 0 > gains.mean() - wide  # the case this test is about
+    verdict = next(line for line in result.output.splitlines() if line.startswith("digits, 5 labels/class"))
+    low, high = 100 * (gains.mean() - wide), 100 * (gains.mean() + wide)
+    assert verdict.startswith("digits, 5 labels/class: no clear difference: pretraining did not pay.")
+    assert (f"(95% CI {stats.bound(low / 100, 100)} to {high:+.1f}, widened for the best of 3 (Bonferroni), "
+            "paired over 5 seed(s))") in verdict
+    row = pd.read_csv(io.StringIO(invoke(tmp_path / "r.csv", "--format", "csv").stdout)).set_index("method")
+    assert row.loc["contrastive-finetuned", "ci_low"] == pytest.approx(gains.mean() - half)
+    assert stats.bound(-0.0004, 100) == "-0.04" and stats.bound(0.031, 100) == "+3.1"

@@ -182,15 +182,16 @@ def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.Data
         pipes = _pipelines(group, metric)
         if pipes["_pretrained"].all() or not pipes["_pretrained"].any():
             continue
-        best, unranked = {}, 0
+        best, unranked, ranked = {}, 0, {}
         for side in (True, False):
-            best[side], left_out = _best_of(pipes[pipes["_pretrained"] == side], metric)
-            unranked += left_out
+            side_pipes = pipes[pipes["_pretrained"] == side]
+            best[side], left_out = _best_of(side_pipes, metric)
+            unranked, ranked[side] = unranked + left_out, len(side_pipes) - left_out
         d = stats.difference(_per_seed(group, best[True], metric), _per_seed(group, best[False], metric))
         for side, name in ((True, "with"), (False, "without")):
             entry.update({f"{name}_budget": best[side]["labels_per_class"], f"{name}_method": best[side]["method"],
                           f"{name}_mean": best[side][metric]})
-        out.append({**entry, **_difference_fields(d), "unranked": unranked})
+        out.append({**entry, **_difference_fields(d), "unranked": unranked, "candidates": ranked[True]})
     return pd.DataFrame(out)
 
 
@@ -211,7 +212,8 @@ def choice_gains(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFr
             best, unranked = _best_of(chosen, metric)
             d = stats.difference(_per_seed(runs, best, metric), _per_seed(runs, blind.iloc[0], metric))
             out.append({**entry, "method": method, "choice": best["labels_per_class"], "choice_mean": best[metric],
-                        "blind_mean": blind.iloc[0][metric], **_difference_fields(d), "unranked": unranked})
+                        "blind_mean": blind.iloc[0][metric], **_difference_fields(d), "unranked": unranked,
+                        "candidates": len(chosen) - unranked})
     return pd.DataFrame(out)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer import comparison, methods
+from transfer import comparison, methods, stats
 
 
 def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
@@ -32,7 +32,8 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
         # start; when an encoder chose those labels, pretraining is in every pipeline of the cell.
         how = _selection(values["labels_per_class"]) if " in all " in str(values.get("labels_per_class")) else None
         word, sure = _judgement(diff, best["ci_low"] * scale, best["ci_high"] * scale, best["significant"],
-                                best["comparison"], best["paired_seeds"], "the pretrained start" if how else "pretraining")
+                                best["comparison"], best["paired_seeds"], "the pretrained start" if how else "pretraining",
+                                candidates=len(pretrained))
         pair = (f"Best with a pretrained start, {best['method']}, vs best without, {best['best_baseline']}" if how
                 else f"Best pretrained {best['method']} vs best baseline {best['best_baseline']}")
         out.append(f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}.")
@@ -54,14 +55,21 @@ def _chosen_by_encoder(how: str | None) -> str:
 
 
 def _judgement(diff: float, low: float, high: float, significant: bool, comparison: str, seeds,
-               subject: str = "pretraining") -> tuple[str, str]:
-    """(verdict word, how sure) of a difference from the best without pretraining and its interval."""
+               subject: str = "pretraining", candidates: int = 1) -> tuple[str, str]:
+    """(verdict word, how sure) of a difference from the best without pretraining and its interval.
+    When the side judged is the best of several `candidates` picked by their means, the interval
+    is widened for the picking (`stats.best_of`, Bonferroni) and the verdict follows it."""
+    widened = ""
+    if candidates > 1 and comparison == "paired" and not math.isnan(low) and low != high:  # a spread to widen
+        low, high = stats.best_of(diff, low, high, seeds, candidates)
+        significant = stats.excludes_zero(low, high)
+        widened = f", widened for the best of {candidates} (Bonferroni)"
     if math.isnan(low):
         sure = "no interval: too few runs"
     elif low == high == diff == 0:
         sure = f"the same result on every one of {int(seeds)} paired seed(s)"
     else:
-        sure = f"95% CI {low:+.1f} to {high:+.1f}, {comparison} over {int(seeds)} seed(s)"
+        sure = f"95% CI {stats.bound(low)} to {stats.bound(high)}{widened}, {comparison} over {int(seeds)} seed(s)"
     if significant and diff > 0:
         return f"{subject} paid", sure
     if significant:
@@ -78,7 +86,7 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
     for _, b in best.iterrows():
         where = ", ".join(str(b[c]) for c in best.columns[: list(best.columns).index("labels")])
         word, sure = _judgement(b["diff"] * scale, b["low"] * scale, b["high"] * scale, b["significant"],
-                                b["comparison"], b["seeds"])
+                                b["comparison"], b["seeds"], candidates=int(b.get("candidates", 1)))
         pipe = {side: f"{_selection(b[side + '_budget'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
                 for side in ("with", "without")}
         out.append(f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
@@ -98,11 +106,11 @@ def choice_verdicts(gains: pd.DataFrame, metric: str) -> list[str]:
     for key, group in gains.groupby(keys, dropna=False, sort=False):
         values = dict(zip(keys, key if isinstance(key, tuple) else (key,)))
         where = ", ".join(str(values[c]) for c in keys[:-1])
-        beat = int((group["significant"] & (group["diff"] > 0)).sum())
-        each = []
+        beat, each = 0, []
         for _, g in group.iterrows():
-            _, sure = _judgement(g["diff"] * scale, g["low"] * scale, g["high"] * scale, g["significant"],
-                                 g["comparison"], g["seeds"])
+            word, sure = _judgement(g["diff"] * scale, g["low"] * scale, g["high"] * scale, g["significant"],
+                                 g["comparison"], g["seeds"], candidates=int(g.get("candidates", 1)))
+            beat += word.endswith(" paid")  # its interval (widened for the choosing) above zero
             each.append(f"{g['method']} on {_selection(g['choice'])}, {g['choice_mean'] * scale:.1f} against "
                         f"{g['blind_mean'] * scale:.1f}: {g['diff'] * scale:+.1f}{unit} ({sure})")
         left_out = int(group["unranked"].sum())

@@ -44,5 +44,25 @@ def difference(a: pd.Series, b: pd.Series) -> dict:
     return {"diff": diff, "low": diff - half, "high": diff + half, "seeds": len(shared), "kind": "unpaired"}
 
 
+def best_of(diff: float, low: float, high: float, seeds, candidates: int) -> tuple[float, float]:
+    """The interval of a paired difference whose side was picked as the best of `candidates` by
+    its mean, widened so that all the candidates' intervals hold together (Bonferroni: each at
+    level 1 - (1 - LEVEL) / candidates, the same t with `seeds` - 1 degrees of freedom): the
+    picking cannot make a chance winner look sure. One candidate, or no interval: as it is."""
+    if candidates <= 1 or not (np.isfinite(low) and np.isfinite(high)) or seeds is None or seeds < 2:
+        return low, high
+    dof = int(seeds) - 1
+    widen = stdtrit(dof, 1 - (1 - LEVEL) / candidates / 2) / stdtrit(dof, 0.5 + LEVEL / 2)
+    return diff - (diff - low) * widen, diff + (high - diff) * widen
+
+
+def bound(value: float, scale: float = 1.0, digits: int = 1) -> str:
+    """A signed number with enough decimals to show its sign: -0.04 is "-0.04", not "-0.0"."""
+    v = value * scale
+    while digits < 4 and v != 0 and round(abs(v), digits) == 0:
+        digits += 1
+    return f"{v:+.{digits}f}"
+
+
 def excludes_zero(low: float, high: float) -> bool:
     return bool(np.isfinite(low) and np.isfinite(high) and (low > 0 or high < 0))
