@@ -140,7 +140,9 @@ def plain_autoencoder(images, val, arch, epochs, batch_size) -> float:
 
     blocks = preset_blocks(arch)
     encoder = _builtin(models.build_encoder(images.shape[1:], blocks, arch))
-    autoencoder = _builtin(models.build_autoencoder(encoder, models.build_decoder(encoder, blocks, images.shape[-1])))
+    decoder = models.build_decoder(encoder, blocks, images.shape[-1])
+    inputs = keras.Input(encoder.input.shape[1:], name="image")
+    autoencoder = _builtin(keras.Model(inputs, decoder(encoder(inputs)), name="autoencoder"))
     autoencoder.compile(optimizer=keras.optimizers.Adam(1e-3), loss="mse")
     start = time.perf_counter()
     autoencoder.fit(images, images, epochs=epochs, batch_size=batch_size, verbose=0, validation_data=(val, val))

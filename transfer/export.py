@@ -103,12 +103,9 @@ def _export_onnx(model, path: Path) -> None:
     import tensorflow as tf
     from tf2onnx import convert, tf_loader
 
-    try:  # tf2onnx still reads numpy aliases numpy 2 removed; Keras's own ONNX export patches them first
-        from keras.src.export.tf2onnx_lib import patch_tf2onnx
+    from transfer import internals
 
-        patch_tf2onnx()
-    except ImportError:  # a Keras without the patch: a tf2onnx that needs none
-        pass
+    internals.patch_tf2onnx()
     name = model.inputs[0].name
     spec = tf.TensorSpec((None, *model.inputs[0].shape[1:]), tf.float32, name=name)
     traced = tf.function(lambda images: model(images, training=False)).get_concrete_function(spec)

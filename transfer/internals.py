@@ -9,6 +9,7 @@ has no public equivalent in the versions tested:
   artifact loads in plain Keras; and giving loaded layers the fused arithmetic (`adopt_class`);
 - the state of `keras.callbacks.BackupAndRestore` that `training.SafeBackupAndRestore` extends
   (its file paths, its epoch counter, its save, the epoch a restore starts from);
+- Keras's patch of tf2onnx for numpy 2 (`patch_tf2onnx`), which ONNX export needs;
 - the Keras 3 multi-worker workaround (keras-team/keras#20585: building a model from a local
   batch) and TensorFlow's coordination service (key-value store and its configuration),
   which `transfer.distribute` uses for barriers and deadlines.
@@ -148,3 +149,16 @@ def put(key: str, value: str) -> None:
 def get(key: str, timeout_ms: int) -> str:
     """The value under `key`, waiting at most `timeout_ms` (tf.errors.DeadlineExceededError)."""
     return context.context().get_config_key_value(key, timeout_ms)
+
+
+# --- ONNX export -----------------------------------------------------------------------------
+
+
+def patch_tf2onnx() -> None:
+    """tf2onnx still reads numpy aliases numpy 2 removed; Keras's own ONNX export patches them
+    first, and so does ours. A Keras without the patch goes with a tf2onnx that needs none."""
+    try:
+        from keras.src.export.tf2onnx_lib import patch_tf2onnx as patch
+    except ImportError:
+        return
+    patch()

@@ -101,11 +101,6 @@ def build_decoder(encoder: keras.Model, blocks: list[Block], channels: int) -> k
     return keras.Model(inputs, outputs, name="decoder")
 
 
-def build_autoencoder(encoder: keras.Model, decoder: keras.Model) -> keras.Model:
-    inputs = keras.Input(encoder.input.shape[1:], name="image")
-    return keras.Model(inputs, decoder(encoder(inputs)), name="autoencoder")
-
-
 def build_features(encoder: keras.Model, readout: str, frozen: bool,
                    projector: keras.Model | None = None) -> keras.Model:
     """Image -> feature vector: the encoder plus a weightless readout.
