@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from scipy import stats as scipy_stats
 
 from cli import main
-from transfer import stats
+from transfer import comparison, stats
 
 
 def invoke(*args):
@@ -420,3 +420,24 @@ def test_the_best_of_several_pretrained_methods_is_judged_with_an_interval_widen
     row = pd.read_csv(io.StringIO(invoke(tmp_path / "r.csv", "--format", "csv").stdout)).set_index("method")
     assert row.loc["contrastive-finetuned", "ci_low"] == pytest.approx(gains.mean() - half)
     assert stats.bound(-0.0004, 100) == "-0.04" and stats.bound(0.031, 100) == "+3.1"
+
+
+def test_the_plot_keeps_budgets_per_class_and_in_all_on_their_own_axes_and_selections_apart():
+    """Per-class budgets on a "per class" axis, totals on an "in all" axis; at a total budget a
+    choice and a blind draw are two lines, never one averaged point."""
+    rows = [{"data": "d", "method": m, "labels_per_class": b, "seed": s,
+             "test_accuracy": {"2": 0.5, "5": 0.6, "10 in all (random)": 0.3, "10 in all (typiclust on pixels)": 0.7,
+                               "20 in all (random)": 0.5}[b] + 0.01 * s}
+            for m in ("scratch", "contrastive-finetuned") for s in (0, 1)
+            for b in ("2", "5", "10 in all (random)", "10 in all (typiclust on pixels)", "20 in all (random)")]
+    panels = comparison.curves(pd.DataFrame(rows), "test_accuracy")
+    assert [(p["title"], p["xlabel"]) for p in panels] == [("d per class", "labeled images per class"),
+                                                           ("d in all", "labeled images in all")]
+    assert sorted(panels[0]["lines"]) == ["contrastive-finetuned", "scratch"]
+    assert [t for t, _ in panels[0]["ticks"]] == [2, 5]
+    totals = panels[1]["lines"]
+    assert sorted(totals) == ["contrastive-finetuned on random", "contrastive-finetuned on typiclust on pixels",
+                              "scratch on random", "scratch on typiclust on pixels"]
+    blind = totals["scratch on random"][1]
+    assert blind.index.tolist() == [10, 20] and blind.loc[10, "mean"] == pytest.approx(0.305)  # not 0.5: no averaging
+    assert totals["scratch on random"][0] and not totals["contrastive-finetuned on random"][0]  # baselines dashed

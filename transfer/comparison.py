@@ -361,37 +361,61 @@ def _difference(num, v, low, high, significant) -> str:
     return num(v, True) + (f" [{num(low, True)}, {num(high, True)}]" if low == low else "") + (" *" if significant else "")
 
 
+def curves(df: pd.DataFrame, metric: str) -> list[dict]:
+    """The label-efficiency panels, as data: per data set, one panel for budgets per class
+    ("labeled images per class", one line per method) and one for total budgets ("labeled
+    images in all", one line per method and selection: a choice and a blind draw are never
+    averaged into one point). Each panel: title, xlabel, ticks [(x, label)], and lines
+    {label: (is a baseline, DataFrame of x -> mean, std)}; "all" is drawn at twice the largest budget."""
+    datasets = sorted(df["data"].dropna().unique()) if "data" in df else [None]
+    total = df["labels_per_class"].astype(str).str.contains(" in all")
+    panels = []
+    for name in datasets:
+        for kind, rows in (("per class", ~total), ("in all", total)):
+            part = df[rows & (True if name is None else df["data"] == name)]
+            if part.empty:
+                continue
+            budgets = sorted({budget_key(b) for b in part["labels_per_class"]})
+            finite = [b for b in budgets if b != math.inf]
+            at_all = max(finite) * 2 if finite else 1.0
+            line = part["method"] + (" on " + part["labels_per_class"].map(selection_of) if kind == "in all" else "")
+            lines = {}
+            for label, runs in sorted(part.assign(_line=line).groupby("_line"), key=lambda kv: kv[0]):
+                x = runs["labels_per_class"].map(lambda b: min(budget_key(b), at_all))
+                lines[label] = (methods.is_baseline(runs["method"].iloc[0]),
+                                runs.assign(x=x).groupby("x")[metric].agg(["mean", "std"]).fillna(0.0).sort_index())
+            panels.append({"title": " ".join(str(p) for p in (name, kind) if p is not None),
+                           "xlabel": f"labeled images {kind}", "lines": lines,
+                           "ticks": [(t, f"{t:g}") for t in finite] + ([(at_all, "all")] if math.inf in budgets else [])})
+    return panels
+
+
 def plot(df: pd.DataFrame, metric: str, path: str) -> None:
-    """Label efficiency: `metric` against labels per class (log scale), one line per method,
-    the spread over seeds (mean ± std) shaded; one panel per data set."""
+    """Label efficiency (`curves`): `metric` against the label budget on a log axis whose only
+    ticks are the budgets run, the spread over seeds (mean ± std) shaded."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullLocator
 
-    datasets = sorted(df["data"].dropna().unique()) if "data" in df else [None]
-    fig, axes = plt.subplots(1, len(datasets), figsize=(6 * len(datasets), 4.5), squeeze=False)
-    for ax, name in zip(axes[0], datasets):
-        part = df if name is None else df[df["data"] == name]
-        budgets = sorted({budget_key(b) for b in part["labels_per_class"]})
-        finite = [b for b in budgets if b != math.inf]
-        at_all = (max(finite) * 2 if finite else 1.0)  # where "all" is drawn
-        for method, runs in sorted(part.groupby("method"), key=lambda kv: kv[0]):
-            curve = runs.assign(x=runs["labels_per_class"].map(lambda b: min(budget_key(b), at_all))).groupby("x")[
-                metric].agg(["mean", "std"]).fillna(0.0).sort_index()
-            scale = 100.0 if "accuracy" in metric else 1.0
-            line, = ax.plot(curve.index, curve["mean"] * scale, marker="o", label=method,
-                            linestyle="--" if methods.is_baseline(method) else "-")
+    panels = curves(df, metric)
+    fig, axes = plt.subplots(1, max(len(panels), 1), figsize=(6 * max(len(panels), 1), 4.5), squeeze=False)
+    scale = 100.0 if "accuracy" in metric else 1.0
+    for ax, panel in zip(axes[0], panels):
+        for label, (baseline, curve) in panel["lines"].items():
+            drawn, = ax.plot(curve.index, curve["mean"] * scale, marker="o", label=label,
+                             linestyle="--" if baseline else "-")
             ax.fill_between(curve.index, (curve["mean"] - curve["std"]) * scale,
-                            (curve["mean"] + curve["std"]) * scale, color=line.get_color(), alpha=0.15)
+                            (curve["mean"] + curve["std"]) * scale, color=drawn.get_color(), alpha=0.15)
         ax.set_xscale("log")
-        ticks = finite + ([at_all] if math.inf in budgets else [])
-        ax.set_xticks(ticks, [f"{t:g}" for t in finite] + (["all"] if math.inf in budgets else []))
-        ax.set_xlabel("labeled images per class")
+        ax.xaxis.set_minor_locator(NullLocator())  # no "3x10^0" minor labels: the budgets run are the ticks
+        ax.set_xticks([t for t, _ in panel["ticks"]], [name for _, name in panel["ticks"]])
+        ax.set_xlabel(panel["xlabel"])
         ax.set_ylabel(metric + (" (%)" if "accuracy" in metric else ""))
-        ax.set_title(str(name) if name is not None else "")
+        ax.set_title(panel["title"])
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
     outputs.replace(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
     plt.close(fig)
