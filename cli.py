@@ -696,9 +696,12 @@ def prepare(**params):
 @opt(CompareConfig, "plot", type=click.Path(dir_okay=False),
      help="Also draw the label-efficiency plot (metric against labels per class, spread over seeds shaded) to this PNG.")
 @opt(CompareConfig, "html", type=click.Path(dir_okay=False),
-     help="Also write one self-contained HTML page (verdict in words, tables, plot, costs) to send to a colleague.")
+     help="Also write one self-contained HTML page (headline, verdicts, tables, plot, costs, provenance).")
+@opt(CompareConfig, "verbose", is_flag=True, help="Every verdict sentence (one per budget and selection), "
+     "not only the headline.")
 def compare(**params):
-    """Mean ± std over seeds per group, and each method's difference from the best baseline.
+    """A headline per data set (where pretraining pays), then mean ± std over seeds per group
+    and each method's difference from the best baseline.
 
     TABLES are results CSVs read as one (default: --results); the difference from the best
     method without pretraining is paired over the seeds both share, with a 95% interval.

@@ -31,27 +31,45 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
     for note in pooled:
         _note(note)
     table = comparison.summarize(df, by, cfg.metric)
+    context = [c for c in by if c != "method"]
+    sentences = report.verdicts(table, context, cfg.metric)
+    sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
+    sentences += report.choice_verdicts(comparison.choice_gains(df, context, cfg.metric), cfg.metric)
+    headline = report.headline(sentences, context)
+    words = cfg.format in ("text", "markdown")
+    if words:  # the answer first, then the table behind it
+        for line in headline:
+            log(_wrapped(line))
     log(comparison.format_table(comparison.select(table, cfg), cfg.metric, cfg.format))
     if (cfg.plot or cfg.html) and not {"method", "labels_per_class"} <= set(df.columns):
         raise TransferError("--plot and --html need the columns method and labels_per_class")
     if cfg.plot:
         comparison.plot(df, cfg.metric, cfg.plot)
         _note(f"wrote {cfg.plot}")
-    context = [c for c in by if c != "method"]
-    sentences = report.verdicts(table, context, cfg.metric)
-    sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
-    sentences += report.choice_verdicts(comparison.choice_gains(df, context, cfg.metric), cfg.metric)
     for line in split:  # beside the table it explains; stderr when stdout is data (csv, json)
         (log if cfg.format in ("text", "markdown") else _note)(line)
     if cfg.format in ("text", "markdown"):
         if "vs_best_baseline" in table:
             log(comparison.NOTE)
-        for line in sentences + comparison.pretraining_cost(everything) + comparison.feature_quality(everything):
-            log(line)
+        detail = sentences if cfg.verbose else []
+        for line in detail + comparison.pretraining_cost(everything) + comparison.feature_quality(everything):
+            log(_wrapped(line))
+        if sentences and not cfg.verbose:
+            log(f"({len(sentences)} verdict sentences, one per budget and selection: --verbose)")
     if cfg.html:
-        write_html(cfg, table, df, everything, sentences, [*split, *pooled])
+        write_html(cfg, table, df, everything, headline, sentences, [*split, *pooled])
         _note(f"wrote {cfg.html}")
     return table
+
+
+def _wrapped(line: str) -> str:
+    """A sentence wrapped to the terminal's width when stdout is one; as it is into a file or pipe."""
+    if not sys.stdout.isatty():
+        return line
+    import shutil
+    import textwrap
+
+    return textwrap.fill(line, width=max(shutil.get_terminal_size().columns - 1, 40), subsequent_indent="  ")
 
 
 def _note(message: str) -> None:
@@ -60,9 +78,39 @@ def _note(message: str) -> None:
     print(message, file=sys.stderr)
 
 
-def write_html(cfg: CompareConfig, table, df, everything, sentences, warnings=()) -> None:
-    """The self-contained page: verdict, summary (with the warnings about pooled runs below it),
-    label-efficiency plot (embedded), costs."""
+def command(cfg: CompareConfig) -> str:
+    """The compare command line that gives `cfg` (its options that differ from the defaults)."""
+    import dataclasses
+    import shlex
+
+    words = ["transfer", "compare", *(cfg.tables or ())]
+    for field in dataclasses.fields(cfg):
+        value = getattr(cfg, field.name)
+        if field.name == "tables" or value == field.default or value in (None, (), False):
+            continue
+        option = "--" + field.name.replace("_", "-")
+        words += [option] if value is True else [option, ",".join(map(str, value)) if isinstance(value, tuple)
+                                                 else str(value)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def provenance(cfg: CompareConfig) -> list[tuple[str, str]]:
+    """Where the page's numbers come from: the command, the filter, each table with its SHA-256,
+    the toolkit's version and code fingerprint, the date."""
+    import hashlib
+    from datetime import datetime, timezone
+
+    from transfer import __version__, artifacts
+
+    tables = [(f"table {t}", hashlib.sha256(open(t, "rb").read()).hexdigest()) for t in cfg.tables or (cfg.results,)]
+    return [("command", command(cfg)), ("filter", cfg.where or "none"), *tables,
+            ("transfer", f"{__version__}, code {artifacts.code_fingerprint()[:16]}"),
+            ("date", datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))]
+
+
+def write_html(cfg: CompareConfig, table, df, everything, headline, sentences, warnings=()) -> None:
+    """The self-contained page: the headline, the verdicts coloured by outcome, summary (with the
+    notes about split or pooled runs below it), label-efficiency plot (embedded), costs, provenance."""
     with tempfile.TemporaryDirectory() as tmp:
         png = cfg.plot or os.path.join(tmp, "plot.png")  # drawn already when --plot was given
         if not cfg.plot:
@@ -70,5 +118,6 @@ def write_html(cfg: CompareConfig, table, df, everything, sentences, warnings=()
         summary = comparison.rendered(comparison.select(table, cfg), cfg.metric).to_html(index=False)
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}", summary, sentences, png,
                            comparison.costs(df, everything).to_html(index=False, na_rep=""),
-                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(everything)])
+                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(everything)],
+                           headline=headline, provenance=provenance(cfg))
     outputs.write_text(cfg.html, text)

@@ -14,8 +14,11 @@ from cli import main
 from transfer import comparison, stats
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, ["compare", *[str(a) for a in args]], catch_exceptions=False)
+def invoke(*args, verbose=True):
+    """compare, with every verdict sentence (--verbose) unless told otherwise."""
+    args = [str(a) for a in args]
+    extra = ["--verbose"] if verbose and not {"--format"} & set(args) else []
+    return CliRunner().invoke(main, ["compare", *args, *extra], catch_exceptions=False)
 
 
 def write_table(path, accuracies: dict, data="digits", budget="5", arch="small", seeds=range(5)):
@@ -145,8 +148,16 @@ def test_html_report_is_one_self_contained_page(tmp_path):
     assert all(s.startswith("data:image/png;base64,") for s in parsed.sources) and len(parsed.sources) == 1
     plot = Image.open(io.BytesIO(base64.b64decode(parsed.sources[0].split(",", 1)[1])))
     assert plot.size[0] > 400 and plot.size[1] > 300
-    assert parsed.tags.count("table") == 2  # the summary and the costs
+    assert parsed.tags.count("table") == 3  # the summary, the costs and the provenance
     assert "digits, 5 labels/class: pretraining paid" in text and "+2.4 [+1.7, +3.1] *" in text
+    html_text = page.read_text()
+    headline = "digits: pretraining pays at 5 labels/class (+2.4 [+1.7, +3.1], contrastive-top1)."
+    assert f"<p class='headline'>{headline}</p>" in html_text  # the answer first
+    assert "<li class='pays'>digits, 5 labels/class: pretraining paid" in html_text  # coloured by outcome
+    import hashlib
+
+    assert hashlib.sha256(table.read_bytes()).hexdigest() in html_text  # where the numbers come from
+    assert f"transfer compare {table} --html {page} --verbose" in html_text and "code " in html_text
     assert "s/run" in text and "fine-tune" in text
     assert "CPU s/run" not in text  # a table of rows from before CPU time was kept: no empty column
     pd.read_csv(table).assign(cpu_seconds=1.5).to_csv(table, index=False)
@@ -441,3 +452,22 @@ def test_the_plot_keeps_budgets_per_class_and_in_all_on_their_own_axes_and_selec
     blind = totals["scratch on random"][1]
     assert blind.index.tolist() == [10, 20] and blind.loc[10, "mean"] == pytest.approx(0.305)  # not 0.5: no averaging
     assert totals["scratch on random"][0] and not totals["contrastive-finetuned on random"][0]  # baselines dashed
+
+
+def test_the_headline_comes_first_and_the_sentences_behind_verbose(tmp_path):
+    """One sentence per data set before the table: where pretraining pays (the budget, the
+    difference with its interval, the route), where it is not clear, where it loses; the
+    per-budget sentences only with --verbose."""
+    write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-finetuned": PRETRAINED})
+    write_table(tmp_path / "s.csv", {"scratch": SCRATCH, "contrastive-finetuned": [v - 0.03 for v in SCRATCH]},
+                budget="2")
+    plain = invoke(tmp_path / "r.csv", tmp_path / "s.csv", verbose=False)
+    assert plain.exit_code == 0, plain.output
+    lines = plain.stdout.splitlines()
+    assert lines[0] == ("digits: pretraining pays at 5 labels/class (+2.4 [+1.7, +3.1], contrastive-finetuned); "
+                        "it loses at 2 labels/class.")
+    assert lines[1].split()[:2] == ["data", "method"]  # then the table
+    assert not any(line.startswith("digits, 5 labels/class:") for line in lines)
+    assert "(2 verdict sentences, one per budget and selection: --verbose)" in lines
+    verbose = invoke(tmp_path / "r.csv", tmp_path / "s.csv").stdout
+    assert "digits, 5 labels/class: pretraining paid." in verbose and "digits, 2 labels/class: pretraining did NOT" in verbose

@@ -335,6 +335,7 @@ class CompareConfig:
     format: str = "text"
     plot: str | None = None  # a PNG path: accuracy against labels per class
     html: str | None = None  # one self-contained page: verdict, tables, plot, costs
+    verbose: bool = False  # every verdict sentence (one per budget and selection), not the headline alone
 
     def __post_init__(self):
         _choice("format", self.format, ("text", "markdown", "csv", "json"))

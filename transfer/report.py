@@ -12,6 +12,43 @@ import pandas as pd
 from transfer import comparison, methods, stats
 
 
+class Verdict(str):
+    """A verdict sentence that also keeps what the headline reads: the data set, the budget
+    (as said), the outcome ("paid", "lost" or "unclear"), the difference with its interval, and
+    the route (the best pretrained method or pipeline)."""
+
+    def __new__(cls, sentence: str, data, budget: str, outcome: str, difference: str, route: str):
+        made = super().__new__(cls, sentence)
+        made.data, made.budget, made.outcome, made.difference, made.route = data, budget, outcome, difference, route
+        return made
+
+
+def _outcome(word: str) -> str:
+    return "lost" if "(it lost)" in word else "paid" if word.endswith(" paid") else "unclear"
+
+
+def headline(sentences: list[str], context: list[str]) -> list[str]:
+    """One sentence per data set, first: at which budgets pretraining paid (each with its
+    difference and route), at which it was not clear, at which it lost. Reads the per-budget
+    verdicts (labels per class) and the "any selection" ones (labels in all); the per-selection
+    cells stay in the detailed sentences."""
+    said = [s for s in sentences if isinstance(s, Verdict) and s.budget]
+    out = []
+    for data in dict.fromkeys(s.data for s in said):
+        mine = [s for s in said if s.data == data]
+        parts = []
+        paid = [s for s in mine if s.outcome == "paid"]
+        if paid:
+            parts.append("pretraining pays at " + "; ".join(f"{s.budget} ({s.difference}, {s.route})" for s in paid))
+        for outcome, words in (("unclear", "not clearly at "), ("lost", "it loses at ")):
+            these = [s.budget for s in mine if s.outcome == outcome]
+            if these:
+                parts.append(words + ", ".join(these))
+        name = f"{data}: " if data is not None else ""
+        out.append(name + ("; ".join(parts) if parts else "no budget judged") + ".")
+    return out
+
+
 def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
     """One sentence per group of the summary (`context`: its grouping columns but `method`, e.g.
     data and label budget): did the best pretrained method beat the best method without
@@ -36,8 +73,19 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
                                 candidates=len(pretrained))
         pair = (f"Best with a pretrained start, {best['method']}, vs best without, {best['best_baseline']}" if how
                 else f"Best pretrained {best['method']} vs best baseline {best['best_baseline']}")
-        out.append(f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}.")
+        sentence = f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}."
+        budget = ", ".join(_describe(c, v) for c, v in values.items() if c != "data")  # arch, budget, ...
+        out.append(Verdict(sentence, values.get("data"), "" if how else budget, _outcome(word),
+                           _short_difference(diff, sure, unit), best["method"]))
     return out
+
+
+def _short_difference(diff: float, sure: str, unit: str) -> str:
+    """'+4.6 [+2.5, +6.6]' from a difference and its 'how sure' words (the interval they give)."""
+    if sure.startswith("95% CI "):
+        low, _, rest = sure[len("95% CI "):].partition(" to ")
+        return f"{diff:+.1f} [{low}, {rest.split(',')[0]}]"
+    return f"{diff:+.1f}{unit}"
 
 
 def _scale(metric: str) -> tuple[float, str]:
@@ -89,9 +137,14 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
                                 b["comparison"], b["seeds"], candidates=int(b.get("candidates", 1)))
         pipe = {side: f"{_selection(b[side + '_budget'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
                 for side in ("with", "without")}
-        out.append(f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
-                   f"pipeline with a pretrained encoder ({pipe['with']}) vs best without one ({pipe['without']}): "
-                   f"{b['diff'] * scale:+.1f}{unit} ({sure}){_unranked(b)}.")
+        sentence = (f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
+                    f"pipeline with a pretrained encoder ({pipe['with']}) vs best without one ({pipe['without']}): "
+                    f"{b['diff'] * scale:+.1f}{unit} ({sure}){_unranked(b)}.")
+        route = f"{_selection(b['with_budget'])}, then {b['with_method']}"
+        others = [str(b[c]) for c in best.columns[: list(best.columns).index("labels")] if c != "data"]
+        out.append(Verdict(sentence, b["data"] if "data" in best.columns else None,
+                           ", ".join([*others, f"{int(b['labels'])} labels in all"]), _outcome(word),
+                           _short_difference(b["diff"] * scale, sure, unit), route))
     return out
 
 
@@ -138,18 +191,30 @@ def _describe(column: str, value) -> str:
     return str(value) if column in ("data", "table") else f"{column} {value}"
 
 
+OUTCOME_CLASS = {"paid": "pays", "lost": "loses", "unclear": "unclear"}
+
+
 def page(title: str, summary_html: str, sentences: list[str], plot_png: str | None, costs_html: str,
-         notes: list[str]) -> str:
-    """One HTML page: the verdict in words, the summary table, the plot (embedded), the costs."""
+         notes: list[str], headline: list[str] = (), provenance: list[tuple[str, str]] = ()) -> str:
+    """One HTML page: the headline, the verdicts (coloured: pays green, loses red, unclear grey),
+    the summary table, the plot (embedded), the costs, and where the numbers come from."""
     parts = [f"<!doctype html><meta charset='utf-8'><title>{html.escape(title)}</title>",
              "<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto}"
              "table{border-collapse:collapse;font-size:14px}td,th{border:1px solid #ccc;padding:3px 8px}"
-             "img{max-width:100%}</style>", f"<h1>{html.escape(title)}</h1>", "<h2>Verdict</h2><ul>"]
-    parts += [f"<li>{html.escape(s)}</li>" for s in sentences] or ["<li>no pretrained method to judge</li>"]
+             "img{max-width:100%}.pays{color:#11661d}.loses{color:#a11212}.unclear{color:#555}"
+             ".headline{font-size:1.15em}</style>", f"<h1>{html.escape(title)}</h1>"]
+    parts += [f"<p class='headline'>{html.escape(h)}</p>" for h in headline]
+    parts += ["<h2>Verdict</h2><ul>"]
+    parts += [f"<li class='{OUTCOME_CLASS.get(getattr(s, 'outcome', ''), 'unclear')}'>{html.escape(s)}</li>"
+              for s in sentences] or ["<li>no pretrained method to judge</li>"]
     parts += ["</ul>", "<h2>Summary (mean ± std over seeds)</h2>", summary_html]
     parts += [f"<p>{html.escape(n)}</p>" for n in notes]
     if plot_png:
         data = base64.b64encode(Path(plot_png).read_bytes()).decode()
         parts.append(f"<h2>Label efficiency</h2><img alt='label efficiency' src='data:image/png;base64,{data}'>")
     parts += ["<h2>Cost</h2>", costs_html]
+    if provenance:
+        parts += ["<h2>Provenance</h2><table>"]
+        parts += [f"<tr><th>{html.escape(k)}</th><td><code>{html.escape(v)}</code></td></tr>" for k, v in provenance]
+        parts += ["</table>"]
     return "\n".join(parts) + "\n"
