@@ -33,8 +33,16 @@ def test_the_docs_site_builds_strictly_and_a_broken_anchor_fails_it(tmp_path):
 
 
 def test_the_readme_is_short_and_its_links_resolve():
+    """At most 150 lines, its terms defined in a glossary, no release history (that is in
+    CHANGELOG.md), the two set-up commands and working links."""
     text = (ROOT / "README.md").read_text()
-    assert len(text.splitlines()) <= 250
+    assert len(text.splitlines()) <= 150
+    assert "## Glossary" in text and (ROOT / "CHANGELOG.md").is_file()
+    for history in ("this release", "the previous release", "the default before", "used to"):
+        assert history not in text, history
+    glossary = text.split("## Glossary", 1)[1].split("\n## ", 1)[0]
+    for term in ("readout", "projection head", "pooled maps", "blind draw", "oracle", "typiclust", "FixMatch", "AdaBN"):
+        assert f"**{term}" in glossary, term
     links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
     local = [link for link in links if not re.match(r"[a-z]+://", link)]
     assert local, "the README links to its docs pages"
