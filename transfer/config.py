@@ -374,7 +374,7 @@ class DemoConfig:
     out: str | None = None  # None: runs/demo-<timestamp>
     arch: str = "small"
     image_size: int = 16
-    pretrain_epochs: int | None = 50  # a first contact in about 3 minutes (pretrain's default: 300 on digits)
+    pretrain_epochs: int | None = 80  # a first contact in about 3 minutes (pretrain's default: 300 on digits)
     fine_tune_epochs: int | None = None  # None: FineTuneConfig's default
     # few labels, the regime the toolkit is for: self-supervised features pay most at the fewest (1-2 per class)
     labels_per_class: tuple[int, ...] = (2,)
