@@ -34,7 +34,8 @@ def _resolve_encoder(cfg: FineTuneConfig):
     projector = artifacts.load_projector(cfg.encoder, manifest) if cfg.readout in ("auto", "projector") else None
     if cfg.readout == "projector" and projector is None:
         raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
-                            f"{', '.join(TWO_VIEW)} save one, since this release); choose another readout")
+                            f"{', '.join(TWO_VIEW)} save one; encoders pretrained by older versions lack it); "
+                            "choose another readout")
     layers.adopt(encoder)  # fused BatchNormalization when its top blocks or everything train
     pre = manifest["preprocessing"]
     if cfg.channels is not None and cfg.channels != pre["channels"]:

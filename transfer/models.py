@@ -72,7 +72,8 @@ def build_encoder(input_shape: tuple[int, int, int], blocks: list[Block], arch: 
     return keras.Model(inputs, x, name="encoder")
 
 
-def encoder_blocks(encoder: keras.Model) -> int:
+def block_count(encoder: keras.Model) -> int:
+    """How many blocks an encoder has (its `block{i}_out` layers)."""
     return sum(1 for layer in encoder.layers if layer.name.endswith("_out") and layer.name.startswith("block"))
 
 
@@ -133,7 +134,7 @@ def build_features(encoder: keras.Model, readout: str, frozen: bool,
         pooled = layers.GlobalAveragePooling2D(name="pooled")(encoder(inputs, **call_kwargs))
         return keras.Model(inputs, layers.Identity(name="readout")(projector(pooled, **call_kwargs)), name="features")
     if readout in ("multi", "stats"):
-        taps = [encoder.get_layer(f"block{i}_out").output for i in range(1, encoder_blocks(encoder) + 1)]
+        taps = [encoder.get_layer(f"block{i}_out").output for i in range(1, block_count(encoder) + 1)]
         tapped = keras.Model(encoder.input, taps, name="encoder_taps")
         maps = tapped(inputs, **call_kwargs)
         maps = maps if isinstance(maps, (list, tuple)) else [maps]
@@ -192,7 +193,7 @@ def unfreeze_top(encoder: keras.Model, k: int) -> list[str]:
     learned on many images, are not re-estimated from a few labeled ones.
     Recompile afterwards. Returns the names of the layers made trainable.
     """
-    n = encoder_blocks(encoder)
+    n = block_count(encoder)
     if not 0 <= k <= n:
         raise TransferError(f"unfreeze_top must be between 0 and the encoder's {n} blocks. Received: unfreeze_top={k}")
     encoder.trainable = True

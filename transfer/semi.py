@@ -17,7 +17,7 @@ backward pass: the same accuracy on digits (10 labels/class: from scratch 99.3 a
 on the pool's labels, reference form 99.3 and 97.4), but on animal silhouettes at 4
 labels/class it was 1.2 points below a plain Keras FixMatch where the batch teacher is
 0.1 below (3 seeds; `python benchmarks/semi_vs_keras.py --data animals`), at 0.8x the
-time. With Adam and no weight average, as the toolkit trained before, it was 3.3 below.
+time. With Adam and no weight average it was 3.3 below.
 
 Every step draws B labeled images even when fewer are labeled: the labeled images
 repeat within a step (each with its own weak view), as the reference's sampler draws
