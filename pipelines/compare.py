@@ -55,7 +55,8 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         for line in detail + comparison.pretraining_cost(everything) + comparison.feature_quality(everything):
             log(_wrapped(line))
         if sentences and not cfg.verbose:
-            log(f"({len(sentences)} verdict sentences, one per budget and selection: --verbose)")
+            n = len(sentences)
+            log(f"({n} verdict sentence{'s' if n != 1 else ''}, one per budget and selection: --verbose)")
     if cfg.html:
         write_html(cfg, table, df, everything, headline, sentences, [*split, *pooled])
         _note(f"wrote {cfg.html}")

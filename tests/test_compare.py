@@ -468,6 +468,6 @@ def test_the_headline_comes_first_and_the_sentences_behind_verbose(tmp_path):
                         "it loses at 2 labels/class.")
     assert lines[1].split()[:2] == ["data", "method"]  # then the table
     assert not any(line.startswith("digits, 5 labels/class:") for line in lines)
-    assert "(2 verdict sentences, one per budget and selection: --verbose)" in lines
+    assert "(2 verdict sentences, one per budget and selection: --verbose)" in lines  # (1: "sentence")
     verbose = invoke(tmp_path / "r.csv", tmp_path / "s.csv").stdout
     assert "digits, 5 labels/class: pretraining paid." in verbose and "digits, 2 labels/class: pretraining did NOT" in verbose
