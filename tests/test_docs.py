@@ -100,3 +100,28 @@ def test_every_number_of_the_readme_verdict_table_is_on_a_docs_page():
     assert tables.unsupported(readme, [tables.SAID.sub("", page) for page in pages]) != []
     with pytest.raises(ValueError, match="no verdict table"):
         tables.unsupported("# transfer\n", pages)
+
+
+@pytest.mark.slow
+def test_the_python_api_page_runs_as_it_is(tmp_path, monkeypatch, capsys):
+    """docs/api.md's example, run as written (in a fresh folder): every function returns what the
+    page says; importing transfer loads no TensorFlow; a bad option is a TransferError."""
+    text = (ROOT / "docs" / "api.md").read_text()
+    example = re.findall(r"```python\n(.*?)```", text, re.S)
+    assert len(example) == 1
+    done = subprocess.run([sys.executable, "-c", "import sys, transfer; print('tensorflow' in sys.modules)"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.stdout.strip() == "False", done.stderr
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(example[0], "docs/api.md", "exec"), namespace)
+    printed = capsys.readouterr().out
+    assert re.search(r"seed 0: test accuracy 0\.\d{3}", printed) and "seed 1: test accuracy" in printed
+    assert isinstance(namespace["features"], list) and {"method", "readout", "knn_accuracy"} <= set(namespace["features"][0])
+    assert (tmp_path / "runs" / "to_label.csv").is_file() and namespace["chosen"]["command"] == "select"
+    summary = namespace["summary"]
+    assert summary.loc[summary["method"] == "contrastive-finetuned", "n"].item() == 2
+    import transfer
+
+    with pytest.raises(transfer.TransferError, match="labels_per_class"):
+        transfer.fine_tune(data="digits", encoder="runs/api-enc", labels_per_class=0, out="x")
