@@ -147,6 +147,18 @@ class IntList(click.ParamType):
         return items
 
 
+class StrList(click.ParamType):
+    name = "NAME[,NAME...]"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, (tuple, list)):
+            return tuple(str(v) for v in value)
+        items = tuple(v.strip() for v in str(value).split(",") if v.strip())
+        if not items:
+            self.fail(f"expected comma-separated names. Received: {value!r}", param, ctx)
+        return items
+
+
 class HeadType(IntList):
     name = "linear|N[,N...]"
 
@@ -636,6 +648,11 @@ def export_command(**params):
 @arch_options(SelectConfig)
 @opt(SelectConfig, "seed", type=int, help="Seed of k-means, k-center's first image, random draws.")
 @opt(SelectConfig, "sheet/--no-sheet", "sheet", help="Write the contact sheet of the chosen images.")
+@opt(SelectConfig, "format", type=click.Choice(["csv", "label-studio"]),
+     help="csv: OUT is a path,label list. label-studio: OUT (.json) is a Label Studio task file to import, with "
+          "its labeling config beside it (.xml); fine-tune --data reads Label Studio's export back.")
+@opt(SelectConfig, "classes", type=StrList(), help="The classes to label with (--format label-studio; default: "
+     "the pool's classes when it has labels).")
 @opt(SelectConfig, "overwrite", is_flag=True,
      help="Replace an existing --out (and its contact sheet), if it is a list (and sheet) that select wrote.")
 @opt(SelectConfig, "results", type=click.Path(dir_okay=False), help="Results table to append the row to.")
@@ -648,7 +665,8 @@ def select(**params):
     classes the choice covers, when the pool's labels are known).
 
     Writes: --out (CSV path,label; paths relative to the CSV's folder, as every command
-    reads them), OUT.png and OUT.html (the contact sheet), one row in --results; existing
+    reads them; with --format label-studio a task file, OUT.json, and its labeling config,
+    OUT.xml), OUT.png and OUT.html (the contact sheet), one row in --results; existing
     files only with --overwrite, and only those select wrote.
     """
     _tensorflow()

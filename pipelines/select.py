@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import encoder_blocks, report_skipped
-from transfer import budget, features, lists, models, outputs, results, selection, splits, stream, training, visualize
+from transfer import (budget, features, labelstudio, lists, models, outputs, results, selection, splits, stream,
+                      training, visualize)
 from transfer.config import SelectConfig
 from transfer.errors import TransferError
 
@@ -26,9 +27,13 @@ def run(cfg: SelectConfig, log=print) -> dict:
     clock = results.Stopwatch()
     out = Path(cfg.out)
     sheet = {"contact sheet": out.with_suffix(".png"), "contact page": out.with_suffix(".html")} if cfg.sheet else {}
-    outputs.distinct({"--out": out, **sheet, "--results": results.target(cfg.results)},
+    studio = cfg.format == "label-studio"
+    config_out = {"labeling config": out.with_suffix(".xml")} if studio else {}
+    outputs.distinct({"--out": out, **config_out, **sheet, "--results": results.target(cfg.results)},
                      {"--data": cfg.data, "--exclude": cfg.exclude})
-    outputs.check(out, "--out", outputs.LABEL_LIST, cfg.overwrite)
+    outputs.check(out, "--out", labelstudio.TASKS if studio else outputs.LABEL_LIST, cfg.overwrite)
+    for what, path in config_out.items():
+        outputs.check(path, what, labelstudio.CONFIG, cfg.overwrite)
     for (what, path), kind in zip(sheet.items(), (outputs.PNG, outputs.HTML)):
         outputs.check(path, what, kind, cfg.overwrite)
     outputs.check(results.target(cfg.results), "--results")
@@ -55,7 +60,16 @@ def run(cfg: SelectConfig, log=print) -> dict:
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
-    lists.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
+    if studio:
+        classes = list(cfg.classes) or (list(source.class_names) if known else [])
+        if not classes:
+            raise TransferError("--format label-studio needs the classes to choose from: --classes a,b,c (the pool "
+                                "has no labels to take them from)")
+        _, xml, root = labelstudio.write(out, names, classes, f"{cfg.strategy} on {what}")
+        log(f"Label Studio: import {out} into a project whose labeling config is {xml}; start it with "
+            f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}")
+    else:
+        lists.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
     if cfg.sheet:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
@@ -76,7 +90,11 @@ def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
     """Positions of the pool's images listed in --exclude (a CSV with a path column)."""
     if not cfg.exclude:
         return np.zeros(0, np.int64)
-    listed = lists.read(cfg.exclude, "--exclude")
+    if labelstudio.is_export(cfg.exclude):  # the labeled tasks of a Label Studio export
+        paths, _, _ = labelstudio.read(cfg.exclude, "--exclude")
+        listed = lists.Table(Path(cfg.exclude), ["path"], [{"path": str(p)} for p in paths])
+    else:
+        listed = lists.read(cfg.exclude, "--exclude")
     wanted = {os.path.realpath(listed.resolve(row["path"])) for row in listed.rows if row["path"]}
     names = {row["path"] for row in listed.rows}  # built-in and in-memory images by name (digits[12])
     found = np.array(sorted(i for i in pool if os.path.realpath(source.name(i)) in wanted

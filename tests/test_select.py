@@ -1,6 +1,7 @@
 """transfer select: which images to label, before any label exists."""
 
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -200,3 +201,77 @@ def test_a_lower_purity_widens_probcovers_balls_and_the_row_records_it(tmp_path)
     assert rows["purity"].tolist() == [0.95, 0.6] and (rows["strategy"] == "probcover").all()
     first, second = (set(pd.read_csv(tmp_path / f"{p}.csv")["path"]) for p in ("0.95", "0.6"))
     assert first != second  # the radius changed the choice
+
+
+def test_the_label_studio_round_trip_select_label_fine_tune_and_the_next_round(tmp_path):
+    """select --format label-studio writes the tasks to import (the images served by Label
+    Studio's local-files storage, their absolute paths kept) and the labeling config; the three
+    exports Label Studio documents (JSON with annotations, JSON-MIN, CSV) read back in
+    fine-tune --data, with skipped and unlabeled tasks left out and counted; --exclude takes an
+    export; a task whose image is gone is one Error line."""
+    import json
+    import shutil
+    import xml.etree.ElementTree as ET
+
+    pool = make_labeled_dir(tmp_path / "scans", per_class=6, classes=("h", "v"), size=8)
+    test = make_labeled_dir(tmp_path / "test", per_class=4, classes=("h", "v"), size=8, seed=1)
+    out = tmp_path / "ls" / "tasks.json"
+    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--budget", "6",
+                    "--format", "label-studio", "--classes", "h,v", "--out", out, "--results", tmp_path / "r.csv",
+                    "--no-sheet")
+    assert result.exit_code == 0, result.output
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={pool}" in result.output
+    tasks = json.loads(out.read_text())
+    assert [t["data"]["order"] for t in tasks] == [1, 2, 3, 4, 5, 6]
+    for t in tasks:
+        assert Path(t["data"]["path"]).is_absolute() and Path(t["data"]["path"]).is_file()
+        assert t["data"]["image"] == "/data/local-files/?d=" + Path(t["data"]["path"]).relative_to(pool).as_posix()
+    view = ET.fromstring(out.with_suffix(".xml").read_text())
+    assert view.find("Image").get("value") == "$image"
+    assert [c.get("value") for c in view.find("Choices").findall("Choice")] == ["h", "v"]
+
+    def truth(task):
+        return Path(task["data"]["path"]).parent.name
+
+    # Label Studio's JSON export: 4 labeled, one skipped (cancelled), one never opened
+    exported = []
+    for k, task in enumerate(tasks):
+        annotation = {"was_cancelled": k == 4, "result": [] if k == 4 else [
+            {"from_name": "label", "to_name": "image", "type": "choices", "value": {"choices": [truth(task)]}}]}
+        exported.append({"id": k + 1, "data": task["data"], "annotations": [] if k == 5 else [annotation]})
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    (downloads / "export.json").write_text(json.dumps(exported))
+    labeled = sorted(truth(t) for t in tasks[:4])
+    assert set(labeled) == {"h", "v"}, labeled  # the pixels' choice covers both classes here
+    for k, (name, text) in enumerate([
+        ("export.json", None),
+        ("export-min.json", json.dumps([{"id": k + 1, "image": t["data"]["image"], "path": t["data"]["path"],
+                                         **({"label": truth(t)} if k < 4 else {})} for k, t in enumerate(tasks)])),
+        ("export.csv", "id,image,path,label,annotator,annotation_id,lead_time\n" + "".join(
+            f"{k + 1},{t['data']['image']},{t['data']['path']},{truth(t) if k < 4 else ''},1,{k},2.0\n"
+            for k, t in enumerate(tasks)))]):
+        if text is not None:
+            (downloads / name).write_text(text)
+        result = invoke("fine-tune", "--data", downloads / name, "--test-data", test, "--encoder", "pixels",
+                        "--image-size", "8", "--out", tmp_path / f"ft{k}", "--results", tmp_path / "r.csv")
+        assert result.exit_code == 0, (name, result.output)
+        assert "left out 2 task(s)" in result.output, name
+        row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
+        assert row["n_train"] == 4 and row["classes_labeled"] == 2, name
+    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--budget", "2",
+                    "--exclude", downloads / "export.json", "--out", tmp_path / "round2.csv",
+                    "--results", tmp_path / "r.csv", "--no-sheet")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["n_excluded"] == 4
+    chosen = {str((tmp_path / p).resolve()) for p in pd.read_csv(tmp_path / "round2.csv")["path"]}
+    assert len(chosen) == 2 and not chosen & {str(Path(t["data"]["path"]).resolve()) for t in tasks[:4]}
+    gone = Path(tasks[0]["data"]["path"])
+    shutil.move(gone, tmp_path / "moved.png")
+    result = invoke("fine-tune", "--data", downloads / "export.json", "--encoder", "pixels", "--image-size", "8",
+                    "--out", tmp_path / "ft-gone", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 2 and result.output.count("Error:") == 1 and str(gone) in result.output
+    assert "task image(s) not found" in result.output and not (tmp_path / "ft-gone").exists()
+    bad = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "2", "--format", "label-studio",
+                 "--out", tmp_path / "t.json")
+    assert bad.exit_code == 2 and "held in memory" in bad.output

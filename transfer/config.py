@@ -15,7 +15,7 @@ from transfer import rowfilter
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
-                                 PRECISIONS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW)
+                                 PRECISIONS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS)
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -249,6 +249,8 @@ class SelectConfig(ArchConfig):
     channels: int | None = None
     seed: int = 0
     sheet: bool = True
+    format: str = "csv"  # csv: path,label; label-studio: a task file to import and a labeling config
+    classes: tuple[str, ...] = ()  # the labeling config's choices (default: the pool's classes, when it has labels)
     overwrite: bool = False  # replace an existing list (and contact sheet) that select wrote
     results: str = "experiments/results.csv"
     experiment: str | None = None
@@ -264,6 +266,15 @@ class SelectConfig(ArchConfig):
         _choice("strategy", self.strategy, SELECTIONS)
         _purity(self.purity, self.strategy, "--strategy")
         _readout(self.readout, self.encoder)
+        _choice("format", self.format, ("csv", "label-studio"))
+        if self.format == "label-studio" and self.data in BUILTINS:
+            raise TransferError(f"--format label-studio needs image files (Label Studio serves them); built-in "
+                                f"'{self.data}' is held in memory: use --format csv")
+        if self.format == "label-studio" and not str(self.out).lower().endswith(".json"):
+            raise TransferError(f"--format label-studio writes a Label Studio task file: give --out a .json path "
+                                f"(the labeling config goes beside it, .xml). Received: --out {self.out}")
+        if self.classes and len(set(self.classes)) != len(self.classes):
+            raise TransferError(f"--classes names a class twice. Received: {','.join(self.classes)}")
 
 
 @dataclass(frozen=True)

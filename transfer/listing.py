@@ -25,7 +25,7 @@ from typing import Callable, Protocol
 import numpy as np
 import tensorflow as tf
 
-from transfer import data, lists, stopping
+from transfer import data, labelstudio, lists, stopping
 from transfer.errors import TransferError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".npy")
@@ -154,6 +154,8 @@ class Listing:
         store: where its pixels are (`Store`): files by default.
         test_mask: a fixed test split the source defines, or None.
         failed: (path, reason) of files that failed to decode while streaming.
+        unlabeled_tasks: tasks of a Label Studio export left out for having no label (skipped,
+            or not yet labeled).
     """
 
     src: str
@@ -166,6 +168,7 @@ class Listing:
     store: Store = field(default_factory=Files)
     test_mask: np.ndarray | None = None
     failed: list[tuple[str, str]] = field(default_factory=list)
+    unlabeled_tasks: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def __len__(self) -> int:
@@ -254,7 +257,16 @@ def auto_channels(channel_counts: list[int]) -> int:
 
 def list_files(src: str, labeled: bool, channels: int | None = None) -> Listing:
     """List a directory or CSV manifest: content ids and header channels, no pixels."""
-    paths, labels, classes = _paths(src, labeled)
+    unlabeled_tasks = 0
+    if labelstudio.is_export(src) and Path(src).exists():  # Label Studio's JSON, JSON-MIN or CSV export
+        paths, labels, unlabeled_tasks = labelstudio.read(src)
+        if not paths:
+            raise TransferError(f"{src}: no task of the Label Studio export has a label yet ({unlabeled_tasks} "
+                                "without one)")
+        classes = sorted(set(labels)) if labeled else []
+        labels = labels if labeled else None
+    else:
+        paths, labels, classes = _paths(src, labeled)
     kept, index, ids, chans, skipped = _read_headers(paths)
     target = int(channels) if channels is not None else auto_channels(chans)
     convertible = {target} | ({1, 3} if target in (1, 3) else set())
@@ -263,7 +275,7 @@ def list_files(src: str, labeled: bool, channels: int | None = None) -> Listing:
                             f"{target} asked for (the encoder's, or --channels; only gray <-> RGB is converted)")
     encoded = encode_labels([labels[i] for i in index], classes, src) if labeled else None
     return Listing(src=src, paths=kept, ids=ids, labels=encoded, class_names=classes if labeled else [],
-                   channels=target, skipped=skipped)
+                   channels=target, skipped=skipped, unlabeled_tasks=unlabeled_tasks)
 
 
 # --------------------------------------------------------------------------- files and headers

@@ -56,6 +56,8 @@ def open_labeled(src: str, test_src: str | None, test_fraction: float, image_siz
     and split them; an empty test split is refused."""
     source = stream.open_source(src, True, image_size, channels)
     report_skipped(source.skipped, log)
+    if source.unlabeled_tasks:
+        log(f"left out {source.unlabeled_tasks} task(s) of {src} that have no label (skipped or not yet labeled)")
     data.check_classes(source, src)
     if test_src:
         test_source = stream.open_source(test_src, True, image_size, source.channels)
