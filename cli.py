@@ -94,6 +94,7 @@ from transfer.errors import RunComplete, TransferError  # noqa: E402
 from transfer.vocabulary import (  # noqa: E402
     AUGMENT_POLICIES,
     BUDGET_SELECTIONS,
+    CLASSIFIER_SELECTIONS,
     BUILTINS,
     EXPORT_FORMATS,
     OBJECTIVES,
@@ -627,11 +628,12 @@ def export_command(**params):
 @opt(SelectConfig, "budget", type=int, required=True, help="How many images to label (in all, not per class).")
 @opt(SelectConfig, "out", required=True, type=click.Path(dir_okay=False),
      help="CSV to write (path,label in the order to label them); the contact sheet goes beside it (.png, .html).")
-@opt(SelectConfig, "strategy", type=click.Choice(SELECTIONS),
+@opt(SelectConfig, "strategy", type=click.Choice((*SELECTIONS, *CLASSIFIER_SELECTIONS)),
      help="typiclust: the most typical image of each k-means cluster of the features (small budgets); "
           "probcover: greedy max coverage of balls of a radius where 95% of them hold one k-means cluster; "
           "kcenter: greedy core-set, each image the farthest from those chosen (larger budgets); "
-          "random: uniform (the baseline).")
+          "random: uniform (the baseline); margin (with --model, the next rounds): typiclust's clusters, from "
+          "each the image the classifier is least sure of.")
 @opt(SelectConfig, "purity", type=float,
      help="probcover: the share of balls holding one k-means cluster that sets the radius (default 0.95, "
           "the authors'; lower: wider balls, fewer images in the densest regions).")
@@ -648,6 +650,8 @@ def export_command(**params):
 @arch_options(SelectConfig)
 @opt(SelectConfig, "seed", type=int, help="Seed of k-means, k-center's first image, random draws.")
 @opt(SelectConfig, "sheet/--no-sheet", "sheet", help="Write the contact sheet of the chosen images.")
+@opt(SelectConfig, "model", type=click.Path(file_okay=False), help="A fine-tune run directory: with --strategy "
+     "margin, its classifier's uncertainty chooses the next round (typiclust's clusters, the least sure image of each).")
 @opt(SelectConfig, "format", type=click.Choice(["csv", "label-studio"]),
      help="csv: OUT is a path,label list. label-studio: OUT (.json) is a Label Studio task file to import, with "
           "its labeling config beside it (.xml); fine-tune --data reads Label Studio's export back.")

@@ -56,7 +56,8 @@ def run(cfg: SelectConfig, log=print) -> dict:
     if len(f) == 0:
         raise TransferError(f"{cfg.data}: no readable images to select from")
     labeled_rows = np.flatnonzero(np.isin(positions, excluded))
-    rows = selection.select(cfg.strategy, f, cfg.budget, labeled_rows, cfg.seed, cfg.purity)
+    probabilities = _probabilities(cfg.model, source, pool, positions, log) if cfg.model else None
+    rows = selection.select(cfg.strategy, f, cfg.budget, labeled_rows, cfg.seed, cfg.purity, probabilities)
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
@@ -103,6 +104,23 @@ def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
         log(f"warning: {len(listed.rows) - len(found)} of the {len(listed.rows)} images in {cfg.exclude} are not in "
             "the pool (a relative path is read relative to the list's folder)")
     return found
+
+
+def _probabilities(model_dir: str, source, pool: np.ndarray, positions: np.ndarray, log) -> np.ndarray:
+    """The classifier's class probabilities for the pool images at `positions` (at its own image
+    size; an image it cannot read gets uniform probabilities: the most uncertain)."""
+    from transfer import artifacts
+
+    model, manifest = artifacts.load_model_run(model_dir, "classifier")
+    size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
+    if channels != source.channels:
+        raise TransferError(f"--model {model_dir} takes {channels}-channel images; the pool's have {source.channels}")
+    p, _, at = features.compute(model, stream.ImageSet(source, pool, size))
+    where = {int(i): k for k, i in enumerate(at)}
+    n = p.shape[1] if len(p) else 2
+    out = np.array([p[where[int(i)]] if int(i) in where else np.full(n, 1.0 / n) for i in positions])
+    log(f"the classifier of {model_dir}: median margin {np.median(selection.margins(out)):.3f} on the pool")
+    return out
 
 
 def _contact_sheet(out: Path, source, chosen: np.ndarray, names: list[str], size: int, title: str) -> None:

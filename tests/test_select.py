@@ -275,3 +275,49 @@ def test_the_label_studio_round_trip_select_label_fine_tune_and_the_next_round(t
     bad = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "2", "--format", "label-studio",
                  "--out", tmp_path / "t.json")
     assert bad.exit_code == 2 and "held in memory" in bad.output
+
+
+def test_margin_takes_from_each_of_typiclusts_clusters_the_image_the_classifier_is_least_sure_of():
+    """Two well-separated clusters; within each, the row whose two best probabilities are
+    closest is chosen, never a labeled one, clusters without a label first (typiclust's order)."""
+    rng = np.random.default_rng(0)
+    f = np.concatenate([rng.normal(0, 0.05, (20, 4)) + [1, 0, 0, 0], rng.normal(0, 0.05, (20, 4)) + [0, 1, 0, 0]])
+    p = np.tile([0.9, 0.1], (40, 1))
+    p[7], p[25], p[30] = [0.55, 0.45], [0.51, 0.49], [0.6, 0.4]
+    assert selection.margins(p)[25] == pytest.approx(0.02)
+    chosen = selection.select("margin", f, 2, labeled=[], probabilities=p)
+    assert sorted(chosen.tolist()) == [7, 25]
+    again = selection.select("margin", f, 2, labeled=[25], probabilities=p)  # clusters without a label first
+    assert 25 not in again and 7 in again and len(again) == 2
+    with pytest.raises(TransferError, match="needs a classifier's probabilities"):
+        selection.select("margin", f, 2)
+
+
+def test_select_model_chooses_the_next_round_by_the_classifiers_uncertainty(tmp_path):
+    """Round 1 fine-tuned, round 2 chosen by its classifier (--strategy margin --model RUN): the
+    images are new, the row says the strategy; --model without margin, or margin without a
+    model, is one Error line before any work."""
+    pool = make_labeled_dir(tmp_path / "scans", per_class=8, classes=("h", "v"), size=8)
+    first = invoke("select", "--data", pool, "--labeled", "--encoder", "pixels", "--image-size", "8", "--budget", "4",
+                   "--out", tmp_path / "round1.csv", "--results", tmp_path / "r.csv", "--no-sheet")
+    assert first.exit_code == 0, first.output
+    test = make_labeled_dir(tmp_path / "test", per_class=4, classes=("h", "v"), size=8, seed=1)
+    ft = invoke("fine-tune", "--data", tmp_path / "round1.csv", "--test-data", test, "--encoder", "pixels",
+                "--image-size", "8", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
+    assert ft.exit_code == 0, ft.output
+    second = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--budget", "3",
+                    "--strategy", "margin", "--model", tmp_path / "ft", "--exclude", tmp_path / "round1.csv",
+                    "--out", tmp_path / "round2.csv", "--results", tmp_path / "r.csv", "--no-sheet")
+    assert second.exit_code == 0, second.output
+    assert "median margin" in second.output
+    row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
+    assert row["strategy"] == "margin" and row["n_excluded"] == 4 and row["n_selected"] == 3
+    one = {str((tmp_path / p).resolve()) for p in pd.read_csv(tmp_path / "round1.csv")["path"]}
+    two = {str((tmp_path / p).resolve()) for p in pd.read_csv(tmp_path / "round2.csv")["path"]}
+    assert len(two) == 3 and not one & two
+    for extra, message in ((["--strategy", "margin"], "give it --model RUN"),
+                           (["--model", tmp_path / "ft"], "--model is for --strategy margin")):
+        bad = invoke("select", "--data", pool, "--encoder", "pixels", "--budget", "2", "--out", tmp_path / "x.csv",
+                     "--results", tmp_path / "r.csv", *extra)
+        assert bad.exit_code == 2 and bad.output.count("Error:") == 1 and message in bad.output
+        assert not (tmp_path / "x.csv").exists()

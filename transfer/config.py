@@ -15,7 +15,8 @@ from transfer import rowfilter
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
-                                 PRECISIONS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS)
+                                 PRECISIONS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS,
+                                 CLASSIFIER_SELECTIONS)
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -250,6 +251,7 @@ class SelectConfig(ArchConfig):
     seed: int = 0
     sheet: bool = True
     format: str = "csv"  # csv: path,label; label-studio: a task file to import and a labeling config
+    model: str | None = None  # a fine-tune run: its classifier's uncertainty chooses (--strategy margin)
     classes: tuple[str, ...] = ()  # the labeling config's choices (default: the pool's classes, when it has labels)
     overwrite: bool = False  # replace an existing list (and contact sheet) that select wrote
     results: str = "experiments/results.csv"
@@ -263,7 +265,12 @@ class SelectConfig(ArchConfig):
         _positive("budget", self.budget)
         _positive("image_size", self.image_size)
         _positive("channels", self.channels)
-        _choice("strategy", self.strategy, SELECTIONS)
+        _choice("strategy", self.strategy, (*SELECTIONS, *CLASSIFIER_SELECTIONS))
+        if (self.strategy in CLASSIFIER_SELECTIONS) != bool(self.model):
+            raise TransferError("--strategy margin chooses by a trained classifier's uncertainty: give it --model RUN "
+                                "(a fine-tune run directory)" if not self.model else
+                                f"--model is for --strategy margin (a classifier's uncertainty); --strategy "
+                                f"{self.strategy} chooses by the features alone")
         _purity(self.purity, self.strategy, "--strategy")
         _readout(self.readout, self.encoder)
         _choice("format", self.format, ("csv", "label-studio"))

@@ -20,6 +20,11 @@
   farthest from every image labeled or chosen so far; covers the feature space, suited to
   larger budgets.
 - `random`: uniform, the baseline every selection is compared with.
+- `margin` (the next rounds, once a classifier is trained: `select --model RUN`): uncertainty
+  weighed by diversity, as cluster-margin sampling does it (Citovsky et al., NeurIPS 2021): the
+  clusters and their order are typiclust's, and from each cluster the image the classifier is
+  least sure of (the smallest margin between its two most probable classes) is taken. The
+  cold-start rules above look at the features only; this one at what round 1 learned.
 
 Every strategy returns positions into the feature rows, in the order to label them, never
 one already labeled. numpy, scikit-learn (k-means, nearest neighbours) and scipy's sparse
@@ -81,6 +86,26 @@ def clusters(features: np.ndarray, n: int, seed: int) -> np.ndarray:
 
 def typiclust(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int = 0) -> np.ndarray:
     f = normalized(features)
+    return _by_clusters(f, budget, labeled, seed,
+                        lambda members: typicality(f[members], min(K_NN, len(members) // 2)))
+
+
+def margins(probabilities: np.ndarray) -> np.ndarray:
+    """The classifier's margin per row: its most probable class's probability minus the second's."""
+    top = np.sort(np.asarray(probabilities, dtype=np.float64), axis=1)
+    return top[:, -1] - (top[:, -2] if top.shape[1] > 1 else 0.0)
+
+
+def margin(features: np.ndarray, probabilities: np.ndarray, budget: int, labeled: np.ndarray,
+           seed: int = 0) -> np.ndarray:
+    """Typiclust's clusters, in its order; from each, the image of the smallest margin."""
+    uncertain = -margins(probabilities)
+    return _by_clusters(normalized(features), budget, labeled, seed, lambda members: uncertain[members])
+
+
+def _by_clusters(f: np.ndarray, budget: int, labeled: np.ndarray, seed: int, score) -> np.ndarray:
+    """k-means into (labeled + budget) clusters; clusters visited fewest labeled first, then
+    largest; from each the free member of the highest `score(members)`."""
     assigned = clusters(f, min(len(labeled) + budget, MAX_CLUSTERS, len(f)), seed)
     ids, sizes = np.unique(assigned, return_counts=True)
     existing = np.bincount(assigned[labeled], minlength=ids.max() + 1)[ids] if len(labeled) else np.zeros_like(ids)
@@ -101,7 +126,7 @@ def typiclust(features: np.ndarray, budget: int, labeled: np.ndarray, seed: int 
         if len(members) == 0:
             order.remove(cluster)  # the next cluster takes its turn
             continue
-        best = members[np.argmax(typicality(f[members], min(K_NN, len(members) // 2)))]
+        best = members[np.argmax(score(members))]
         chosen.append(best)
         free[best] = -1
         turn += 1
@@ -208,12 +233,14 @@ def random(n: int, budget: int, labeled: np.ndarray, seed: int = 0) -> np.ndarra
 
 
 def select(strategy: str, features: np.ndarray, budget: int, labeled=(), seed: int = 0,
-           purity: float | None = None) -> np.ndarray:
+           purity: float | None = None, probabilities: np.ndarray | None = None) -> np.ndarray:
     """Positions of `budget` rows of `features` to label next (fewer when fewer are left), in
-    order, none of `labeled` (positions already labeled). `purity`: probcover's (None: PURITY)."""
+    order, none of `labeled` (positions already labeled). `purity`: probcover's (None: PURITY).
+    `probabilities`: a classifier's class probabilities per row (`margin` needs them)."""
     labeled = np.unique(np.asarray(labeled, dtype=np.int64))
-    if strategy not in STRATEGIES:
-        raise TransferError(f"strategy must be one of {', '.join(STRATEGIES)}. Received: strategy={strategy!r}")
+    if strategy not in (*STRATEGIES, *vocabulary.CLASSIFIER_SELECTIONS):
+        raise TransferError(f"strategy must be one of {', '.join((*STRATEGIES, *vocabulary.CLASSIFIER_SELECTIONS))}. "
+                            f"Received: strategy={strategy!r}")
     if budget < 1:
         raise TransferError(f"budget must be >= 1. Received: budget={budget}")
     if len(features) - len(labeled) < 1:
@@ -222,4 +249,8 @@ def select(strategy: str, features: np.ndarray, budget: int, labeled=(), seed: i
         return random(len(features), budget, labeled, seed)
     if strategy == "probcover":
         return probcover(features, budget, labeled, seed, PURITY if purity is None else purity)
+    if strategy == "margin":
+        if probabilities is None or len(probabilities) != len(features):
+            raise TransferError("strategy margin needs a classifier's probabilities for every image (select --model)")
+        return margin(features, probabilities, budget, labeled, seed)
     return (typiclust if strategy == "typiclust" else kcenter)(features, budget, labeled, seed)

@@ -15,5 +15,6 @@ OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan", "vicre
 TWO_VIEW = ("contrastive", "vicreg", "byol")  # the objectives that learn from two random views of each image
 SELECTIONS = ("typiclust", "probcover", "kcenter", "random")  # `select --strategy`; see transfer.selection
 BY_FEATURES = tuple(s for s in SELECTIONS if s != "random")
+CLASSIFIER_SELECTIONS = ("margin",)  # `select --strategy` with `--model`: rounds chosen by a classifier
 BUDGET_SELECTIONS = ("random", "stratified", *BY_FEATURES)  # `fine-tune --selection`; see transfer.budget
 BUILTINS = ("animals", "digits", "faces", "fills", "patches", "photos", "textures")  # transfer.builtins
