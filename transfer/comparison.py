@@ -103,6 +103,7 @@ def split_settings(df: pd.DataFrame, by: list[str]) -> tuple[pd.DataFrame, list[
     asked = df.copy()  # a readout chosen per run (auto: by cross-validation) is an outcome, not a setting
     if {"readout", "readout_choice"} <= set(df.columns):
         chose = asked["readout_choice"].notna() & (asked["readout_choice"].astype(str) != "given")
+        asked["readout"] = asked["readout"].astype(object)  # a column of NaN reads as float
         asked.loc[chose, "readout"] = "auto"
     for key, group in asked.groupby(by, dropna=False, sort=True):
         if group["seed"].notna().sum() == group["seed"].nunique():
