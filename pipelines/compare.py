@@ -9,7 +9,7 @@ import tempfile
 
 import pandas as pd
 
-from transfer import comparison, outputs, report, results
+from transfer import __version__, artifacts, comparison, outputs, report, results
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
@@ -47,8 +47,8 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         comparison.plot(df, cfg.metric, cfg.plot)
         _note(f"wrote {cfg.plot}")
     for line in split:  # beside the table it explains; stderr when stdout is data (csv, json)
-        (log if cfg.format in ("text", "markdown") else _note)(line)
-    if cfg.format in ("text", "markdown"):
+        (log if words else _note)(line)
+    if words:
         if "vs_best_baseline" in table:
             log(comparison.NOTE)
         detail = sentences if cfg.verbose else []
@@ -100,8 +100,6 @@ def provenance(cfg: CompareConfig) -> list[tuple[str, str]]:
     the toolkit's version and code fingerprint, the date."""
     import hashlib
     from datetime import datetime, timezone
-
-    from transfer import __version__, artifacts
 
     tables = [(f"table {t}", hashlib.sha256(open(t, "rb").read()).hexdigest()) for t in cfg.tables or (cfg.results,)]
     return [("command", command(cfg)), ("filter", cfg.where or "none"), *tables,

@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import encoder_blocks, report_skipped
-from transfer import (budget, features, labelstudio, lists, models, outputs, results, selection, splits, stream,
-                      training, visualize)
+from transfer import (artifacts, budget, features, labelstudio, lists, models, outputs, results, selection, splits,
+                      stream, training, visualize)
 from transfer.config import SelectConfig
 from transfer.errors import TransferError
 
@@ -26,18 +26,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
     """Select, write the CSV and the contact sheet, append and return the row."""
     clock = results.Stopwatch()
     out = Path(cfg.out)
-    sheet = {"contact sheet": out.with_suffix(".png"), "contact page": out.with_suffix(".html")} if cfg.sheet else {}
-    studio = cfg.format == "label-studio"
-    config_out = {"labeling config": out.with_suffix(".xml")} if studio else {}
-    outputs.distinct({"--out": out, **config_out, **sheet, "--results": results.target(cfg.results)},
-                     {"--data": cfg.data, "--exclude": cfg.exclude})
-    outputs.check(out, "--out", labelstudio.TASKS if studio else outputs.LABEL_LIST, cfg.overwrite)
-    for what, path in config_out.items():
-        outputs.check(path, what, labelstudio.CONFIG, cfg.overwrite)
-    for (what, path), kind in zip(sheet.items(), (outputs.PNG, outputs.HTML)):
-        outputs.check(path, what, kind, cfg.overwrite)
-    outputs.check(results.target(cfg.results), "--results")
-    results.check_table(cfg.results)
+    _check_outputs(cfg, out)
     net, size, channels, objective, readout = budget.feature_model(
         "pixels" if cfg.encoder == "random" else cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
@@ -61,16 +50,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
-    if studio:
-        classes = list(cfg.classes) or (list(source.class_names) if known else [])
-        if not classes:
-            raise TransferError("--format label-studio needs the classes to choose from: --classes a,b,c (the pool "
-                                "has no labels to take them from)")
-        _, xml, root = labelstudio.write(out, names, classes, f"{cfg.strategy} on {what}")
-        log(f"Label Studio: import {out} into a project whose labeling config is {xml}; start it with "
-            f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}")
-    else:
-        lists.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
+    _write_choice(cfg, out, source, names, labels, f"{cfg.strategy} on {what}", log)
     if cfg.sheet:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
     row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
@@ -85,6 +65,39 @@ def run(cfg: SelectConfig, log=print) -> dict:
     log(f"{len(chosen)} images to label -> {out}" + (f" (covering {row['labeled_classes']} of "
                                                        f"{row['classes']} classes)" if known else ""))
     return row
+
+
+def _check_outputs(cfg: SelectConfig, out: Path) -> None:
+    """Every file select writes, checked before any work: the list (or Label Studio's task file and
+    labeling config), the contact sheet and page, the results table."""
+    sheet = {"contact sheet": out.with_suffix(".png"), "contact page": out.with_suffix(".html")} if cfg.sheet else {}
+    studio = cfg.format == "label-studio"
+    config_out = {"labeling config": out.with_suffix(".xml")} if studio else {}
+    outputs.distinct({"--out": out, **config_out, **sheet, "--results": results.target(cfg.results)},
+                     {"--data": cfg.data, "--exclude": cfg.exclude})
+    outputs.check(out, "--out", labelstudio.TASKS if studio else outputs.LABEL_LIST, cfg.overwrite)
+    for what, path in config_out.items():
+        outputs.check(path, what, labelstudio.CONFIG, cfg.overwrite)
+    for (what, path), kind in zip(sheet.items(), (outputs.PNG, outputs.HTML)):
+        outputs.check(path, what, kind, cfg.overwrite)
+    outputs.check(results.target(cfg.results), "--results")
+    results.check_table(cfg.results)
+
+
+def _write_choice(cfg: SelectConfig, out: Path, source, names: list[str], labels: np.ndarray, how: str, log) -> None:
+    """The chosen images as a path,label list (the label known in a labeled pool, else empty), or
+    as Label Studio's task file and labeling config."""
+    known = source.labels is not None
+    if cfg.format != "label-studio":
+        lists.write_label_list(out, names, [source.class_names[c] if known and c >= 0 else "" for c in labels])
+        return
+    classes = list(cfg.classes) or (list(source.class_names) if known else [])
+    if not classes:
+        raise TransferError("--format label-studio needs the classes to choose from: --classes a,b,c (the pool "
+                            "has no labels to take them from)")
+    _, xml, root = labelstudio.write(out, names, classes, how)
+    log(f"Label Studio: import {out} into a project whose labeling config is {xml}; start it with "
+        f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}")
 
 
 def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
@@ -109,8 +122,6 @@ def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
 def _probabilities(model_dir: str, source, pool: np.ndarray, positions: np.ndarray, log) -> np.ndarray:
     """The classifier's class probabilities for the pool images at `positions` (at its own image
     size; an image it cannot read gets uniform probabilities: the most uncertain)."""
-    from transfer import artifacts
-
     model, manifest = artifacts.load_model_run(model_dir, "classifier")
     size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
     if channels != source.channels:

@@ -21,6 +21,7 @@ The formats are Label Studio's documented ones (labelstud.io/guide/tasks, /task_
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 from pathlib import Path
@@ -82,7 +83,7 @@ def is_export(path: str | os.PathLike) -> bool:
     if path.suffix.lower() != ".csv" or not path.is_file():
         return False
     first = outputs.head(path).removeprefix(outputs.BOM).decode("utf-8", "replace").splitlines()[:1]
-    header = [c.strip() for c in first[0].split(",")] if first else []
+    header = [c.strip() for c in next(csv.reader(first), [])]  # quoted names too
     return any(c in header for c in EXPORT_COLUMNS)
 
 

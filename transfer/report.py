@@ -23,10 +23,6 @@ class Verdict(str):
         return made
 
 
-def _outcome(word: str) -> str:
-    return "lost" if "(it lost)" in word else "paid" if word.endswith(" paid") else "unclear"
-
-
 def headline(sentences: list[str], context: list[str]) -> list[str]:
     """One sentence per data set, first: at which budgets pretraining paid (each with its
     difference and route), at which it was not clear, at which it lost. Reads the per-budget
@@ -68,24 +64,23 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
         # Within a total budget every learner has the same labels, so what the cell weighs is the
         # start; when an encoder chose those labels, pretraining is in every pipeline of the cell.
         how = _selection(values["labels_per_class"]) if " in all " in str(values.get("labels_per_class")) else None
-        word, sure = _judgement(diff, best["ci_low"] * scale, best["ci_high"] * scale, best["significant"],
-                                best["comparison"], best["paired_seeds"], "the pretrained start" if how else "pretraining",
-                                candidates=len(pretrained))
+        word, sure, outcome, interval = _judgement(
+            diff, best["ci_low"] * scale, best["ci_high"] * scale, best["significant"], best["comparison"],
+            best["paired_seeds"], "the pretrained start" if how else "pretraining", candidates=len(pretrained))
         pair = (f"Best with a pretrained start, {best['method']}, vs best without, {best['best_baseline']}" if how
                 else f"Best pretrained {best['method']} vs best baseline {best['best_baseline']}")
         sentence = f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}."
         budget = ", ".join(_describe(c, v) for c, v in values.items() if c != "data")  # arch, budget, ...
-        out.append(Verdict(sentence, values.get("data"), "" if how else budget, _outcome(word),
-                           _short_difference(diff, sure, unit), best["method"]))
+        out.append(Verdict(sentence, values.get("data"), "" if how else budget, outcome,
+                           _short_difference(diff, interval, unit), best["method"]))
     return out
 
 
-def _short_difference(diff: float, sure: str, unit: str) -> str:
-    """'+4.6 [+2.5, +6.6]' from a difference and its 'how sure' words (the interval they give)."""
-    if sure.startswith("95% CI "):
-        low, _, rest = sure[len("95% CI "):].partition(" to ")
-        return f"{diff:+.1f} [{low}, {rest.split(',')[0]}]"
-    return f"{diff:+.1f}{unit}"
+def _short_difference(diff: float, interval: tuple[float, float] | None, unit: str) -> str:
+    """'+4.6 [+2.5, +6.6]': a difference with the interval its verdict judged it on (or with its unit)."""
+    if interval is None:
+        return f"{diff:+.1f}{unit}"
+    return f"{diff:+.1f} [{stats.bound(interval[0])}, {stats.bound(interval[1])}]"
 
 
 def _scale(metric: str) -> tuple[float, str]:
@@ -103,26 +98,29 @@ def _chosen_by_encoder(how: str | None) -> str:
 
 
 def _judgement(diff: float, low: float, high: float, significant: bool, comparison: str, seeds,
-               subject: str = "pretraining", candidates: int = 1) -> tuple[str, str]:
-    """(verdict word, how sure) of a difference from the best without pretraining and its interval.
-    When the side judged is the best of several `candidates` picked by their means, the interval
-    is widened for the picking (`stats.best_of`, Bonferroni) and the verdict follows it."""
+               subject: str = "pretraining", candidates: int = 1) -> tuple[str, str, str, tuple | None]:
+    """(verdict word, how sure, outcome: "paid", "lost" or "unclear", the interval judged on or
+    None) of a difference from the best without pretraining and its interval. When the side
+    judged is the best of several `candidates` picked by their means, the interval is widened
+    for the picking (`stats.best_of`, Bonferroni) and the verdict follows it."""
     widened = ""
     if candidates > 1 and comparison == "paired" and not math.isnan(low) and low != high:  # a spread to widen
         low, high = stats.best_of(diff, low, high, seeds, candidates)
         significant = stats.excludes_zero(low, high)
         widened = f", widened for the best of {candidates} (Bonferroni)"
+    interval = None
     if math.isnan(low):
         sure = "no interval: too few runs"
     elif low == high == diff == 0:
         sure = f"the same result on every one of {int(seeds)} paired seed(s)"
     else:
         sure = f"95% CI {stats.bound(low)} to {stats.bound(high)}{widened}, {comparison} over {int(seeds)} seed(s)"
+        interval = (low, high)
     if significant and diff > 0:
-        return f"{subject} paid", sure
+        return f"{subject} paid", sure, "paid", interval
     if significant:
-        return f"{subject} did NOT pay (it lost)", sure
-    return f"no clear difference: {subject} did not pay", sure
+        return f"{subject} did NOT pay (it lost)", sure, "lost", interval
+    return f"no clear difference: {subject} did not pay", sure, "unclear", interval
 
 
 def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
@@ -133,8 +131,9 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
     out = []
     for _, b in best.iterrows():
         where = ", ".join(str(b[c]) for c in best.columns[: list(best.columns).index("labels")])
-        word, sure = _judgement(b["diff"] * scale, b["low"] * scale, b["high"] * scale, b["significant"],
-                                b["comparison"], b["seeds"], candidates=int(b.get("candidates", 1)))
+        word, sure, outcome, interval = _judgement(b["diff"] * scale, b["low"] * scale, b["high"] * scale,
+                                                   b["significant"], b["comparison"], b["seeds"],
+                                                   candidates=int(b.get("candidates", 1)))
         pipe = {side: f"{_selection(b[side + '_budget'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
                 for side in ("with", "without")}
         sentence = (f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
@@ -143,8 +142,8 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
         route = f"{_selection(b['with_budget'])}, then {b['with_method']}"
         others = [str(b[c]) for c in best.columns[: list(best.columns).index("labels")] if c != "data"]
         out.append(Verdict(sentence, b["data"] if "data" in best.columns else None,
-                           ", ".join([*others, f"{int(b['labels'])} labels in all"]), _outcome(word),
-                           _short_difference(b["diff"] * scale, sure, unit), route))
+                           ", ".join([*others, f"{int(b['labels'])} labels in all"]), outcome,
+                           _short_difference(b["diff"] * scale, interval, unit), route))
     return out
 
 
@@ -161,9 +160,9 @@ def choice_verdicts(gains: pd.DataFrame, metric: str) -> list[str]:
         where = ", ".join(str(values[c]) for c in keys[:-1])
         beat, each = 0, []
         for _, g in group.iterrows():
-            word, sure = _judgement(g["diff"] * scale, g["low"] * scale, g["high"] * scale, g["significant"],
-                                 g["comparison"], g["seeds"], candidates=int(g.get("candidates", 1)))
-            beat += word.endswith(" paid")  # its interval (widened for the choosing) above zero
+            _, sure, outcome, _ = _judgement(g["diff"] * scale, g["low"] * scale, g["high"] * scale, g["significant"],
+                                             g["comparison"], g["seeds"], candidates=int(g.get("candidates", 1)))
+            beat += outcome == "paid"  # its interval (widened for the choosing) above zero
             each.append(f"{g['method']} on {_selection(g['choice'])}, {g['choice_mean'] * scale:.1f} against "
                         f"{g['blind_mean'] * scale:.1f}: {g['diff'] * scale:+.1f}{unit} ({sure})")
         left_out = int(group["unranked"].sum())
