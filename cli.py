@@ -431,7 +431,10 @@ def pretrain(**params):
 @main.command("fine-tune")
 @config_option(FineTuneConfig)
 @opt(FineTuneConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
-@opt(FineTuneConfig, "encoder", help="A pretrain run directory, or a baseline: random (with --freeze all|none), pixels (logistic regression on raw pixels).")
+@opt(FineTuneConfig, "encoder", help="A pretrain run directory, or a baseline: random (with --freeze all|none), pixels (logistic regression on raw pixels), or keras:NAME, an ImageNet backbone of keras.applications (MobileNetV3Small, MobileNetV3Large, EfficientNetB0, EfficientNetV2B0, ResNet50V2, ConvNeXtTiny; with --weights).")
+@opt(FineTuneConfig, "weights", metavar="imagenet|PATH|none",
+     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
+          "first time), a weights file of the backbone without its top, or none (random weights).")
 @opt(FineTuneConfig, "freeze", type=click.Choice(["all", "none"]),
      help="none (default): train everything with --augment (a pretrained encoder's head is fit on its "
           "frozen features first; with --encoder random: from scratch); all: train only the head on the "
@@ -508,8 +511,8 @@ def pretrain(**params):
           "evenly over the labeled classes (against confirmation bias at 1-4 labels per class).")
 @opt(FineTuneConfig, "seed", type=int, help="Seed of the labeled draw and of training.")
 @arch_options(FineTuneConfig)
-@opt(FineTuneConfig, "image-size", type=int, help="With --encoder random only.")
-@opt(FineTuneConfig, "channels", type=int, help="With --encoder random only (default: from data).")
+@opt(FineTuneConfig, "image-size", type=int, help="With --encoder random or keras:NAME only.")
+@opt(FineTuneConfig, "channels", type=int, help="With --encoder random or keras:NAME only (default: from data).")
 @opt(FineTuneConfig, "out", type=click.Path(file_okay=False), help="Run directory (default runs/RUN_ID).")
 @opt(FineTuneConfig, "results", type=click.Path(dir_okay=False), help="Results table to append to.")
 @opt(FineTuneConfig, "overwrite", is_flag=True,
@@ -567,7 +570,11 @@ def evaluate(**params):
 
 @main.command()
 @config_option(EmbedConfig)
-@opt(EmbedConfig, "encoder", required=True, help="A pretrain run directory, or pixels (raw pixels).")
+@opt(EmbedConfig, "encoder", required=True,
+     help="A pretrain run directory, or pixels (raw pixels), or keras:NAME (an ImageNet backbone, with --weights).")
+@opt(EmbedConfig, "weights", metavar="imagenet|PATH|none",
+     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
+          "first time), a weights file of the backbone without its top, or none (random weights).")
 @opt(EmbedConfig, "data", required=True, help="Images: directory, CSV manifest or built-in name.")
 @opt(EmbedConfig, "out", required=True, type=click.Path(dir_okay=False),
      help="FILE.npy for the features; FILE.csv (row,path,id,label[,neighbors,distances]) is written beside it.")
@@ -624,7 +631,11 @@ def export_command(**params):
 @config_option(SelectConfig)
 @opt(SelectConfig, "data", required=True, help="The pool to choose from: directory, CSV manifest or built-in name.")
 @opt(SelectConfig, "encoder", required=True,
-     help="A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder of --arch).")
+     help="A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder of --arch), "
+          "keras:NAME (an ImageNet backbone, with --weights).")
+@opt(SelectConfig, "weights", metavar="imagenet|PATH|none",
+     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
+          "first time), a weights file of the backbone without its top, or none (random weights).")
 @opt(SelectConfig, "budget", type=int, required=True, help="How many images to label (in all, not per class).")
 @opt(SelectConfig, "out", required=True, type=click.Path(dir_okay=False),
      help="CSV to write (path,label in the order to label them); the contact sheet goes beside it (.png, .html).")

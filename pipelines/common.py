@@ -130,15 +130,17 @@ class Run:
         self.log(f"worker finished{message}; the chief writes the run directory and the results row")
         return True
 
-    def save(self, model, kind: str, image_size: int, channels: int, **manifest) -> Path:
-        """Save the model and its manifest, then move the run directory into place.
+    def save(self, model, kind: str, image_size: int, channels: int, in_model: str | None = None,
+             **manifest) -> Path:
+        """Save the model and its manifest, then move the run directory into place (`in_model`:
+        the preprocessing the model does itself, in words, for the manifest's contract).
         Call outside `distributed()`: reading mirrored variables there is a collective
         that the other workers, already finished, would never join."""
         filename = f"{kind}.keras"
         (self.staging / ELAPSED).unlink(missing_ok=True)  # in the row, not an artifact
         digest = artifacts.save_model(model, self.staging / filename)
         artifacts.write_manifest(self.staging, kind, run_id=self.run_id, model_file=filename, model_sha256=digest,
-                                 image_size=image_size, channels=channels, **manifest)
+                                 image_size=image_size, channels=channels, in_model=in_model, **manifest)
         self.out = artifacts.finish_run_dir(self.staging, self.out)
         return self.out
 

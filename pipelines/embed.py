@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import budget, evaluation, features, outputs, splits, stream
+from transfer import backbones, budget, evaluation, features, outputs, splits, stream
 from transfer.config import EmbedConfig
 from transfer.errors import TransferError
 
@@ -32,9 +32,14 @@ def run(cfg: EmbedConfig, log=print) -> dict:
     outputs.distinct({f"--out ({k})": p for k, p in written.items()}, {"--data": cfg.data})
     for key, path in written.items():
         outputs.check(path, "--out", kinds[key], cfg.overwrite)
-    net, size, channels, objective, readout = budget.feature_model(cfg.encoder, cfg.readout, cfg.channels)
+    backbone = backbones.is_backbone(cfg.encoder)  # built once the images' channels are known
+    net, size, channels, objective, readout = budget.feature_model(
+        "pixels" if backbone else cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
     source, _ = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)  # every image
+    if backbone:
+        net, size, channels, objective, readout = budget.feature_model(cfg.encoder, cfg.readout, source.channels,
+                                                                       cfg.weights, size)
     log(f"embedding {len(source)} images of {cfg.data} with {cfg.encoder}"
         + ("" if net is None else f" ({objective}, readout {readout})"))
     f, y, positions = features.compute(net, stream.ImageSet.of(source, image_size=size))

@@ -11,7 +11,7 @@ import keras
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
-from transfer import (artifacts, augment, budget, distribute, heads, layers, lists, methods, mistakes, models,
+from transfer import (artifacts, augment, backbones, budget, distribute, heads, layers, lists, methods, mistakes, models,
                       selection, semi, splits, stream, training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
@@ -23,13 +23,47 @@ DEFAULT_EPOCHS = 100  # passes over the labeled images by gradient, unless they 
 MIN_STEPS = 500  # this: a few dozen labels make one or two steps a pass, too few to train on
 
 
-def _resolve_encoder(cfg: FineTuneConfig):
-    """(encoder or None, its projection head or None, manifest or None, image_size, channels or None,
-    blocks or None); the head is loaded when the readout may use it."""
+@dataclass
+class Start:
+    """What a fine-tune starts from: a loaded pretrain run (encoder, its projection head and
+    manifest), or an encoder built once the data's channels are known (`build(image_size,
+    channels)`: a random one of the arch options, or a keras.applications backbone), or
+    nothing (the pixel baseline)."""
+
+    image_size: int
+    channels: int | None
+    encoder: object = None
+    projector: object = None
+    manifest: dict | None = None
+    build: object = None
+    backbone: str | None = None  # transfer.backbones' key of a keras:NAME encoder
+    weights: str | None = None  # the backbone's --weights
+
+    @property
+    def objective(self) -> str | None:
+        """The pretraining the encoder brings: a pretrain run's objective, imagenet or
+        weights-file for a backbone with weights, pixels, or None (random weights)."""
+        if self.manifest:
+            return self.manifest["objective"]
+        return backbones.objective(self.weights) if self.backbone else None
+
+    @property
+    def pretrained(self) -> bool:
+        """Brings learned weights: its head is fit on its frozen features first."""
+        return self.manifest is not None or self.objective is not None
+
+
+def _resolve_encoder(cfg: FineTuneConfig) -> Start:
+    """What the fine-tune starts from; the projection head is loaded when the readout may use it."""
     if cfg.encoder == "pixels":
-        return None, None, None, cfg.image_size, cfg.channels, None
+        return Start(cfg.image_size, cfg.channels)
     if cfg.encoder == "random":
-        return None, None, None, cfg.image_size, cfg.channels, encoder_blocks(cfg)
+        blocks = encoder_blocks(cfg)
+        return Start(cfg.image_size, cfg.channels, build=lambda size, channels: models.build_encoder(
+            (size, size, channels), blocks, cfg.arch))
+    if backbones.is_backbone(cfg.encoder):
+        return Start(cfg.image_size, cfg.channels, backbone=backbones.name_of(cfg.encoder), weights=cfg.weights,
+                     build=lambda size, channels: backbones.build(cfg.encoder, cfg.weights, size, channels))
     encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
     projector = artifacts.load_projector(cfg.encoder, manifest) if cfg.readout in ("auto", "projector") else None
     if cfg.readout == "projector" and projector is None:
@@ -42,7 +76,7 @@ def _resolve_encoder(cfg: FineTuneConfig):
         raise TransferError(
             f"the encoder takes {pre['channels']}-channel images; --channels {cfg.channels} cannot serve it"
         )
-    return encoder, projector, manifest, int(pre["image_size"]), int(pre["channels"]), None
+    return Start(int(pre["image_size"]), int(pre["channels"]), encoder, projector, manifest)
 
 
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run: Run):
@@ -101,21 +135,22 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         run.note(encoder=cfg.encoder, labels_per_class=budget_name(cfg), epochs=cfg.epochs,
                  learning_rate=cfg.learning_rate)
         with run.distributed():  # models built and trained under the tf.distribute strategy
-            encoder, projector, manifest, image_size, channels, blocks = _resolve_encoder(cfg)
-            source, train, test = _load_splits(cfg, image_size, channels, run)
+            start = _resolve_encoder(cfg)
+            image_size, manifest, encoder = start.image_size, start.manifest, start.encoder
+            source, train, test = _load_splits(cfg, image_size, start.channels, run)
             channels = train.images.shape[-1]
-            objective = manifest["objective"] if manifest else ("pixels" if cfg.encoder == "pixels" else None)
+            objective = start.objective or ("pixels" if cfg.encoder == "pixels" else None)
             method = methods.name(objective, cfg.encoder, cfg.freeze, cfg.unfreeze_top, semi=bool(cfg.unlabeled))
             run.note(method=method)
             leaked = _leaked(cfg, manifest, test, log)
             training.set_seed(cfg.seed)
-            if encoder is None and blocks is not None:
-                encoder = models.build_encoder((image_size, image_size, channels), blocks, cfg.arch)
+            if start.build is not None:
+                encoder = start.build(image_size, channels)
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             pool, leaked_pool = _open_pool(cfg, image_size, channels, test, run)
-            job = Job(_resolve_epochs(cfg, len(train), run), encoder, manifest is not None, train, test, pool, run, log,
-                      projector=projector,
+            job = Job(_resolve_epochs(cfg, len(train), run), encoder, start.pretrained, train, test, pool, run, log,
+                      projector=start.projector,
                       trainer=FixMatchTrainer(pool, leaked_pool) if pool is not None else SupervisedTrainer())
             if encoder is not None:
                 _prepare_encoder(job)
@@ -126,13 +161,17 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         metrics.update(_write_reports(run.staging, classifier, train, test))
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
                        encoder={"source": cfg.encoder, "objective": objective,
-                                "sha256": manifest["model_sha256"] if manifest else None},
+                                "sha256": manifest["model_sha256"] if manifest else _weights_sha256(cfg),
+                                **({"weights": backbones.origin(cfg.weights)} if start.backbone else {})},
+                       in_model=backbones.input_handling(start.backbone, image_size, channels) if start.backbone
+                       else None,
                        method=method, freeze=cfg.freeze, readout=job.readout, metrics=metrics,
                        data={"source": cfg.data, "fingerprint": source.fingerprint()})
     trained = encoder is not None
     row = run.record(
         test_data=cfg.test_data, objective=objective or "random",
-        arch=manifest["arch"]["preset"] if manifest else (cfg.arch if trained else None),
+        arch=manifest["arch"]["preset"] if manifest else (start.backbone or cfg.arch) if trained else None,
+        weights=backbones.origin(cfg.weights),
         image_size=image_size, channels=channels, freeze=cfg.freeze if trained else None,
         readout=job.readout if trained else None, readout_choice=_readout_choice(job) if trained else None,
         adapt_bn=cfg.adapt_bn if trained else None,
@@ -204,7 +243,15 @@ def _features_name(encoder: str, readout: str | None = None, pending: dict[str, 
 
 def _select_encoder(cfg: FineTuneConfig) -> str:
     """The features a selection by features chooses by: --select-encoder, else a pretrained --encoder, else pixels."""
-    return cfg.select_encoder or (cfg.encoder if cfg.encoder not in ("random", "pixels") else "pixels")
+    pretrained_run = cfg.encoder not in ("random", "pixels") and not backbones.is_backbone(cfg.encoder)
+    return cfg.select_encoder or (cfg.encoder if pretrained_run else "pixels")
+
+
+def _weights_sha256(cfg: FineTuneConfig) -> str | None:
+    """The SHA-256 of a backbone's weights file (None for imagenet, none and other encoders)."""
+    if cfg.weights in (None, *backbones.WEIGHTS_CHOICES):
+        return None
+    return artifacts.sha256_file(cfg.weights)
 
 
 def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | None:

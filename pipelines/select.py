@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import encoder_blocks, report_skipped
-from transfer import (artifacts, budget, features, labelstudio, lists, models, outputs, results, selection, splits,
-                      stream, training, visualize)
+from transfer import (artifacts, backbones, budget, features, labelstudio, lists, models, outputs, results,
+                      selection, splits, stream, training, visualize)
 from transfer.config import SelectConfig
 from transfer.errors import TransferError
 
@@ -27,10 +27,14 @@ def run(cfg: SelectConfig, log=print) -> dict:
     clock = results.Stopwatch()
     out = Path(cfg.out)
     _check_outputs(cfg, out)
+    backbone = backbones.is_backbone(cfg.encoder)  # built once the pool's channels are known
     net, size, channels, objective, readout = budget.feature_model(
-        "pixels" if cfg.encoder == "random" else cfg.encoder, cfg.readout, cfg.channels)
+        "pixels" if cfg.encoder == "random" or backbone else cfg.encoder, cfg.readout, cfg.channels)
     size = size or cfg.image_size
     source, pool = splits.open_pool(cfg.data, cfg.labeled, size, channels or cfg.channels, log)
+    if backbone:
+        net, size, channels, objective, readout = budget.feature_model(cfg.encoder, cfg.readout, source.channels,
+                                                                       cfg.weights, size)
     if cfg.encoder == "random":  # the baseline: a random encoder of the architecture options, this seed
         training.set_seed(cfg.seed)
         random = models.build_encoder((size, size, source.channels), encoder_blocks(cfg), cfg.arch)

@@ -40,11 +40,12 @@ MANIFEST_FIELDS = {
 
 
 def write_manifest(run_dir: Path, kind: str, *, run_id: str, model_file: str, model_sha256: str,
-                   image_size: int, channels: int, **fields) -> dict:
+                   image_size: int, channels: int, in_model: str | None = None, **fields) -> dict:
     """Write `run_dir/manifest.json` for a run of `kind`; returns it.
 
     Common fields: format, kind, run id, creation time, the model file and its SHA-256,
-    the input shape and the preprocessing contract (`transfer.data`), library versions.
+    the input shape and the preprocessing contract (`transfer.data`; `in_model`: what the model
+    does to its input itself, e.g. an ImageNet backbone's scaling), library versions.
     `fields` must be exactly `MANIFEST_FIELDS[kind]`.
     """
     expected = MANIFEST_FIELDS[kind]
@@ -54,7 +55,7 @@ def write_manifest(run_dir: Path, kind: str, *, run_id: str, model_file: str, mo
         "format": FORMAT, "format_version": FORMAT_VERSION, "kind": kind, "run_id": run_id, "created": results.now(),
         "model_file": model_file, "model_sha256": model_sha256,
         "input_shape": [int(image_size), int(image_size), int(channels)],
-        "preprocessing": data.preprocessing_contract(image_size, channels),
+        "preprocessing": data.preprocessing_contract(image_size, channels, in_model),
         **fields, "versions": versions(),
     }
     outputs.write_json(Path(run_dir) / MANIFEST, manifest)

@@ -13,20 +13,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from transfer import artifacts, features, models, selection, stream, vocabulary
+from transfer import artifacts, backbones, features, models, selection, stream, vocabulary
 from transfer.errors import TransferError
 from transfer.listing import Listing
 
 SELECTIONS = vocabulary.BUDGET_SELECTIONS
 
 
-def feature_model(encoder: str, readout: str = "auto", channels: int | None = None):
+def feature_model(encoder: str, readout: str = "auto", channels: int | None = None, weights: str | None = None,
+                  image_size: int | None = None):
     """(the feature model of a pretrain run directory, or None for "pixels"; its image size or
     None; its channels or None; its objective or "pixels"; the readout it reads, None for
     pixels). `channels` asked for must be the encoder's. The readout "auto" is the one the
-    encoder's fine-tunes read by default (`auto_readout`)."""
+    encoder's fine-tunes read by default (`auto_readout`). A keras:NAME backbone is built
+    with `weights` for `image_size` and `channels` (the data's), read by average pooling."""
     if encoder == "pixels":
         return None, None, None, "pixels", None
+    if backbones.is_backbone(encoder):
+        readout = "avg" if readout == "auto" else readout
+        model = backbones.build(encoder, weights, image_size, channels)
+        return (models.build_features(model, readout, True), image_size, channels,
+                backbones.objective(weights) or "random", readout)
     model, manifest = artifacts.load_model_run(encoder, "encoder")
     pre = manifest["preprocessing"]
     if channels is not None and channels != int(pre["channels"]):

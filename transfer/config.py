@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer import rowfilter
+from transfer import backbones, rowfilter
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
@@ -37,8 +37,18 @@ def _choice(name: str, value, allowed) -> None:
 def _readout(readout: str, encoder: str, option: str = "readout") -> None:
     """A readout of READOUTS; projector only from a pretrained encoder (pixels and random have no head)."""
     _choice(option.replace("-", "_"), readout, READOUTS)
-    if readout == "projector" and encoder in ("random", "pixels"):
+    if readout == "projector" and (encoder in ("random", "pixels") or backbones.is_backbone(encoder)):
         raise TransferError(f"--{option} projector reads a pretrained encoder's projection head; {encoder} has none")
+
+
+def _weights(encoder: str, weights: str | None) -> None:
+    """--weights serves a keras.applications backbone, which needs it (transfer.backbones)."""
+    if backbones.is_backbone(encoder):
+        backbones.name_of(encoder)
+        backbones.check_weights(encoder, weights)
+    elif weights is not None:
+        raise TransferError(f"--weights serves --encoder keras:NAME (an ImageNet backbone); --encoder {encoder} "
+                            "brings its own weights")
 
 
 def _purity(purity: float | None, strategy: str | None, option: str) -> None:
@@ -141,7 +151,8 @@ class PretrainConfig(RunConfig):
 
 @dataclass(frozen=True)
 class FineTuneConfig(RunConfig):
-    encoder: str = "random"
+    encoder: str = "random"  # a pretrain run, random, pixels, or keras:NAME (transfer.backbones)
+    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
     freeze: str = "none"  # measured best on digits: probe, then fine-tune everything with augmentation
     labels_per_class: int | None = None  # None: all (stratified: the oracle draw, N of every class)
     labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
@@ -198,6 +209,7 @@ class FineTuneConfig(RunConfig):
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
         _choice("freeze", self.freeze, ("all", "none"))
         _readout(self.readout, self.encoder)
+        _weights(self.encoder, self.weights)
         if not 0.0 <= self.dropout < 1.0:
             raise TransferError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if not 0.0 < self.test_fraction < 1.0:
@@ -238,7 +250,8 @@ class SelectConfig(ArchConfig):
     """`transfer select`: which images of a pool to label (transfer.selection)."""
 
     data: str = ""
-    encoder: str = ""  # a pretrain run directory, or pixels / random (with the arch options)
+    encoder: str = ""  # a pretrain run directory, or pixels / random (with the arch options), or keras:NAME
+    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
     budget: int = 0
     out: str = ""  # the CSV to write (path,label); the contact sheet beside it
     strategy: str = "typiclust"
@@ -273,6 +286,7 @@ class SelectConfig(ArchConfig):
                                 f"{self.strategy} chooses by the features alone")
         _purity(self.purity, self.strategy, "--strategy")
         _readout(self.readout, self.encoder)
+        _weights(self.encoder, self.weights)
         _choice("format", self.format, ("csv", "label-studio"))
         if self.format == "label-studio" and self.data in BUILTINS:
             raise TransferError(f"--format label-studio needs image files (Label Studio serves them); built-in "
@@ -288,7 +302,8 @@ class SelectConfig(ArchConfig):
 class EmbedConfig:
     """`transfer embed`: every image's features, with its path, content id and label."""
 
-    encoder: str = ""  # a pretrain run directory, or pixels
+    encoder: str = ""  # a pretrain run directory, or pixels, or keras:NAME
+    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
     data: str = ""
     out: str = ""  # FILE.npy: the features; FILE.csv beside it: one row per image
     readout: str = "auto"  # auto: what the encoder's fine-tunes and selections read (its projection head if any)
@@ -306,6 +321,7 @@ class EmbedConfig:
             raise TransferError(f"--out names the features file, FILE.npy (FILE.csv is written beside it). "
                                 f"Received: {self.out!r}")
         _readout(self.readout, self.encoder)
+        _weights(self.encoder, self.weights)
         _positive("image_size", self.image_size)
         _positive("channels", self.channels)
         _positive("neighbors", self.neighbors, minimum=0)

@@ -34,14 +34,16 @@ LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
 DEFAULT_TEST_FRACTION = 0.2  # of each class, by content id (`split_test`); built-ins hold it out of pretraining too
 
-def preprocessing_contract(image_size: int, channels: int) -> dict:
-    """The preprocessing as recorded in manifests."""
+def preprocessing_contract(image_size: int, channels: int, in_model: str | None = None) -> dict:
+    """The preprocessing as recorded in manifests; `in_model`: what the model then does to
+    its input itself (inside the saved model, so predict and exports do it too)."""
     return {
         "image_size": int(image_size),
         "channels": int(channels),
         "resize": "bilinear, aspect ratio not kept",
         "scale": "[0, 1] by the source integer type's maximum; floats clipped",
         "channel_rule": "alpha dropped; gray->RGB by repetition; RGB->gray by ITU-R 601 luma",
+        **({"in_model": in_model} if in_model else {}),
     }
 
 

@@ -9,6 +9,10 @@ A method names what produced a fine-tune row, and compare groups by it:
   pretrained with that objective, frozen under the head, with its top K blocks
   trained after the head, or trained whole;
 - `<objective>` alone (in experiment files): the default fine-tune recipe;
+- `keras-<backbone>-frozen`, `-top1`, `-finetuned` (e.g. `keras-mobilenetv3small-frozen`): an
+  ImageNet backbone of keras.applications (`--encoder keras:NAME`) with its weights, run the
+  same ways, and `keras-<backbone>-random-...` with random weights (`--weights none`): the
+  baselines a Keras user runs first, so they count as baselines, not as pretraining;
 - any of these (but `pixels-logreg`) with `-semi`: trained on the unlabeled pool
   too (FixMatch, `--unlabeled`), e.g. `scratch-semi`, `contrastive-top1-semi`.
 """
@@ -18,6 +22,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from transfer import backbones
 from transfer.errors import TransferError
 from transfer.vocabulary import OBJECTIVES
 
@@ -66,6 +71,11 @@ def parse(name: str) -> Method:
         base, settings = name[: -len("-finetuned")], {"freeze": "none"}
     if base == "random" and top:
         return Method(None, {"encoder": "random", **settings})
+    if base.startswith("keras-") and settings:
+        key, random = (base[len("keras-"):-len("-random")], True) if base.endswith("-random") else (base[6:], False)
+        if key in backbones.BACKBONES:
+            return Method(None, {"encoder": backbones.PREFIX + key, **({"weights": "none"} if random else {}),
+                                 **settings})
     if base not in OBJECTIVES:
         raise TransferError(f"unknown method '{name}'. Use a baseline ({', '.join(BASELINES)}, random-top<K>), "
                             f"an objective ({', '.join(OBJECTIVES)}) or <objective>-frozen|-top<K>|-finetuned, "
@@ -83,6 +93,11 @@ def name(objective: str | None, encoder: str, freeze: str, unfreeze_top: int = 0
 def _name(objective, encoder, freeze, unfreeze_top) -> str:
     if encoder == "pixels":
         return "pixels-logreg"
+    if backbones.is_backbone(encoder):
+        base = f"keras-{backbones.name_of(encoder)}" + ("" if objective else "-random")
+        if freeze == "none":
+            return f"{base}-finetuned"
+        return f"{base}-top{unfreeze_top}" if unfreeze_top else f"{base}-frozen"
     if objective is None:
         if freeze == "none":
             return "scratch"

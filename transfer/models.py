@@ -204,6 +204,9 @@ def unfreeze_top(encoder: keras.Model, k: int) -> list[str]:
         layer.trainable = wanted
         if wanted and layer.weights:
             names.append(layer.name)
+    for layer in all_layers(encoder):  # inside a nested model (an ImageNet backbone) too
+        if isinstance(layer, layers.BatchNormalization):
+            layer.trainable = False
     return names
 
 
