@@ -378,6 +378,13 @@ main.help += ", ".join(BUILTINS) + "."
 @opt(PretrainConfig, "out", required=True, type=click.Path(file_okay=False), help="Run directory to create.")
 @opt(PretrainConfig, "objective", type=click.Choice(OBJECTIVES), help="Pretraining objective.")
 @arch_options(PretrainConfig)
+@opt(PretrainConfig, "init", metavar="keras:NAME",
+     help="Continue from an ImageNet backbone of keras.applications (MobileNetV3Small, MobileNetV3Large, "
+          "EfficientNetB0, EfficientNetV2B0, ResNet50V2, ConvNeXtTiny; with --weights) instead of the --arch "
+          "encoder: domain-adaptive pretraining on these images, saved as an ordinary encoder.")
+@opt(PretrainConfig, "weights", metavar="imagenet|PATH|none",
+     help="With --init: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the first "
+          "time), a weights file of the backbone without its top, or none (random weights).")
 @opt(PretrainConfig, "image-size", type=int, help="Images are resized to this square size.")
 @opt(PretrainConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
 @opt(PretrainConfig, "epochs", type=int,
@@ -540,7 +547,13 @@ def fine_tune(**params):
 
 @main.command()
 @config_option(EvaluateConfig)
-@opt(EvaluateConfig, "encoder", required=True, help="A pretrain run directory.")
+@opt(EvaluateConfig, "encoder", required=True,
+     help="A pretrain run directory, or keras:NAME (an ImageNet backbone, with --weights; its random baseline is "
+          "the same backbone with random weights).")
+@opt(EvaluateConfig, "weights", metavar="imagenet|PATH|none",
+     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
+          "first time), a weights file of the backbone without its top, or none (random weights).")
+@opt(EvaluateConfig, "image-size", type=int, help="With --encoder keras:NAME only (a pretrain run brings its own).")
 @opt(EvaluateConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
 @opt(EvaluateConfig, "test-data", help="Separate labeled test set (default: the fixed test split of --data).")
 @opt(EvaluateConfig, "test-fraction", type=float, help="Fraction of each class held out when --data has no fixed split.")

@@ -4,7 +4,7 @@ of the same architecture; one results row per (features, readout)."""
 from __future__ import annotations
 
 from pipelines.common import report_skipped
-from transfer import artifacts, evaluation, features, models, outputs, results, splits, training
+from transfer import artifacts, backbones, evaluation, features, models, outputs, results, splits, training
 from transfer.architectures import Block
 from transfer.config import EvaluateConfig
 from transfer.errors import TransferError
@@ -15,17 +15,25 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     and few-label 1-NN / probe on the test split; append and return the rows."""
     outputs.check(results.target(cfg.results), "--results")
     results.check_table(cfg.results)
-    encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
-    size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
+    if backbones.is_backbone(cfg.encoder):  # built once the data's channels are known
+        encoder, manifest = None, {"objective": backbones.objective(cfg.weights) or "random",
+                                   "arch": {"preset": backbones.name_of(cfg.encoder), "init": cfg.encoder}}
+        size, channels = cfg.image_size, None
+    else:
+        encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
+        size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, size, channels, log)
+    channels = found.source.channels
+    if encoder is None:
+        encoder = backbones.build(cfg.encoder, cfg.weights, size, channels)
     n_classes = len(found.source.class_names)
     candidates = [("pixels", None, "pixels")]
     if cfg.baselines:
         training.set_seed(cfg.seed)
-        blocks = [Block(**b) for b in manifest["arch"]["blocks"]]
-        random = models.build_encoder((size, size, channels), blocks, manifest["arch"]["preset"])
-        candidates += [("random", random, r) for r in cfg.readouts if r != "projector"]  # it has no head
-    projector = artifacts.load_projector(cfg.encoder, manifest) if "projector" in cfg.readouts else None
+        candidates += [("random", _random(manifest, size, channels), r)
+                       for r in cfg.readouts if r != "projector"]  # it has no head
+    projector = (artifacts.load_projector(cfg.encoder, manifest) if "projector" in cfg.readouts
+                 and not backbones.is_backbone(cfg.encoder) else None)
     if "projector" in cfg.readouts and projector is None and cfg.readouts != EvaluateConfig.readouts:
         raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
     candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts
@@ -52,6 +60,16 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         results.append_row(cfg.results, row)
     log(table(rows))
     return rows
+
+
+def _random(manifest: dict, size: int, channels: int):
+    """A random encoder of the same architecture: the preset's blocks, or the backbone (a keras:NAME
+    encoder's, or the one a pretraining continued from) with random weights."""
+    init = manifest["arch"].get("init")
+    if init:
+        return backbones.build(init, "none", size, channels)
+    blocks = [Block(**b) for b in manifest["arch"]["blocks"]]
+    return models.build_encoder((size, size, channels), blocks, manifest["arch"]["preset"])
 
 
 def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, elapsed) -> dict:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, holdout_split, report_skipped, save_preview
-from transfer import artifacts, board, data, models, objectives, probe, stream, training, visualize
+from transfer import artifacts, backbones, board, data, models, objectives, probe, stream, training, visualize
 from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 
@@ -24,11 +24,12 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     pretrain_ids.npy, the objective's preview PNG and the visualize/ report), append a
     row to the results table. Returns the row ({} on a non-chief worker)."""
     objective = objectives.get(cfg.objective)
-    blocks = encoder_blocks(cfg)  # refuse a bad size before loading data
+    blocks = None if cfg.init else encoder_blocks(cfg)  # refuse a bad size before loading data
+    arch = backbones.name_of(cfg.init) if cfg.init else cfg.arch
     learning_rate = cfg.learning_rate or objective.LEARNING_RATE
     with Run("pretrain", cfg, cfg.out, log) as run:
-        run.note(objective=cfg.objective, method=cfg.objective, arch=cfg.arch, epochs=cfg.epochs,
-                 learning_rate=learning_rate)
+        run.note(objective=cfg.objective, method=cfg.objective, arch=arch, epochs=cfg.epochs,
+                 learning_rate=learning_rate, weights=backbones.origin(cfg.weights))
         source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
         report_skipped(source.skipped, log)
         train_idx, val_idx = holdout_split(source.ids)
@@ -37,10 +38,16 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         train = _train_images(cfg, source, train_idx, run)
         log(f"pretraining {cfg.objective} on {len(train_idx)} images "
             f"({train.listing.store.held}; {len(val_idx)} held out), "
-            f"{'x'.join(map(str, train.shape))}, arch {cfg.arch}, {run.strategy.num_replicas_in_sync} replica(s)")
+            f"{'x'.join(map(str, train.shape))}, arch {arch}"
+            + (f" from {cfg.init} ({backbones.origin(cfg.weights)} weights)" if cfg.init else "")
+            + f", {run.strategy.num_replicas_in_sync} replica(s)")
         with run.distributed():
             training.set_seed(cfg.seed)
-            encoder = models.build_encoder(train.shape, blocks, cfg.arch)
+            if cfg.init:
+                encoder = backbones.build(cfg.init, cfg.weights, cfg.image_size, source.channels)
+                blocks = backbones.decoder_blocks(encoder)  # for the autoencoder objectives' decoder
+            else:
+                encoder = models.build_encoder(train.shape, blocks, cfg.arch)
             batch = min(cfg.batch_size, len(train))
             options = _options(cfg, learning_rate, batch, cfg.epochs * -(-len(train) // batch))
             model = objective.build(encoder, blocks, train.shape, options)
@@ -63,7 +70,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             return {}
         projector = _write_extras(cfg, run, encoder, model, source, val_images, report)
         out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=cfg.objective,
-                       projector=projector, arch={"preset": cfg.arch, "blocks": [vars(b) for b in blocks]},
+                       projector=projector, in_model=backbones.input_handling(arch, cfg.image_size, source.channels)
+                       if cfg.init else None,
+                       arch={"preset": arch, "blocks": [] if cfg.init else [vars(b) for b in blocks],
+                             **({"init": cfg.init, "weights": backbones.origin(cfg.weights)} if cfg.init else {})},
                        metrics=report.metrics, data={"source": cfg.data, "images": len(source),
                                                      "fingerprint": source.fingerprint(), "skipped": source.unreadable()})
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))

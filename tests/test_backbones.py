@@ -204,3 +204,68 @@ def test_a_fine_tuned_backbone_exports_to_onnx_within_tolerance(tmp_path, labele
     record = json.loads((tmp_path / "m.onnx.json").read_text())
     assert record["check"]["max_abs_difference"] <= record["check"]["tolerance"]
     assert "in_model" in record["input"]["preprocessing"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("objective", ["contrastive", "masked", "gan"])
+def test_pretraining_continues_from_a_backbone_and_is_an_ordinary_encoder(tmp_path, labeled_dir, weights_file,
+                                                                           objective):
+    """Domain-adaptive pretraining: the backbone's weights from the file, trained further by any
+    objective (a two-view one, one with a decoder, the GAN's discriminator), saved as an encoder
+    that fine-tune and evaluate open like any other."""
+    result = invoke("pretrain", "--data", labeled_dir, "--init", "keras:MobileNetV3Small", "--weights", weights_file,
+                    "--objective", objective, "--epochs", "1", "--batch-size", "8", "--image-size", "16",
+                    "--no-plots", "--out", tmp_path / "enc", "--results", tmp_path / "pre.csv")
+    assert result.exit_code == 0, result.output
+    row = pd.read_csv(tmp_path / "pre.csv").iloc[0]
+    assert row["arch"] == "mobilenetv3small" and row["weights"] == weights_file.name and row["objective"] == objective
+    manifest = json.loads((tmp_path / "enc" / "manifest.json").read_text())
+    assert manifest["arch"]["init"] == "keras:MobileNetV3Small" and "in_model" in manifest["preprocessing"]
+    import keras
+
+    encoder = keras.models.load_model(tmp_path / "enc" / "encoder.keras", safe_mode=True, compile=False)
+    trained = encoder.get_layer("block1_backbone")
+    original = {v.path: np.asarray(v) for v in _file_backbone(weights_file).weights}
+    assert any(not np.array_equal(np.asarray(v), original[v.path]) for v in trained.trainable_weights)
+    if objective != "contrastive":
+        return  # opening it is the same for every objective: the contrastive one is fine-tuned and evaluated
+    result = invoke("fine-tune", "--data", labeled_dir, "--encoder", tmp_path / "enc", "--labels-per-class", "4",
+                    "--epochs", "2", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(tmp_path / "r.csv").iloc[0]["method"] == f"{objective}-finetuned"
+    # evaluate's random baseline is the backbone with random weights
+    result = invoke("evaluate", "--data", labeled_dir, "--encoder", tmp_path / "enc", "--draws", "1",
+                    "--readouts", "avg", "--results", tmp_path / "e.csv")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "e.csv")
+    assert list(rows["method"]) == ["pixels", "random", "contrastive"] and list(rows["feature_dim"])[1:] == [576, 576]
+
+
+def test_evaluate_scores_a_backbone_beside_pixels_and_its_random_weights(tmp_path, labeled_dir, weights_file):
+    result = invoke("evaluate", "--data", labeled_dir, "--encoder", "keras:MobileNetV3Small", "--weights",
+                    weights_file, "--image-size", "16", "--draws", "1", "--readouts", "avg",
+                    "--results", tmp_path / "e.csv")
+    assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "e.csv")
+    assert list(rows["method"]) == ["pixels", "random", "weights-file"]
+    assert list(rows["feature_dim"]) == [256, 576, 576] and (rows["arch"] == "mobilenetv3small").all()
+
+
+def test_pretrain_init_needs_a_backbone_and_its_weights(tmp_path, labeled_dir):
+    for args, message in [(["--init", "keras:MobileNetV3Small"], "needs --weights"),
+                          (["--init", "runs/enc", "--weights", "none"], "--init names a keras.applications backbone"),
+                          (["--weights", "none"], "--weights serves a keras:NAME backbone")]:
+        result = invoke("pretrain", "--data", labeled_dir, *args, "--out", tmp_path / "enc",
+                        "--results", tmp_path / "r.csv")
+        assert result.exit_code == 2 and result.output.startswith("Error:") and message in result.output, result.output
+        assert not (tmp_path / "enc").exists()
+
+
+def test_the_visualize_report_reads_a_backbone_inside_its_encoder(tmp_path):
+    """Filters of the backbone's first conv (inside the nested model), units of its last map."""
+    from transfer import visualize
+
+    encoder = backbones.build("keras:MobileNetV3Small", "none", 16, 1)
+    assert visualize.first_conv(encoder).name == "conv" and visualize.default_layer(encoder) == "block1_out"
+    images, start, end = visualize.maximize_activation(encoder, "block1_out", [0, 1], steps=2)
+    assert images.shape == (2, 16, 16, 1) and visualize.feature_maps(encoder, images[0]).shape[1] > 16

@@ -132,6 +132,20 @@ def build(spec: str, weights: str, image_size: int, channels: int):
     return keras.Model(inputs, out, name="encoder")
 
 
+def decoder_blocks(encoder) -> list:
+    """Blocks for the autoencoder objectives' decoder (`models.build_decoder` mirrors them) from
+    a backbone encoder: one upsampling by 2 for each halving between the backbone's input and its
+    last map, widths halving towards the image (its final resize absorbs the rest)."""
+    import math
+
+    from transfer.architectures import Block
+
+    inner = encoder.get_layer("block1_backbone")
+    size, out = int(inner.input.shape[1]), max(int(encoder.output.shape[1]), 1)
+    halvings = max(1, round(math.log2(size / out)))
+    return [Block(filters=max(16, 256 >> i), strides=2, pool="none") for i in range(halvings)]
+
+
 def _application(family: Family, weights: str | None, input_shape):
     """keras.applications' backbone; a download of its ImageNet weights that fails is one error
     that says where the file goes on an offline machine."""

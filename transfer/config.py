@@ -47,7 +47,7 @@ def _weights(encoder: str, weights: str | None) -> None:
         backbones.name_of(encoder)
         backbones.check_weights(encoder, weights)
     elif weights is not None:
-        raise TransferError(f"--weights serves --encoder keras:NAME (an ImageNet backbone); --encoder {encoder} "
+        raise TransferError(f"--weights serves a keras:NAME backbone (--encoder, or pretrain's --init); {encoder} "
                             "brings its own weights")
 
 
@@ -124,11 +124,16 @@ class PretrainConfig(RunConfig):
     crop: float | None = None  # smallest side of a random crop, as a fraction of the image's
     blur: float | None = None  # strength of the random Gaussian blur of the views (0: none)
     jitter: float | None = None  # strength of the views' brightness/contrast jitter (0: none, 1: SimCLR-like)
+    init: str | None = None  # keras:NAME: pretraining continues from an ImageNet backbone (transfer.backbones)
+    weights: str | None = None  # --init's weights: imagenet, none or a weights file
 
     def __post_init__(self):
         super().__post_init__()
         if not self.out:
             raise TransferError("pretrain needs an output run directory (--out)")
+        if self.init is not None and not backbones.is_backbone(self.init):
+            raise TransferError(f"--init names a keras.applications backbone, keras:NAME. Received: --init {self.init}")
+        _weights(self.init or "its own architecture", self.weights)
         _choice("objective", self.objective, OBJECTIVES)
         for name in ("epochs", "batch_size"):
             _positive(name, getattr(self, name))
@@ -226,7 +231,9 @@ class FineTuneConfig(RunConfig):
 class EvaluateConfig:
     """`transfer evaluate`: the standard feature evaluation (transfer.evaluation)."""
 
-    encoder: str = ""
+    encoder: str = ""  # a pretrain run directory, or keras:NAME (an ImageNet backbone)
+    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
+    image_size: int = 32  # for keras:NAME (a pretrain run brings its own)
     data: str = ""
     test_data: str | None = None
     test_fraction: float = DEFAULT_TEST_FRACTION
@@ -240,6 +247,8 @@ class EvaluateConfig:
     def __post_init__(self):
         if not self.encoder:
             raise TransferError("evaluate needs an encoder run directory (--encoder)")
+        _weights(self.encoder, self.weights)
+        _positive("image_size", self.image_size)
         for r in self.readouts:
             _choice("readout", r, [x for x in READOUTS if x != "auto"])
         _positive("draws", self.draws)

@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer import outputs
+from transfer import models, outputs
 from transfer.errors import TransferError
 
 
@@ -36,7 +36,8 @@ def _unit_range(a: np.ndarray) -> np.ndarray:
 
 
 def first_conv(encoder: keras.Model):
-    for layer in encoder.layers:
+    """The first Conv2D layer, inside a nested model (an ImageNet backbone) too."""
+    for layer in models.all_layers(encoder):
         if isinstance(layer, keras.layers.Conv2D):
             return layer
     raise TransferError(f"{encoder.name} has no Conv2D layer")
@@ -116,8 +117,10 @@ def find_layer(encoder: keras.Model, name: str):
 
 
 def default_layer(encoder: keras.Model) -> str:
-    """The last activation layer of the top block (what the head reads, before pooling)."""
+    """The last activation layer of the top block (what the head reads, before pooling); for a
+    backbone (its blocks inside a nested model), its last map."""
     acts = [l.name for l in encoder.layers if l.name.startswith("block") and "_act" in l.name]
+    acts = acts or [l.name for l in encoder.layers if l.name.startswith("block") and l.name.endswith("_out")]
     if not acts:
         raise TransferError("the encoder has no block activation layers; name one with --layer")
     return acts[-1]
