@@ -44,7 +44,7 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
-from transfer import artifacts, builtins, methods, outputs, results, selection, stopping
+from transfer import artifacts, backbones, builtins, methods, outputs, results, selection, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, read_toml)
 from transfer.errors import TransferError
@@ -128,6 +128,13 @@ def _check_values(path, spec: dict, pre: dict, fin: dict) -> None:
             raise TransferError(f"{path} [fine_tune]: purity is probcover's (the share of pure balls that sets its "
                                 "radius); name a probcover selection in 'selections' (with 'budgets'), or remove it")
         fin = {**fin, "labels": 1, "selection": "probcover"}
+    if "weights" in fin:  # the keras-... methods' (checked with one of them), given only to them
+        backbone = next((m for m in spec["methods"] if backbones.is_backbone(methods.parse(m).settings.get("encoder"))),
+                        None)
+        if backbone is None:
+            raise TransferError(f"{path} [fine_tune]: weights is the ImageNet backbones' (keras-<name>-... methods); "
+                                "name one in 'methods', or remove it")
+        fin = {**fin, **methods.parse(backbone).settings}
     for key, cls, fields in (("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)):
         try:
             cls(**fields)
@@ -251,11 +258,15 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
             raise TransferError(f"method {given} learns from unlabeled images: give them as unlabeled = SRC in "
                                 "the experiment's [fine_tune] section")
         own = fin if budget.get("selection") == "probcover" else {k: v for k, v in fin.items() if k != "purity"}
+        if not backbones.is_backbone(method.settings.get("encoder")):  # weights = "imagenet" is the backbones'
+            own = {k: v for k, v in own.items() if k != "weights"}
         fcfg = FineTuneConfig(**{**own, **budget, "seed": int(seed), "results": results_path,
                                  "experiment": spec["name"], "overwrite": True,
                                  **method.fields(encoders[method.objective] if method.objective else None,
                                                 fin.get("unlabeled"))})
-        label = methods.name(method.objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
+        objective = method.objective or (backbones.objective(fcfg.weights) if backbones.is_backbone(fcfg.encoder)
+                                         else None)  # a backbone's row is named by its weights, as fine-tune names it
+        label = methods.name(objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)
         name = fine_tune.budget_name(fcfg, pending)
         if (label, str(name), int(seed)) not in done:
             # Under the experiment's name: experiments sharing a runs directory share its encoders only.

@@ -269,3 +269,17 @@ def test_the_visualize_report_reads_a_backbone_inside_its_encoder(tmp_path):
     assert visualize.first_conv(encoder).name == "conv" and visualize.default_layer(encoder) == "block1_out"
     images, start, end = visualize.maximize_activation(encoder, "block1_out", [0, 1], steps=2)
     assert images.shape == (2, 16, 16, 1) and visualize.feature_maps(encoder, images[0]).shape[1] > 16
+
+
+def test_an_experiment_runs_backbone_baselines_beside_scratch_with_their_weights_only(tmp_path, labeled_dir,
+                                                                                     weights_file):
+    """`weights` in [fine_tune] goes to the keras-... methods alone (scratch brings none), and
+    the dry run plans them under their names."""
+    (tmp_path / "e.toml").write_text(
+        f'name = "bb"\nseeds = [0]\nlabels_per_class = [4]\n'
+        f'methods = ["scratch", "keras-mobilenetv3small-frozen", "keras-mobilenetv3small-random-frozen"]\n'
+        f'[fine_tune]\ndata = "{labeled_dir}"\nweights = "{weights_file}"\nimage_size = 16\n')
+    result = invoke("experiment", tmp_path / "e.toml", "--dry-run")
+    assert result.exit_code == 0, result.output
+    for name in ("scratch", "keras-mobilenetv3small-frozen", "keras-mobilenetv3small-random-frozen"):
+        assert f"would run {name} " in result.output
