@@ -216,6 +216,13 @@ def opt(cls, name, *args, **kwargs):
     return click.option(f"--{name}", *args, **kwargs)
 
 
+def weights_option(cls, backbone: str = "--encoder keras:NAME"):
+    """--weights: an ImageNet backbone's (transfer.backbones)."""
+    return opt(cls, "weights", metavar="imagenet|PATH|none",
+               help=f"With {backbone}: imagenet (fetched once by Keras into ~/.keras/models; needs the internet "
+                    "the first time), a weights file of the backbone without its top, or none (random weights).")
+
+
 def arch_options(cls):
     def decorate(fn):
         for o in reversed([
@@ -382,9 +389,7 @@ main.help += ", ".join(BUILTINS) + "."
      help="Continue from an ImageNet backbone of keras.applications (MobileNetV3Small, MobileNetV3Large, "
           "EfficientNetB0, EfficientNetV2B0, ResNet50V2, ConvNeXtTiny; with --weights) instead of the --arch "
           "encoder: domain-adaptive pretraining on these images, saved as an ordinary encoder.")
-@opt(PretrainConfig, "weights", metavar="imagenet|PATH|none",
-     help="With --init: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the first "
-          "time), a weights file of the backbone without its top, or none (random weights).")
+@weights_option(PretrainConfig, "--init")
 @opt(PretrainConfig, "image-size", type=int, help="Images are resized to this square size.")
 @opt(PretrainConfig, "channels", type=int, help="Channels (default: 1 if all images are gray, else 3).")
 @opt(PretrainConfig, "epochs", type=int,
@@ -439,9 +444,7 @@ def pretrain(**params):
 @config_option(FineTuneConfig)
 @opt(FineTuneConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
 @opt(FineTuneConfig, "encoder", help="A pretrain run directory, or a baseline: random (with --freeze all|none), pixels (logistic regression on raw pixels), or keras:NAME, an ImageNet backbone of keras.applications (MobileNetV3Small, MobileNetV3Large, EfficientNetB0, EfficientNetV2B0, ResNet50V2, ConvNeXtTiny; with --weights).")
-@opt(FineTuneConfig, "weights", metavar="imagenet|PATH|none",
-     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
-          "first time), a weights file of the backbone without its top, or none (random weights).")
+@weights_option(FineTuneConfig)
 @opt(FineTuneConfig, "freeze", type=click.Choice(["all", "none"]),
      help="none (default): train everything with --augment (a pretrained encoder's head is fit on its "
           "frozen features first; with --encoder random: from scratch); all: train only the head on the "
@@ -550,9 +553,7 @@ def fine_tune(**params):
 @opt(EvaluateConfig, "encoder", required=True,
      help="A pretrain run directory, or keras:NAME (an ImageNet backbone, with --weights; its random baseline is "
           "the same backbone with random weights).")
-@opt(EvaluateConfig, "weights", metavar="imagenet|PATH|none",
-     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
-          "first time), a weights file of the backbone without its top, or none (random weights).")
+@weights_option(EvaluateConfig)
 @opt(EvaluateConfig, "image-size", type=int, help="With --encoder keras:NAME only (a pretrain run brings its own).")
 @opt(EvaluateConfig, "data", required=True, help="Labeled images: class subfolders, path,label CSV or built-in.")
 @opt(EvaluateConfig, "test-data", help="Separate labeled test set (default: the fixed test split of --data).")
@@ -585,9 +586,7 @@ def evaluate(**params):
 @config_option(EmbedConfig)
 @opt(EmbedConfig, "encoder", required=True,
      help="A pretrain run directory, or pixels (raw pixels), or keras:NAME (an ImageNet backbone, with --weights).")
-@opt(EmbedConfig, "weights", metavar="imagenet|PATH|none",
-     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
-          "first time), a weights file of the backbone without its top, or none (random weights).")
+@weights_option(EmbedConfig)
 @opt(EmbedConfig, "data", required=True, help="Images: directory, CSV manifest or built-in name.")
 @opt(EmbedConfig, "out", required=True, type=click.Path(dir_okay=False),
      help="FILE.npy for the features; FILE.csv (row,path,id,label[,neighbors,distances]) is written beside it.")
@@ -646,9 +645,7 @@ def export_command(**params):
 @opt(SelectConfig, "encoder", required=True,
      help="A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder of --arch), "
           "keras:NAME (an ImageNet backbone, with --weights).")
-@opt(SelectConfig, "weights", metavar="imagenet|PATH|none",
-     help="With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet the "
-          "first time), a weights file of the backbone without its top, or none (random weights).")
+@weights_option(SelectConfig)
 @opt(SelectConfig, "budget", type=int, required=True, help="How many images to label (in all, not per class).")
 @opt(SelectConfig, "out", required=True, type=click.Path(dir_okay=False),
      help="CSV to write (path,label in the order to label them); the contact sheet goes beside it (.png, .html).")
