@@ -471,3 +471,16 @@ def test_the_headline_comes_first_and_the_sentences_behind_verbose(tmp_path):
     assert "(2 verdict sentences, one per budget and selection: --verbose)" in lines  # (1: "sentence")
     verbose = invoke(tmp_path / "r.csv", tmp_path / "s.csv").stdout
     assert "digits, 5 labels/class: pretraining paid." in verbose and "digits, 2 labels/class: pretraining did NOT" in verbose
+
+
+def test_an_imagenet_backbone_is_a_baseline_beside_scratch(tmp_path):
+    """The baseline a Keras user runs first (keras-<name>-...) is weighed as one: when it beats
+    scratch, the pretrained method is judged against it."""
+    imagenet = [a + 0.05 for a in SCRATCH]
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "keras-mobilenetv3small-top1": imagenet,
+                                             "contrastive-finetuned": PRETRAINED})
+    result = invoke(table, "--format", "csv")
+    assert result.exit_code == 0, result.output
+    out = pd.read_csv(io.StringIO(result.output)).set_index("method")
+    assert out.loc["contrastive-finetuned", "vs_best_baseline"] == pytest.approx(0.024 - 0.05)
+    assert "did NOT pay" in invoke(table).output
