@@ -38,12 +38,13 @@ def _reference(key, images):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("key", backbones.BACKBONES)
-def test_the_encoder_does_what_the_backbones_preprocess_input_does(key):
-    """The encoder takes [0, 1] gray images of any size; inside it they become exactly what the
-    family's own preprocess_input makes of 0-255 RGB images at the backbone's size."""
+@pytest.mark.parametrize("channels", [1, 3], ids=["gray", "rgb"])
+def test_the_encoder_does_what_the_backbones_preprocess_input_does(key, channels):
+    """The encoder takes [0, 1] gray or RGB images of any size; inside it they become exactly
+    what the family's own preprocess_input makes of 0-255 RGB images at the backbone's size."""
     rng = np.random.default_rng(0)
-    images = rng.random((3, 20, 20, 1)).astype("float32")
-    encoder = backbones.build(f"keras:{key}", "none", 20, 1)
+    images = rng.random((3, 20, 20, channels)).astype("float32")
+    encoder = backbones.build(f"keras:{key}", "none", 20, channels)
     inside = encoder.get_layer("block1_backbone")
     import keras
 
@@ -183,10 +184,18 @@ def test_imagenet_weights_offline_is_one_error_that_says_where_the_file_goes(tmp
 
 
 def test_select_and_embed_read_a_backbone(tmp_path, labeled_dir, weights_file):
+    """Gray images here; RGB ones (the same folder converted) are read without the repetition."""
     result = invoke("embed", "--encoder", "keras:MobileNetV3Small", "--weights", weights_file, "--data", labeled_dir,
                     "--image-size", "16", "--out", tmp_path / "f.npy")
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "f.npy").shape == (24, 576)  # MobileNetV3Small's last map, average pooled
+    from conftest import make_labeled_dir
+
+    rgb = make_labeled_dir(tmp_path / "rgb", mode="RGB")
+    result = invoke("embed", "--encoder", "keras:MobileNetV3Small", "--weights", weights_file, "--data", rgb,
+                    "--image-size", "16", "--out", tmp_path / "rgb.npy")
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "rgb.npy").shape == (24, 576)
     result = invoke("select", "--encoder", "keras:MobileNetV3Small", "--weights", "none", "--data", labeled_dir,
                     "--budget", "4", "--strategy", "kcenter", "--image-size", "16", "--out", tmp_path / "s.csv",
                     "--results", tmp_path / "r.csv", "--no-sheet")
