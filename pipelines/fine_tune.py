@@ -42,7 +42,7 @@ class Start:
     @property
     def objective(self) -> str | None:
         """The pretraining the encoder brings: a pretrain run's objective, imagenet or
-        weights-file for a backbone with weights, pixels, or None (random weights)."""
+        weights-file for a backbone with weights, or None (random weights; pixels)."""
         if self.manifest:
             return self.manifest["objective"]
         return backbones.objective(self.weights) if self.backbone else None
