@@ -12,6 +12,19 @@ from transfer import backbones, methods
 from transfer.errors import TransferError
 
 
+@pytest.fixture(autouse=True)
+def _release_backbones():
+    """Each test's backbones (hundreds of layers, their traced functions) are let go after it: kept
+    in the session's Keras state, they slowed every later in-process test of the suite."""
+    yield
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()
+
+
 @pytest.fixture(scope="module")
 def weights_file(tmp_path_factory):
     """MobileNetV3Small without its top, random weights, saved as a weights file."""
@@ -152,7 +165,7 @@ def test_a_backbone_without_weights_trains_from_scratch(tmp_path, labeled_dir):
     ([], "needs --weights"),
     (["--weights", "missing.weights.h5"], "no such file"),
     (["--weights", "OTHER"], "not weights of MobileNetV3Small"),
-    (["--encoder", "random", "--weights", "none"], "--weights serves --encoder keras:NAME"),
+    (["--encoder", "random", "--weights", "none"], "--weights serves a keras:NAME backbone"),
     (["--readout", "projector", "--weights", "none"], "has none"),
 ])
 def test_bad_backbone_inputs_are_one_error_line(tmp_path, labeled_dir, args, message):
