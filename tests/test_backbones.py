@@ -196,6 +196,7 @@ def test_imagenet_weights_offline_is_one_error_that_says_where_the_file_goes(tmp
     assert "--weights PATH" in result.output
 
 
+@pytest.mark.slow
 def test_select_and_embed_read_a_backbone(tmp_path, labeled_dir, weights_file):
     """Gray images here; RGB ones (the same folder converted) are read without the repetition."""
     result = invoke("embed", "--encoder", "keras:MobileNetV3Small", "--weights", weights_file, "--data", labeled_dir,
@@ -263,6 +264,7 @@ def test_pretraining_continues_from_a_backbone_and_is_an_ordinary_encoder(tmp_pa
     assert list(rows["method"]) == ["pixels", "random", "contrastive"] and list(rows["feature_dim"])[1:] == [576, 576]
 
 
+@pytest.mark.slow
 def test_evaluate_scores_a_backbone_beside_pixels_and_its_random_weights(tmp_path, labeled_dir, weights_file):
     result = invoke("evaluate", "--data", labeled_dir, "--encoder", "keras:MobileNetV3Small", "--weights",
                     weights_file, "--image-size", "16", "--draws", "1", "--readouts", "avg",
