@@ -9,12 +9,14 @@ import tempfile
 
 import pandas as pd
 
-from transfer import __version__, artifacts, comparison, outputs, report, results
+from transfer import __version__, artifacts, comparison, outputs, report, results, rowfilter
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
 
 def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
+    if cfg.where:
+        rowfilter.check(cfg.where)  # refused before anything is read or written
     outputs.distinct({"--plot": cfg.plot, "--html": cfg.html}, {f"table {t}": t for t in cfg.tables or (cfg.results,)})
     for path, option, kind in ((cfg.plot, "--plot", outputs.PNG), (cfg.html, "--html", outputs.HTML)):
         if path:

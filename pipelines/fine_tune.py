@@ -28,7 +28,8 @@ class Start:
     """What a fine-tune starts from: a loaded pretrain run (encoder, its projection head and
     manifest), or an encoder built once the data's channels are known (`build(image_size,
     channels)`: a random one of the arch options, or a keras.applications backbone), or
-    nothing (the pixel baseline)."""
+    nothing (the pixel baseline). `objective`: the pretraining its weights bring (a run's
+    objective; imagenet or weights-file for a backbone), None for random weights and pixels."""
 
     image_size: int
     channels: int | None
@@ -36,21 +37,8 @@ class Start:
     projector: object = None
     manifest: dict | None = None
     build: object = None
+    objective: str | None = None
     backbone: str | None = None  # transfer.backbones' key of a keras:NAME encoder
-    weights: str | None = None  # the backbone's --weights
-
-    @property
-    def objective(self) -> str | None:
-        """The pretraining the encoder brings: a pretrain run's objective, imagenet or
-        weights-file for a backbone with weights, or None (random weights; pixels)."""
-        if self.manifest:
-            return self.manifest["objective"]
-        return backbones.objective(self.weights) if self.backbone else None
-
-    @property
-    def pretrained(self) -> bool:
-        """Brings learned weights: its head is fit on its frozen features first."""
-        return self.manifest is not None or self.objective is not None
 
 
 def _resolve_encoder(cfg: FineTuneConfig) -> Start:
@@ -62,7 +50,8 @@ def _resolve_encoder(cfg: FineTuneConfig) -> Start:
         return Start(cfg.image_size, cfg.channels, build=lambda size, channels: models.build_encoder(
             (size, size, channels), blocks, cfg.arch))
     if backbones.is_backbone(cfg.encoder):
-        return Start(cfg.image_size, cfg.channels, backbone=backbones.name_of(cfg.encoder), weights=cfg.weights,
+        return Start(cfg.image_size, cfg.channels, objective=backbones.objective(cfg.weights),
+                     backbone=backbones.name_of(cfg.encoder),
                      build=lambda size, channels: backbones.build(cfg.encoder, cfg.weights, size, channels))
     encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
     projector = artifacts.load_projector(cfg.encoder, manifest) if cfg.readout in ("auto", "projector") else None
@@ -76,7 +65,8 @@ def _resolve_encoder(cfg: FineTuneConfig) -> Start:
         raise TransferError(
             f"the encoder takes {pre['channels']}-channel images; --channels {cfg.channels} cannot serve it"
         )
-    return Start(int(pre["image_size"]), int(pre["channels"]), encoder, projector, manifest)
+    return Start(int(pre["image_size"]), int(pre["channels"]), encoder, projector, manifest,
+                 objective=manifest["objective"])
 
 
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run: Run):
@@ -149,8 +139,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             log(f"fine-tuning {method} on {len(train)} labeled images of {len(train.class_names)} classes, "
                 f"testing on {len(test)}")
             pool, leaked_pool = _open_pool(cfg, image_size, channels, test, run)
-            job = Job(_resolve_epochs(cfg, len(train), run), encoder, start.pretrained, train, test, pool, run, log,
-                      projector=start.projector,
+            job = Job(_resolve_epochs(cfg, len(train), run), encoder, start.objective is not None, train, test, pool,
+                      run, log, projector=start.projector,
                       trainer=FixMatchTrainer(pool, leaked_pool) if pool is not None else SupervisedTrainer())
             if encoder is not None:
                 _prepare_encoder(job)
@@ -160,18 +150,13 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
             return {}
         metrics.update(_write_reports(run.staging, classifier, train, test))
         out = run.save(classifier, "classifier", image_size, channels, class_names=train.class_names,
-                       encoder={"source": cfg.encoder, "objective": objective,
-                                "sha256": manifest["model_sha256"] if manifest else _weights_sha256(cfg),
-                                **({"weights": backbones.origin(cfg.weights)} if start.backbone else {})},
-                       in_model=backbones.input_handling(start.backbone, image_size, channels) if start.backbone
-                       else None,
+                       **_started_from(cfg, start, objective, channels),
                        method=method, freeze=cfg.freeze, readout=job.readout, metrics=metrics,
                        data={"source": cfg.data, "fingerprint": source.fingerprint()})
     trained = encoder is not None
     row = run.record(
-        test_data=cfg.test_data, objective=objective or "random",
+        test_data=cfg.test_data, objective=objective or "random", weights=backbones.origin(cfg.weights),
         arch=manifest["arch"]["preset"] if manifest else (start.backbone or cfg.arch) if trained else None,
-        weights=backbones.origin(cfg.weights),
         image_size=image_size, channels=channels, freeze=cfg.freeze if trained else None,
         readout=job.readout if trained else None, readout_choice=_readout_choice(job) if trained else None,
         adapt_bn=cfg.adapt_bn if trained else None,
@@ -247,11 +232,16 @@ def _select_encoder(cfg: FineTuneConfig) -> str:
     return cfg.select_encoder or (cfg.encoder if pretrained_run else "pixels")
 
 
-def _weights_sha256(cfg: FineTuneConfig) -> str | None:
-    """The SHA-256 of a backbone's weights file (None for imagenet, none and other encoders)."""
-    if cfg.weights in (None, *backbones.WEIGHTS_CHOICES):
-        return None
-    return artifacts.sha256_file(cfg.weights)
+def _started_from(cfg: FineTuneConfig, start: Start, objective: str | None, channels: int) -> dict:
+    """The classifier manifest's `encoder` (its source, objective and the SHA-256 of its model or
+    weights file; a backbone's weights) and the input handling a backbone does inside the model."""
+    if not start.backbone:
+        return {"encoder": {"source": cfg.encoder, "objective": objective,
+                            "sha256": start.manifest["model_sha256"] if start.manifest else None}}
+    weights_file = cfg.weights not in backbones.WEIGHTS_CHOICES
+    return {"encoder": {"source": cfg.encoder, "objective": objective, "weights": backbones.origin(cfg.weights),
+                        "sha256": artifacts.sha256_file(cfg.weights) if weights_file else None},
+            "in_model": backbones.input_handling(start.backbone, start.image_size, channels)}
 
 
 def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | None:

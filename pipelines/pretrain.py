@@ -36,18 +36,12 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         cfg = _resolve_epochs(cfg, len(train_idx), run)
         val_images = stream.load(source, val_idx, cfg.image_size).images
         train = _train_images(cfg, source, train_idx, run)
-        log(f"pretraining {cfg.objective} on {len(train_idx)} images "
-            f"({train.listing.store.held}; {len(val_idx)} held out), "
-            f"{'x'.join(map(str, train.shape))}, arch {arch}"
-            + (f" from {cfg.init} ({backbones.origin(cfg.weights)} weights)" if cfg.init else "")
-            + f", {run.strategy.num_replicas_in_sync} replica(s)")
+        log(f"pretraining {cfg.objective} on {len(train_idx)} images ({train.listing.store.held}; {len(val_idx)} "
+            f"held out), {'x'.join(map(str, train.shape))}, arch {_described(cfg, arch)}, "
+            f"{run.strategy.num_replicas_in_sync} replica(s)")
         with run.distributed():
             training.set_seed(cfg.seed)
-            if cfg.init:
-                encoder = backbones.build(cfg.init, cfg.weights, cfg.image_size, source.channels)
-                blocks = backbones.decoder_blocks(encoder)  # for the autoencoder objectives' decoder
-            else:
-                encoder = models.build_encoder(train.shape, blocks, cfg.arch)
+            encoder, blocks = _encoder(cfg, train.shape, blocks)
             batch = min(cfg.batch_size, len(train))
             options = _options(cfg, learning_rate, batch, cfg.epochs * -(-len(train) // batch))
             model = objective.build(encoder, blocks, train.shape, options)
@@ -63,22 +57,46 @@ def run(cfg: PretrainConfig, log=print) -> dict:
                                    extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
             fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, len(train))
             report = _report(objective, model, train, val_images, watch)
-        report_skipped(source.failed, log, "while streaming")
-        for w in report.warnings:
-            log(f"warning: {w}")
+        _log_problems(source, report, log)
         if run.worker_done(""):
             return {}
         projector = _write_extras(cfg, run, encoder, model, source, val_images, report)
         out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=cfg.objective,
-                       projector=projector, in_model=backbones.input_handling(arch, cfg.image_size, source.channels)
-                       if cfg.init else None,
-                       arch={"preset": arch, "blocks": [] if cfg.init else [vars(b) for b in blocks],
-                             **({"init": cfg.init, "weights": backbones.origin(cfg.weights)} if cfg.init else {})},
+                       projector=projector, **_architecture(cfg, arch, blocks, source.channels),
                        metrics=report.metrics, data={"source": cfg.data, "images": len(source),
                                                      "fingerprint": source.fingerprint(), "skipped": source.unreadable()})
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))
     _log_metrics(report.metrics, out, log)
     return row
+
+
+def _described(cfg: PretrainConfig, arch: str) -> str:
+    return f"{arch} from {cfg.init} ({backbones.origin(cfg.weights)} weights)" if cfg.init else arch
+
+
+def _log_problems(source, report, log) -> None:
+    """Files that failed while streaming, and the objective's warnings about what it learned."""
+    report_skipped(source.failed, log, "while streaming")
+    for w in report.warnings:
+        log(f"warning: {w}")
+
+
+def _encoder(cfg: PretrainConfig, shape, blocks):
+    """(the encoder to pretrain, the blocks its objective mirrors): the --arch encoder, or the
+    --init backbone with a decoder's blocks made for it (the autoencoder objectives')."""
+    if not cfg.init:
+        return models.build_encoder(shape, blocks, cfg.arch), blocks
+    encoder = backbones.build(cfg.init, cfg.weights, cfg.image_size, shape[-1])
+    return encoder, backbones.decoder_blocks(encoder)
+
+
+def _architecture(cfg: PretrainConfig, arch: str, blocks, channels: int) -> dict:
+    """The manifest's `arch` (the preset's blocks, or the backbone and its weights) and the
+    input handling a backbone does inside the model."""
+    if not cfg.init:
+        return {"arch": {"preset": arch, "blocks": [vars(b) for b in blocks]}}
+    return {"arch": {"preset": arch, "blocks": [], "init": cfg.init, "weights": backbones.origin(cfg.weights)},
+            "in_model": backbones.input_handling(arch, cfg.image_size, channels)}
 
 
 def _train_images(cfg, source, train_idx, run) -> stream.ImageSet:

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 from conftest import invoke
 
-from transfer import backbones, methods
+from transfer import backbones, methods, models
 from transfer.errors import TransferError
 
 
@@ -86,15 +86,9 @@ def _backbone_weights(model_dir):
     import keras
 
     classifier = keras.models.load_model(model_dir / "classifier.keras", safe_mode=True, compile=False)
-    found = [layer for layer in _all(classifier) if layer.name == "block1_backbone"]
+    found = [layer for layer in models.all_layers(classifier) if layer.name == "block1_backbone"]
     assert len(found) == 1
     return found[0]
-
-
-def _all(model):
-    from transfer.models import all_layers
-
-    return all_layers(model)
 
 
 def _file_backbone(weights_file):

@@ -26,9 +26,11 @@ it. `PATH` loads a weights file of the backbone without its top (`.weights.h5`, 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from transfer.architectures import Block
 from transfer.errors import TransferError
 
 PREFIX = "keras:"
@@ -136,10 +138,6 @@ def decoder_blocks(encoder) -> list:
     """Blocks for the autoencoder objectives' decoder (`models.build_decoder` mirrors them) from
     a backbone encoder: one upsampling by 2 for each halving between the backbone's input and its
     last map, widths halving towards the image (its final resize absorbs the rest)."""
-    import math
-
-    from transfer.architectures import Block
-
     inner = encoder.get_layer("block1_backbone")
     size, out = int(inner.input.shape[1]), max(int(encoder.output.shape[1]), 1)
     halvings = max(1, round(math.log2(size / out)))

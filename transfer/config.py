@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-from transfer import backbones, rowfilter
+from transfer import backbones
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
@@ -370,7 +370,9 @@ class CompareConfig:
     results: str = "experiments/results.csv"
     by: tuple[str, ...] = ("data", "method", "labels_per_class")
     metric: str = "test_accuracy"
-    where: str | None = None  # a row filter (transfer.rowfilter), e.g. "arch == 'vgg' and seed < 3"
+    # a row filter (transfer.rowfilter, checked when compare runs, before any table is read),
+    # e.g. "arch == 'vgg' and seed < 3"
+    where: str | None = None
     sort: str | None = None  # a column of the summary
     descending: bool = False
     top: int | None = None
@@ -383,8 +385,6 @@ class CompareConfig:
     def __post_init__(self):
         _choice("format", self.format, ("text", "markdown", "csv", "json"))
         _positive("top", self.top)
-        if self.where:
-            rowfilter.check(self.where)  # refused before any table is read
 
 
 @dataclass(frozen=True)

@@ -72,7 +72,9 @@ def parse(name: str) -> Method:
     if base == "random" and top:
         return Method(None, {"encoder": "random", **settings})
     if base.startswith("keras-") and settings:
-        key, random = (base[len("keras-"):-len("-random")], True) if base.endswith("-random") else (base[6:], False)
+        key = base[len("keras-"):]
+        random = key.endswith("-random")
+        key = key[: -len("-random")] if random else key
         if key in backbones.BACKBONES:
             return Method(None, {"encoder": backbones.PREFIX + key, **({"weights": "none"} if random else {}),
                                  **settings})
