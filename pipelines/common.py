@@ -148,6 +148,16 @@ class Run:
         """The TensorBoard directory of one fit of this run (`--tensorboard`; None: none, or not the chief)."""
         return board.phase_dir(self.cfg.tensorboard, self.run_id, phase) if self.chief else None
 
+    def keep(self, phase: str, history: str | None = None, backups: bool = True) -> training.Keep:
+        """What the fit of `phase` keeps: its epochs in the staging directory's `history.csv`
+        (the run's main phase, pretrain or train) or `history-PHASE.csv` (or `history`), backups
+        in `backup[-PHASE]` to resume from, progress lines `PHASE epoch ...`, its TensorBoard
+        folder; XLA as the run is configured."""
+        suffix = "" if phase in ("pretrain", "train") else f"-{phase}"
+        return training.Keep(history=self.staging / (history or f"history{suffix}.csv"),
+                             backups=self.backup_dir(f"backup{suffix}") if backups else None, log=self.log,
+                             prefix=f"{phase} ", tensorboard=self.board(phase), xla=self.cfg.xla)
+
     def record(self, **fields) -> dict:
         """Append the finished run's row (common fields + `fields`) and return it; with
         `--tensorboard`, also its HParams record."""

@@ -431,12 +431,9 @@ class SupervisedTrainer:
         cfg = job.cfg
         model = augment.training_model(classifier, augment.build(cfg.augment))
         _compile(model, learning_rate)
-        suffix = "" if phase == "train" else f"-{phase}"
         start = time.perf_counter()
-        history = training.fit(model, job.train.images, job.train.labels, epochs=epochs, batch_size=cfg.batch_size,
-                               history_path=job.run.staging / f"history{suffix}.csv",
-                               backup_dir=job.run.backup_dir(f"backup{suffix}"), log=job.log,
-                               log_prefix=f"{phase} ", jit_compile=cfg.xla, tensorboard=job.run.board(phase))
+        history = training.fit(model, training.Arrays(job.train.images, job.train.labels, cfg.batch_size), epochs,
+                               job.run.keep(phase))
         job.pace.add(len(job.train) * len(history.history.get("loss", [])), time.perf_counter() - start)
         return {}
 
@@ -470,10 +467,7 @@ class FixMatchTrainer:
                 f"{cfg.mu * batch} unlabeled images (from {len(pool)}), threshold {cfg.threshold}"
                 + (", pseudo-labels aligned to a uniform class distribution" if cfg.align else ""))
         start = time.perf_counter()
-        history = training.fit(model, ds, None, epochs=epochs, batch_size=None, steps_per_epoch=per_epoch,
-                               history_path=job.run.staging / "history-semi.csv",
-                               backup_dir=job.run.backup_dir("backup-semi"), log=job.log, log_prefix="semi ",
-                               jit_compile=cfg.xla, tensorboard=job.run.board("semi"))
+        history = training.fit(model, training.Batches(ds, per_epoch), epochs, job.run.keep("semi"))
         steps_run = per_epoch * len(history.history.get("loss", []))
         job.pace.add(steps_run * batch * (1 + 2 * cfg.mu), time.perf_counter() - start)
         report_skipped(pool.failed, job.log, "while streaming the unlabeled pool")
@@ -510,14 +504,12 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
     if cfg.augment != "none":
         model = augment.training_model(models.build_classifier(features, head), augment.build(cfg.augment))
         _compile(model, cfg.learning_rate)
-        fitted = training.fit(model, train.images, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                              history_path=staging / history, backup_dir=job.run.backup_dir("backup-head"), log=log,
-                              log_prefix="head ", jit_compile=cfg.xla, tensorboard=job.run.board("head"))
+        fitted = training.fit(model, training.Arrays(train.images, train.labels, cfg.batch_size), cfg.epochs,
+                              job.run.keep("head", history))
     else:
         _compile(head, cfg.learning_rate, steps_per_execution=-(-len(f_train) // cfg.batch_size))
-        fitted = training.fit(head, f_train, train.labels, epochs=cfg.epochs, batch_size=cfg.batch_size,
-                              history_path=staging / history, log=log, log_prefix="head ",
-                              jit_compile=cfg.xla, tensorboard=job.run.board("head"))  # cheap to redo: no backup
+        fitted = training.fit(head, training.Arrays(f_train, train.labels, cfg.batch_size), cfg.epochs,
+                              job.run.keep("head", history, backups=False))  # cheap to redo: no backup
     job.pace.add(len(train) * len(fitted.history.get("loss", [])), time.perf_counter() - start)
     return head
 

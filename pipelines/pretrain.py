@@ -48,13 +48,10 @@ def run(cfg: PretrainConfig, log=print) -> dict:
             watch = _online_probe(cfg, encoder, source.channels, log)
             fit_start = time.perf_counter()
             batches, steps = train.train_batches(options.batch_size, cfg.seed)
-            history = training.fit(model, batches, None, epochs=cfg.epochs, batch_size=None, steps_per_epoch=steps,
-                                   history_path=run.staging / "history.csv", backup_dir=run.backup_dir("backup"),
-                                   log=log, log_prefix="pretrain ", jit_compile=cfg.xla,
-                                   tensorboard=run.board("pretrain"), validation_data=(
-                                       stream.ImageSet.of_arrays(val_images).eval_batches(options.batch_size)
-                                       if objective.VALIDATES and len(val_images) > 1 else None),
-                                   extra_callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])])
+            history = training.fit(model, training.Batches(batches, steps), cfg.epochs, run.keep("pretrain"),
+                                   callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])],
+                                   validation_data=stream.ImageSet.of_arrays(val_images).eval_batches(options.batch_size)
+                                   if objective.VALIDATES and len(val_images) > 1 else None)
             fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, len(train))
             report = _report(objective, model, train, val_images, watch)
         _log_problems(source, report, log)

@@ -24,8 +24,8 @@ def pretrain(name, images, folder, epochs=2, learning_rate=1e-2, seed=0):
     model = objective.build(enc, blocks, (8, 8, 1), objectives.Options(learning_rate, 16, seed))
     train = stream.ImageSet.of_arrays(images[:32])
     batches, steps = train.train_batches(16, seed)
-    training.fit(model, batches, None, epochs=epochs, batch_size=None, steps_per_epoch=steps,
-                 history_path=folder / "h.csv", extra_callbacks=objective.callbacks(model, folder),
+    training.fit(model, training.Batches(batches, steps), epochs, training.Keep(history=folder / "h.csv"),
+                 callbacks=objective.callbacks(model, folder),
                  validation_data=stream.ImageSet.of_arrays(images[32:]).eval_batches(16) if objective.VALIDATES else None)
     return enc, objective.report(model, train, images[32:])
 

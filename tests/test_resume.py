@@ -20,7 +20,7 @@ def test_a_backup_torn_by_a_kill_falls_back_to_the_previous_one(tmp_path, torn):
     model.compile("sgd", "mse")
     x, y = np.ones((4, 2), "float32"), np.ones((4, 1), "float32")
     backup = tmp_path / "backup"
-    training.fit(model, x, y, epochs=3, batch_size=2, backup_dir=backup)  # finishes: backup deleted
+    training.fit(model, training.Arrays(x, y, 2), 3, training.Keep(backups=backup))  # finishes: backup deleted
     cb = training.SafeBackupAndRestore(str(backup), double_checkpoint=True)
     cb.set_model(model)
     backup.mkdir()
@@ -38,6 +38,6 @@ def test_a_backup_torn_by_a_kill_falls_back_to_the_previous_one(tmp_path, torn):
     lines = []
     restarted = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     restarted.compile("sgd", "mse")
-    history = training.fit(restarted, x, y, epochs=5, batch_size=2, backup_dir=backup, log=lines.append)
+    history = training.fit(restarted, training.Arrays(x, y, 2), 5, training.Keep(backups=backup, log=lines.append))
     assert any("continuing after epoch 2" in line for line in lines), lines
     assert len(history.history["loss"]) == 3  # epochs 3..5

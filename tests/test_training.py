@@ -3,7 +3,6 @@ progress lines and bars."""
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from transfer import stream, training
 from transfer.progress import Progress
@@ -29,7 +28,7 @@ def test_fit_on_arrays_trains_ceil_n_over_batch_steps_an_epoch_on_one_iterator()
     model.compile("adam", "sparse_categorical_crossentropy")
     seen = []
     counter = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs: seen.append(batch))
-    history = training.fit(model, x, np.arange(10) % 2, epochs=2, batch_size=4, extra_callbacks=[counter])
+    history = training.fit(model, training.Arrays(x, np.arange(10) % 2, 4), 2, callbacks=[counter])
     assert len(history.history["loss"]) == 2 and seen == [0, 1, 2, 0, 1, 2]
 
 
@@ -56,7 +55,7 @@ def test_backups_wait_for_the_interval_on_one_worker(tmp_path, monkeypatch):
         monkeypatch.setattr(training, "BACKUP_SECONDS", interval)
         model, x, y = _tiny()
         seen = _Seen(tmp_path / f"b{interval}")
-        training.fit(model, x, y, epochs=4, batch_size=4, backup_dir=tmp_path / f"b{interval}", extra_callbacks=[seen])
+        training.fit(model, training.Arrays(x, y, 4), 4, training.Keep(backups=tmp_path / f"b{interval}"), [seen])
         assert seen.exists == expected
 
 

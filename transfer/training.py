@@ -10,7 +10,9 @@ import shutil
 import sys
 import tempfile
 import time
-from typing import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, NamedTuple
 
 import h5py  # Keras's own format for weights (a Keras dependency)
 import keras
@@ -168,53 +170,70 @@ class EpochLog(keras.callbacks.Callback):
         self._progress.update(epoch + 1, {k: v for k, v in (logs or {}).items() if k not in ("learning_rate", "seconds")})
 
 
-def fit(
-    model: keras.Model,
-    x,
-    y,
-    *,
-    epochs: int,
-    batch_size: int | None,
-    history_path=None,
-    backup_dir=None,
-    log: Callable[[str], None] | None = None,
-    log_prefix: str = "",
-    validation_data=None,
-    extra_callbacks=(),
-    tensorboard=None,
-    steps_per_epoch: int | None = None,
-    jit_compile: bool = False,
-):
+class Arrays(NamedTuple):
+    """Images (or features) and labels in memory, drawn in batches of `batch_size`, reshuffled every epoch."""
+
+    x: np.ndarray
+    y: np.ndarray | None
+    batch_size: int
+
+
+class Batches(NamedTuple):
+    """A dataset of batches and how many of them make an epoch (`stream.ImageSet.train_batches`)."""
+
+    dataset: object
+    steps: int
+
+
+@dataclass(frozen=True)
+class Keep:
+    """What a fit keeps and shows beside the training itself: its epochs in a CSV `history`,
+    `backups` to resume from, progress lines through `log` (each starting with `prefix`), a
+    TensorBoard folder; `xla` compiles its step. A run makes one for each phase (`Run.keep`)."""
+
+    history: Path | None = None
+    backups: Path | None = None
+    log: Callable[[str], None] | None = None
+    prefix: str = ""
+    tensorboard: str | None = None
+    xla: bool = False
+
+
+def fit(model: keras.Model, data: Arrays | Batches, epochs: int, keep: Keep = Keep(), callbacks=(),
+        validation_data=None):
     """model.fit with a CSV history and progress lines; returns the History.
 
-    x may be a `tf.data.Dataset` (then y and batch_size are None). With
-    `backup_dir`, training state is saved at the end of an epoch once BACKUP_SECONDS
-    have passed since the last save (after every epoch with several workers), and a
-    fit started again (after a crash or kill) continues from the last saved epoch;
-    the history then holds every epoch once. With several workers, `backup_dir` is
-    the chief's (see `SafeBackupAndRestore`).
+    With `keep.backups`, training state is saved at the end of an epoch once BACKUP_SECONDS
+    have passed since the last save (after every epoch with several workers), and a fit
+    started again (after a crash or kill) continues from the last saved epoch; the history
+    then holds every epoch once. With several workers, `keep.backups` is the chief's (see
+    `SafeBackupAndRestore`). `callbacks` run before the kept ones.
     """
+    if isinstance(data, Arrays):
+        x, y, batch_size, steps_per_epoch = data.x, data.y, data.batch_size, None
+    else:
+        x, y, batch_size, steps_per_epoch = data.dataset, None, None, data.steps
     strategy = distribute.current()
-    if jit_compile:
+    if keep.xla:
         model.jit_compile = True  # XLA for the train step (set before the first fit builds it)
     write_dir = None
     if distribute.is_multiworker(strategy):
         distribute.prepare_model(model, distribute.local_batch(x, y))
-        if backup_dir is not None and not distribute.cluster()["chief"]:
-            write_dir = tempfile.mkdtemp(prefix="transfer-backup-")  # only the chief writes backup_dir
-    # Extra callbacks first: what they add to an epoch's logs (the online probe) is in its history row;
-    # the epoch's seconds before them, so that they do not count the probe.
-    callbacks = [StopAtSignal(), keras.callbacks.TerminateOnNaN(), EpochSeconds(), *extra_callbacks]
-    if tensorboard is not None:  # the chief's (callers pass None on other workers)
-        callbacks.append(board.callback(tensorboard))
-    if history_path is not None:
-        callbacks.append(keras.callbacks.CSVLogger(str(history_path), append=True))
-    if backup_dir is not None:
+        if keep.backups is not None and not distribute.cluster()["chief"]:
+            write_dir = tempfile.mkdtemp(prefix="transfer-backup-")  # only the chief writes the backups
+    # The caller's callbacks first: what they add to an epoch's logs (the online probe) is in its
+    # history row; the epoch's seconds before them, so that they do not count the probe.
+    callbacks = [StopAtSignal(), keras.callbacks.TerminateOnNaN(), EpochSeconds(), *callbacks]
+    if keep.tensorboard is not None:  # the chief's (runs give None on other workers)
+        callbacks.append(board.callback(keep.tensorboard))
+    if keep.history is not None:
+        callbacks.append(keras.callbacks.CSVLogger(str(keep.history), append=True))
+    if keep.backups is not None:
         # After the CSVLogger: a kill between the two repeats an epoch's row (dropped below), never loses one.
-        callbacks.append(SafeBackupAndRestore(str(backup_dir), write_dir, log, delete_checkpoint=True,
+        callbacks.append(SafeBackupAndRestore(str(keep.backups), write_dir, keep.log, delete_checkpoint=True,
                                               double_checkpoint=True))
-    if log is not None:
-        callbacks.append(EpochLog(log, epochs, log_prefix))
+    if keep.log is not None:
+        callbacks.append(EpochLog(keep.log, epochs, keep.prefix))
     if isinstance(x, np.ndarray) and not distribute.is_multiworker(strategy):
         # One iterator over all epochs: given arrays, Keras builds a new one every epoch, which costs
         # more than an epoch of a few labeled images (fine-tuning on 50 images: 5.0 s of fit, 2.6 s
@@ -228,8 +247,8 @@ def fit(
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
                         callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
     stopping.check()
-    if history_path is not None:
-        dedupe_history(history_path)
+    if keep.history is not None:
+        dedupe_history(keep.history)
     losses = history.history.get("loss", [])
     if losses and not np.isfinite(losses[-1]):
         raise TrainingDiverged(
