@@ -21,25 +21,58 @@ PRETRAIN = ["pretrain", "--objective", "autoencoder", "--image-size", "8", "--fi
             "--batch-size", "16", "--no-plots", "--strategy", "multiworker"]
 
 
-def start_workers(tmp_path, args, count=2, only=None, timeout="60", per_worker=None):
-    """Start the workers; `per_worker(i)` gives worker i's own extra arguments."""
+def start_workers(tmp_path, args, count=2, only=None, timeout="60", per_worker=None, script=None):
+    """Start the workers (`transfer ARGS`, or `python -c SCRIPT ARGS`); `per_worker(i)` gives
+    worker i's own extra arguments."""
     configs = distribute.localhost_cluster(count)
     procs = []
     for i in range(count) if only is None else [only]:
         env = {**os.environ, "TRANSFER_WORKER_TIMEOUT": timeout, "TF_CONFIG": configs[i]}
         log = open(tmp_path / f"worker{i}.log", "w")
         own = per_worker(i) if per_worker else []
-        procs.append(subprocess.Popen([sys.executable, "-c", "from cli import main; main()", *map(str, args + own)],
-                                      env=env, stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path))
+        procs.append(subprocess.Popen([sys.executable, "-c", script or "from cli import main; main()",
+                                       *map(str, args + own)], env=env, stdout=log, stderr=subprocess.STDOUT,
+                                      cwd=tmp_path))
     return procs
+
+
+# Several commands one after another in each worker's process, as a user's script calling the
+# CLI would run them: the workers join the cluster once (the join itself is tested above, one
+# command per process), then every command builds its strategy and trains on both. Starting two
+# processes per command cost 20 s a case; in one pair a case costs the few seconds it trains.
+_SEQUENCE = """
+import json, sys
+from cli import main
+for args in json.loads(sys.argv[1]):
+    print("transfer-test: " + " ".join(args), flush=True)
+    code = main(args, standalone_mode=False)  # the command's row, or an exit code
+    if isinstance(code, int) and code:
+        sys.exit(code)
+"""
+
+
+def run_in_sequence(folder, commands):
+    """Run `commands` (argument lists) one after another on two workers; both must succeed;
+    returns the chief's log."""
+    args = [json.dumps([[str(a) for a in command] for command in commands])]
+    procs = start_workers(folder, args, timeout="120", script=_SEQUENCE)
+    codes = [p.wait(timeout=600) for p in procs]
+    logs = [(folder / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], logs
+    return logs[0]
+
+
+def _images(folder):
+    """96 striped 12x12 images of three kinds."""
+    rng = np.random.default_rng(0)
+    for i in range(96):
+        write_image(folder / f"{i}.png", stripes("hvd"[i % 3], 12, rng))
+    return folder
 
 
 @pytest.fixture
 def images(tmp_path):
-    rng = np.random.default_rng(0)
-    for i in range(96):
-        write_image(tmp_path / "imgs" / f"{i}.png", stripes("hvd"[i % 3], 12, rng))
-    return tmp_path / "imgs"
+    return _images(tmp_path / "imgs")
 
 
 @pytest.mark.slow
@@ -225,15 +258,6 @@ def mode_args(mode, labeled):
     return [labeled if a == "LABELED" else a for a in FINE_TUNE_MODES[mode]]
 
 
-def run_both_workers(tmp_path, args):
-    """Run `args` on two workers; both must succeed; returns the chief's log."""
-    procs = start_workers(tmp_path, args)
-    codes = [p.wait(timeout=300) for p in procs]
-    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
-    assert codes == [0, 0], logs
-    return logs[0]
-
-
 @pytest.fixture(scope="module")
 def labeled_and_encoder(tmp_path_factory):
     """A labeled folder and a contrastive encoder pretrained on it (in-process, one epoch): its
@@ -251,30 +275,49 @@ def labeled_and_encoder(tmp_path_factory):
     return root / "labeled", root / "enc"
 
 
+@pytest.fixture(scope="module")
+def objectives_on_two_workers(tmp_path_factory):
+    """Every objective but the autoencoder pretrained on two workers, one after another in one
+    pair of processes: (the folder of their encoders `OBJECTIVE/` and rows `r.csv`, the chief's log)."""
+    root = tmp_path_factory.mktemp("mw-objectives")
+    images = _images(root / "imgs")
+    log = run_in_sequence(root, [[*PRETRAIN, "--objective", objective, "--data", images, "--out", root / objective,
+                                  "--epochs", "2", "--results", root / "r.csv"] for objective in OTHER_OBJECTIVES])
+    return root, log
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("objective", OTHER_OBJECTIVES)
-def test_every_objective_pretrains_on_two_workers(tmp_path, images, objective):
-    args = [*PRETRAIN, "--objective", objective, "--data", images, "--out", tmp_path / "enc", "--epochs", "2",
-            "--results", tmp_path / "r.csv"]
-    log = run_both_workers(tmp_path, args)
-    row = pd.read_csv(tmp_path / "r.csv").iloc[0]
-    assert row["objective"] == objective and row["workers"] == 2 and row["replicas"] == 2
-    assert (tmp_path / "enc" / "encoder.keras").is_file() and "Error" not in log
+def test_every_objective_pretrains_on_two_workers(objectives_on_two_workers, objective):
+    root, log = objectives_on_two_workers
+    rows = pd.read_csv(root / "r.csv")
+    assert len(rows) == len(OTHER_OBJECTIVES)  # both workers trained each; the chief alone appends
+    row = rows.set_index("objective").loc[objective]
+    assert row["workers"] == 2 and row["replicas"] == 2 and row["run_dir"] == str(root / objective)
+    assert (root / objective / "encoder.keras").is_file() and "Error" not in log
+
+
+@pytest.fixture(scope="module")
+def modes_on_two_workers(labeled_and_encoder, tmp_path_factory):
+    """Every fine-tune mode on two workers, one after another in one pair of processes: the
+    folder of their classifiers (`MODE/`) and rows (`r.csv`)."""
+    labeled, encoder = labeled_and_encoder
+    root = tmp_path_factory.mktemp("mw-modes")
+    run_in_sequence(root, [["fine-tune", "--data", labeled, "--encoder", encoder, *mode_args(mode, labeled),
+                            "--strategy", "multiworker", "--image-size", "8", "--filters", "4,8", "--epochs", "2",
+                            "--fine-tune-epochs", "2", "--labels-per-class", "4", "--out", root / mode,
+                            "--results", root / "r.csv"] for mode in FINE_TUNE_MODES])
+    return root
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("mode", FINE_TUNE_MODES)
-def test_every_fine_tune_mode_on_two_workers(tmp_path, labeled_and_encoder, mode):
-    labeled, encoder = labeled_and_encoder
-    args = ["fine-tune", "--data", labeled, "--encoder", encoder, *mode_args(mode, labeled), "--strategy", "multiworker",
-            "--image-size", "8", "--filters", "4,8", "--epochs", "2", "--fine-tune-epochs", "2",
-            "--labels-per-class", "4", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv"]
-    run_both_workers(tmp_path, args)
-    rows = pd.read_csv(tmp_path / "r.csv")
-    assert len(rows) == 1  # both workers trained; the chief alone appends
-    row = rows.iloc[0]
+def test_every_fine_tune_mode_on_two_workers(modes_on_two_workers, mode):
+    rows = pd.read_csv(modes_on_two_workers / "r.csv")
+    assert len(rows) == len(FINE_TUNE_MODES)  # both workers trained each; the chief alone appends
+    row = rows.set_index("run_dir").loc[str(modes_on_two_workers / mode)]
     assert row["workers"] == 2 and row["replicas"] == 2 and row["n_train"] == 12 and row["n_test"] > 0
-    assert (tmp_path / "ft" / "classifier.keras").is_file()
+    assert (modes_on_two_workers / mode / "classifier.keras").is_file()
     assert row["readout"] == ("avg" if "scratch" in mode else "projector")
     if "semi" in mode:
         assert row["method"].endswith("-semi") and row["steps"] == 2 and 0 <= row["mask_rate"] <= 1
