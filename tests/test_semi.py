@@ -270,8 +270,10 @@ def test_bad_augment_and_threshold_are_refused(folders):
 
 
 @pytest.mark.slow
-def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path):
+def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path, monkeypatch):
     out, results = tmp_path / "semi", tmp_path / "r.csv"
+    traces, step = [], semi.FixMatch.train_step
+    monkeypatch.setattr(semi.FixMatch, "train_step", lambda model, data: traces.append(1) or step(model, data))
     result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
                     "--unlabeled", folders / "pool", "--steps", "6", "--mu", "2", "--threshold", "0.5",
                     "--labels-per-class", "3", "--out", out, "--results", results, *TINY)
@@ -287,6 +289,7 @@ def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path):
     assert "mask_rate=" in result.output and "seconds=" not in result.output
     assert "decoded 36 images of" in result.output  # the pool's files decoded once, not every pass
     assert "test accuracy" in result.output
+    assert len(traces) == 1  # the step traced once: its optimizer was built before the fit
 
 
 @pytest.mark.slow
