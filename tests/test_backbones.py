@@ -246,10 +246,12 @@ def test_pretraining_continues_from_a_backbone_and_is_an_ordinary_encoder(tmp_pa
     assert any(not np.array_equal(np.asarray(v), original[v.path]) for v in trained.trainable_weights)
     if objective != "contrastive":
         return  # opening it is the same for every objective: the contrastive one is fine-tuned and evaluated
+    # frozen under a linear head: it opens as a pretrained encoder (training a backbone through
+    # fine-tune's phases: test_two_phase_fine_tune_trains_the_backbone_with_batchnorm_kept_in_inference)
     result = invoke("fine-tune", "--data", labeled_dir, "--encoder", tmp_path / "enc", "--labels-per-class", "4",
-                    "--epochs", "2", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
+                    "--freeze", "all", "--unfreeze-top", "0", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
-    assert pd.read_csv(tmp_path / "r.csv").iloc[0]["method"] == f"{objective}-finetuned"
+    assert pd.read_csv(tmp_path / "r.csv").iloc[0]["method"] == f"{objective}-frozen"
     # evaluate's random baseline is the backbone with random weights
     result = invoke("evaluate", "--data", labeled_dir, "--encoder", tmp_path / "enc", "--draws", "1",
                     "--readouts", "avg", "--results", tmp_path / "e.csv")
