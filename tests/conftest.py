@@ -9,6 +9,31 @@ import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
 
 
+def pytest_xdist_auto_num_workers(config):
+    """`-n auto` (pyproject's addopts): a test process per core this process may use (its CPU
+    affinity and cgroup quota, which a container's os.cpu_count() does not show), at most 4:
+    each holds TensorFlow and trains with every core, and the suite's cost is mostly tracing."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(cores, _cgroup_cores() or cores, 4))
+
+
+def _cgroup_cores() -> int | None:
+    """The CPU quota of this process's cgroup in whole cores (v2 cpu.max, v1 cfs quota), None if unlimited."""
+    from pathlib import Path
+
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+    except (OSError, ValueError):
+        try:
+            quota = Path("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read_text().strip()
+            period = Path("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read_text().strip()
+        except OSError:
+            return None
+    if quota in ("max", "-1"):
+        return None
+    return max(1, int(quota) // int(period))
+
+
 def stripes(kind: str, size: int, rng: np.random.Generator) -> np.ndarray:
     """A noisy striped pattern in [0, 255]: 'h' horizontal, 'v' vertical, 'd' diagonal stripes."""
     yy, xx = np.mgrid[0:size, 0:size]
