@@ -496,6 +496,7 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
         weights, bias, c, _ = cached[1] if cached else _probe(f_train, train.labels, n_classes)
         head.get_layer("head_out").set_weights([weights, bias])
         _compile(head, cfg.learning_rate)
+        training.build_for(head, (f_train[:2], train.labels[:2]))
         loss, acc = head.evaluate(f_train, train.labels, verbose=0)
         (staging / history).write_text(f"epoch,accuracy,loss\n0,{acc:.6f},{loss:.6f}\n")
         log(f"linear head solved (L2 C={c:g}, chosen by cross-validation): train accuracy {acc:.4f}")
@@ -518,9 +519,13 @@ def _fit_head(job: Job, features, history: str = "history.csv"):
 def _evaluate(classifier, train, test: stream.ImageSet) -> dict:
     """Accuracy and loss on the streamed test split (images that fail to decode are not counted)."""
     before = len(test.failed)
-    result = classifier.evaluate(test.batches(256, with_labels=True), verbose=0, return_dict=True)
+    batches = test.batches(256, with_labels=True)
+    training.build_for(classifier, batches)
+    result = classifier.evaluate(batches, verbose=0, return_dict=True)
     n_test = len(test) - (len(test.failed) - before)
-    _, train_acc = classifier.evaluate(train.images, train.labels, batch_size=256, verbose=0)
+    # the training images batched as the test split is, so the test step is not traced again for them
+    train_batches = stream.ImageSet.of_arrays(train.images, train.labels).batches(256, with_labels=True)
+    _, train_acc = classifier.evaluate(train_batches, verbose=0)
     return {"test_accuracy": float(result["accuracy"]), "test_loss": float(result["loss"]),
             "train_accuracy": float(train_acc), "n_test": n_test}
 

@@ -51,6 +51,30 @@ def test_pretrain_writes_a_complete_run_dir_and_a_row(workspace):
     assert row["run_dir"] == str(enc) and row["n_train"] == 27 and row["recon_mse"] > 0
 
 
+def test_a_fine_tune_traces_each_step_once(workspace, tmp_path, monkeypatch):
+    """Fit and evaluate of every model a fine-tune makes (the head, the training model, the
+    classifier) trace their step once: state built inside a first trace makes TensorFlow trace
+    it again, and evaluating other batch shapes traces anew (each trace costs what a whole fit
+    of a few labeled images does)."""
+    from collections import Counter
+
+    import keras
+
+    traces = Counter()
+    for step in ("train_step", "test_step", "predict_step"):
+        def counted(model, data, _step=getattr(keras.Model, step), _name=step):
+            traces[_name, model.name, id(model)] += 1  # once per trace: the traced graph runs without Python
+            return _step(model, data)
+
+        monkeypatch.setattr(keras.Model, step, counted)
+    result = invoke("fine-tune", "--data", workspace / "labeled", "--encoder", workspace / "enc", "--freeze", "none",
+                    "--epochs", "3", "--labels-per-class", "3", "--out", tmp_path / "ft", "--results",
+                    tmp_path / "r.csv", *TINY)
+    assert result.exit_code == 0, result.output
+    assert {"head", "augmented_classifier", "classifier"} <= {name for _, name, _ in traces}
+    assert set(traces.values()) == {1}, traces
+
+
 @pytest.mark.slow
 def test_contrastive_pretrain_writes_views_and_agreement(workspace, tmp_path):
     result = invoke("pretrain", "--data", workspace / "labeled", "--out", tmp_path / "c", "--epochs", "2",

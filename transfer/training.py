@@ -258,6 +258,13 @@ def fit(model: keras.Model, data: Arrays | Batches, epochs: int, keep: Keep = Ke
     return history
 
 
+def build_for(model: keras.Model, data) -> None:
+    """Build a compiled model's metrics and loss state for `data` (a dataset of batches, or a
+    batch of arrays) before `evaluate` traces its step: made inside the first trace, they make
+    TensorFlow trace the step a second time."""
+    internals.build_before_fit(model, _blank_batch(data) if hasattr(data, "element_spec") else data)
+
+
 def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, seed: int = 0) -> None:
     """Set BatchNorm moving statistics to their average over one shuffled pass of x.
 
