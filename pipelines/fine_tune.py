@@ -461,7 +461,7 @@ class FixMatchTrainer:
                               cfg.unlabeled_weight, align=target, teacher=cfg.teacher)
         model.compile(optimizer=semi.optimizer(cfg.semi_learning_rate, cfg.steps))
         model.build(classifier.input.shape)  # built, so that a backup can be restored into it
-        model.optimizer.build(classifier.trainable_variables)  # slots made in the first trace trace it twice
+        model.optimizer.build(classifier.trainable_variables)  # now: slots made in the step's first trace retrace it
         distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
         epochs = -(-cfg.steps // per_epoch)
         job.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled (drawn from {len(job.train)}) + "

@@ -241,9 +241,8 @@ def fit(model: keras.Model, data: Arrays | Batches, epochs: int, keep: Keep = Ke
         # reshuffled passes cut into full batches, so the step is traced once.
         x, steps_per_epoch = stream.ImageSet.of_arrays(x, y).train_batches(batch_size, None, with_labels=y is not None)
         y = batch_size = None
-    standard_step = type(model).train_step is keras.Model.train_step  # custom steps are left as they are
-    if standard_step and hasattr(x, "element_spec") and not tf.distribute.has_strategy():  # Keras does it under one
-        internals.build_before_fit(model, _blank_batch(x))  # the step traced once, not twice
+    if type(model).train_step is keras.Model.train_step and hasattr(x, "element_spec"):  # custom steps build their own
+        build_for(model, x)
     history = model.fit(x, y, epochs=epochs, batch_size=batch_size, shuffle=batch_size is not None, verbose=0,
                         callbacks=callbacks, validation_data=validation_data, steps_per_epoch=steps_per_epoch)
     stopping.check()
@@ -259,10 +258,11 @@ def fit(model: keras.Model, data: Arrays | Batches, epochs: int, keep: Keep = Ke
 
 
 def build_for(model: keras.Model, data) -> None:
-    """Build a compiled model's metrics and loss state for `data` (a dataset of batches, or a
-    batch of arrays) before `evaluate` traces its step: made inside the first trace, they make
-    TensorFlow trace the step a second time."""
-    internals.build_before_fit(model, _blank_batch(data) if hasattr(data, "element_spec") else data)
+    """Build a compiled model's state (metrics, loss, optimizer) for `data` (a dataset of batches,
+    or a batch of arrays) before `fit` or `evaluate` traces its step: made inside the first trace,
+    it makes TensorFlow trace the step a second time. Under a strategy Keras does it itself."""
+    if not tf.distribute.has_strategy():
+        internals.build_before_fit(model, _blank_batch(data) if hasattr(data, "element_spec") else data)
 
 
 def recalibrate_batchnorm(model: keras.Model, x: np.ndarray, batch_size: int, seed: int = 0) -> None:

@@ -62,7 +62,7 @@ def build(encoder, blocks, shape, options: Options, model_class=Reconstruction) 
     model = model_class(encoder, models.build_decoder(encoder, blocks, shape[-1]), seed=options.seed)
     model.compile(optimizer=keras.optimizers.Adam(options.learning_rate))
     model.build((None, *shape))  # built, so that a backup can be restored into it
-    model.optimizer.build(model.trainable_variables)  # slots made in the step's first trace trace it twice
+    model.optimizer.build(model.trainable_variables)  # now: slots made in the step's first trace retrace it
     return model
 
 

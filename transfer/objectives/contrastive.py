@@ -179,7 +179,7 @@ def compiled(model: SimCLR, shape, options: Options) -> SimCLR:
     a backup can be restored into it): what every two-view objective's `build` returns."""
     model.compile(optimizer=keras.optimizers.Adam(schedule(options.learning_rate, options.steps)))
     model.build((None, *shape))
-    model.optimizer.build(model.trained())  # its slots now: made inside the step's first trace, they trace it twice
+    model.optimizer.build(model.trained())  # now: slots made in the step's first trace retrace it
     model.batch_size = options.batch_size
     return model
 
