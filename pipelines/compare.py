@@ -34,7 +34,7 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         _note(note)
     table = comparison.summarize(df, by, cfg.metric)
     context = [c for c in by if c != "method"]
-    sentences = report.verdicts(table, context, cfg.metric)
+    sentences = report.verdicts(table, context, cfg.metric, comparison.budgets(df))
     sentences += report.pipeline_verdicts(comparison.best_pipelines(df, context, cfg.metric), cfg.metric)
     sentences += report.choice_verdicts(comparison.choice_gains(df, context, cfg.metric), cfg.metric)
     headline = report.headline(sentences, context)

@@ -12,7 +12,7 @@ import numpy as np
 
 from pipelines.common import Run, encoder_blocks, report_skipped
 from transfer import (artifacts, augment, backbones, budget, distribute, heads, layers, lists, methods, mistakes, models,
-                      selection, semi, splits, stream, training)
+                      results, selection, semi, splits, stream, training)
 from transfer.architectures import READOUT_CANDIDATES
 from transfer.config import FineTuneConfig
 from transfer.errors import TransferError
@@ -122,7 +122,7 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
     """Fine-tune, save the classifier run directory, append and return the results row
     ({} on a non-chief worker)."""
     with Run("fine-tune", cfg, cfg.out, log) as run:  # a finished run is reported before anything loads
-        run.note(encoder=cfg.encoder, labels_per_class=budget_name(cfg), epochs=cfg.epochs,
+        run.note(encoder=cfg.encoder, **label_budget(cfg), epochs=cfg.epochs,
                  learning_rate=cfg.learning_rate)
         with run.distributed():  # models built and trained under the tf.distribute strategy
             start = _resolve_encoder(cfg)
@@ -195,35 +195,42 @@ def default_epochs(n_train: int, batch_size: int) -> int:
     return max(DEFAULT_EPOCHS, -(-MIN_STEPS // max(1, -(-n_train // batch_size))))
 
 
-def budget_name(cfg: FineTuneConfig, pending: dict[str, str] | None = None) -> str | int:
-    """The row's labels_per_class: N (stratified per class), 'all', or 'T in all (selection)' for a
-    total ('T in all (typiclust on contrastive)': the features the selection used). `pending` maps
-    encoder directories not pretrained yet to the objective they will be (an experiment's plan),
-    so that a budget is named as it will be once they exist."""
+def label_budget(cfg: FineTuneConfig, pending: dict[str, str] | None = None) -> dict:
+    """The row's label budget as data: `labels_per_class` (N, or "all") for a draw of N of every
+    class; for a total, `labels` and how they were chosen (`selection`, `purity`, and for a
+    selection by features, the features: `select_features`, the objective of a pretrain run or
+    pixels, with `select_features_readout` when the readout is not the encoder's default, since
+    choices through different readouts are different budgets). `pending` maps encoder
+    directories not pretrained yet to the objective they will be (an experiment's plan), so a
+    budget is named as it will be once they exist."""
     if cfg.labels is None:
-        return cfg.labels_per_class or "all"
+        return {"labels_per_class": cfg.labels_per_class or "all"}
     how = cfg.selection or "random"
+    fields = {"labels_per_class": None, "labels": cfg.labels, "selection": how,
+              "purity": cfg.purity if how == "probcover" else None}
     if how in selection.BY_FEATURES:
-        name = _select_encoder(cfg)
-        how += (f" at purity {cfg.purity:g}" if cfg.purity is not None else "") + " on " + _features_name(
-            name, cfg.select_readout, pending)
-    return f"{cfg.labels} in all ({how})"
+        fields["select_features"], fields["select_features_readout"] = _features(
+            _select_encoder(cfg), cfg.select_readout, pending)
+    return fields
 
 
-def _features_name(encoder: str, readout: str | None = None, pending: dict[str, str] | None = None) -> str:
-    """pixels, or the objective of a pretrain run (while it does not exist yet: the objective
-    `pending` says it will be, else its folder's name), with the readout when one is asked that
-    is not the encoder's default ('contrastive (avg)'): choices through different readouts are
-    different budgets in a table and an experiment's grid."""
+def budget_name(cfg: FineTuneConfig, pending: dict[str, str] | None = None) -> str:
+    """The budget as a table names it: N, "all", or "T in all (how)" (`results.budget_name`)."""
+    return results.budget_name(**label_budget(cfg, pending))
+
+
+def _features(encoder: str, readout: str | None = None, pending: dict[str, str] | None = None) -> tuple:
+    """(pixels, or the objective of a pretrain run (while it does not exist yet: the objective
+    `pending` says it will be, else its folder's name); the readout when one is asked that is
+    not the encoder's default, else None)."""
     if encoder == "pixels":
-        return encoder
+        return encoder, None
     try:
         manifest = artifacts.read_manifest(encoder, "encoder")
     except TransferError:
-        name = (pending or {}).get(encoder, Path(encoder).name)
-        return name + (f" ({readout})" if readout not in (None, "auto") else "")
+        return (pending or {}).get(encoder, Path(encoder).name), readout if readout not in (None, "auto") else None
     default = readout in (None, "auto", budget.auto_readout(manifest))
-    return manifest["objective"] + ("" if default else f" ({readout})")
+    return manifest["objective"], None if default else readout
 
 
 def _select_encoder(cfg: FineTuneConfig) -> str:
@@ -253,9 +260,8 @@ def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | 
 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:
-    """The row's label budget: the total and how it was chosen (with --labels), the classes it covers."""
-    return {"labels": cfg.labels, "selection": (cfg.selection or "random") if cfg.labels else None,
-            "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
+    """The row's label budget (`label_budget`), the encoder a selection was given, the classes it covers."""
+    return {**label_budget(cfg), "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
 
 
 def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:

@@ -438,11 +438,12 @@ def test_the_best_of_several_pretrained_methods_is_judged_with_an_interval_widen
 def test_the_plot_keeps_budgets_per_class_and_in_all_on_their_own_axes_and_selections_apart():
     """Per-class budgets on a "per class" axis, totals on an "in all" axis; at a total budget a
     choice and a blind draw are two lines, never one averaged point."""
-    rows = [{"data": "d", "method": m, "labels_per_class": b, "seed": s,
-             "test_accuracy": {"2": 0.5, "5": 0.6, "10 in all (random)": 0.3, "10 in all (typiclust on pixels)": 0.7,
-                               "20 in all (random)": 0.5}[b] + 0.01 * s}
-            for m in ("scratch", "contrastive-finetuned") for s in (0, 1)
-            for b in ("2", "5", "10 in all (random)", "10 in all (typiclust on pixels)", "20 in all (random)")]
+    budgets = {"2": {"labels_per_class": "2"}, "5": {"labels_per_class": "5"},  # the budget's columns
+               "10 random": {"labels": 10, "selection": "random"}, "20 random": {"labels": 20, "selection": "random"},
+               "10 typiclust": {"labels": 10, "selection": "typiclust", "select_features": "pixels"}}
+    accuracy = {"2": 0.5, "5": 0.6, "10 random": 0.3, "10 typiclust": 0.7, "20 random": 0.5}
+    rows = [{"data": "d", "method": m, **budgets[b], "seed": s, "test_accuracy": accuracy[b] + 0.01 * s}
+            for m in ("scratch", "contrastive-finetuned") for s in (0, 1) for b in budgets]
     panels = comparison.curves(pd.DataFrame(rows), "test_accuracy")
     assert [(p["title"], p["xlabel"]) for p in panels] == [("d per class", "labeled images per class"),
                                                            ("d in all", "labeled images in all")]

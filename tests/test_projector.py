@@ -172,8 +172,12 @@ def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws
     rows = pd.read_csv(results).tail(2)
     assert list(rows["select_readout"]) == ["projector", "avg"]
     # a choice through another readout than the default is another budget (an experiment's grid runs both)
-    assert list(rows["labels_per_class"]) == ["4 in all (typiclust on contrastive)",
-                                              "4 in all (typiclust on contrastive (avg))"]
+    assert list(rows["select_features"]) == ["contrastive", "contrastive"]
+    assert rows["select_features_readout"].isna().tolist() == [True, False]
+    from transfer import results as table
+
+    assert list(table.read_results(results)["labels_per_class"].tail(2)) == [
+        "4 in all (typiclust on contrastive)", "4 in all (typiclust on contrastive (avg))"]
     result = invoke("fine-tune", "--data", ws / "labeled", "--encoder", "random", "--labels", "4", "--selection",
                     "typiclust", "--select-readout", "projector", "--out", tmp_path / "ft3", "--results", results,
                     *TINY)

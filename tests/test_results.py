@@ -36,6 +36,40 @@ def _append_many(args):
 
 
 @pytest.mark.slow  # 8 processes
+def test_a_budget_is_stored_as_columns_and_named_when_read(tmp_path):
+    """A total budget is written as its columns (labels, selection, purity, the features that
+    chose) with labels_per_class left empty; read back, labels_per_class names it, so budgets
+    group and filter as one column."""
+    path = tmp_path / "r.csv"
+    results.append_row(path, {"run_id": "a", "labels_per_class": 5})
+    results.append_row(path, {"run_id": "b", "labels": 20, "selection": "probcover", "purity": 0.6,
+                              "select_features": "contrastive", "select_features_readout": "avg"})
+    results.append_row(path, {"run_id": "c", "labels": 10, "selection": "random"})
+    stored = pd.read_csv(path, dtype=str)
+    assert stored["labels_per_class"].tolist()[0] == "5" and stored["labels_per_class"][1:].isna().all()
+    assert list(results.read_results(path)["labels_per_class"]) == [
+        "5", "20 in all (probcover at purity 0.6 on contrastive (avg))", "10 in all (random)"]
+
+
+def test_a_table_written_before_budgets_had_columns_is_migrated_as_it_is_read(tmp_path):
+    """Rows whose labels_per_class holds a total budget's name (tables of earlier versions)
+    read back with the budget's columns filled from it, and the same name; the file is not changed."""
+    path = tmp_path / "old.csv"
+    names = ["20 in all (probcover at purity 0.6 on contrastive (avg))", "10 in all (random)",
+             "4 in all (typiclust on contrastive)", "6 in all (kcenter on autoencoder (multi))", "3", "all"]
+    pd.DataFrame({"run_id": list("abcdef"), "labels_per_class": names,
+                  "labels": [20, 10, 4, 6, None, None], "selection": ["probcover", "random", "typiclust", "kcenter",
+                                                                     None, None]}).to_csv(path, index=False)
+    before = path.read_bytes()
+    table = results.read_results(path)
+    assert list(table["labels_per_class"]) == names and path.read_bytes() == before
+    assert table["labels"].tolist()[:4] == [20, 10, 4, 6] and table["labels"][4:].isna().all()
+    assert table["selection"].tolist()[:4] == ["probcover", "random", "typiclust", "kcenter"]
+    assert table["purity"].tolist()[0] == 0.6 and table["purity"][1:].isna().all()
+    assert table["select_features"].tolist()[:4] == ["contrastive", None, "contrastive", "autoencoder"]
+    assert table["select_features_readout"].tolist()[:4] == ["avg", None, None, "multi"]
+
+
 def test_concurrent_appends_lose_no_row(tmp_path):
     path = str(tmp_path / "r.csv")
     with multiprocessing.get_context("spawn").Pool(8) as pool:

@@ -25,7 +25,8 @@ import numpy as np
 import tensorflow as tf
 
 # Row fields recorded as hyperparameters, when the run has them (strings, numbers and booleans).
-HPARAMS = ("command", "method", "objective", "encoder", "data", "arch", "image_size", "labels_per_class", "seed",
+HPARAMS = ("command", "method", "objective", "encoder", "data", "arch", "image_size", "labels_per_class", "labels",
+           "selection", "select_features", "seed",
            "freeze", "unfreeze_top", "readout", "head", "augment", "epochs", "batch_size", "learning_rate",
            "unlabeled", "experiment")
 # Row fields recorded as the run's final metrics.

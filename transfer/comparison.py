@@ -10,23 +10,40 @@ import math
 import numpy as np
 import pandas as pd
 
-from transfer import methods, outputs, rowfilter, stats
+from transfer import methods, outputs, results, rowfilter, stats
 from transfer.config import CompareConfig
 from transfer.errors import TransferError
 
 
-def budget_key(value) -> float:
-    """A budget's number: N per class, or the total of "N in all (selection)"; "all" sorts last."""
-    try:
-        return float(str(value).split(" in all")[0])
-    except (TypeError, ValueError):
-        return math.inf
+def budget_sizes(df: pd.DataFrame) -> pd.Series:
+    """Each row's label budget as a number: N per class, or the total of a budget in all;
+    every label ("all") as infinity, so it sorts last."""
+    size = pd.to_numeric(df["labels_per_class"], errors="coerce").fillna(math.inf)
+    if "labels" in df:
+        size = size.where(df["labels"].isna(), pd.to_numeric(df["labels"], errors="coerce"))
+    return size
 
 
-def selection_of(budget) -> str:
-    """How a total budget's labels were chosen, from its name: "typiclust on pixels" of
-    "10 in all (typiclust on pixels)", "random" of "10 in all (random)"; "" for N per class."""
-    return str(budget).partition("(")[2].rstrip(")")
+def is_total(df: pd.DataFrame) -> pd.Series:
+    """Which rows' budgets are totals (N in all, chosen somehow), not N of every class."""
+    return df["labels"].notna() if "labels" in df else pd.Series(False, index=df.index)
+
+
+def selections(df: pd.DataFrame) -> pd.Series:
+    """How each row's labels were chosen, from its budget columns ("typiclust on contrastive",
+    "random"; "" for N per class)."""
+    columns = [df[c] if c in df else pd.Series(None, index=df.index, dtype=object) for c in results.BUDGET[1:]]
+    return pd.Series([results.selection_name(*how) if total else ""
+                      for total, *how in zip(is_total(df), *columns)], index=df.index, dtype=object)
+
+
+def budgets(df: pd.DataFrame) -> dict:
+    """Each budget of the rows by its name (`labels_per_class`) -> {"size": its number
+    (`budget_sizes`), "how": how a total's labels were chosen ("" per class), "features": the
+    features that chose them ("" when none did)}."""
+    features = df["select_features"] if "select_features" in df else pd.Series(None, index=df.index, dtype=object)
+    return {name: {"size": size, "how": how, "features": "" if pd.isna(f) else str(f)}
+            for name, size, how, f in zip(df["labels_per_class"], budget_sizes(df), selections(df), features)}
 
 
 def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
@@ -51,7 +68,8 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
         _add_differences(df, table, by, metric)
     sort_cols = [c for c in by if c != "labels_per_class"]
     if "labels_per_class" in by:
-        table["_budget"] = table["labels_per_class"].map(budget_key)
+        sizes = {name: b["size"] for name, b in budgets(df).items()}
+        table["_budget"] = table["labels_per_class"].map(sizes)
         sort_cols = [c for c in by if c not in ("labels_per_class", "method")] + ["_budget"]
         sort_cols += ["method"] if "method" in by else []
     table = table.sort_values(sort_cols, kind="stable").drop(columns=["_budget"], errors="ignore")
@@ -190,7 +208,7 @@ def best_pipelines(df: pd.DataFrame, context: list[str], metric: str) -> pd.Data
             unranked, ranked[side] = unranked + left_out, len(side_pipes) - left_out
         d = stats.difference(_per_seed(group, best[True], metric), _per_seed(group, best[False], metric))
         for side, name in ((True, "with"), (False, "without")):
-            entry.update({f"{name}_budget": best[side]["labels_per_class"], f"{name}_method": best[side]["method"],
+            entry.update({f"{name}_selection": best[side]["_how"], f"{name}_method": best[side]["method"],
                           f"{name}_mean": best[side][metric]})
         out.append({**entry, **_difference_fields(d), "unranked": unranked, "candidates": ranked[True]})
     return pd.DataFrame(out)
@@ -206,13 +224,12 @@ def choice_gains(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFr
     for entry, group in _total_budgets(df, context):
         for method, runs in group.groupby("method", sort=True):
             pipes = _pipelines(runs, metric)
-            kinds = pipes["labels_per_class"].map(selection_of)
-            blind, chosen = pipes[kinds == "random"], pipes[~kinds.isin(["random", "stratified"])]
+            blind, chosen = pipes[pipes["_how"] == "random"], pipes[~pipes["_how"].isin(["random", "stratified"])]
             if blind.empty or chosen.empty:
                 continue
             best, unranked = _best_of(chosen, metric)
             d = stats.difference(_per_seed(runs, best, metric), _per_seed(runs, blind.iloc[0], metric))
-            out.append({**entry, "method": method, "choice": best["labels_per_class"], "choice_mean": best[metric],
+            out.append({**entry, "method": method, "choice": best["_how"], "choice_mean": best[metric],
                         "blind_mean": blind.iloc[0][metric], **_difference_fields(d), "unranked": unranked,
                         "candidates": len(chosen) - unranked})
     return pd.DataFrame(out)
@@ -220,12 +237,14 @@ def choice_gains(df: pd.DataFrame, context: list[str], metric: str) -> pd.DataFr
 
 def _total_budgets(df: pd.DataFrame, context: list[str]):
     """(the group's key fields, its rows) per total label budget (rows with `labels`) and
-    context; each row marked `_pretrained` (a pretrained start or an encoder's choice)."""
+    context; each row marked `_pretrained` (a pretrained start or an encoder's choice) and with
+    how its labels were chosen (`_how`)."""
     if not {"labels", "labels_per_class", "method"} <= set(df.columns) or df["labels"].isna().all():
         return
     rows = df[df["labels"].notna()].copy()
     encoder = rows["select_encoder"] if "select_encoder" in rows else pd.Series("", index=rows.index)
     rows["_pretrained"] = [uses_pretraining(m, e) for m, e in zip(rows["method"], encoder)]
+    rows["_how"] = selections(rows)
     keys = [c for c in context if c not in ("labels_per_class", "method", "labels")] + ["labels"]
     for key, group in rows.groupby(keys, dropna=False, sort=True):
         yield dict(zip(keys, key if isinstance(key, tuple) else (key,))), group
@@ -234,7 +253,7 @@ def _total_budgets(df: pd.DataFrame, context: list[str]):
 def _pipelines(group: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per (selection budget, method) of a total budget's rows: mean and seeds run."""
     seeds = ("seed", "nunique") if "seed" in group else (metric, "size")
-    return group.groupby(["labels_per_class", "method", "_pretrained"], dropna=False).agg(
+    return group.groupby(["labels_per_class", "_how", "method", "_pretrained"], dropna=False).agg(
         **{metric: (metric, "mean"), "_seeds": seeds}).reset_index()
 
 
@@ -369,25 +388,25 @@ def curves(df: pd.DataFrame, metric: str) -> list[dict]:
     averaged into one point). Each panel: title, xlabel, ticks [(x, label)], and lines
     {label: (is a baseline, DataFrame of x -> mean, std)}; "all" is drawn at twice the largest budget."""
     datasets = sorted(df["data"].dropna().unique()) if "data" in df else [None]
-    total = df["labels_per_class"].astype(str).str.contains(" in all")
+    total, size, how = is_total(df), budget_sizes(df), selections(df)
     panels = []
     for name in datasets:
         for kind, rows in (("per class", ~total), ("in all", total)):
             part = df[rows & (True if name is None else df["data"] == name)]
             if part.empty:
                 continue
-            budgets = sorted({budget_key(b) for b in part["labels_per_class"]})
-            finite = [b for b in budgets if b != math.inf]
+            sizes = sorted(set(size[part.index]))
+            finite = [b for b in sizes if b != math.inf]
             at_all = max(finite) * 2 if finite else 1.0
-            line = part["method"] + (" on " + part["labels_per_class"].map(selection_of) if kind == "in all" else "")
+            line = part["method"] + (" on " + how[part.index] if kind == "in all" else "")
             lines = {}
             for label, runs in sorted(part.assign(_line=line).groupby("_line"), key=lambda kv: kv[0]):
-                x = runs["labels_per_class"].map(lambda b: min(budget_key(b), at_all))
+                x = size[runs.index].clip(upper=at_all)
                 lines[label] = (methods.is_baseline(runs["method"].iloc[0]),
                                 runs.assign(x=x).groupby("x")[metric].agg(["mean", "std"]).fillna(0.0).sort_index())
             panels.append({"title": " ".join(str(p) for p in (name, kind) if p is not None),
                            "xlabel": f"labeled images {kind}", "lines": lines,
-                           "ticks": [(t, f"{t:g}") for t in finite] + ([(at_all, "all")] if math.inf in budgets else [])})
+                           "ticks": [(t, f"{t:g}") for t in finite] + ([(at_all, "all")] if math.inf in sizes else [])})
     return panels
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from transfer import comparison, methods, stats
+from transfer import methods, stats
 
 
 class Verdict(str):
@@ -45,10 +45,12 @@ def headline(sentences: list[str], context: list[str]) -> list[str]:
     return out
 
 
-def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
+def verdicts(table: pd.DataFrame, context: list[str], metric: str, budgets: dict | None = None) -> list[str]:
     """One sentence per group of the summary (`context`: its grouping columns but `method`, e.g.
     data and label budget): did the best pretrained method beat the best method without
-    pretraining, by how much, and how sure is that (the summary's paired 95% interval)?"""
+    pretraining, by how much, and how sure is that (the summary's paired 95% interval)?
+    `budgets`: what each budget name is (`comparison.budgets` of the rows summarized)."""
+    budgets = budgets or {}
     if not {"method", "vs_best_baseline", "best_baseline"} <= set(table.columns):
         return []
     scale, unit = _scale(metric)
@@ -59,18 +61,19 @@ def verdicts(table: pd.DataFrame, context: list[str], metric: str) -> list[str]:
             continue
         best = pretrained.loc[pretrained["mean"].idxmax()]
         values = dict(zip(context, keys if isinstance(keys, tuple) else (keys,)))
-        where = ", ".join(_describe(c, v) for c, v in values.items())
+        where = ", ".join(_describe(c, v, budgets) for c, v in values.items())
         diff = best["vs_best_baseline"] * scale
         # Within a total budget every learner has the same labels, so what the cell weighs is the
         # start; when an encoder chose those labels, pretraining is in every pipeline of the cell.
-        how = _selection(values["labels_per_class"]) if " in all " in str(values.get("labels_per_class")) else None
+        chosen = budgets.get(values.get("labels_per_class"), {})
+        how = _said(chosen["how"]) if chosen.get("how") else None
         word, sure, outcome, interval = _judgement(
             diff, best["ci_low"] * scale, best["ci_high"] * scale, best["significant"], best["comparison"],
             best["paired_seeds"], "the pretrained start" if how else "pretraining", candidates=len(pretrained))
         pair = (f"Best with a pretrained start, {best['method']}, vs best without, {best['best_baseline']}" if how
                 else f"Best pretrained {best['method']} vs best baseline {best['best_baseline']}")
-        sentence = f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(how)}."
-        budget = ", ".join(_describe(c, v) for c, v in values.items() if c != "data")  # arch, budget, ...
+        sentence = f"{where}: {word}. {pair}: {diff:+.1f}{unit} ({sure}){_chosen_by_encoder(chosen.get('features'))}."
+        budget = ", ".join(_describe(c, v, budgets) for c, v in values.items() if c != "data")  # arch, budget, ...
         out.append(Verdict(sentence, values.get("data"), "" if how else budget, outcome,
                            _short_difference(diff, interval, unit), best["method"]))
     return out
@@ -88,10 +91,9 @@ def _scale(metric: str) -> tuple[float, str]:
     return (100.0, " points") if "accuracy" in metric else (1.0, "")
 
 
-def _chosen_by_encoder(how: str | None) -> str:
+def _chosen_by_encoder(features: str | None) -> str:
     """The caveat of a cell whose labels a pretrained encoder chose (every learner in it used pretraining)."""
-    features = (how or "").rpartition(" on ")[2]
-    if " on " not in (how or "") or not methods.chosen_by_encoder(features):
+    if not methods.chosen_by_encoder(features):
         return ""
     return f"; every learner here learned from the labels the {features} encoder chose (the choice is weighed " \
            "across selections)"
@@ -134,12 +136,12 @@ def pipeline_verdicts(best: pd.DataFrame, metric: str) -> list[str]:
         word, sure, outcome, interval = _judgement(b["diff"] * scale, b["low"] * scale, b["high"] * scale,
                                                    b["significant"], b["comparison"], b["seeds"],
                                                    candidates=int(b.get("candidates", 1)))
-        pipe = {side: f"{_selection(b[side + '_budget'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
+        pipe = {side: f"{_said(b[side + '_selection'])}, then {b[side + '_method']}: {b[side + '_mean'] * scale:.1f}"
                 for side in ("with", "without")}
         sentence = (f"{where + ', ' if where else ''}{int(b['labels'])} labels in all, any selection: {word}. Best "
                     f"pipeline with a pretrained encoder ({pipe['with']}) vs best without one ({pipe['without']}): "
                     f"{b['diff'] * scale:+.1f}{unit} ({sure}){_unranked(b)}.")
-        route = f"{_selection(b['with_budget'])}, then {b['with_method']}"
+        route = f"{_said(b['with_selection'])}, then {b['with_method']}"
         others = [str(b[c]) for c in best.columns[: list(best.columns).index("labels")] if c != "data"]
         out.append(Verdict(sentence, b["data"] if "data" in best.columns else None,
                            ", ".join([*others, f"{int(b['labels'])} labels in all"]), outcome,
@@ -163,7 +165,7 @@ def choice_verdicts(gains: pd.DataFrame, metric: str) -> list[str]:
             _, sure, outcome, _ = _judgement(g["diff"] * scale, g["low"] * scale, g["high"] * scale, g["significant"],
                                              g["comparison"], g["seeds"], candidates=int(g.get("candidates", 1)))
             beat += outcome == "paid"  # its interval (widened for the choosing) above zero
-            each.append(f"{g['method']} on {_selection(g['choice'])}, {g['choice_mean'] * scale:.1f} against "
+            each.append(f"{g['method']} on {_said(g['choice'])}, {g['choice_mean'] * scale:.1f} against "
                         f"{g['blind_mean'] * scale:.1f}: {g['diff'] * scale:+.1f}{unit} ({sure})")
         left_out = int(group["unranked"].sum())
         out.append(f"{where + ', ' if where else ''}{int(values['labels'])} labels in all, which images: the best "
@@ -177,16 +179,16 @@ def _unranked(best: pd.Series) -> str:
     return f"; {n} pipeline(s) run on fewer seeds not ranked" if n else ""
 
 
-def _selection(budget: str) -> str:
-    """How a total budget's labels were chosen, from its name ("10 in all (typiclust on pixels)")."""
-    how = comparison.selection_of(budget)
-    return {"random": "a blind draw", "stratified": "a stratified draw (the oracle)"}.get(how, how or str(budget))
+def _said(how: str) -> str:
+    """How a total budget's labels were chosen, as a verdict says it ("typiclust on pixels", "a blind draw")."""
+    return {"random": "a blind draw", "stratified": "a stratified draw (the oracle)"}.get(how, how)
 
 
-def _describe(column: str, value) -> str:
+def _describe(column: str, value, budgets: dict) -> str:
+    """A summary group's key as a verdict names it: "10 labels in all (random)", "5 labels/class", "digits"."""
     if column == "labels_per_class":
-        total, _, how = str(value).partition(" in all ")
-        return f"{total} labels in all {how}" if how else f"{value} labels/class"
+        chosen = budgets.get(value, {})
+        return f"{chosen['size']:g} labels in all ({chosen['how']})" if chosen.get("how") else f"{value} labels/class"
     return str(value) if column in ("data", "table") else f"{column} {value}"
 
 

@@ -2,6 +2,13 @@
 
 Columns are stable snake_case; new ones may be added (old rows get empty
 values), none renamed. A value that does not apply is left empty.
+
+A fine-tune's label budget is data: `labels_per_class` (N, or `all`) for a draw of N of every
+class; for a total, `labels` with how they were chosen (`selection`, `purity`, and the features
+a selection by features used: `select_features`, `select_features_readout`). Read back, a
+total's `labels_per_class` is its name ("20 in all (typiclust on contrastive)", made from those
+columns by `budget_name`) so that budgets group, filter and show as one column; tables written
+before the budget had columns hold that name and are migrated as they are read.
 """
 
 from __future__ import annotations
@@ -30,6 +37,8 @@ COLUMNS = [
     "knn_accuracy", "probe_accuracy", "knn_error_vs_pixels", "probe_error_vs_pixels", "feature_dim",
     "images_trained", "train_seconds", "cpu_seconds", "attempts",
 ]
+# A total label budget, as data (`budget_name` names it).
+BUDGET = ("labels", "selection", "purity", "select_features", "select_features_readout")
 
 
 class Stopwatch:
@@ -168,9 +177,68 @@ def read_results(path: str | os.PathLike, warn=None):
             cut = text.rfind("\n") + 1
             (warn or _warn)(f"{path}: skipped a half-written last line: {text[cut:][:60]!r}")
             text = text[:cut]
-        return pd.read_csv(io.StringIO(text), dtype={"run_id": str, "labels_per_class": str})
+        table = pd.read_csv(io.StringIO(text), dtype={"run_id": str, "labels_per_class": str, "selection": str,
+                                                      "select_features": str, "select_features_readout": str})
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
         raise TransferError(f"{path}: not a readable results table ({str(exc).splitlines()[0]})") from None
+    return _named_budgets(table)
+
+
+def selection_name(selection, purity=None, features=None, readout=None) -> str:
+    """How a total budget's labels were chosen, as said: "random", "typiclust on contrastive",
+    "probcover at purity 0.6 on pixels", "kcenter on contrastive (avg)" (a readout other than the
+    encoder's default is named: choices through different readouts are different budgets)."""
+    how = str(selection)
+    if _given(purity):
+        how += f" at purity {float(purity):g}"
+    if _given(features):
+        how += f" on {features}" + (f" ({readout})" if _given(readout) else "")
+    return how
+
+
+def budget_name(labels_per_class=None, labels=None, selection=None, purity=None, select_features=None,
+                select_features_readout=None) -> str:
+    """A budget as a table shows it: N (per class), "all", or "T in all (how they were chosen)"."""
+    if not _given(labels):
+        return str(labels_per_class) if _given(labels_per_class) else "all"
+    how = selection_name(selection if _given(selection) else "random", purity, select_features,
+                         select_features_readout)
+    return f"{int(float(labels))} in all ({how})"
+
+
+def _given(value) -> bool:
+    return value is not None and value == value and value != ""  # NaN != NaN: an empty cell read by pandas
+
+
+def _named_budgets(table):
+    """The table with each total budget named in `labels_per_class` (`budget_name`), from its
+    columns; rows of tables written before those columns existed get them from the name."""
+    if "labels_per_class" not in table:
+        return table
+    for column in BUDGET:
+        if column not in table:
+            table[column] = None
+    table = table.astype({c: object for c in ("selection", "select_features", "select_features_readout")})
+    old = table["labels_per_class"].str.contains(" in all (", regex=False, na=False)  # now written empty
+    for i in table.index[old]:
+        table.loc[i, list(BUDGET)] = _migrated(table.loc[i, "labels_per_class"])
+    total = table["labels"].notna()
+    table.loc[total, "labels_per_class"] = [budget_name(**row) for row in table.loc[total, ["labels_per_class",
+                                                                                           *BUDGET]].to_dict("records")]
+    return table
+
+
+def _migrated(name: str) -> list:
+    """The budget columns of a name written before they existed ("20 in all (probcover at purity
+    0.6 on contrastive (avg))"): the one place a budget's name is read back."""
+    total, _, how = name.partition(" in all (")
+    how = how[:-1] if how.endswith(")") else how
+    how, _, features = how.partition(" on ")
+    how, _, purity = how.partition(" at purity ")
+    readout = None
+    if features.endswith(")") and " (" in features:
+        features, _, readout = features[:-1].rpartition(" (")
+    return [int(total), how, float(purity) if purity else None, features or None, readout]
 
 
 def read_tables(paths, warn=None):
