@@ -175,8 +175,7 @@ class Run:
         return {"attempts": self.attempts, **self.clock.read()}
 
     def _common(self) -> dict:
-        return {"run_id": self.run_id, "timestamp": results.now(), "command": self.command,
-                "experiment": self.cfg.experiment, **self.facts, "run_dir": str(self.out)}
+        return results.row(self.command, self.cfg, self.run_id, **self.facts, run_dir=str(self.out))
 
 
 ELAPSED = "elapsed.json"  # in OUT.partial: the processes that worked on the run so far, their seconds and CPU seconds

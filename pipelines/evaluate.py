@@ -73,15 +73,13 @@ def _random(manifest: dict, size: int, channels: int):
 
 
 def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, elapsed) -> dict:
-    return {"run_id": results.new_run_id("evaluate"), "timestamp": results.now(), "command": "evaluate",
-            "status": "ok", "experiment": cfg.experiment, "data": cfg.data, "test_data": cfg.test_data,
-            "encoder": cfg.encoder, "objective": manifest["objective"], "method": method,
-            "arch": manifest["arch"]["preset"], "readout": None if method == "pixels" else readout,
-            "n_train": n_pool, "n_test": n_test, "seed": cfg.seed, "feature_dim": dim,
-            **{f"{k}_accuracy" if k in ("knn", "probe") else k: round(v, 5) for k, v in got.items()},
-            "knn_error_vs_pixels": round(evaluation.error_ratio(got["knn"], reference["knn"]), 4),
-            "probe_error_vs_pixels": round(evaluation.error_ratio(got["probe"], reference["probe"]), 4),
-            **elapsed}
+    return results.row("evaluate", cfg, test_data=cfg.test_data, encoder=cfg.encoder, objective=manifest["objective"],
+                       method=method, arch=manifest["arch"]["preset"], readout=None if method == "pixels" else readout,
+                       n_train=n_pool, n_test=n_test, feature_dim=dim,
+                       **{f"{k}_accuracy" if k in ("knn", "probe") else k: round(v, 5) for k, v in got.items()},
+                       knn_error_vs_pixels=round(evaluation.error_ratio(got["knn"], reference["knn"]), 4),
+                       probe_error_vs_pixels=round(evaluation.error_ratio(got["probe"], reference["probe"]), 4),
+                       **elapsed)
 
 
 def table(rows: list[dict]) -> str:

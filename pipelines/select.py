@@ -57,14 +57,12 @@ def run(cfg: SelectConfig, log=print) -> dict:
     _write_choice(cfg, out, source, names, labels, f"{cfg.strategy} on {what}", log)
     if cfg.sheet:
         _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
-    row = {"run_id": results.new_run_id("select"), "timestamp": results.now(), "command": "select", "status": "ok",
-           "experiment": cfg.experiment, "data": cfg.data, "encoder": cfg.encoder, "objective": objective,
-           "readout": readout, "strategy": cfg.strategy, "purity": cfg.purity,
-           "budget": cfg.budget, "n_selected": len(chosen), "n_pool": len(f), "n_excluded": len(labeled_rows),
-           "seed": cfg.seed, "feature_dim": f.shape[1], "labeled_classes": len(set(labels.tolist())) if known else None,
-           "classes": len(source.class_names) if known else None, "skipped_files": source.unreadable(),
-           **clock.read(),
-           "peak_memory_mb": round(training.peak_memory_mb(), 1), "run_dir": str(out)}
+    row = results.row("select", cfg, encoder=cfg.encoder, objective=objective, readout=readout, strategy=cfg.strategy,
+                      purity=cfg.purity, budget=cfg.budget, n_selected=len(chosen), n_pool=len(f),
+                      n_excluded=len(labeled_rows), feature_dim=f.shape[1],
+                      labeled_classes=len(set(labels.tolist())) if known else None,
+                      classes=len(source.class_names) if known else None, skipped_files=source.unreadable(),
+                      **clock.read(), peak_memory_mb=round(training.peak_memory_mb(), 1), run_dir=str(out))
     results.append_row(cfg.results, row)
     log(f"{len(chosen)} images to label -> {out}" + (f" (covering {row['labeled_classes']} of "
                                                        f"{row['classes']} classes)" if known else ""))

@@ -61,6 +61,13 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
+def row(command: str, cfg, run_id: str | None = None, **fields) -> dict:
+    """A finished run's row, as every command makes it: who ran (run_id, timestamp, command,
+    status ok), the settings every command's config has (experiment, data, seed), then `fields`."""
+    return {"run_id": run_id or new_run_id(command), "timestamp": now(), "command": command, "status": "ok",
+            "experiment": cfg.experiment, "data": cfg.data, "seed": cfg.seed, **fields}
+
+
 def _format(value) -> str:
     if value is None:
         return ""
