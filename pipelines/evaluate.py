@@ -20,8 +20,8 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
                                    "arch": {"preset": backbones.name_of(cfg.encoder), "init": cfg.encoder}}
         size, channels = cfg.image_size, None
     else:
-        encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
-        size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
+        run = artifacts.open_run(cfg.encoder, "encoder")
+        encoder, manifest, size, channels = run.model, run.manifest, run.image_size, run.channels
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, size, channels, log)
     channels = found.source.channels
     if encoder is None:
@@ -32,8 +32,7 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         training.set_seed(cfg.seed)
         candidates += [("random", _random(manifest, size, channels), r)
                        for r in cfg.readouts if r != "projector"]  # it has no head
-    projector = (artifacts.load_projector(cfg.encoder, manifest) if "projector" in cfg.readouts
-                 and not backbones.is_backbone(cfg.encoder) else None)
+    projector = run.projector() if "projector" in cfg.readouts and not backbones.is_backbone(cfg.encoder) else None
     if "projector" in cfg.readouts and projector is None and cfg.readouts != EvaluateConfig.readouts:
         raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
     candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts

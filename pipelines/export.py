@@ -23,19 +23,18 @@ def run(cfg: ExportConfig, log=print) -> dict:
     out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "export" / f"model{export.SUFFIX[cfg.format]}"
     record = out.with_name(out.name + ".json")
     _check_target(cfg, out, record)
-    model, manifest = artifacts.load_model_run(cfg.run_dir, kind)
-    images, where = _check_images(manifest)
-    diff = export.export(model, cfg.format, out, images)
-    pre = manifest["preprocessing"]
-    size, channels = int(pre["image_size"]), int(pre["channels"])
+    run = artifacts.open_run(cfg.run_dir, kind)
+    images, where = _check_images(run)
+    diff = export.export(run.model, cfg.format, out, images)
+    size, channels = run.image_size, run.channels
     text = {"format": cfg.format, "model": str(out), "source_run": str(cfg.run_dir), "kind": kind,
-            "input": {"name": model.inputs[0].name, "shape": [None, size, size, channels], "dtype": "float32",
+            "input": {"name": run.model.inputs[0].name, "shape": [None, size, size, channels], "dtype": "float32",
                       "what": "images decoded, converted and resized as `preprocessing` says, scaled to [0, 1]: "
                               "exactly what `transfer predict` feeds the model (the export does not decode files)",
-                      "preprocessing": pre},
+                      "preprocessing": run.preprocessing},
             "output": ("class probabilities (softmax), one per class of class_names, in that order"
                        if kind == "classifier" else "the encoder's last feature maps"),
-            "class_names": manifest.get("class_names"),
+            "class_names": run.class_names,
             "check": {"images": len(images), "on": where, "max_abs_difference": diff,
                       "tolerance": export.TOLERANCE}}
     outputs.write_text(record, json.dumps(text, indent=2) + "\n")
@@ -74,12 +73,10 @@ def _kind(run_dir: str) -> str:
         return "encoder"
 
 
-def _check_images(manifest: dict) -> tuple[np.ndarray, str]:
+def _check_images(run: artifacts.OpenedRun) -> tuple[np.ndarray, str]:
     """Up to CHECK_IMAGES images of the run's test split (its data, as the manifest names it), else
     of the data, else uniform noise when the data is not readable here."""
-    pre = manifest["preprocessing"]
-    size, channels = int(pre["image_size"]), int(pre["channels"])
-    src = manifest.get("data", {}).get("source")
+    size, channels, src = run.image_size, run.channels, run.source
     quiet = lambda message: None  # noqa: E731
     if src:
         try:

@@ -53,20 +53,15 @@ def _resolve_encoder(cfg: FineTuneConfig) -> Start:
         return Start(cfg.image_size, cfg.channels, objective=backbones.objective(cfg.weights),
                      backbone=backbones.name_of(cfg.encoder),
                      build=lambda size, channels: backbones.build(cfg.encoder, cfg.weights, size, channels))
-    encoder, manifest = artifacts.load_model_run(cfg.encoder, "encoder")
-    projector = artifacts.load_projector(cfg.encoder, manifest) if cfg.readout in ("auto", "projector") else None
+    run = artifacts.open_run(cfg.encoder, "encoder")
+    projector = run.projector() if cfg.readout in ("auto", "projector") else None
     if cfg.readout == "projector" and projector is None:
         raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
                             f"{', '.join(TWO_VIEW)} save one; encoders pretrained by older versions lack it); "
                             "choose another readout")
-    layers.adopt(encoder)  # fused BatchNormalization when its top blocks or everything train
-    pre = manifest["preprocessing"]
-    if cfg.channels is not None and cfg.channels != pre["channels"]:
-        raise TransferError(
-            f"the encoder takes {pre['channels']}-channel images; --channels {cfg.channels} cannot serve it"
-        )
-    return Start(int(pre["image_size"]), int(pre["channels"]), encoder, projector, manifest,
-                 objective=manifest["objective"])
+    layers.adopt(run.model)  # fused BatchNormalization when its top blocks or everything train
+    run.serves(cfg.channels)
+    return Start(run.image_size, run.channels, run.model, projector, run.manifest, objective=run.objective)
 
 
 def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run: Run):

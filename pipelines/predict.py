@@ -18,12 +18,10 @@ def run(cfg: PredictConfig, log=print) -> Path:
     out = Path(cfg.out)
     outputs.distinct({"--out": out}, {"--data": cfg.data})
     outputs.check(out, "--out", outputs.csv_with("path", "predicted"), cfg.overwrite)
-    model, manifest = artifacts.load_model_run(cfg.model, "classifier")
-    pre = manifest["preprocessing"]
-    size = int(pre["image_size"])
-    source = stream.open_for_prediction(cfg.data, size, int(pre["channels"]))
+    run = artifacts.open_run(cfg.model, "classifier")
+    model, size, classes = run.model, run.image_size, run.class_names
+    source = stream.open_for_prediction(cfg.data, size, run.channels)
     report_skipped(source.skipped, log)
-    classes = manifest["class_names"]
     if model.output.shape[-1] != len(classes):
         raise TransferError(f"{cfg.model}: the model has {model.output.shape[-1]} outputs but the manifest "
                             f"names {len(classes)} classes")

@@ -124,11 +124,11 @@ def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:
 def _probabilities(model_dir: str, source, pool: np.ndarray, positions: np.ndarray, log) -> np.ndarray:
     """The classifier's class probabilities for the pool images at `positions` (at its own image
     size; an image it cannot read gets uniform probabilities: the most uncertain)."""
-    model, manifest = artifacts.load_model_run(model_dir, "classifier")
-    size, channels = int(manifest["preprocessing"]["image_size"]), int(manifest["preprocessing"]["channels"])
-    if channels != source.channels:
-        raise TransferError(f"--model {model_dir} takes {channels}-channel images; the pool's have {source.channels}")
-    p, _, at = features.compute(model, stream.ImageSet(source, pool, size))
+    run = artifacts.open_run(model_dir, "classifier")
+    if run.channels != source.channels:
+        raise TransferError(f"--model {model_dir} takes {run.channels}-channel images; the pool's have "
+                            f"{source.channels}")
+    p, _, at = features.compute(run.model, stream.ImageSet(source, pool, run.image_size))
     where = {int(i): k for k, i in enumerate(at)}
     n = p.shape[1] if len(p) else 2
     out = np.array([p[where[int(i)]] if int(i) in where else np.full(n, 1.0 / n) for i in positions])

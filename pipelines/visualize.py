@@ -13,20 +13,18 @@ from transfer.config import VisualizeConfig
 from transfer.errors import TransferError
 
 
-def _sample_image(cfg: VisualizeConfig, manifest: dict) -> np.ndarray | None:
-    pre = manifest["preprocessing"]
-    size, channels = int(pre["image_size"]), int(pre["channels"])
+def _sample_image(cfg: VisualizeConfig, run: artifacts.OpenedRun) -> np.ndarray | None:
+    size, channels = run.image_size, run.channels
     if cfg.image:
         return data.decode_image(cfg.image, size, channels)
-    source = manifest.get("data", {}).get("source")
     try:
-        return stream.load(stream.open_for_prediction(source, size, channels), [0], size).images[0]
+        return stream.load(stream.open_for_prediction(run.source, size, channels), [0], size).images[0]
     except TransferError:
         return None  # the pretraining data moved; feature maps need --image then
 
 
 def run(cfg: VisualizeConfig, log=print) -> Path:
-    encoder, manifest = artifacts.load_model_run(cfg.run_dir, "encoder")  # a run that is one, before its folder
+    run = artifacts.open_run(cfg.run_dir, "encoder")  # a run that is one, before its folder
     out = Path(cfg.out) if cfg.out else Path(cfg.run_dir) / "visualize"
     if out.exists() and not out.is_dir():
         raise TransferError(f"--out {out} is a file; visualize writes a folder")
@@ -34,11 +32,11 @@ def run(cfg: VisualizeConfig, log=print) -> Path:
         outputs.check(out / name, "--out", kind)
     if cfg.image:
         lists.check_regular(cfg.image, "--image")
-    image = _sample_image(cfg, manifest)
+    image = _sample_image(cfg, run)
     if image is None:
         log("feature maps skipped: the pretraining data is not readable here; pass --image")
-    page = vis.write_report(encoder, out, image=image, layer=cfg.layer, units=cfg.units, run_dir=Path(cfg.run_dir),
-                        title=f"{manifest.get('objective')} encoder, {manifest['arch']['preset']} "
+    page = vis.write_report(run.model, out, image=image, layer=cfg.layer, units=cfg.units, run_dir=Path(cfg.run_dir),
+                        title=f"{run.objective} encoder, {run.manifest['arch']['preset']} "
                               f"({Path(cfg.run_dir).name})")
     log(f"wrote {page}")
     return page

@@ -18,6 +18,7 @@ import platform
 import shutil
 import uuid
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -259,6 +260,62 @@ def load_model_run(run_dir: str | os.PathLike, kind: str):
     """
     manifest = read_manifest(run_dir, kind)
     return _load_checked(run_dir, manifest.get("model_file", ""), manifest.get("model_sha256")), manifest
+
+
+@dataclass(frozen=True)
+class OpenedRun:
+    """A finished run directory, opened by every command that reads one (fine-tune, select,
+    evaluate, embed, export, predict, visualize): its model, checked against the manifest's
+    SHA-256 and loaded safely, its manifest, and what the manifest promises a reader."""
+
+    path: Path
+    kind: str  # "encoder" or "classifier"
+    model: object
+    manifest: dict
+
+    @property
+    def preprocessing(self) -> dict:
+        """How images are decoded, converted and resized for the model (the contract `predict` and exports keep)."""
+        return self.manifest["preprocessing"]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.preprocessing["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.preprocessing["channels"])
+
+    @property
+    def objective(self) -> str | None:
+        return self.manifest.get("objective")
+
+    @property
+    def class_names(self) -> list[str] | None:
+        return self.manifest.get("class_names")
+
+    @property
+    def source(self) -> str | None:
+        """The data the run learned from, as it was given (None when not recorded)."""
+        return (self.manifest.get("data") or {}).get("source")
+
+    def projector(self):
+        """The projection head a two-view objective saved beside the encoder, checked as the
+        encoder is; None when there is none."""
+        return load_projector(self.path, self.manifest)
+
+    def serves(self, channels: int | None, option: str = "--channels") -> None:
+        """Refuse images of other `channels` than the model's (None: not asked)."""
+        if channels is not None and int(channels) != self.channels:
+            raise TransferError(f"the {self.kind} takes {self.channels}-channel images; {option} {channels} cannot "
+                                "serve it")
+
+
+def open_run(run_dir: str | os.PathLike, kind: str) -> OpenedRun:
+    """The run directory of `kind`, opened (`OpenedRun`); a missing, damaged, changed or unsafe
+    one is refused with its reason (`load_model_run`)."""
+    model, manifest = load_model_run(run_dir, kind)
+    return OpenedRun(Path(run_dir), kind, model, manifest)
 
 
 def load_projector(run_dir: str | os.PathLike, manifest: dict):

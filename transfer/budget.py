@@ -34,15 +34,12 @@ def feature_model(encoder: str, readout: str = "auto", channels: int | None = No
         model = backbones.build(encoder, weights, image_size, channels)
         return (models.build_features(model, readout, True), image_size, channels,
                 backbones.objective(weights) or "random", readout)
-    model, manifest = artifacts.load_model_run(encoder, "encoder")
-    pre = manifest["preprocessing"]
-    if channels is not None and channels != int(pre["channels"]):
-        raise TransferError(f"the encoder takes {pre['channels']}-channel images; --channels {channels} cannot "
-                            "serve it")
-    readout = auto_readout(manifest) if readout == "auto" else readout
-    projector = artifacts.load_projector(encoder, manifest) if readout == "projector" else None
-    return (models.build_features(model, readout, True, projector), int(pre["image_size"]), int(pre["channels"]),
-            manifest["objective"], readout)
+    run = artifacts.open_run(encoder, "encoder")
+    run.serves(channels)
+    readout = auto_readout(run.manifest) if readout == "auto" else readout
+    projector = run.projector() if readout == "projector" else None
+    return (models.build_features(run.model, readout, True, projector), run.image_size, run.channels, run.objective,
+            readout)
 
 
 def auto_readout(manifest: dict) -> str:
