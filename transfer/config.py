@@ -15,7 +15,7 @@ from transfer import backbones
 from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
-                                 PRECISIONS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS,
+                                 PRECISIONS, PRESETS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS,
                                  CLASSIFIER_SELECTIONS)
 
 
@@ -62,18 +62,46 @@ def _purity(purity: float | None, strategy: str | None, option: str) -> None:
         raise TransferError(f"purity must be in (0, 1). Received: purity={purity}")
 
 
+def option(default=None, help: str = "", **how) -> dataclasses.Field:
+    """A config field that is also a command-line option: `cli.py` makes every command's options
+    from these. `help` is what --help shows; `how` says how the option reads: choices, path
+    ("dir", "file" or "any"), metavar, reader ("budget", "head"), required, argument (positional),
+    flag (True: --x/--no-x), shown (the default as the option reads it). --help lists the arguments
+    and required options first, then the fields the command's own config declares, in the order
+    it declares them, then the inherited ones. A field without help is no option (set by code,
+    or by an experiment file)."""
+    return dataclasses.field(default=default, metadata={"help": help, **how})
+
+
+SAME_PATH = "(an interrupted run of the same configuration still resumes)"
+STRATEGY_HELP = ("tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines listed in "
+                 "TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several workers, mirrored if "
+                 "several GPUs, else one).")
+WEIGHTS_HELP = ("With --encoder keras:NAME: imagenet (fetched once by Keras into ~/.keras/models; needs the internet "
+                "the first time), a weights file of the backbone without its top, or none (random weights).")
+BACKBONES = ("MobileNetV3Small, MobileNetV3Large, EfficientNetB0, EfficientNetV2B0, ResNet50V2, ConvNeXtTiny; with "
+             "--weights")
+READOUT_HELP = ("How the encoder's last block becomes one feature vector. auto (default): what its fine-tunes and "
+                "selections read, through its projection head when it has one (the two-view objectives), else avg.")
+PURITY_HELP = ("probcover: the share of balls holding one k-means cluster that sets the radius (default 0.95, the "
+               "authors'; lower: wider balls, fewer images in the densest regions).")
+CHANNELS_HELP = "Channels (default: 1 if all images are gray, else 3)."
+RESULTS = "experiments/results.csv"
+
+
 @dataclass(frozen=True)
 class ArchConfig:
     """Encoder architecture: a preset plus optional overrides applied to every block."""
 
-    arch: str = "small"
-    filters: tuple[int, ...] | None = None
-    kernel_size: int | None = None
-    strides: int | None = None
-    padding: str | None = None
-    pool: str | None = None
-    batch_norm: bool | None = None
-    activation: str | None = None
+    arch: str = option("small", "Encoder preset: small (3 conv+BN+max-pool blocks), lenet5, vgg (2 convs per block), "
+                       "resnet (residual units).", choices=PRESETS)
+    filters: tuple[int, ...] | None = option(None, "Filters per block, e.g. 32,64,128 (sets the number of blocks).")
+    kernel_size: int | None = option(None, "Kernel size of every conv (preset's if unset).")
+    strides: int | None = option(None, "Stride of each block's first conv.")
+    padding: str | None = option(None, "Conv padding.", choices=("same", "valid"))
+    pool: str | None = option(None, "Pooling after each block.", choices=("max", "avg", "none"))
+    batch_norm: bool | None = option(None, "BatchNorm after each conv.", flag=True)
+    activation: str | None = option(None, "Activation, e.g. relu, tanh, gelu.")
 
     def overrides(self) -> dict:
         return {
@@ -90,18 +118,23 @@ class ArchConfig:
 class RunConfig(ArchConfig):
     """What every training run (pretrain, fine-tune) has: its data, images, seed, outputs, strategy."""
 
-    data: str = ""
-    image_size: int = 32
-    channels: int | None = None
-    seed: int = 0
-    out: str | None = None
-    results: str = "experiments/results.csv"
-    overwrite: bool = False
-    experiment: str | None = None  # tag recorded in the row
-    strategy: str = "auto"  # tf.distribute: auto | one | mirrored | multiworker (see transfer.distribute)
-    precision: str = "float32"  # mixed: compute in bfloat16, keep variables in float32 (for GPUs)
-    xla: bool = False  # compile training steps with XLA (jit_compile; for GPUs)
-    tensorboard: str | None = None  # TensorBoard logs under DIR/<run id> (see transfer.board)
+    data: str = option("", "Images: directory, CSV manifest or built-in name.", required=True)
+    image_size: int = option(32, "Images are resized to this square size.")
+    channels: int | None = option(None, CHANNELS_HELP)
+    seed: int = option(0, "Seed of initialization, shuffling and augmentation.")
+    out: str | None = option(None, "Run directory (default runs/RUN_ID).", path="dir")
+    results: str = option(RESULTS, "Results table to append to.", path="file")
+    overwrite: bool = option(False, f"Replace an existing run directory {SAME_PATH}.")
+    experiment: str | None = None  # tag recorded in the row (set by `transfer experiment`)
+    strategy: str = option("auto", STRATEGY_HELP, choices=STRATEGIES)  # see transfer.distribute
+    precision: str = option("float32", "mixed: compute in bfloat16 with float32 variables (Keras's mixed_bfloat16 "
+                            "policy) for GPUs with bfloat16 (Ampere and later); the saved model keeps that policy. "
+                            "On CPU it is slower.", choices=PRECISIONS)
+    xla: bool = option(False, "Compile the training steps with XLA (jit_compile). Can help on GPUs; on CPU it made "
+                       "training slower here (see README, Benchmarks).", flag=True)
+    tensorboard: str | None = option(None, "Write TensorBoard logs under DIR/<run id>: every fit's losses, metrics "
+                                     "and learning rate, the preview images, and one HParams record with the run's "
+                                     "final metrics (tensorboard --logdir DIR).", metavar="DIR", path="dir")
 
     def __post_init__(self):
         for name in ("image_size", "channels"):
@@ -112,20 +145,46 @@ class RunConfig(ArchConfig):
 
 @dataclass(frozen=True)
 class PretrainConfig(RunConfig):
-    objective: str = "contrastive"
-    epochs: int | None = None  # None: 300, fewer when that would train on more than 500,000 images
-    batch_size: int = 256
-    learning_rate: float | None = None  # None: the objective's own (transfer.objectives)
-    plots: bool = True
-    probe_data: str | None = None  # labeled images watched by an online k-NN probe while pretraining
+    """Pretrain an encoder on unlabeled images (SRC labels are ignored).
+
+    Reports the reconstruction error next to trivial baselines.
+
+    Writes: --out (a run directory: encoder.keras, manifest.json, history.csv,
+    config.json, previews; built in OUT.partial, moved into place when complete), one
+    row in --results, --tensorboard logs. --overwrite replaces only a run directory.
+    """
+
+    data: str = option("", "Unlabeled images: directory, CSV manifest or built-in name.", required=True)
+    out: str | None = option(None, "Run directory to create.", required=True, path="dir")
+    objective: str = option("contrastive", "Pretraining objective.", choices=OBJECTIVES)
+    epochs: int | None = option(None, "Passes over the unlabeled images (default: 300, or as many as train on "
+                                "500,000 images in all when the pool is larger than about 1,700: a bounded default "
+                                "cost).")
+    batch_size: int = option(256, "Images per step (contrastive: also the number of negatives each image is "
+                             "contrasted with).")
+    learning_rate: float | None = option(None, "Adam's learning rate (default: the objective's own: 1e-3, gan 2e-4).")
+    plots: bool = option(True, "Write the preview PNG (reconstructions, views or samples) and the visualize/ report.",
+                         flag=True)
+    probe_data: str | None = option(None, "Labeled images to watch the features with while pretraining: a k-NN "
+                                    "probe's accuracy every few epochs (column probe_knn; images outside the "
+                                    "source's test split; nothing is trained on them).", metavar="LABELED")
     # The two-view objectives' (contrastive, vicreg, byol) recipe; None: the objective's own default.
-    temperature: float | None = None
-    projector: tuple[int, ...] | None = None
-    crop: float | None = None  # smallest side of a random crop, as a fraction of the image's
-    blur: float | None = None  # strength of the random Gaussian blur of the views (0: none)
-    jitter: float | None = None  # strength of the views' brightness/contrast jitter (0: none, 1: SimCLR-like)
-    init: str | None = None  # keras:NAME: pretraining continues from an ImageNet backbone (transfer.backbones)
-    weights: str | None = None  # --init's weights: imagenet, none or a weights file
+    temperature: float | None = option(None, "contrastive: the softmax temperature of NT-Xent (default 0.3).")
+    projector: tuple[int, ...] | None = option(None, "contrastive, vicreg, byol: widths of the projection MLP "
+                                               "dropped after pretraining (default 128,64; vicreg 512,512,512; "
+                                               "byol 512,128).")
+    crop: float | None = option(None, "contrastive, vicreg, byol: the smallest side of a view's random crop, as a "
+                                "fraction of the image's (default 0.7).")
+    blur: float | None = option(None, "contrastive, vicreg, byol: the strength of the views' random Gaussian blur, "
+                                "0 to 1 (default 0.5; 0: none).")
+    jitter: float | None = option(None, "contrastive, vicreg, byol: the strength of the views' random brightness "
+                                  "and contrast jitter, 0 to 1 (default 1: brightness +-0.3, contrast x0.4-1.6; 0: "
+                                  "none).")
+    init: str | None = option(None, "Continue from an ImageNet backbone of keras.applications (" + BACKBONES
+                              + ") instead of the --arch encoder: domain-adaptive pretraining on these images, saved "
+                              "as an ordinary encoder.", metavar="keras:NAME")
+    weights: str | None = option(None, WEIGHTS_HELP.replace("--encoder keras:NAME", "--init"),
+                                 metavar="imagenet|PATH|none")
 
     def __post_init__(self):
         super().__post_init__()
@@ -156,36 +215,93 @@ class PretrainConfig(RunConfig):
 
 @dataclass(frozen=True)
 class FineTuneConfig(RunConfig):
-    encoder: str = "random"  # a pretrain run, random, pixels, or keras:NAME (transfer.backbones)
-    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
-    freeze: str = "none"  # measured best on digits: probe, then fine-tune everything with augmentation
-    labels_per_class: int | None = None  # None: all (stratified: the oracle draw, N of every class)
-    labels: int | None = None  # a total budget instead, chosen by `selection` (transfer.budget)
-    selection: str | None = None  # random (default with labels) | stratified | typiclust | probcover | kcenter
-    select_encoder: str | None = None  # features to select by: a pretrain run or pixels (default: the encoder's)
-    select_readout: str | None = None  # the select encoder's readout (None: auto, through its projection head if any)
-    purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
-    test_data: str | None = None
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    readout: str = "auto"  # auto: chosen by cross-validation on the labeled images (see fine-tune)
-    adapt_bn: bool = False  # re-estimate BatchNorm statistics on the target images (AdaBN)
-    head: tuple[int, ...] = ()  # (): linear softmax solved exactly; else hidden units trained by Adam
-    dropout: float = 0.3
-    unfreeze_top: int = 1
-    fine_tune_learning_rate: float = 1e-4
-    fine_tune_epochs: int = 30
-    epochs: int | None = None  # None: 100 passes over the labeled images, at least 500 steps (see fine-tune)
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    augment: str = "label-preserving"  # see transfer.augment.POLICIES
-    unlabeled: str | None = None  # a pool of unlabeled images: semi-supervised fine-tuning (FixMatch)
-    mu: int = 7  # unlabeled images per labeled image in a step
-    threshold: float = 0.95  # pseudo-label confidence
-    unlabeled_weight: float = 1.0  # lambda: the unlabeled loss's weight
-    steps: int = 2000  # semi-supervised training steps
-    semi_learning_rate: float = 0.03  # FixMatch's SGD (see transfer.semi.optimizer)
-    teacher: str = "batch"  # FixMatch's pseudo-labels: "batch" (the reference's trained pass) or "inference"
-    align: bool = True  # distribution alignment of the pseudo-labels (see transfer.semi)
+    """Fit a dense head on an encoder for a labeled task; log one row.
+
+    With a pretrained encoder its image size, channels and preprocessing are
+    used (the --arch/--image-size options apply to --encoder random only).
+
+    Writes: --out (a run directory: classifier.keras, manifest.json, history.csv,
+    config.json, labeled.csv, confusion and mistakes; built in OUT.partial), one row in
+    --results, --tensorboard logs. --overwrite replaces only a run directory.
+    """
+
+    encoder: str = option("random", "A pretrain run directory, or a baseline: random (with --freeze all|none), pixels "
+                          "(logistic regression on raw pixels), or keras:NAME, an ImageNet backbone of "
+                          f"keras.applications ({BACKBONES}).")
+    weights: str | None = option(None, WEIGHTS_HELP, metavar="imagenet|PATH|none")
+    freeze: str = option("none", "none (default): train everything with --augment (a pretrained encoder's head is "
+                         "fit on its frozen features first; with --encoder random: from scratch); all: train only "
+                         "the head on the frozen encoder (and --unfreeze-top K blocks after it).",
+                         choices=("all", "none"))  # measured best on digits
+    labels_per_class: int | None = option(None, "Labeled training images per class, or 'all' (a stratified draw: "
+                                          "the oracle a user with an unlabeled pool cannot make; see --labels).",
+                                          reader="budget")
+    labels: int | None = option(None, "A total label budget instead: N images of the pool, chosen by --selection (a "
+                                "class may get none).")  # transfer.budget
+    selection: str | None = option(None, "How the --labels images are chosen: random (default: a blind draw, as "
+                                   "users label), stratified (N / classes of each: the oracle), typiclust, probcover "
+                                   "or kcenter (by features, before any label: see transfer select).",
+                                   choices=BUDGET_SELECTIONS)
+    select_encoder: str | None = option(None, "Features for --selection typiclust|probcover|kcenter: a pretrain run "
+                                        "directory, or pixels (default: --encoder when it is pretrained, else "
+                                        "pixels).")
+    select_readout: str | None = option(None, "The select encoder's readout for --selection (default auto: through "
+                                        "its projection head when it has one, as transfer select; avg: the global "
+                                        "average pool of its last block).", choices=READOUTS)
+    purity: float | None = option(None, "--selection " + PURITY_HELP)  # None: transfer.selection.PURITY
+    test_data: str | None = option(None, "Separate labeled test set (default: a fixed split of --data).")
+    test_fraction: float = option(DEFAULT_TEST_FRACTION, "Fraction of each class held out for testing; the split "
+                                  "depends only on image content.")
+    readout: str = option("auto", "Features fed to the head: avg (global average pool of the last block), multi "
+                          "(average pool of every block), stats (per-channel mean and mean square of every block: "
+                          "orderless, for textures), flatten, projector (avg through the projection head a two-view "
+                          "objective saved beside the encoder), or auto: projector when the encoder has a head, else "
+                          "the one of avg/multi/stats whose linear probe cross-validates best on the labeled images "
+                          "(avg for scratch).", choices=READOUTS)
+    adapt_bn: bool = option(False, "Re-estimate the encoder's BatchNorm statistics on the target images first (AdaBN; "
+                            "the labeled images and up to 2,048 of --unlabeled): for labeled data unlike the "
+                            "pretraining data.")
+    head: tuple[int, ...] = option((), "linear: a softmax layer on standardized features, solved exactly (L-BFGS, "
+                                   "L2) when the encoder is frozen; or hidden units, e.g. 128 or 256,64, trained by "
+                                   "Adam for --epochs.", reader="head", shown="linear")
+    dropout: float = option(0.3, "Dropout in a head with hidden layers.")
+    unfreeze_top: int = option(1, "With --freeze all: after the head is fit, train the top K conv blocks further "
+                               "(BatchNorm stays frozen) at --fine-tune-learning-rate for --fine-tune-epochs.")
+    fine_tune_learning_rate: float = option(1e-4, "Learning rate while the top blocks are unfrozen.")
+    fine_tune_epochs: int = option(30, "Epochs while the top blocks are unfrozen.")
+    epochs: int | None = option(None, "Epochs of a hidden-layer head, or of training with --freeze none (a linear "
+                                "head needs none; default: 100, more when 100 passes over the labeled images make "
+                                "fewer than 500 steps).")
+    batch_size: int = option(32, "Labeled images per step.")
+    learning_rate: float = option(1e-3, "Adam's learning rate for the head, or for everything with --freeze none.")
+    augment: str = option("label-preserving", "Augmentation while training by gradient (not the exact linear solve): "
+                          "label-preserving (small shifts, rotations, zooms, contrast, brightness; no flips), "
+                          "orientation-free (also flips and any rotation: textures, tiles, micrographs) or none. "
+                          "Never in the saved model.", choices=AUGMENT_POLICIES)
+    # FixMatch (transfer.semi)
+    unlabeled: str | None = option(None, "Unlabeled images (directory, CSV, prepared directory or built-in) to learn "
+                                   "from too: semi-supervised fine-tuning by FixMatch, streamed. Method names get "
+                                   "'-semi'.")
+    mu: int = option(7, "With --unlabeled: unlabeled images per labeled image in a step.")
+    threshold: float = option(0.95, "With --unlabeled: confidence above which a prediction becomes a pseudo-label.")
+    unlabeled_weight: float = option(1.0, "With --unlabeled: weight of the unlabeled loss.")
+    steps: int = option(2000, "With --unlabeled: training steps.")
+    semi_learning_rate: float = option(0.03, "With --unlabeled: FixMatch's learning rate (SGD with Nesterov momentum "
+                                       "and weight decay, FixMatch's cosine, the weights' moving average kept, as the "
+                                       "reference trains).")
+    teacher: str = option("batch", "With --unlabeled: where pseudo-labels come from: inference (the network in "
+                          "inference mode, BatchNorm's moving statistics, no backward pass for them: cheaper) or batch "
+                          "(the reference: the weak views in the trained pass with the labeled and strong ones).",
+                          choices=("inference", "batch"))
+    align: bool = option(True, "With --unlabeled: distribution alignment (the default; --no-align: FixMatch as "
+                         "published): the teacher's probabilities are divided by their running mean over the pool "
+                         "and renormalized, so that pseudo-labels stay spread evenly over the labeled classes "
+                         "(against confirmation bias at 1-4 labels per class).", flag=True)
+    # RunConfig's fields as fine-tune reads them
+    data: str = option("", "Labeled images: class subfolders, path,label CSV or built-in.", required=True)
+    image_size: int = option(32, "With --encoder random or keras:NAME only.")
+    channels: int | None = option(None, "With --encoder random or keras:NAME only (default: from data).")
+    seed: int = option(0, "Seed of the labeled draw and of training.")
 
     def __post_init__(self):
         super().__post_init__()
@@ -229,19 +345,31 @@ class FineTuneConfig(RunConfig):
 
 @dataclass(frozen=True)
 class EvaluateConfig:
-    """`transfer evaluate`: the standard feature evaluation (transfer.evaluation)."""
+    """Score an encoder's features the standard way, beside raw pixels and a random encoder.
 
-    encoder: str = ""  # a pretrain run directory, or keras:NAME (an ImageNet backbone)
-    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
-    image_size: int = 32  # for keras:NAME (a pretrain run brings its own)
-    data: str = ""
-    test_data: str | None = None
-    test_fraction: float = DEFAULT_TEST_FRACTION
-    readouts: tuple[str, ...] = ("avg", "multi", "stats", "projector")  # the default: projector if the encoder has one
-    baselines: bool = True  # a random encoder of the same architecture (pixels are always scored)
-    draws: int = 5  # random draws of the few labels per class
-    seed: int = 0
-    results: str = "experiments/results.csv"
+    Weighted 20-NN (cosine) and a linear probe with every pool label, and 1-NN / probe from
+    1, 4 and 10 labels per class (random draws), on the test split; for each readout. One
+    row per (features, readout), with the k-NN error as a ratio of the pixels' (below 1: better).
+
+    Writes: rows in --results only.
+    """
+
+    encoder: str = option("", "A pretrain run directory, or keras:NAME (an ImageNet backbone, with --weights; its "
+                          "random baseline is the same backbone with random weights).", required=True)
+    weights: str | None = option(None, WEIGHTS_HELP, metavar="imagenet|PATH|none")
+    image_size: int = option(32, "With --encoder keras:NAME only (a pretrain run brings its own).")
+    data: str = option("", "Labeled images: class subfolders, path,label CSV or built-in.", required=True)
+    test_data: str | None = option(None, "Separate labeled test set (default: the fixed test split of --data).")
+    test_fraction: float = option(DEFAULT_TEST_FRACTION, "Fraction of each class held out when --data has no fixed "
+                                  "split.")
+    readouts: tuple[str, ...] = option(("avg", "multi", "stats", "projector"), "Readouts of the encoders to score "
+                                       "(comma-separated: avg, multi, stats, flatten, projector; the default scores "
+                                       "the projector when the encoder has a projection head).")
+    baselines: bool = option(True, "Also score a random encoder of the same architecture (raw pixels are always "
+                             "scored).", flag=True)
+    draws: int = option(5, "Random draws of the few labels per class.")
+    seed: int = option(0, "Seed of the draws and of the random encoder.")
+    results: str = option(RESULTS, "Results table to append the rows to.", path="file")
     experiment: str | None = None
 
     def __post_init__(self):
@@ -256,27 +384,54 @@ class EvaluateConfig:
 
 @dataclass(frozen=True)
 class SelectConfig(ArchConfig):
-    """`transfer select`: which images of a pool to label (transfer.selection)."""
+    """Choose which images of an unlabeled pool to label, before any label exists.
 
-    data: str = ""
-    encoder: str = ""  # a pretrain run directory, or pixels / random (with the arch options), or keras:NAME
-    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
-    budget: int = 0
-    out: str = ""  # the CSV to write (path,label); the contact sheet beside it
-    strategy: str = "typiclust"
-    purity: float | None = None  # probcover's share of pure balls (None: transfer.selection.PURITY)
-    exclude: str | None = None  # a CSV with a path column: images already labeled
-    labeled: bool = False  # the pool has labels (class folders, a label column): filled in, test split left out
-    readout: str = "auto"  # auto: what the encoder's fine-tunes read (its projection head if it has one, else avg)
-    image_size: int = 32  # for pixels and random (a pretrained encoder brings its own)
-    channels: int | None = None
-    seed: int = 0
-    sheet: bool = True
-    format: str = "csv"  # csv: path,label; label-studio: a task file to import and a labeling config
-    model: str | None = None  # a fine-tune run: its classifier's uncertainty chooses (--strategy margin)
-    classes: tuple[str, ...] = ()  # the labeling config's choices (default: the pool's classes, when it has labels)
-    overwrite: bool = False  # replace an existing list (and contact sheet) that select wrote
-    results: str = "experiments/results.csv"
+    Computes the features of every pool image in batches, then picks --budget images by
+    --strategy. Run it with --encoder pixels or random too: selection without pretraining is
+    the baseline to compare with. One row in the results table (labeled_classes: how many
+    classes the choice covers, when the pool's labels are known).
+
+    Writes: --out (CSV path,label; paths relative to the CSV's folder, as every command
+    reads them; with --format label-studio a task file, OUT.json, and its labeling config,
+    OUT.xml), OUT.png and OUT.html (the contact sheet), one row in --results; existing
+    files only with --overwrite, and only those select wrote.
+    """
+
+    data: str = option("", "The pool to choose from: directory, CSV manifest or built-in name.", required=True)
+    encoder: str = option("", "A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder "
+                          "of --arch), keras:NAME (an ImageNet backbone, with --weights).", required=True)
+    weights: str | None = option(None, WEIGHTS_HELP, metavar="imagenet|PATH|none")
+    budget: int = option(0, "How many images to label (in all, not per class).", required=True)
+    out: str = option("", "CSV to write (path,label in the order to label them); the contact sheet goes beside it "
+                      "(.png, .html).", required=True, path="file")
+    strategy: str = option("typiclust", "typiclust: the most typical image of each k-means cluster of the features "
+                           "(small budgets); probcover: greedy max coverage of balls of a radius where 95% of them "
+                           "hold one k-means cluster; kcenter: greedy core-set, each image the farthest from those "
+                           "chosen (larger budgets); random: uniform (the baseline); margin (with --model, the next "
+                           "rounds): typiclust's clusters, from each the image the classifier is least sure of.",
+                           choices=(*SELECTIONS, *CLASSIFIER_SELECTIONS))
+    purity: float | None = option(None, PURITY_HELP)  # None: transfer.selection.PURITY
+    exclude: str | None = option(None, "Images already labeled (a CSV with a path column, e.g. an earlier --out): the "
+                                 "next round.", metavar="CSV")
+    labeled: bool = option(False, "The pool has labels (class subfolders or a label column; built-ins always): they "
+                           "are written beside the chosen images, for simulations, and its test split is left out as "
+                           "fine-tune leaves it.")
+    readout: str = option("auto", READOUT_HELP, choices=READOUTS)
+    image_size: int = option(32, "Image size for pixels and random (an encoder brings its own).")
+    channels: int | None = option(None, CHANNELS_HELP)
+    seed: int = option(0, "Seed of k-means, k-center's first image, random draws.")
+    sheet: bool = option(True, "Write the contact sheet of the chosen images.", flag=True)
+    model: str | None = option(None, "A fine-tune run directory: with --strategy margin, its classifier's uncertainty "
+                               "chooses the next round (typiclust's clusters, the least sure image of each).",
+                               path="dir")
+    format: str = option("csv", "csv: OUT is a path,label list. label-studio: OUT (.json) is a Label Studio task "
+                         "file to import, with its labeling config beside it (.xml); fine-tune --data reads Label "
+                         "Studio's export back.", choices=("csv", "label-studio"))
+    classes: tuple[str, ...] = option((), "The classes to label with (--format label-studio; default: the pool's "
+                                      "classes when it has labels).")
+    overwrite: bool = option(False, "Replace an existing --out (and its contact sheet), if it is a list (and sheet) "
+                             "that select wrote.")
+    results: str = option(RESULTS, "Results table to append the row to.", path="file")
     experiment: str | None = None
 
     def __post_init__(self):
@@ -309,19 +464,29 @@ class SelectConfig(ArchConfig):
 
 @dataclass(frozen=True)
 class EmbedConfig:
-    """`transfer embed`: every image's features, with its path, content id and label."""
+    """Write the features of every image, with its path, content id and label.
 
-    encoder: str = ""  # a pretrain run directory, or pixels, or keras:NAME
-    weights: str | None = None  # a keras:NAME backbone's: imagenet, none or a weights file
-    data: str = ""
-    out: str = ""  # FILE.npy: the features; FILE.csv beside it: one row per image
-    readout: str = "auto"  # auto: what the encoder's fine-tunes and selections read (its projection head if any)
-    image_size: int = 32  # for pixels (an encoder brings its own)
-    channels: int | None = None
-    labeled: bool = False  # read labels (class folders, a label column; built-ins always)
-    neighbors: int = 0  # each image's K nearest neighbours (cosine) in the CSV
-    duplicates: float | None = None  # FILE-duplicates.csv: pairs closer than this cosine distance
-    overwrite: bool = False  # replace existing files that embed wrote
+    Streamed in batches (any source size); for TensorBoard's projector, a nearest-neighbour
+    index, or finding near-duplicates and test images that also sit in a pool.
+
+    Writes: --out (FILE.npy), FILE.csv beside it, FILE-duplicates.csv with --duplicates;
+    existing ones only with --overwrite, and only files embed wrote.
+    """
+
+    encoder: str = option("", "A pretrain run directory, or pixels (raw pixels), or keras:NAME (an ImageNet backbone, "
+                          "with --weights).", required=True)
+    weights: str | None = option(None, WEIGHTS_HELP, metavar="imagenet|PATH|none")
+    data: str = option("", "Images: directory, CSV manifest or built-in name.", required=True)
+    out: str = option("", "FILE.npy for the features; FILE.csv (row,path,id,label[,neighbors,distances]) is written "
+                      "beside it.", required=True, path="file")
+    readout: str = option("auto", READOUT_HELP, choices=READOUTS)
+    neighbors: int = option(0, "Add each image's K nearest neighbours (cosine) and distances.")
+    duplicates: float | None = option(None, "Write FILE-duplicates.csv: every pair of images closer than cosine "
+                                      "distance D (near-duplicates).", metavar="D")
+    labeled: bool = option(False, "Read labels (class subfolders or a label column; built-ins always).")
+    image_size: int = option(32, "Image size for pixels (an encoder brings its own).")
+    channels: int | None = option(None, CHANNELS_HELP)
+    overwrite: bool = option(False, "Replace existing files, if they are files that embed wrote.")
 
     def __post_init__(self):
         if not self.encoder:
@@ -340,12 +505,23 @@ class EmbedConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """`transfer export`: a run's model in a deployment format (transfer.export)."""
+    """Export a fine-tuned classifier (or a pretrained encoder) for deployment.
 
-    run_dir: str = ""
-    format: str = "savedmodel"
-    out: str | None = None  # None: RUN_DIR/export/model(.onnx|.tflite)
-    overwrite: bool = False
+    Through Keras's own Model.export; the exported model is run on 64 of the run's test
+    images and must match the Keras model within 1e-4, or nothing is written. OUT.json says
+    what to feed it (float32 images in [0, 1], preprocessed as `transfer predict` does) and
+    records the check's max difference.
+
+    Writes: --out (the model) and OUT.json (its record); an existing export only with
+    --overwrite, and only one this command made (OUT.json names it).
+    """
+
+    run_dir: str = option("", "A fine-tune or pretrain run directory.", argument=True, metavar="RUN_DIR")
+    format: str = option("savedmodel", "savedmodel (TensorFlow SavedModel folder), onnx (.onnx; needs tf2onnx and "
+                         "onnxruntime), litert (.tflite; needs ai-edge-litert). Extra runtimes: pip install -e "
+                         "\".[export]\".", choices=EXPORT_FORMATS)
+    out: str | None = option(None, "Where to write it (default RUN_DIR/export/model[.onnx|.tflite]).", path="any")
+    overwrite: bool = option(False, "Replace an existing export.")
 
     def __post_init__(self):
         _choice("format", self.format, EXPORT_FORMATS)
@@ -353,11 +529,19 @@ class ExportConfig:
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    src: str = ""
-    out: str = ""
-    image_size: int = 32
-    channels: int | None = None
-    labeled: bool = False
+    """Decode and resize SRC (a directory or CSV manifest) once into sharded TFRecord files.
+
+    The prepared directory is a source for pretrain and fine-tune (same --image-size):
+    no image is decoded again, and multiworker runs split its shards between workers.
+
+    Writes: --out (a directory of shards and prepared.json).
+    """
+
+    src: str = option("", "A directory or CSV manifest of images.", argument=True, metavar="SRC")
+    out: str = option("", "Directory to create.", required=True, path="dir")
+    image_size: int = option(32, "Images are resized to this square size once.")
+    channels: int | None = option(None, CHANNELS_HELP)
+    labeled: bool = option(False, "Keep labels (class subfolders or the CSV's label column).")
 
     def __post_init__(self):
         for name in ("image_size", "channels"):
@@ -366,21 +550,37 @@ class PrepareConfig:
 
 @dataclass(frozen=True)
 class CompareConfig:
-    tables: tuple[str, ...] = ()  # results tables read as one; () -> (results,)
-    results: str = "experiments/results.csv"
-    by: tuple[str, ...] = ("data", "method", "labels_per_class")
-    metric: str = "test_accuracy"
-    # a row filter (transfer.rowfilter, checked when compare runs, before any table is read),
-    # e.g. "arch == 'vgg' and seed < 3"
-    where: str | None = None
-    sort: str | None = None  # a column of the summary
-    descending: bool = False
-    top: int | None = None
-    columns: tuple[str, ...] = ()  # summary columns to show; () -> all
-    format: str = "text"
-    plot: str | None = None  # a PNG path: accuracy against labels per class
-    html: str | None = None  # one self-contained page: verdict, tables, plot, costs
-    verbose: bool = False  # every verdict sentence (one per budget and selection), not the headline alone
+    """A headline per data set (where pretraining pays), then mean ± std over seeds per group
+    and each method's difference from the best baseline.
+
+    TABLES are results CSVs read as one (default: --results); the difference from the best
+    method without pretraining is paired over the seeds both share, with a 95% interval.
+
+    Writes: nothing but --plot (PNG) and --html (a page) when given, replacing only a
+    picture or page of that kind.
+    """
+
+    tables: tuple[str, ...] = option((), "Results tables read as one.", argument=True, metavar="[TABLES]...",
+                                     path="file")  # () -> (results,)
+    results: str = option(RESULTS, "The results table to read when no TABLES are given.", path="file")
+    by: tuple[str, ...] = option(("data", "method", "labels_per_class"), "Columns to group runs by (comma-separated; "
+                                 "`table` is the table a row came from).")
+    metric: str = option("test_accuracy", "Numeric column to compare.")
+    # a row filter (transfer.rowfilter, checked when compare runs, before any table is read)
+    where: str | None = option(None, "Keep only the rows matching this filter, e.g. \"arch == 'vgg' and seed < 3\": "
+                               "column names, literals, comparisons, in [...], and/or/not, parentheses; nothing else "
+                               "(no calls).")
+    sort: str | None = option(None, "Sort the summary by this column (e.g. mean, vs_best_baseline, seconds).")
+    descending: bool = option(False, "Sort from the largest value.")
+    top: int | None = option(None, "Show only the first N rows of the summary.")
+    columns: tuple[str, ...] = option((), "Summary columns to show (comma-separated; csv/json show them raw).")
+    format: str = option("text", "Output format (csv and json keep raw numbers).",
+                         choices=("text", "markdown", "csv", "json"))
+    plot: str | None = option(None, "Also draw the label-efficiency plot (metric against labels per class, spread "
+                              "over seeds shaded) to this PNG.", path="file")
+    html: str | None = option(None, "Also write one self-contained HTML page (headline, verdicts, tables, plot, "
+                              "costs, provenance).", path="file")
+    verbose: bool = option(False, "Every verdict sentence (one per budget and selection), not only the headline.")
 
     def __post_init__(self):
         _choice("format", self.format, ("text", "markdown", "csv", "json"))
@@ -389,11 +589,16 @@ class CompareConfig:
 
 @dataclass(frozen=True)
 class PredictConfig:
-    model: str = ""
-    data: str = ""
-    out: str = "predictions.csv"
-    batch_size: int = 256
-    overwrite: bool = False
+    """Classify images with a fine-tuned model: path, predicted class, probability of each class.
+
+    Writes: --out (CSV); an existing one only with --overwrite, and only a prediction CSV.
+    """
+
+    model: str = option("", "A fine-tune run directory.", required=True)
+    data: str = option("", "Images to classify: directory, CSV with a path column, or built-in.", required=True)
+    out: str = option("predictions.csv", "CSV to write.", path="file")
+    batch_size: int = option(256, "Images per prediction batch.")
+    overwrite: bool = option(False, "Replace an existing output file.")
 
     def __post_init__(self):
         _positive("batch_size", self.batch_size)
@@ -401,11 +606,19 @@ class PredictConfig:
 
 @dataclass(frozen=True)
 class VisualizeConfig:
-    run_dir: str = ""
-    out: str | None = None  # None: RUN_DIR/visualize
-    layer: str | None = None  # None: the top block's last activation
-    units: tuple[int, ...] | None = None  # None: the first 8 channels (or all, if fewer)
-    image: str | None = None  # None: the first image of the pretraining data
+    """Show what a pretrained encoder learned: filters, images that activate chosen units,
+    feature maps, and the run's reconstructions or samples, in RUN_DIR/visualize/index.html.
+
+    Writes: in --out (default RUN_DIR/visualize), filters.png, activations.png,
+    feature_maps.png and index.html, replacing only files of those kinds.
+    """
+
+    run_dir: str = option("", "A pretrain run directory.", argument=True, metavar="RUN_DIR", path="dir")
+    out: str | None = option(None, "Folder for the PNGs and index.html (default RUN_DIR/visualize).", path="dir")
+    layer: str | None = option(None, "Layer whose units to visualize (default: the top block's last activation).")
+    units: tuple[int, ...] | None = option(None, "Channels of --layer to generate images for (default: the first 8).")
+    image: str | None = option(None, "Image for the feature maps (default: the first pretraining image).",
+                               path="file")
 
     def __post_init__(self):
         for u in self.units or ():
@@ -414,14 +627,19 @@ class VisualizeConfig:
 
 @dataclass(frozen=True)
 class DemoConfig:
-    out: str | None = None  # None: runs/demo-<timestamp>
+    """Pretrain on built-in digits, fine-tune it and the baseline, print the comparison (about 3 minutes).
+
+    Writes: everything in --out (default runs/demo-TIME): runs and their results table.
+    """
+
+    out: str | None = option(None, "Directory for everything (default runs/demo-TIME).", path="dir")
     arch: str = "small"
     image_size: int = 16
-    pretrain_epochs: int | None = 80  # a first contact in about 3 minutes (pretrain's default: 300 on digits)
-    fine_tune_epochs: int | None = None  # None: FineTuneConfig's default
+    pretrain_epochs: int | None = option(80, "Pretraining epochs (pretrain's own default: 300 on digits).")
+    fine_tune_epochs: int | None = option(None, "Default: fine-tune's default.")
     # few labels, the regime the toolkit is for: self-supervised features pay most at the fewest (1-2 per class)
-    labels_per_class: tuple[int, ...] = (2,)
-    seeds: tuple[int, ...] = (0, 1, 2)
+    labels_per_class: tuple[int, ...] = option((2,), "Label budgets to compare.")
+    seeds: tuple[int, ...] = option((0, 1, 2), "Seeds to repeat each fine-tune with.")
 
     def __post_init__(self):
         for name in ("image_size", "pretrain_epochs", "fine_tune_epochs"):
@@ -434,10 +652,20 @@ class DemoConfig:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    """An experiment file (TOML; see `pipelines/experiment.py` for its keys)."""
+    """Run the experiment FILE (TOML): methods x label budgets x seeds into one table.
 
-    file: str = ""
-    dry_run: bool = False
+    Each objective is pretrained once and reused; runs already in the table are
+    skipped, so an interrupted experiment continues where it stopped. Ends with
+    the compare table. See experiments/*.toml for examples.
+
+    Paths in the file are relative to the file's folder. Writes: the file's results
+    table (rows), its runs directory (encoders, fine-tunes), its TensorBoard logs when
+    it names them; with --dry-run, nothing.
+    """
+
+    file: str = option("", "The experiment file (TOML; see pipelines/experiment.py for its keys).", argument=True,
+                       metavar="FILE", path="file")
+    dry_run: bool = option(False, "List what would run; train nothing.")
 
 
 def field_defaults(cls) -> dict:
