@@ -43,10 +43,6 @@ class OneLineCommand(click.Command):
             raise
 
 
-class TransferGroup(click.Group):
-    command_class = OneLineCommand
-
-
 class ListOf(click.ParamType):
     """Comma-separated whole numbers (N[,N...]) or names (NAME[,NAME...])."""
 
@@ -90,31 +86,24 @@ class LabelBudget(click.ParamType):
             self.fail(f"expected a whole number or 'all'. Received: {value!r}", param, ctx)
 
 
-def _config_callback(cls):
-    allowed = {f.name for f in dataclasses.fields(cls)}
+def _warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+def config_option(cls):
+    """The `--config FILE.toml` option: its values become the other options' defaults (the command line wins)."""
 
     def callback(ctx, param, value):
         if value:
             try:
-                ctx.default_map = {**(ctx.default_map or {}), **load_toml(value, allowed)}
+                ctx.default_map = {**(ctx.default_map or {}), **load_toml(value, cls, _warn)}
             except TransferError as exc:
                 raise click.BadParameter(str(exc), ctx=ctx, param=param) from None
         return value
 
-    return callback
-
-
-def config_option(cls):
-    """Decorator: the `--config FILE.toml` option, whose values become the other options' defaults."""
-
-    def decorate(fn):
-        return click.option(
-            "--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
-            callback=_config_callback(cls),
-            help="TOML file of option values (keys as option names); the command line wins.",
-        )(fn)
-
-    return decorate
+    return click.option("--config", type=click.Path(dir_okay=False), is_eager=True, expose_value=False,
+                        callback=callback, help="TOML file of option values (keys as option names); the command "
+                                                "line wins.")
 
 
 def _tensorflow() -> None:
@@ -198,7 +187,7 @@ def _end_after_lost_peer(message: str) -> None:
 _hard_exit = os._exit  # replaced in tests that run the CLI in-process
 
 
-@click.group(cls=TransferGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
 @click.option("--verbose", is_flag=True, help=f"Show TensorFlow's own log lines and warnings (or {quiet.VERBOSE_ENV}=1).")
 def main(verbose: bool):
@@ -242,10 +231,14 @@ def _param(f: dataclasses.Field, hint):
     shown = default not in (None, "", ())
     options = [f"--{name}/--no-{name}" if how.get("flag") else f"--{name}", f.name]
     flag = arm is bool and not how.get("flag")
-    return click.option(*options, type=None if arm is bool else kind, is_flag=flag or None, metavar=how.get("metavar"),
-                        default=None if default == () else default, show_default=shown, help=how["help"],
-                        required=how.get("required", False),
-                        callback=(lambda c, p, v, empty=f.default: empty if v is None else v) if item else None)
+    option = click.option(*options, type=None if arm is bool else kind, is_flag=flag or None, metavar=how.get("metavar"),
+                          default=None if default == () else default, show_default=shown, help=how["help"],
+                          required=how.get("required", False),
+                          callback=(lambda c, p, v, empty=f.default: empty if v is None else v) if item else None)
+    if "was" not in how:
+        return option
+    old = click.option(f"--{how['was'].replace('_', '-')}", f"was_{how['was']}", type=kind, hidden=True)
+    return lambda fn: old(option(fn))  # the name before a rename, read for one release (config.renamed)
 
 
 def options(cls, config: bool = True):
@@ -283,6 +276,8 @@ COMMANDS = {
 
 def _command(name: str, cls, module: str, tensorflow: bool) -> click.Command:
     def command(**params):
+        given = {key[4:]: params.pop(key) for key in [k for k in params if k.startswith("was_")]}
+        params.update(config.renamed(cls, {k: v for k, v in given.items() if v is not None}, _warn))
         if tensorflow:
             _tensorflow()
         _run(importlib.import_module(f"pipelines.{module}"), cls, params)

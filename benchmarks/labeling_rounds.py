@@ -2,10 +2,10 @@
 round 2 (issue #50), through the commands a user runs.
 
 For each data set and seed: round 1 chooses `--rounds`' first budget in all with `select
---strategy typiclust` on the pretrained encoder, "labels" it (the pool's own labels stand in
+--selection typiclust` on the pretrained encoder, "labels" it (the pool's own labels stand in
 for the annotator) and fine-tunes the default recipe on it. Every later round adds images up
 to its budget, chosen either by typiclust again (`--exclude` the labeled ones: the cold-start
-rule, blind to the classifier) or by `--strategy margin --model <the last round's run>`
+rule, blind to the classifier) or by `--selection margin --model <the last round's run>`
 (typiclust's clusters, from each the image the last classifier is least sure of), then
 fine-tunes on everything labeled so far. Both rules start from the same round 1 of a seed, so
 their difference at each round is paired over seeds (95% t interval).
@@ -93,8 +93,8 @@ def fine_tune(args, labeled: Path, test: Path, out: Path, seed: int, pool: Path)
 def one_seed(args, pool: Path, test: Path, work: Path, seed: int) -> dict:
     rounds = [int(b) for b in args.rounds.split(",")]
     first = work / f"s{seed}-r1.csv"
-    transfer("select", "--data", pool, "--encoder", args.encoder, "--budget", rounds[0],
-             "--strategy", "typiclust", "--seed", seed, "--out", first, "--no-sheet",
+    transfer("select", "--data", pool, "--encoder", args.encoder, "--labels", rounds[0],
+             "--selection", "typiclust", "--seed", seed, "--out", first, "--no-sheet",
              "--results", work / "select.csv")
     label(first)
     run = work / f"s{seed}-r1"
@@ -104,8 +104,8 @@ def one_seed(args, pool: Path, test: Path, work: Path, seed: int) -> dict:
         for k, budget in enumerate(rounds[1:], start=2):
             more = work / f"s{seed}-{rule}-r{k}-new.csv"
             model = ["--model", last] if rule == "margin" else []
-            transfer("select", "--data", pool, "--encoder", args.encoder, "--budget",
-                     budget - rounds[k - 2], "--strategy", rule, *model, "--exclude", labeled, "--seed", seed,
+            transfer("select", "--data", pool, "--encoder", args.encoder, "--labels",
+                     budget - rounds[k - 2], "--selection", rule, *model, "--exclude", labeled, "--seed", seed,
                      "--out", more, "--no-sheet", "--results", work / "select.csv")
             label(more)
             labeled = union(labeled, more, work / f"s{seed}-{rule}-r{k}.csv")

@@ -4,7 +4,7 @@
 Writes N RGB PNG files (default 100,000; smooth random blobs plus noise, 32x32) into a work
 folder (kept with --workdir, so a second run skips the writing), then runs, each in a fresh
 process (so that peak resident memory is that run's own), `transfer select --data DIR
---encoder random --arch small --image-size 32 --budget B --strategy S` for each strategy:
+--encoder random --arch small --image-size 32 --labels B --selection S` for each strategy:
 every image listed (content hash, header), decoded and passed through the encoder in
 batches, then chosen from. A random encoder costs the same feature pass as a pretrained
 one of the same architecture. Prints one table: wall seconds (the whole command), the
@@ -64,8 +64,8 @@ def make_pool(folder: str, n: int) -> float:
 def select(data: str, out: str, results: str, budget: int, strategy: str) -> dict:
     start = time.perf_counter()
     subprocess.run([sys.executable, "-c", "from cli import main; main()", "select", "--data", data,
-                    "--encoder", "random", "--arch", "small", "--image-size", str(SIZE), "--budget", str(budget),
-                    "--strategy", strategy, "--out", out, "--results", results], check=True,
+                    "--encoder", "random", "--arch", "small", "--image-size", str(SIZE), "--labels", str(budget),
+                    "--selection", strategy, "--out", out, "--results", results], check=True,
                    stdout=subprocess.DEVNULL, cwd=ROOT)
     wall = time.perf_counter() - start
     row = pd.read_csv(results).iloc[-1]

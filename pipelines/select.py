@@ -42,7 +42,7 @@ def run(cfg: SelectConfig, log=print) -> dict:
         net, objective = models.build_features(random, readout, frozen=True), "random"
     excluded = _excluded(cfg, source, pool, log)
     what = "raw pixels" if net is None else f"{cfg.encoder} ({readout})"
-    log(f"selecting {cfg.budget} of {len(pool)} images of {cfg.data} to label ({cfg.strategy} on {what}"
+    log(f"selecting {cfg.labels} of {len(pool)} images of {cfg.data} to label ({cfg.selection} on {what}"
         + (f"; {len(excluded)} already labeled" if len(excluded) else "") + ")")
     f, y, positions = features.compute(net, stream.ImageSet(source, pool, size))
     report_skipped(source.failed, log, "while decoding")
@@ -50,15 +50,15 @@ def run(cfg: SelectConfig, log=print) -> dict:
         raise TransferError(f"{cfg.data}: no readable images to select from")
     labeled_rows = np.flatnonzero(np.isin(positions, excluded))
     probabilities = _probabilities(cfg.model, source, pool, positions, log) if cfg.model else None
-    rows = selection.select(cfg.strategy, f, cfg.budget, labeled_rows, cfg.seed, cfg.purity, probabilities)
+    rows = selection.select(cfg.selection, f, cfg.labels, labeled_rows, cfg.seed, cfg.purity, probabilities)
     chosen, labels = positions[rows], y[rows]
     names = [source.name(i) for i in chosen]
     known = source.labels is not None
-    _write_choice(cfg, out, source, names, labels, f"{cfg.strategy} on {what}", log)
+    _write_choice(cfg, out, source, names, labels, f"{cfg.selection} on {what}", log)
     if cfg.sheet:
-        _contact_sheet(out, source, chosen, names, size, f"{cfg.strategy} on {what}: {len(chosen)} images to label")
-    row = results.row("select", cfg, encoder=cfg.encoder, objective=objective, readout=readout, strategy=cfg.strategy,
-                      purity=cfg.purity, budget=cfg.budget, n_selected=len(chosen), n_pool=len(f),
+        _contact_sheet(out, source, chosen, names, size, f"{cfg.selection} on {what}: {len(chosen)} images to label")
+    row = results.row("select", cfg, encoder=cfg.encoder, objective=objective, readout=readout, strategy=cfg.selection,
+                      purity=cfg.purity, budget=cfg.labels, n_selected=len(chosen), n_pool=len(f),
                       n_excluded=len(labeled_rows), feature_dim=f.shape[1],
                       labeled_classes=len(set(labels.tolist())) if known else None,
                       classes=len(source.class_names) if known else None, skipped_files=source.unreadable(),

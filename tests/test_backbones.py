@@ -205,7 +205,7 @@ def test_select_and_embed_read_a_backbone(tmp_path, labeled_dir, weights_file):
     assert result.exit_code == 0, result.output
     assert np.load(tmp_path / "rgb.npy").shape == (24, 576)
     result = invoke("select", "--encoder", "keras:MobileNetV3Small", "--weights", "none", "--data", labeled_dir,
-                    "--budget", "4", "--strategy", "kcenter", "--image-size", "16", "--out", tmp_path / "s.csv",
+                    "--labels", "4", "--selection", "kcenter", "--image-size", "16", "--out", tmp_path / "s.csv",
                     "--results", tmp_path / "r.csv", "--no-sheet")
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "s.csv")) == 4

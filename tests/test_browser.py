@@ -61,7 +61,7 @@ def pages(tmp_path_factory):
                           "--labels-per-class", "3", "--epochs", "2", "--seed", seed, "--results", results,
                           "--out", root / f"ft-{seed}-{freeze}", *TINY).exit_code == 0
     assert invoke("compare", "--results", results, "--html", root / "compare.html").exit_code == 0
-    assert invoke("select", "--data", root / "labeled", "--encoder", root / "enc", "--budget", "6",
+    assert invoke("select", "--data", root / "labeled", "--encoder", root / "enc", "--labels", "6",
                   "--out", root / "to_label.csv", "--results", results).exit_code == 0
     return {"compare": root / "compare.html", "visualize": root / "enc" / "visualize" / "index.html",
             "select": root / "to_label.html"}

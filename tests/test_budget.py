@@ -67,7 +67,7 @@ def test_fine_tune_with_a_total_budget_records_it_and_a_missing_class_is_never_p
     assert list(learned.columns) == ["path", "label"] and len(learned) == 2
     assert [Path(p).parent.name for p in learned["path"]] == learned["label"].tolist()
     assert learned["label"].nunique() == row["labeled_classes"]
-    more = invoke("select", "--data", labeled / "labeled", "--encoder", "pixels", "--image-size", "8", "--budget",
+    more = invoke("select", "--data", labeled / "labeled", "--encoder", "pixels", "--image-size", "8", "--labels",
                   "3", "--exclude", tmp_path / "ft" / "labeled.csv", "--out", tmp_path / "next.csv", "--results",
                   results)
     assert more.exit_code == 0 and pd.read_csv(results).iloc[-1]["n_excluded"] == 2, more.output

@@ -809,3 +809,34 @@ def test_labels_that_miss_a_class_of_the_test_data_are_scored_honestly(tmp_path)
     result = invoke("fine-tune", "--data", one, "--test-data", tmp_path / "test", "--encoder", "pixels",
                     "--image-size", "8", "--out", tmp_path / "ft1", "--results", tmp_path / "r.csv")
     assert result.exit_code == 2 and result.output.count("Error:") == 1 and not (tmp_path / "ft1").exists()
+
+
+def test_every_option_is_made_from_its_config_field():
+    """The CLI is made from the config dataclasses: each command's parameters are exactly its
+    config's fields that carry help (plus --config), each shown by --help with that help, a
+    choice's values and a field's default as the option's; nothing is declared twice."""
+    import dataclasses
+
+    import click
+    from click.testing import CliRunner
+
+    import cli
+    from cli import main
+
+    for name, (cls, _, _) in cli.COMMANDS.items():
+        command = main.commands[name]
+        fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("help")}
+        params = {p.name: p for p in command.params if not getattr(p, "hidden", False) and p.name != "config"}
+        assert set(params) == set(fields), name
+        assert command.help == cls.__doc__
+        helped = CliRunner().invoke(main, [name, "--help"], terminal_width=400).output
+        for field in fields.values():
+            param = params[field.name]
+            if isinstance(param, click.Option):
+                assert " ".join(field.metadata["help"].split())[:60] in " ".join(helped.split()), (name, field.name)
+            if "choices" in field.metadata:
+                assert list(param.type.choices) == list(field.metadata["choices"])
+        hidden = {p.name for p in command.params if getattr(p, "hidden", False)}
+        assert hidden == {f"was_{f.metadata['was']}" for f in fields.values() if "was" in f.metadata}
+    cfg = cli.config.FineTuneConfig(data="digits")  # a field's default is the option's
+    assert main.commands["fine-tune"].make_context("fine-tune", ["--data", "digits"]).params["mu"] == cfg.mu

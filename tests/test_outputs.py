@@ -20,7 +20,7 @@ from PIL import Image
 from transfer import splits
 
 TINY = ["--image-size", "8", "--filters", "4,8", "--batch-size", "16"]
-SELECT = ["select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "5"]
+SELECT = ["select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--labels", "5"]
 
 
 def one_error(result, pattern):
@@ -107,7 +107,7 @@ def test_a_named_pipe_among_the_images_is_skipped_and_counted_not_waited_on(tmp_
     pool = make_labeled_dir(tmp_path / "pool", per_class=4, classes=("h", "v"), size=8)
     os.mkfifo(pool / "h" / "pipe.png")
     done = subprocess.run(cli_command("select", "--data", pool, "--encoder", "pixels", "--image-size", "8",
-                                      "--budget", "3", "--out", tmp_path / "pick.csv", "--results",
+                                      "--labels", "3", "--out", tmp_path / "pick.csv", "--results",
                                       tmp_path / "r.csv", "--no-sheet"),
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -122,7 +122,7 @@ def test_a_list_select_writes_is_read_back_from_anywhere(tmp_path, monkeypatch):
     make_labeled_dir(tmp_path / "test", per_class=4, classes=("h", "v"), size=8, seed=1)
     monkeypatch.chdir(tmp_path)
     result = invoke("select", "--data", "scans", "--labeled", "--encoder", "pixels", "--image-size", "8",
-                    "--budget", "4", "--out", "lists/round1.csv", "--results", "r.csv", "--no-sheet")
+                    "--labels", "4", "--out", "lists/round1.csv", "--results", "r.csv", "--no-sheet")
     assert result.exit_code == 0, result.output
     chosen = pd.read_csv("lists/round1.csv", dtype=str)
     assert chosen["path"].str.startswith("../scans/").all() and chosen["label"].isin(["h", "v"]).all()
@@ -135,7 +135,7 @@ def test_a_list_select_writes_is_read_back_from_anywhere(tmp_path, monkeypatch):
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
     result = invoke("select", "--data", tmp_path / "scans", "--labeled", "--encoder", "pixels", "--image-size", "8",
-                    "--budget", "4", "--exclude", tmp_path / "runs/ft/labeled.csv", "--out", "round2.csv",
+                    "--labels", "4", "--exclude", tmp_path / "runs/ft/labeled.csv", "--out", "round2.csv",
                     "--results", tmp_path / "r.csv", "--no-sheet")
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "r.csv").query("command == 'select'").iloc[-1]["n_excluded"] == 4
@@ -152,7 +152,7 @@ def test_a_spreadsheets_csv_with_a_byte_order_mark_and_crlf_is_read(tmp_path):
     assert result.exit_code == 0, result.output
     exclude = tmp_path / "done.csv"
     exclude.write_bytes("\ufeffpath,label\r\nimgs/h/0.png,h\r\n".encode())
-    result = invoke("select", "--data", tmp_path / "imgs", "--encoder", "pixels", "--image-size", "8", "--budget",
+    result = invoke("select", "--data", tmp_path / "imgs", "--encoder", "pixels", "--image-size", "8", "--labels",
                     "2", "--exclude", exclude, "--out", tmp_path / "next.csv", "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["n_excluded"] == 1

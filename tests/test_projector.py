@@ -126,7 +126,7 @@ def test_evaluate_select_and_embed_read_through_the_head(ws, tmp_path):
         ("contrastive", "projector")]
     assert rows.iloc[-1]["feature_dim"] == 5
     result = invoke("select", "--data", ws / "labeled", "--encoder", ws / "contrastive", "--readout", "projector",
-                    "--budget", "4", "--out", tmp_path / "pick.csv", "--results", tmp_path / "r.csv")
+                    "--labels", "4", "--out", tmp_path / "pick.csv", "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     assert len(pd.read_csv(tmp_path / "pick.csv")) == 4
     assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["readout"] == "projector"
@@ -147,14 +147,14 @@ def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws
     picks, results = {}, tmp_path / "r.csv"
     for encoder, readout in (("contrastive", None), ("contrastive", "projector"), ("autoencoder", None)):
         out = tmp_path / f"{encoder}-{readout}.csv"
-        result = invoke("select", "--data", ws / "labeled", "--encoder", ws / encoder, "--budget", "4", "--out", out,
+        result = invoke("select", "--data", ws / "labeled", "--encoder", ws / encoder, "--labels", "4", "--out", out,
                         "--no-sheet", "--results", results, *(["--readout", readout] if readout else []))
         assert result.exit_code == 0, result.output
         picks[encoder, readout] = list(pd.read_csv(out)["path"])
     # auto: through the head when the encoder has one (what its fine-tunes read), else the pooled maps
     assert list(pd.read_csv(results)["readout"]) == ["projector", "projector", "avg"]
     assert picks["contrastive", None] == picks["contrastive", "projector"]
-    result = invoke("select", "--data", ws / "labeled", "--encoder", "random", "--readout", "projector", "--budget",
+    result = invoke("select", "--data", ws / "labeled", "--encoder", "random", "--readout", "projector", "--labels",
                     "4", "--out", tmp_path / "o.csv", "--results", results, "--image-size", "8")
     assert_user_error(result, "has none")
     result = invoke("fine-tune", "--data", ws / "labeled", "--encoder", ws / "contrastive", "--labels", "4",

@@ -119,7 +119,7 @@ def test_bad_strategy_budget_or_an_exhausted_pool_are_refused():
 
 def test_select_writes_the_list_the_sheet_and_the_row_and_a_second_round_excludes_the_first(tmp_path):
     out, results = tmp_path / "to_label.csv", tmp_path / "results.csv"
-    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "10",
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--labels", "10",
                     "--out", out, "--results", results)
     assert result.exit_code == 0, result.output
     chosen = pd.read_csv(out, dtype=str)
@@ -131,7 +131,7 @@ def test_select_writes_the_list_the_sheet_and_the_row_and_a_second_round_exclude
     assert row["command"] == "select" and row["n_selected"] == 10 and row["strategy"] == "typiclust"
     assert row["labeled_classes"] == chosen["label"].nunique() and row["classes"] == 10
     assert row["n_pool"] == 1797 - 359  # the pool leaves the test split out, as fine-tune does
-    again = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "10",
+    again = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--labels", "10",
                    "--exclude", out, "--out", tmp_path / "round2.csv", "--results", results)
     assert again.exit_code == 0, again.output
     second = pd.read_csv(tmp_path / "round2.csv", dtype=str)
@@ -150,7 +150,7 @@ def test_the_rows_cpu_seconds_leave_out_the_time_the_run_waited(tmp_path, monkey
 
     choose = pipelines.select.selection.select
     monkeypatch.setattr(pipelines.select.selection, "select", slow)
-    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "5",
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--labels", "5",
                     "--out", tmp_path / "to_label.csv", "--results", tmp_path / "results.csv", "--no-sheet")
     assert result.exit_code == 0, result.output
     row = pd.read_csv(tmp_path / "results.csv").iloc[-1]
@@ -161,7 +161,7 @@ def test_select_on_an_unlabeled_folder_with_a_random_encoder_leaves_labels_to_fi
     make_labeled_dir(tmp_path / "pool", per_class=8, classes=("h", "v", "d"))
     out = tmp_path / "pick.csv"
     result = invoke("select", "--data", tmp_path / "pool", "--encoder", "random", "--filters", "4,8",
-                    "--image-size", "8", "--budget", "4", "--strategy", "kcenter", "--out", out,
+                    "--image-size", "8", "--labels", "4", "--selection", "kcenter", "--out", out,
                     "--results", tmp_path / "r.csv")
     assert result.exit_code == 0, result.output
     chosen = pd.read_csv(out, dtype=str, keep_default_na=False)
@@ -171,17 +171,19 @@ def test_select_on_an_unlabeled_folder_with_a_random_encoder_leaves_labels_to_fi
 
 def test_select_bad_input_is_one_error_line(tmp_path):
     (tmp_path / "bad.csv").write_text("file\nx.png\n")
-    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "5",
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--labels", "5",
                     "--exclude", tmp_path / "bad.csv", "--out", tmp_path / "o.csv", "--results", tmp_path / "r.csv")
     assert result.exit_code == 2 and "needs a 'path' column" in result.output
-    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "0", "--out", tmp_path / "o.csv")
-    assert result.exit_code == 2 and "budget must be >= 1" in result.output
-    result = invoke("select", "--data", "digits", "--encoder", tmp_path / "nope", "--budget", "3",
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--labels", "0", "--out", tmp_path / "o.csv")
+    assert result.exit_code == 2 and "labels must be >= 1" in result.output
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--out", tmp_path / "o.csv")
+    assert result.exit_code == 2 and "select needs how many images to label (--labels N)" in result.output
+    result = invoke("select", "--data", "digits", "--encoder", tmp_path / "nope", "--labels", "3",
                     "--out", tmp_path / "o.csv", "--results", tmp_path / "r.csv")
     assert result.exit_code == 2 and "Error:" in result.output
     for args, message in ((["--purity", "0.8"], "--purity is probcover's"),
-                          (["--strategy", "probcover", "--purity", "0"], "purity must be in (0, 1)")):
-        result = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "3", *args,
+                          (["--selection", "probcover", "--purity", "0"], "purity must be in (0, 1)")):
+        result = invoke("select", "--data", "digits", "--encoder", "pixels", "--labels", "3", *args,
                         "--out", tmp_path / "o.csv", "--results", tmp_path / "r.csv")
         assert result.exit_code == 2 and message in result.output, result.output
 
@@ -193,8 +195,8 @@ def test_a_lower_purity_widens_probcovers_balls_and_the_row_records_it(tmp_path)
     assert selection.purity_radius(f, assigned, 0.5) > selection.purity_radius(f, assigned, 0.95)
     results = tmp_path / "r.csv"
     for purity in ("0.95", "0.6"):
-        result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "10",
-                        "--strategy", "probcover", "--purity", purity, "--out", tmp_path / f"{purity}.csv",
+        result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--labels", "10",
+                        "--selection", "probcover", "--purity", purity, "--out", tmp_path / f"{purity}.csv",
                         "--results", results, "--no-sheet")
         assert result.exit_code == 0, result.output
     rows = pd.read_csv(results)
@@ -216,7 +218,7 @@ def test_the_label_studio_round_trip_select_label_fine_tune_and_the_next_round(t
     pool = make_labeled_dir(tmp_path / "scans", per_class=6, classes=("h", "v"), size=8)
     test = make_labeled_dir(tmp_path / "test", per_class=4, classes=("h", "v"), size=8, seed=1)
     out = tmp_path / "ls" / "tasks.json"
-    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--budget", "6",
+    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--labels", "6",
                     "--format", "label-studio", "--classes", "h,v", "--out", out, "--results", tmp_path / "r.csv",
                     "--no-sheet")
     assert result.exit_code == 0, result.output
@@ -259,7 +261,7 @@ def test_the_label_studio_round_trip_select_label_fine_tune_and_the_next_round(t
         assert "left out 2 task(s)" in result.output, name
         row = pd.read_csv(tmp_path / "r.csv").iloc[-1]
         assert row["n_train"] == 4 and row["classes_labeled"] == 2, name
-    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--budget", "2",
+    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--labels", "2",
                     "--exclude", downloads / "export.json", "--out", tmp_path / "round2.csv",
                     "--results", tmp_path / "r.csv", "--no-sheet")
     assert result.exit_code == 0, result.output
@@ -272,7 +274,7 @@ def test_the_label_studio_round_trip_select_label_fine_tune_and_the_next_round(t
                     "--out", tmp_path / "ft-gone", "--results", tmp_path / "r.csv")
     assert result.exit_code == 2 and result.output.count("Error:") == 1 and str(gone) in result.output
     assert "task image(s) not found" in result.output and not (tmp_path / "ft-gone").exists()
-    bad = invoke("select", "--data", "digits", "--encoder", "pixels", "--budget", "2", "--format", "label-studio",
+    bad = invoke("select", "--data", "digits", "--encoder", "pixels", "--labels", "2", "--format", "label-studio",
                  "--out", tmp_path / "t.json")
     assert bad.exit_code == 2 and "held in memory" in bad.output
 
@@ -294,19 +296,19 @@ def test_margin_takes_from_each_of_typiclusts_clusters_the_image_the_classifier_
 
 
 def test_select_model_chooses_the_next_round_by_the_classifiers_uncertainty(tmp_path):
-    """Round 1 fine-tuned, round 2 chosen by its classifier (--strategy margin --model RUN): the
+    """Round 1 fine-tuned, round 2 chosen by its classifier (--selection margin --model RUN): the
     images are new, the row says the strategy; --model without margin, or margin without a
     model, is one Error line before any work."""
     pool = make_labeled_dir(tmp_path / "scans", per_class=8, classes=("h", "v"), size=8)
-    first = invoke("select", "--data", pool, "--labeled", "--encoder", "pixels", "--image-size", "8", "--budget", "4",
+    first = invoke("select", "--data", pool, "--labeled", "--encoder", "pixels", "--image-size", "8", "--labels", "4",
                    "--out", tmp_path / "round1.csv", "--results", tmp_path / "r.csv", "--no-sheet")
     assert first.exit_code == 0, first.output
     test = make_labeled_dir(tmp_path / "test", per_class=4, classes=("h", "v"), size=8, seed=1)
     ft = invoke("fine-tune", "--data", tmp_path / "round1.csv", "--test-data", test, "--encoder", "pixels",
                 "--image-size", "8", "--out", tmp_path / "ft", "--results", tmp_path / "r.csv")
     assert ft.exit_code == 0, ft.output
-    second = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--budget", "3",
-                    "--strategy", "margin", "--model", tmp_path / "ft", "--exclude", tmp_path / "round1.csv",
+    second = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--labels", "3",
+                    "--selection", "margin", "--model", tmp_path / "ft", "--exclude", tmp_path / "round1.csv",
                     "--out", tmp_path / "round2.csv", "--results", tmp_path / "r.csv", "--no-sheet")
     assert second.exit_code == 0, second.output
     assert "median margin" in second.output
@@ -315,9 +317,37 @@ def test_select_model_chooses_the_next_round_by_the_classifiers_uncertainty(tmp_
     one = {str((tmp_path / p).resolve()) for p in pd.read_csv(tmp_path / "round1.csv")["path"]}
     two = {str((tmp_path / p).resolve()) for p in pd.read_csv(tmp_path / "round2.csv")["path"]}
     assert len(two) == 3 and not one & two
-    for extra, message in ((["--strategy", "margin"], "give it --model RUN"),
-                           (["--model", tmp_path / "ft"], "--model is for --strategy margin")):
-        bad = invoke("select", "--data", pool, "--encoder", "pixels", "--budget", "2", "--out", tmp_path / "x.csv",
+    for extra, message in ((["--selection", "margin"], "give it --model RUN"),
+                           (["--model", tmp_path / "ft"], "--model is for --selection margin")):
+        bad = invoke("select", "--data", pool, "--encoder", "pixels", "--labels", "2", "--out", tmp_path / "x.csv",
                      "--results", tmp_path / "r.csv", *extra)
         assert bad.exit_code == 2 and bad.output.count("Error:") == 1 and message in bad.output
         assert not (tmp_path / "x.csv").exists()
+
+
+def test_the_options_names_before_the_rename_are_still_read_with_a_warning(tmp_path, monkeypatch):
+    """select's --budget and --strategy are now --labels and --selection, fine-tune's names for the
+    same ideas; the old names still work for one release (command line, --config file, Python
+    API), each with one warning that names the new one."""
+    import warnings
+
+    import transfer
+
+    monkeypatch.chdir(tmp_path)
+    result = invoke("select", "--data", "digits", "--encoder", "pixels", "--image-size", "8", "--budget", "4",
+                    "--strategy", "random", "--out", "a.csv", "--no-sheet", "--results", "r.csv")
+    assert result.exit_code == 0, result.output
+    assert "warning: --budget is now --labels" in result.stderr and "warning: --strategy is now --selection" in \
+        result.stderr
+    (tmp_path / "old.toml").write_text('budget = 3\nstrategy = "kcenter"\n')
+    result = invoke("select", "--config", "old.toml", "--data", "digits", "--encoder", "pixels", "--image-size", "8",
+                    "--out", "b.csv", "--no-sheet", "--results", "r.csv")
+    assert result.exit_code == 0 and "warning: --budget is now --labels" in result.stderr, result.output
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        transfer.select(data="digits", encoder="pixels", image_size=8, budget=2, out="c.csv", sheet=False,
+                        results="r.csv", log=lambda m: None)
+    assert any("--budget is now --labels" in str(w.message) for w in caught)
+    rows = pd.read_csv(tmp_path / "r.csv")
+    assert rows["n_selected"].tolist() == [4, 3, 2] and rows["strategy"].tolist() == ["random", "kcenter", "typiclust"]
+

@@ -7,7 +7,7 @@ same options as keywords) and returning what the command records:
 
     transfer.pretrain(data="digits", image_size=16, out="runs/enc")          # the results row
     transfer.evaluate(encoder="runs/enc", data="digits")                       # the feature-quality rows
-    transfer.select(data="digits", labeled=True, encoder="runs/enc", budget=10, out="to_label.csv")
+    transfer.select(data="digits", labeled=True, encoder="runs/enc", labels=10, out="to_label.csv")
     row = transfer.fine_tune(data="digits", encoder="runs/enc", labels_per_class=5, out="runs/ft")
     table = transfer.compare(results="experiments/results.csv")               # the summary DataFrame
 
@@ -48,7 +48,7 @@ def _call(command: str, config_class: str, config, options: dict, log, tensorflo
     cls = getattr(configs, config_class)
     if config is not None and options:
         raise TransferError(f"{command}: give a {config_class} or options, not both")
-    cfg = config if config is not None else cls(**options)
+    cfg = config if config is not None else cls(**configs.renamed(cls, options, _deprecated))
     if not isinstance(cfg, cls):
         raise TransferError(f"{command}: expected a {config_class}, got {type(cfg).__name__}")
     if tensorflow:
@@ -57,6 +57,12 @@ def _call(command: str, config_class: str, config, options: dict, log, tensorflo
         internals.check_versions()
     pipeline = importlib.import_module(f"pipelines.{command}")
     return pipeline.run(cfg, log=log)
+
+
+def _deprecated(message: str) -> None:
+    import warnings
+
+    warnings.warn(message, DeprecationWarning, stacklevel=4)
 
 
 def pretrain(config=None, *, log=print, **options) -> dict:

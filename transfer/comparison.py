@@ -56,6 +56,7 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
     ("paired", or "unpaired" when fewer than 2 seeds are shared). `significant` is true when
     the interval excludes zero.
     """
+    sizes = {name: b["size"] for name, b in budgets(df).items()} if "labels_per_class" in by else {}
     if "seed" in df and df["seed"].notna().all() and "seed" not in by:  # a seed run twice is one run, averaged
         keep = [metric, *(["seconds"] if "seconds" in df else [])]
         df = df.groupby([*by, "seed"], dropna=False)[keep].mean().reset_index()
@@ -68,7 +69,6 @@ def summarize(df: pd.DataFrame, by: list[str], metric: str) -> pd.DataFrame:
         _add_differences(df, table, by, metric)
     sort_cols = [c for c in by if c != "labels_per_class"]
     if "labels_per_class" in by:
-        sizes = {name: b["size"] for name, b in budgets(df).items()}
         table["_budget"] = table["labels_per_class"].map(sizes)
         sort_cols = [c for c in by if c not in ("labels_per_class", "method")] + ["_budget"]
         sort_cols += ["method"] if "method" in by else []

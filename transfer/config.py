@@ -66,7 +66,8 @@ def option(default=None, help: str = "", **how) -> dataclasses.Field:
     """A config field that is also a command-line option: `cli.py` makes every command's options
     from these. `help` is what --help shows; `how` says how the option reads: choices, path
     ("dir", "file" or "any"), metavar, reader ("budget", "head"), required, argument (positional),
-    flag (True: --x/--no-x), shown (the default as the option reads it). --help lists the arguments
+    flag (True: --x/--no-x), shown (the default as the option reads it), was (the field's name
+    before a rename: still read, with a warning, for one release). --help lists the arguments
     and required options first, then the fields the command's own config declares, in the order
     it declares them, then the inherited ones. A field without help is no option (set by code,
     or by an experiment file)."""
@@ -386,8 +387,8 @@ class EvaluateConfig:
 class SelectConfig(ArchConfig):
     """Choose which images of an unlabeled pool to label, before any label exists.
 
-    Computes the features of every pool image in batches, then picks --budget images by
-    --strategy. Run it with --encoder pixels or random too: selection without pretraining is
+    Computes the features of every pool image in batches, then picks --labels images by
+    --selection. Run it with --encoder pixels or random too: selection without pretraining is
     the baseline to compare with. One row in the results table (labeled_classes: how many
     classes the choice covers, when the pool's labels are known).
 
@@ -401,15 +402,16 @@ class SelectConfig(ArchConfig):
     encoder: str = option("", "A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder "
                           "of --arch), keras:NAME (an ImageNet backbone, with --weights).", required=True)
     weights: str | None = option(None, WEIGHTS_HELP, metavar="imagenet|PATH|none")
-    budget: int = option(0, "How many images to label (in all, not per class).", required=True)
+    labels: int | None = option(None, "How many images to label (in all, not per class), as fine-tune's --labels.",
+                                was="budget")
     out: str = option("", "CSV to write (path,label in the order to label them); the contact sheet goes beside it "
                       "(.png, .html).", required=True, path="file")
-    strategy: str = option("typiclust", "typiclust: the most typical image of each k-means cluster of the features "
+    selection: str = option("typiclust", "typiclust: the most typical image of each k-means cluster of the features "
                            "(small budgets); probcover: greedy max coverage of balls of a radius where 95% of them "
                            "hold one k-means cluster; kcenter: greedy core-set, each image the farthest from those "
                            "chosen (larger budgets); random: uniform (the baseline); margin (with --model, the next "
-                           "rounds): typiclust's clusters, from each the image the classifier is least sure of.",
-                           choices=(*SELECTIONS, *CLASSIFIER_SELECTIONS))
+                           "rounds): typiclust's clusters, from each the image the classifier is least sure of. As "
+                           "fine-tune's --selection.", choices=(*SELECTIONS, *CLASSIFIER_SELECTIONS), was="strategy")
     purity: float | None = option(None, PURITY_HELP)  # None: transfer.selection.PURITY
     exclude: str | None = option(None, "Images already labeled (a CSV with a path column, e.g. an earlier --out): the "
                                  "next round.", metavar="CSV")
@@ -421,7 +423,7 @@ class SelectConfig(ArchConfig):
     channels: int | None = option(None, CHANNELS_HELP)
     seed: int = option(0, "Seed of k-means, k-center's first image, random draws.")
     sheet: bool = option(True, "Write the contact sheet of the chosen images.", flag=True)
-    model: str | None = option(None, "A fine-tune run directory: with --strategy margin, its classifier's uncertainty "
+    model: str | None = option(None, "A fine-tune run directory: with --selection margin, its classifier's uncertainty "
                                "chooses the next round (typiclust's clusters, the least sure image of each).",
                                path="dir")
     format: str = option("csv", "csv: OUT is a path,label list. label-studio: OUT (.json) is a Label Studio task "
@@ -439,16 +441,18 @@ class SelectConfig(ArchConfig):
             raise TransferError("select needs an encoder: a pretrain run directory, pixels or random (--encoder)")
         if not self.out:
             raise TransferError("select needs the CSV to write (--out)")
-        _positive("budget", self.budget)
+        if self.labels is None:
+            raise TransferError("select needs how many images to label (--labels N)")
+        _positive("labels", self.labels)
         _positive("image_size", self.image_size)
         _positive("channels", self.channels)
-        _choice("strategy", self.strategy, (*SELECTIONS, *CLASSIFIER_SELECTIONS))
-        if (self.strategy in CLASSIFIER_SELECTIONS) != bool(self.model):
-            raise TransferError("--strategy margin chooses by a trained classifier's uncertainty: give it --model RUN "
+        _choice("selection", self.selection, (*SELECTIONS, *CLASSIFIER_SELECTIONS))
+        if (self.selection in CLASSIFIER_SELECTIONS) != bool(self.model):
+            raise TransferError("--selection margin chooses by a trained classifier's uncertainty: give it --model RUN "
                                 "(a fine-tune run directory)" if not self.model else
-                                f"--model is for --strategy margin (a classifier's uncertainty); --strategy "
-                                f"{self.strategy} chooses by the features alone")
-        _purity(self.purity, self.strategy, "--strategy")
+                                f"--model is for --selection margin (a classifier's uncertainty); --selection "
+                                f"{self.selection} chooses by the features alone")
+        _purity(self.purity, self.selection, "--selection")
         _readout(self.readout, self.encoder)
         _weights(self.encoder, self.weights)
         _choice("format", self.format, ("csv", "label-studio"))
@@ -683,13 +687,25 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
         raise TransferError(f"{path}: not valid TOML ({exc})") from None
 
 
-def load_toml(path: str | Path, allowed: set[str]) -> dict:
-    """Read a TOML config file into {option_name: value}; keys may use - or _.
+def renamed(cls, given: dict, warn) -> dict:
+    """`given` options (field names) with a renamed field's old name (its `was`) replaced by its
+    name; each old name used is said once through `warn`. Old names are read for one release."""
+    old = {f.metadata["was"]: f.name for f in dataclasses.fields(cls) if "was" in f.metadata}
+    for key in given.keys() & old.keys():
+        warn(f"--{key.replace('_', '-')} is now --{old[key].replace('_', '-')} (the old name goes after this "
+             "release)")
+    return {old.get(key, key): value for key, value in given.items()}
+
+
+def load_toml(path: str | Path, cls, warn=lambda message: None) -> dict:
+    """Read a TOML config file of `cls`'s options into {field name: value}; keys may use - or _,
+    and a renamed option's old name (`renamed`).
 
     Raises:
         TransferError: unreadable file, invalid TOML, or a key that names no option.
     """
-    raw = read_toml(path)
+    allowed = {f.name for f in dataclasses.fields(cls)}
+    raw = renamed(cls, {key.replace("-", "_"): value for key, value in read_toml(path).items()}, warn)
     out = {}
     for key, value in raw.items():
         name = key.replace("-", "_")
