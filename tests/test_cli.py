@@ -440,12 +440,12 @@ def test_unwritable_results_and_out_are_refused_before_training(guarded, tmp_pat
 
 
 def test_an_unexpected_failure_is_one_line_exit_1_and_a_saved_traceback(workspace, tmp_path, monkeypatch):
-    from pipelines import fine_tune
+    from transfer import finetuning
 
     def broken(*args, **kwargs):
         raise RuntimeError("simulated bug\nsecond line")
 
-    monkeypatch.setattr(fine_tune, "_fit_frozen", broken)
+    monkeypatch.setattr(finetuning, "_fit_frozen", broken)
     out = tmp_path / "run"
     result = ft(workspace, "--data", workspace / "labeled", "--freeze", "all", "--labels-per-class", "2", "--out", out,
                 "--results", tmp_path / "r.csv")
