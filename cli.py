@@ -189,7 +189,8 @@ _hard_exit = os._exit  # replaced in tests that run the CLI in-process
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="transfer")
-@click.option("--verbose", is_flag=True, help=f"Show TensorFlow's own log lines and warnings (or {quiet.VERBOSE_ENV}=1).")
+@click.option("--verbose", is_flag=True,
+              help=f"Show TensorFlow's own log lines and warnings (or {quiet.VERBOSE_ENV}=1).")
 def main(verbose: bool):
     """Pretrain convolutional layers on unlabeled images, reuse them on labeled tasks, compare runs.
 
@@ -231,9 +232,9 @@ def _param(f: dataclasses.Field, hint):
     shown = default not in (None, "", ())
     options = [f"--{name}/--no-{name}" if how.get("flag") else f"--{name}", f.name]
     flag = arm is bool and not how.get("flag")
-    option = click.option(*options, type=None if arm is bool else kind, is_flag=flag or None, metavar=how.get("metavar"),
-                          default=None if default == () else default, show_default=shown, help=how["help"],
-                          required=how.get("required", False),
+    option = click.option(*options, type=None if arm is bool else kind, is_flag=flag or None,
+                          metavar=how.get("metavar"), default=None if default == () else default,
+                          show_default=shown, help=how["help"], required=how.get("required", False),
                           callback=(lambda c, p, v, empty=f.default: empty if v is None else v) if item else None)
     if "was" not in how:
         return option
@@ -257,36 +258,28 @@ def options(cls, config: bool = True):
     return decorate
 
 
-# name -> (its config, its pipeline module, whether it needs TensorFlow); the help is the config's docstring
-COMMANDS = {
-    "pretrain": (config.PretrainConfig, "pretrain", True),
-    "fine-tune": (config.FineTuneConfig, "fine_tune", True),
-    "evaluate": (config.EvaluateConfig, "evaluate", True),
-    "embed": (config.EmbedConfig, "embed", True),
-    "export": (config.ExportConfig, "export", True),
-    "select": (config.SelectConfig, "select", True),
-    "prepare": (config.PrepareConfig, "prepare", True),
-    "compare": (config.CompareConfig, "compare", False),
-    "predict": (config.PredictConfig, "predict", True),
-    "visualize": (config.VisualizeConfig, "visualize", True),
-    "experiment": (config.ExperimentConfig, "experiment", True),
-    "demo": (config.DemoConfig, "demo", True),
-}
+# each command's config (its options, and its help: the docstring); its pipeline: pipelines.<name>
+COMMANDS = {"pretrain": config.PretrainConfig, "fine-tune": config.FineTuneConfig, "evaluate": config.EvaluateConfig,
+            "embed": config.EmbedConfig, "export": config.ExportConfig, "select": config.SelectConfig,
+            "prepare": config.PrepareConfig, "compare": config.CompareConfig, "predict": config.PredictConfig,
+            "visualize": config.VisualizeConfig, "experiment": config.ExperimentConfig, "demo": config.DemoConfig}
+PANDAS_ONLY = {"compare"}  # commands that never need TensorFlow
 
 
-def _command(name: str, cls, module: str, tensorflow: bool) -> click.Command:
+def _command(name: str, cls) -> click.Command:
     def command(**params):
         given = {key[4:]: params.pop(key) for key in [k for k in params if k.startswith("was_")]}
         params.update(config.renamed(cls, {k: v for k, v in given.items() if v is not None}, _warn))
-        if tensorflow:
+        if name not in PANDAS_ONLY:
             _tensorflow()
-        _run(importlib.import_module(f"pipelines.{module}"), cls, params)
+        _run(importlib.import_module(f"pipelines.{name.replace('-', '_')}"), cls, params)
 
-    return click.command(name, cls=OneLineCommand, help=cls.__doc__)(options(cls, config=cls is not config.ExperimentConfig)(command))
+    made = options(cls, config=cls is not config.ExperimentConfig)(command)
+    return click.command(name, cls=OneLineCommand, help=cls.__doc__)(made)
 
 
-for _name, _how in COMMANDS.items():
-    main.add_command(_command(_name, *_how))
+for _name, _config in COMMANDS.items():
+    main.add_command(_command(_name, _config))
 
 
 if __name__ == "__main__":

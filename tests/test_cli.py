@@ -823,7 +823,7 @@ def test_every_option_is_made_from_its_config_field():
     import cli
     from cli import main
 
-    for name, (cls, _, _) in cli.COMMANDS.items():
+    for name, cls in cli.COMMANDS.items():
         command = main.commands[name]
         fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("help")}
         params = {p.name: p for p in command.params if not getattr(p, "hidden", False) and p.name != "config"}
