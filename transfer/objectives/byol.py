@@ -22,7 +22,7 @@ import math
 
 from keras import ops
 
-from transfer import distribute, models
+from transfer import models
 from transfer.objectives import contrastive
 from transfer.objectives.base import Options, Report
 
