@@ -40,7 +40,9 @@ def selections(df: pd.DataFrame) -> pd.Series:
 def budgets(df: pd.DataFrame) -> dict:
     """Each budget of the rows by its name (`labels_per_class`) -> {"size": its number
     (`budget_sizes`), "how": how a total's labels were chosen ("" per class), "features": the
-    features that chose them ("" when none did)}."""
+    features that chose them ("" when none did)}; {} for rows without budgets."""
+    if "labels_per_class" not in df:
+        return {}
     features = df["select_features"] if "select_features" in df else pd.Series(None, index=df.index, dtype=object)
     return {name: {"size": size, "how": how, "features": "" if pd.isna(f) else str(f)}
             for name, size, how, f in zip(df["labels_per_class"], budget_sizes(df), selections(df), features)}
