@@ -402,8 +402,8 @@ class SelectConfig(ArchConfig):
     encoder: str = option("", "A pretrain run directory, or a baseline: pixels (raw pixels), random (a random encoder "
                           "of --arch), keras:NAME (an ImageNet backbone, with --weights).", required=True)
     weights: str | None = option(None, WEIGHTS_HELP, metavar="imagenet|PATH|none")
-    labels: int | None = option(None, "How many images to label (in all, not per class), as fine-tune's --labels.",
-                                was="budget")
+    labels: int | None = option(None, "Required: how many images to label, in all (not per class), as "
+                                "fine-tune's --labels.", was="budget")
     out: str = option("", "CSV to write (path,label in the order to label them); the contact sheet goes beside it "
                       "(.png, .html).", required=True, path="file")
     selection: str = option("typiclust", "typiclust: the most typical image of each k-means cluster of the features "
