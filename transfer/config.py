@@ -707,10 +707,9 @@ def load_toml(path: str | Path, cls, warn=lambda message: None) -> dict:
     allowed = {f.name for f in dataclasses.fields(cls)}
     raw = renamed(cls, {key.replace("-", "_"): value for key, value in read_toml(path).items()}, warn)
     out = {}
-    for key, value in raw.items():
-        name = key.replace("-", "_")
+    for name, value in raw.items():  # names with underscores already (`renamed` was given them so)
         if name not in allowed:
-            raise TransferError(f"{path}: unknown option '{key}'. Known: {', '.join(sorted(allowed))}")
+            raise TransferError(f"{path}: unknown option '{name}'. Known: {', '.join(sorted(allowed))}")
         if isinstance(value, list):
             value = ",".join(str(v) for v in value)
         out[name] = value
