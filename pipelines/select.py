@@ -97,9 +97,11 @@ def _write_choice(cfg: SelectConfig, out: Path, source, names: list[str], labels
     if not classes:
         raise TransferError("--format label-studio needs the classes to choose from: --classes a,b,c (the pool "
                             "has no labels to take them from)")
-    _, xml, root = labelstudio.write(out, names, classes, how)
-    log(f"Label Studio: import {out} into a project whose labeling config is {xml}; start it with "
-        f"LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={root}")
+    _, xml, where = labelstudio.write(out, names, classes, how)
+    log(f"Label Studio: start it with LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true "
+        f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={where.root}; in a project whose labeling interface is {xml}, "
+        f"add a Local files source storage with the absolute path {where.storage} (no need to sync it), "
+        f"then import {out}")
 
 
 def _excluded(cfg: SelectConfig, source, pool: np.ndarray, log) -> np.ndarray:

@@ -222,12 +222,15 @@ def test_the_label_studio_round_trip_select_label_fine_tune_and_the_next_round(t
                     "--format", "label-studio", "--classes", "h,v", "--out", out, "--results", tmp_path / "r.csv",
                     "--no-sheet")
     assert result.exit_code == 0, result.output
-    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={pool}" in result.output
+    # Label Studio serves a file only below a Local files storage's path, never the document root
+    # itself (test_labelstudio_live runs a real one): the root is the folder above the images'.
+    assert f"LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT={tmp_path};" in result.output
+    assert f"storage with the absolute path {pool} " in result.output
     tasks = json.loads(out.read_text())
     assert [t["data"]["order"] for t in tasks] == [1, 2, 3, 4, 5, 6]
     for t in tasks:
         assert Path(t["data"]["path"]).is_absolute() and Path(t["data"]["path"]).is_file()
-        assert t["data"]["image"] == "/data/local-files/?d=" + Path(t["data"]["path"]).relative_to(pool).as_posix()
+        assert t["data"]["image"] == "/data/local-files/?d=scans/" + Path(t["data"]["path"]).relative_to(pool).as_posix()
     view = ET.fromstring(out.with_suffix(".xml").read_text())
     assert view.find("Image").get("value") == "$image"
     assert [c.get("value") for c in view.find("Choices").findall("Choice")] == ["h", "v"]

@@ -8,7 +8,10 @@ The formats are Label Studio's documented ones (labelstud.io/guide/tasks, /task_
 
 - a task: `{"data": {"image": URL, ...}}`; the image is served by Label Studio's local-files
   storage, `/data/local-files/?d=<path below LABEL_STUDIO_LOCAL_FILES_DOCUMENT_ROOT>` (start
-  it with `LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true` and that root). The task's data also
+  it with `LABEL_STUDIO_LOCAL_FILES_SERVING_ENABLED=true` and that root). Label Studio serves
+  a file only below the path of a project's Local files storage, and refuses a storage at
+  the document root itself, so the root is the folder above the images' own folder, which
+  is the storage's path (tested against a real Label Studio, 1.23). The task's data also
   holds `path` (the image's absolute path, which reads the export back), the order to label
   in and the selection that chose it;
 - the labeling config: an `Image` named `image` and single-choice `Choices` named `label`,
@@ -25,6 +28,7 @@ import csv
 import json
 import os
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import quote
 from xml.sax.saxutils import quoteattr
 
@@ -47,9 +51,18 @@ def config(classes: list[str]) -> str:
             "  </Choices>\n</View>\n")
 
 
-def document_root(paths: list[str]) -> Path:
-    """The folder to serve the images from: the deepest folder holding them all."""
-    return Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
+class Serving(NamedTuple):
+    """Where Label Studio finds the images: its document root, and the path of the project's
+    Local files storage (the deepest folder holding every image; the root is its parent)."""
+
+    root: Path
+    storage: Path
+
+
+def serving(paths: list[str]) -> Serving:
+    """The document root and the storage path that serve `paths`."""
+    storage = Path(os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths]))
+    return Serving(storage.parent, storage)
 
 
 def tasks(paths: list[str], root: Path, how: str) -> list[dict]:
@@ -62,17 +75,18 @@ def tasks(paths: list[str], root: Path, how: str) -> list[dict]:
     return out
 
 
-def write(out: str | os.PathLike, paths: list[str], classes: list[str], how: str) -> tuple[Path, Path, Path]:
-    """The task file at `out` and the labeling config beside it (`.xml`); (tasks, config, root)."""
+def write(out: str | os.PathLike, paths: list[str], classes: list[str], how: str) -> tuple[Path, Path, Serving]:
+    """The task file at `out` and the labeling config beside it (`.xml`); (tasks, config, where
+    Label Studio serves the images from)."""
     if any(not os.path.isfile(p) for p in paths):
         raise TransferError("--format label-studio needs image files (Label Studio serves them); a built-in's "
                             "images are held in memory: use --format csv")
-    root = document_root(paths)
+    where = serving(paths)
     out = Path(out)
-    outputs.write_text(out, json.dumps(tasks(paths, root, how), indent=1) + "\n")
+    outputs.write_text(out, json.dumps(tasks(paths, where.root, how), indent=1) + "\n")
     xml = out.with_suffix(".xml")
     outputs.write_text(xml, config(classes))
-    return out, xml, root
+    return out, xml, where
 
 
 def is_export(path: str | os.PathLike) -> bool:
