@@ -10,6 +10,7 @@ is 5), and probcover the authors' purity 0.95.
 
     pip install -e ".[bench]"
     python benchmarks/selection_crosscheck.py [--data digits,animals] [--budgets 10,20] [--seeds 0,1,2,3,4]
+        [--rules typiclust,probcover] [--restarts 1]
 """
 
 from __future__ import annotations
@@ -42,10 +43,16 @@ def propagation(f: np.ndarray, y: np.ndarray, chosen: np.ndarray) -> float:
     return float(np.mean(y[chosen][nearest] == y))
 
 
-def ours(rule: str, f, budget: int, seed: int) -> np.ndarray:
+def ours(rule: str, f, budget: int, seed: int, restarts: int | None = None) -> np.ndarray:
+    """The toolkit's choice; `restarts`: its full k-means runs (default selection.KMEANS_RESTARTS)."""
     from transfer import selection
 
-    return selection.select(rule, f, budget, [], seed)
+    default = selection.KMEANS_RESTARTS
+    selection.KMEANS_RESTARTS = restarts or default
+    try:
+        return selection.select(rule, f, budget, [], seed)
+    finally:
+        selection.KMEANS_RESTARTS = default
 
 
 def theirs(rule: str, f, budget: int, seed: int) -> np.ndarray:
@@ -63,14 +70,24 @@ def main() -> None:
     parser.add_argument("--data", default="digits,animals")
     parser.add_argument("--budgets", default="10,20")
     parser.add_argument("--seeds", default="0,1,2,3,4")
+    parser.add_argument("--rules", default="typiclust,probcover")
+    parser.add_argument("--restarts", default="",
+                        help="also the toolkit with this many full k-means runs (e.g. 1; the default's is "
+                             "selection.KMEANS_RESTARTS)")
     args = parser.parse_args()
+    from transfer import selection
+
+    variants = [(f"transfer ({selection.KMEANS_RESTARTS} k-means runs)", ours)]
+    variants += [(f"transfer ({r} k-means run{'s' * (r > 1)})", lambda *a, r=r: ours(*a, restarts=r))
+                 for r in map(int, filter(None, args.restarts.split(",")))]
+    variants.append(("scikit-activeml", theirs))
     print("| data | budget | rule | implementation | classes covered | 1-NN labels the pool % | seconds |")
     print("|---|---:|---|---|---:|---:|---:|")
     for data in args.data.split(","):
         f, y = pool_features(data)
         for budget in map(int, args.budgets.split(",")):
-            for rule in ("typiclust", "probcover"):
-                for name, pick in (("transfer", ours), ("scikit-activeml", theirs)):
+            for rule in args.rules.split(","):
+                for name, pick in variants:
                     covered, labeled, seconds = [], [], []
                     for seed in map(int, args.seeds.split(",")):
                         start = time.perf_counter()

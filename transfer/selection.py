@@ -5,7 +5,8 @@
   MAX_CLUSTERS); clusters of MIN_CLUSTER_SIZE images or fewer are left out; the clusters
   are visited fewest labeled images first, then largest first, and from each the most
   *typical* image not yet chosen is taken: typicality = 1 / mean distance to its K_NN
-  nearest neighbours within the cluster (half the cluster when it is small). Suited to
+  nearest neighbours within the cluster (half the cluster when it is small). k-means keeps
+  the best of KMEANS_RESTARTS runs (the authors' code: ten). Suited to
   small budgets: it labels the dense, representative images of every mode.
 - `probcover` (Yehuda, Dekel, Hacohen and Weinshall, NeurIPS 2022; the authors' procedure):
   every image covers the ball of radius delta around it; the greedy max-coverage picks, each
@@ -54,6 +55,10 @@ PURITY_SAMPLE = 5000  # delta's quantile is estimated from this many balls of a 
 MAX_EDGES = 5 * 10**7  # probcover's graph: about 20 bytes a pair while it is built, so at most about 1 GiB
 CHUNK_ENTRIES = 2**24  # distances computed at a time (64 MB of float32), rows per chunk = this / pool size
 FULL_KMEANS = 50  # up to this many clusters, full k-means; beyond, mini-batch k-means (as the authors)
+# Full k-means runs from k-means++ starts, the best kept. The authors' ten chose no better on the
+# built-ins than one at 4-10x the time; one (scikit-activeml's and scikit-learn's default) split a
+# mode of well-separated blobs on 2 seeds in 20, two on none (docs/selection.md).
+KMEANS_RESTARTS = 2
 
 
 def _distances(f: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -80,7 +85,7 @@ def clusters(features: np.ndarray, n: int, seed: int) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes on duplicated points
         if n <= FULL_KMEANS:
-            return KMeans(n_clusters=n, n_init=10, random_state=seed).fit_predict(features)
+            return KMeans(n_clusters=n, n_init=KMEANS_RESTARTS, random_state=seed).fit_predict(features)
         return MiniBatchKMeans(n_clusters=n, batch_size=5000, n_init=3, random_state=seed).fit_predict(features)
 
 
