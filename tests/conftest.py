@@ -4,6 +4,8 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
+from pathlib import Path  # noqa: E402
+
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -88,3 +90,15 @@ def invoke(*args):
     from cli import main
 
     return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def the_next_round_leaves_out(pool, export, folder, labeled: set[str]) -> None:
+    """select --exclude EXPORT (a Label Studio export of 4 labeled tasks): 2 new images, none of `labeled`."""
+    import pandas as pd
+
+    result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--labels", "2",
+                    "--exclude", export, "--out", folder / "round2.csv", "--results", folder / "r.csv", "--no-sheet")
+    assert result.exit_code == 0, result.output
+    assert pd.read_csv(folder / "r.csv").iloc[-1]["n_excluded"] == 4
+    chosen = {str((folder / p).resolve()) for p in pd.read_csv(folder / "round2.csv")["path"]}
+    assert len(chosen) == 2 and not chosen & {str(Path(p).resolve()) for p in labeled}

@@ -24,10 +24,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
-from conftest import make_labeled_dir
-
-from cli import main
+from conftest import invoke, make_labeled_dir, the_next_round_leaves_out
 
 EXECUTABLE = os.environ.get("TRANSFER_LABEL_STUDIO") or shutil.which("label-studio")
 EMAIL, PASSWORD = "curator@example.com", "transfer-test-1"
@@ -109,10 +106,6 @@ def _start(root: Path, data: Path, log: Path) -> tuple[subprocess.Popen, str]:
     pytest.fail("Label Studio did not start within 300 s:\n" + log.read_text()[-3000:])
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
 @pytest.mark.slow
 @pytest.mark.skipif(EXECUTABLE is None, reason="Label Studio is not installed (.ci/run installs it in a virtual "
                     "environment of its own and sets TRANSFER_LABEL_STUDIO)")
@@ -168,10 +161,4 @@ def test_select_label_in_a_real_label_studio_and_fine_tune_on_its_exports(tmp_pa
     # JSON lists the skipped task (left out, counted); JSON-MIN and CSV only the labeled ones.
     assert len(json.loads(exports["export.json"])) == 5
     assert len(json.loads(exports["export-min.json"])) == 4
-    again = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--labels", "2",
-                   "--exclude", downloads / "export.json", "--out", tmp_path / "round2.csv",
-                   "--results", tmp_path / "r.csv", "--no-sheet")
-    assert again.exit_code == 0, again.output
-    assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["n_excluded"] == 4
-    chosen = {str((tmp_path / p).resolve()) for p in pd.read_csv(tmp_path / "round2.csv")["path"]}
-    assert len(chosen) == 2 and not chosen & labeled
+    the_next_round_leaves_out(pool, downloads / "export.json", tmp_path, labeled)
