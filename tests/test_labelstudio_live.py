@@ -36,6 +36,7 @@ class LabelStudio:
 
     def __init__(self, url: str):
         self.url = url
+        self.access = None  # the Bearer token, once the personal access token is refreshed
         self.jar = http.cookiejar.CookieJar()
         self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
         self.opener.open(url + "/user/login/").read()
@@ -52,13 +53,12 @@ class LabelStudio:
         headers = {"Content-Type": "application/json"}
         if session:
             headers.update({"X-CSRFToken": self._csrf(), "Referer": self.url + "/"})
-        elif hasattr(self, "access"):
+        elif self.access:
             headers["Authorization"] = f"Bearer {self.access}"
         request = urllib.request.Request(self.url + path, method=method, headers=headers,
                                          data=None if body is None else json.dumps(body).encode())
-        opener = self.opener if session else urllib.request.build_opener()
         try:
-            with opener.open(request, timeout=60) as response:
+            with (self.opener.open if session else urllib.request.urlopen)(request, timeout=60) as response:
                 return response.read()
         except urllib.error.HTTPError as exc:
             raise AssertionError(f"{method} {path}: {exc.code} {exc.read()[:500]!r}") from None

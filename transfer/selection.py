@@ -56,8 +56,8 @@ MAX_EDGES = 5 * 10**7  # probcover's graph: about 20 bytes a pair while it is bu
 CHUNK_ENTRIES = 2**24  # distances computed at a time (64 MB of float32), rows per chunk = this / pool size
 FULL_KMEANS = 50  # up to this many clusters, full k-means; beyond, mini-batch k-means (as the authors)
 # Full k-means runs from k-means++ starts, the best kept. The authors' ten chose no better on the
-# built-ins than one at 4-10x the time; one (scikit-activeml's and scikit-learn's default) split a
-# mode of well-separated blobs on 2 seeds in 20, two on none (docs/selection.md).
+# built-ins than two, at 3-5.5x their time; one (scikit-activeml's and scikit-learn's default) split
+# a mode of well-separated blobs on 2 seeds in 20, two on none (docs/selection.md).
 KMEANS_RESTARTS = 2
 
 
