@@ -19,13 +19,20 @@ cosine decay to 5% over the steps; weak view a random translation up to 10%; str
 random affine (shift 20%, rotation 25 degrees, zoom 20%), contrast x0.5-1.5 around the image's
 mean, brightness +-0.3 and one cutout of 4-12 px; no weight average, no distribution alignment.
 
-Both learn from the same labeled draw (`labels_per_class` of every class, the toolkit's
-draw for that seed) and the whole pool (the images outside the test split) as unlabeled;
-both are scored on the pool's labels (never the test split), and on the test split for
-reference. One fresh process per run.
+A fourth, `scratch`, is the toolkit's supervised augmented scratch (`fine-tune --encoder random
+--freeze none`, no pool) with the same `--readout` and `--head`: the baseline FixMatch must beat.
+
+`--readout`, `--head` and `--weak` are levers of the toolkit's learners (#46): the readout and a
+hidden head (fine-tune's options), and FixMatch's weak view (a shift alone, as published, instead
+of the augmentation policy).
+
+All learn from the same labeled draw (`labels_per_class` of every class, the toolkit's
+draw for that seed), the FixMatch learners from the whole pool (the images outside the test
+split) as unlabeled too; all are scored on the pool's labels (never the test split), and on the
+test split for reference. One fresh process per run.
 
     python benchmarks/semi_vs_keras.py [--data digits] [--labels-per-class 10] [--seeds 0,1,2] [--steps 2000]
-        [--only scratch-semi] [--teacher batch|inference] [--no-align] [--readout flatten]
+        [--only scratch-semi] [--teacher batch|inference] [--no-align] [--readout flatten] [--head 128] [--weak translate]
 """
 
 from __future__ import annotations
@@ -45,7 +52,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 IMAGE_SIZE = {"digits": 16, "animals": 28, "patches": 28, "fills": 28, "textures": 32, "faces": 25}  # the labeled built-ins
-LEARNERS = ("scratch-semi", "plain Keras FixMatch", "simple Keras FixMatch")
+LEARNERS = ("scratch-semi", "plain Keras FixMatch", "simple Keras FixMatch", "scratch")
 
 
 def _splits(data: str, per_class: int, seed: int):
@@ -67,15 +74,33 @@ def _accuracy(predict, source, index, size) -> float:
     return hits / max(total, 1)
 
 
+def translate_only():
+    """FixMatch's published weak view: a random shift (up to 12.5% of the side, reflected), no intensity change."""
+    from keras import layers
+
+    return layers.RandomTranslation(0.125, 0.125, fill_mode="reflect")
+
+
 def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch",
-            align: bool = True, readout: str = "auto") -> dict:
+            align: bool = True, readout: str = "auto", head: tuple[int, ...] = (), weak: str = "policy",
+            semi: bool = True) -> dict:
     from pipelines import fine_tune
     from transfer import artifacts
+    from transfer import semi as fixmatch
     from transfer.config import FineTuneConfig
 
+    if weak == "translate":  # a lever screened here: the weak view without the policy's intensity jitter
+        base = fixmatch.FixMatch
+
+        class TranslateWeak(base):
+            def __init__(self, classifier, weak_view, strong_view, *args, **kwargs):
+                super().__init__(classifier, translate_only(), strong_view, *args, **kwargs)
+
+        fixmatch.FixMatch = TranslateWeak
+
     cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
-                         unlabeled=data, steps=steps, image_size=IMAGE_SIZE[data], out=out,
-                         results=out + ".csv", teacher=teacher, align=align, readout=readout)
+                         unlabeled=data if semi else None, steps=steps, image_size=IMAGE_SIZE[data], out=out,
+                         results=out + ".csv", teacher=teacher, align=align, readout=readout, head=head)
     start = time.perf_counter()
     row = fine_tune.run(cfg, log=lambda m: None)
     seconds = time.perf_counter() - start
@@ -83,7 +108,7 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
     found, _ = _splits(data, per_class, seed)
     predict = lambda x: model.predict_on_batch(x)  # noqa: E731
     return {"pool": _accuracy(predict, found.source, found.pool, IMAGE_SIZE[data]),
-            "test": float(row["test_accuracy"]), "seconds": seconds, "mask_rate": row.get("mask_rate")}
+            "test": float(row["test_accuracy"]), "seconds": seconds, "mask_rate": row.get("mask_rate") if semi else None}
 
 
 def _fixmatch(net, weak, strong, threshold: float, weight: float):
@@ -230,14 +255,22 @@ def main() -> None:
                         help="scratch-semi's FixMatch teacher (fine-tune --teacher)")
     parser.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
                         help="scratch-semi with distribution alignment or not (fine-tune --align, the default)")
-    parser.add_argument("--readout", default="auto", help="scratch-semi's readout (fine-tune --readout)")
+    parser.add_argument("--readout", default="auto", help="scratch-semi's and scratch's readout (fine-tune --readout)")
+    parser.add_argument("--head", default="", help="scratch-semi's and scratch's hidden head units, e.g. 128 (fine-tune --head; "
+                        "default linear)")
+    parser.add_argument("--weak", default="policy", choices=["policy", "translate"],
+                        help="scratch-semi's weak view: the --augment policy (the toolkit's) or a shift alone "
+                        "(FixMatch's published weak view, without flips)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         which, seed, out = json.loads(args.worker)
         got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher, args.align,
-                       args.readout)
+                       args.readout, tuple(int(u) for u in args.head.split(",") if u), args.weak)
                if which == "scratch-semi" else
+               toolkit(args.data, args.labels_per_class, seed, args.steps, out, readout=args.readout,
+                       head=tuple(int(u) for u in args.head.split(",") if u), semi=False)
+               if which == "scratch" else
                plain_keras(args.data, args.labels_per_class, seed, args.steps) if which == "plain Keras FixMatch"
                else simple_keras(args.data, args.labels_per_class, seed, args.steps))
         print("RESULT " + json.dumps(got), flush=True)
@@ -251,7 +284,7 @@ def main() -> None:
                 proc = subprocess.run([sys.executable, __file__, "--data", args.data, "--labels-per-class",
                                        str(args.labels_per_class), "--steps", str(args.steps),
                                        "--teacher", args.teacher, "--align" if args.align else "--no-align",
-                                       "--readout", args.readout,
+                                       "--readout", args.readout, "--head", args.head, "--weak", args.weak,
                                        "--worker",
                                        json.dumps([which, seed, out])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -260,7 +293,7 @@ def main() -> None:
                 runs[which].append(json.loads(found[0][7:]))
     print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}, "
           f"scratch-semi --teacher {args.teacher} {'--align' if args.align else '--no-align'} "
-          f"--readout {args.readout}\n")
+          f"--readout {args.readout} --head {args.head or 'linear'} --weak {args.weak}\n")
     print("| learner | pool accuracy % (mean ± std) | per seed | test % | final mask rate | s/run |")
     print("|---|---:|---|---:|---:|---:|")
     for which, got in runs.items():
