@@ -294,12 +294,13 @@ def main() -> None:
     print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}, "
           f"scratch-semi --teacher {args.teacher} {'--align' if args.align else '--no-align'} "
           f"--readout {args.readout} --head {args.head or 'linear'} --weak {args.weak}\n")
-    print("| learner | pool accuracy % (mean ± std) | per seed | test % | final mask rate | s/run |")
-    print("|---|---:|---|---:|---:|---:|")
+    print("| learner | pool accuracy % (mean ± std) | per seed | test % | per seed | final mask rate | s/run |")
+    print("|---|---:|---|---:|---|---:|---:|")
     for which, got in runs.items():
-        pool = [100 * g["pool"] for g in got]
+        pool, test = [100 * g["pool"] for g in got], [100 * g["test"] for g in got]
         print(f"| {which} | {statistics.mean(pool):.1f} ± {statistics.pstdev(pool):.1f} | "
-              f"{', '.join(f'{p:.1f}' for p in pool)} | {100 * statistics.mean(g['test'] for g in got):.1f} | "
+              f"{', '.join(f'{p:.1f}' for p in pool)} | {statistics.mean(test):.1f} | "
+              f"{', '.join(f'{t:.1f}' for t in test)} | "
               f"{statistics.mean(float(g['mask_rate'] or 0) for g in got):.2f} | "
               f"{statistics.mean(g['seconds'] for g in got):.0f} |")
     for other in LEARNERS[1:]:
