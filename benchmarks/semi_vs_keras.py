@@ -32,7 +32,8 @@ split) as unlabeled too; all are scored on the pool's labels (never the test spl
 test split for reference. One fresh process per run.
 
     python benchmarks/semi_vs_keras.py [--data digits] [--labels-per-class 10] [--seeds 0,1,2] [--steps 2000]
-        [--only scratch-semi] [--teacher batch|inference] [--no-align] [--readout flatten] [--head 128] [--weak translate]
+        [--only scratch-semi] [--teacher batch|inference] [--no-align] [--readout flatten] [--head 128]
+        [--weak translate]
 """
 
 from __future__ import annotations
@@ -74,29 +75,23 @@ def _accuracy(predict, source, index, size) -> float:
     return hits / max(total, 1)
 
 
-def translate_only():
-    """FixMatch's published weak view: a random shift (up to 12.5% of the side, reflected), no intensity change."""
-    from keras import layers
-
-    return layers.RandomTranslation(0.125, 0.125, fill_mode="reflect")
-
-
 def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch",
             align: bool = True, readout: str = "auto", head: tuple[int, ...] = (), weak: str = "policy",
             semi: bool = True) -> dict:
+    from keras import layers
+
     from pipelines import fine_tune
     from transfer import artifacts
     from transfer import semi as fixmatch
     from transfer.config import FineTuneConfig
 
-    if weak == "translate":  # a lever screened here: the weak view without the policy's intensity jitter
-        base = fixmatch.FixMatch
-
-        class TranslateWeak(base):
+    if weak == "translate":  # FixMatch's published weak view: a shift up to 12.5% (reflected), no intensity change
+        class TranslateWeak(fixmatch.FixMatch):
             def __init__(self, classifier, weak_view, strong_view, *args, **kwargs):
-                super().__init__(classifier, translate_only(), strong_view, *args, **kwargs)
+                shift = layers.RandomTranslation(0.125, 0.125, fill_mode="reflect")
+                super().__init__(classifier, shift, strong_view, *args, **kwargs)
 
-        fixmatch.FixMatch = TranslateWeak
+        fixmatch.FixMatch = TranslateWeak  # this worker process runs one fine-tune
 
     cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
                          unlabeled=data if semi else None, steps=steps, image_size=IMAGE_SIZE[data], out=out,
@@ -108,7 +103,8 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
     found, _ = _splits(data, per_class, seed)
     predict = lambda x: model.predict_on_batch(x)  # noqa: E731
     return {"pool": _accuracy(predict, found.source, found.pool, IMAGE_SIZE[data]),
-            "test": float(row["test_accuracy"]), "seconds": seconds, "mask_rate": row.get("mask_rate") if semi else None}
+            "test": float(row["test_accuracy"]), "seconds": seconds,
+            "mask_rate": row.get("mask_rate") if semi else None}
 
 
 def _fixmatch(net, weak, strong, threshold: float, weight: float):
@@ -244,6 +240,12 @@ def simple_keras(data: str, per_class: int, seed: int, steps: int, batch: int = 
     return _fit_and_score(model, found, train, size, seed, steps, batch, mu)
 
 
+def _mean_mask(got: list[dict]) -> str:
+    """The runs' mean final mask rate; "-" for a supervised learner (it has none)."""
+    rates = [float(g["mask_rate"]) for g in got if g.get("mask_rate") is not None]
+    return f"{statistics.mean(rates):.2f}" if rates else "-"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="digits", choices=sorted(IMAGE_SIZE))
@@ -256,8 +258,8 @@ def main() -> None:
     parser.add_argument("--align", action=argparse.BooleanOptionalAction, default=True,
                         help="scratch-semi with distribution alignment or not (fine-tune --align, the default)")
     parser.add_argument("--readout", default="auto", help="scratch-semi's and scratch's readout (fine-tune --readout)")
-    parser.add_argument("--head", default="", help="scratch-semi's and scratch's hidden head units, e.g. 128 (fine-tune --head; "
-                        "default linear)")
+    parser.add_argument("--head", default="", help="scratch-semi's and scratch's hidden head units, e.g. 128 "
+                        "(fine-tune --head; default linear)")
     parser.add_argument("--weak", default="policy", choices=["policy", "translate"],
                         help="scratch-semi's weak view: the --augment policy (the toolkit's) or a shift alone "
                         "(FixMatch's published weak view, without flips)")
@@ -265,12 +267,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.worker:
         which, seed, out = json.loads(args.worker)
+        head = tuple(int(u) for u in args.head.split(",") if u)
         got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher, args.align,
-                       args.readout, tuple(int(u) for u in args.head.split(",") if u), args.weak)
-               if which == "scratch-semi" else
-               toolkit(args.data, args.labels_per_class, seed, args.steps, out, readout=args.readout,
-                       head=tuple(int(u) for u in args.head.split(",") if u), semi=False)
-               if which == "scratch" else
+                       args.readout, head, args.weak, semi=which == "scratch-semi")
+               if which in ("scratch-semi", "scratch") else
                plain_keras(args.data, args.labels_per_class, seed, args.steps) if which == "plain Keras FixMatch"
                else simple_keras(args.data, args.labels_per_class, seed, args.steps))
         print("RESULT " + json.dumps(got), flush=True)
@@ -301,9 +301,9 @@ def main() -> None:
         print(f"| {which} | {statistics.mean(pool):.1f} ± {statistics.pstdev(pool):.1f} | "
               f"{', '.join(f'{p:.1f}' for p in pool)} | {statistics.mean(test):.1f} | "
               f"{', '.join(f'{t:.1f}' for t in test)} | "
-              f"{statistics.mean(float(g['mask_rate'] or 0) for g in got):.2f} | "
+              f"{_mean_mask(got)} | "
               f"{statistics.mean(g['seconds'] for g in got):.0f} |")
-    for other in LEARNERS[1:]:
+    for other in LEARNERS[1:3]:  # the plain Keras forms, which the target is about
         if "scratch-semi" in runs and other in runs:
             diff = [100 * (a["pool"] - b["pool"]) for a, b in zip(runs["scratch-semi"], runs[other])]
             print(f"\nscratch-semi - {other}, paired over seeds: {statistics.mean(diff):+.1f} points "
