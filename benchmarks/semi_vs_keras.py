@@ -22,9 +22,12 @@ mean, brightness +-0.3 and one cutout of 4-12 px; no weight average, no distribu
 A fourth, `scratch`, is the toolkit's supervised augmented scratch (`fine-tune --encoder random
 --freeze none`, no pool) with the same `--readout` and `--head`: the baseline FixMatch must beat.
 
-`--readout`, `--head` and `--weak` are levers of the toolkit's learners (#46): the readout and a
-hidden head (fine-tune's options), and FixMatch's weak view (a shift alone, as published, instead
-of the augmentation policy).
+`--readout`, `--head`, `--weak`, `--strong`, `--threshold` and `--weight` are levers of the
+toolkit's learners (#46): the readout and a hidden head (fine-tune's options), FixMatch's weak view
+(a shift alone, as published, instead of the augmentation policy), its strong view (without its
+contrast and brightness changes, or without its cutout), its confidence threshold and the
+unlabeled loss's weight (0: FixMatch's optimizer, views and schedule with the labeled loss
+alone, which tells the pseudo-labels' share from the training's).
 
 All learn from the same labeled draw (`labels_per_class` of every class, the toolkit's
 draw for that seed), the FixMatch learners from the whole pool (the images outside the test
@@ -33,7 +36,7 @@ test split for reference. One fresh process per run.
 
     python benchmarks/semi_vs_keras.py [--data digits] [--labels-per-class 10] [--seeds 0,1,2] [--steps 2000]
         [--only scratch-semi] [--teacher batch|inference] [--no-align] [--readout flatten] [--head 128]
-        [--weak translate]
+        [--weak translate] [--strong geometry|no-cutout] [--threshold 0.8] [--weight 0]
 """
 
 from __future__ import annotations
@@ -77,11 +80,12 @@ def _accuracy(predict, source, index, size) -> float:
 
 def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher: str = "batch",
             align: bool = True, readout: str = "auto", head: tuple[int, ...] = (), weak: str = "policy",
-            semi: bool = True) -> dict:
+            semi: bool = True, strong: str = "policy", threshold: float = 0.95, weight: float = 1.0) -> dict:
+    import keras
     from keras import layers
 
     from pipelines import fine_tune
-    from transfer import artifacts
+    from transfer import artifacts, augment
     from transfer import semi as fixmatch
     from transfer.config import FineTuneConfig
 
@@ -92,10 +96,21 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
                 super().__init__(classifier, shift, strong_view, *args, **kwargs)
 
         fixmatch.FixMatch = TranslateWeak  # this worker process runs one fine-tune
+    if strong != "policy":  # the strong view without its intensity changes, or without its cutout
+        policy_strong = augment.strong
+
+        def strong_view(policy, name="strong_augment"):
+            view = policy_strong(policy, name)
+            drop = ((layers.RandomContrast, layers.RandomBrightness) if strong == "geometry"
+                    else (layers.RandomErasing,))
+            return keras.Sequential([lay for lay in view.layers if not isinstance(lay, drop)], name=name)
+
+        augment.strong = strong_view
 
     cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
                          unlabeled=data if semi else None, steps=steps, image_size=IMAGE_SIZE[data], out=out,
-                         results=out + ".csv", teacher=teacher, align=align, readout=readout, head=head)
+                         results=out + ".csv", teacher=teacher, align=align, readout=readout, head=head,
+                         threshold=threshold, unlabeled_weight=weight)
     start = time.perf_counter()
     row = fine_tune.run(cfg, log=lambda m: None)
     seconds = time.perf_counter() - start
@@ -263,13 +278,20 @@ def main() -> None:
     parser.add_argument("--weak", default="policy", choices=["policy", "translate"],
                         help="scratch-semi's weak view: the --augment policy (the toolkit's) or a shift alone "
                         "(FixMatch's published weak view, without flips)")
+    parser.add_argument("--strong", default="policy", choices=["policy", "geometry", "no-cutout"],
+                        help="scratch-semi's strong view: the toolkit's, or without its contrast and brightness "
+                        "changes (geometry), or without its cutout")
+    parser.add_argument("--threshold", type=float, default=0.95, help="scratch-semi's threshold (fine-tune --threshold)")
+    parser.add_argument("--weight", type=float, default=1.0,
+                        help="scratch-semi's unlabeled loss weight (fine-tune --unlabeled-weight; 0: the labeled loss alone)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         which, seed, out = json.loads(args.worker)
         head = tuple(int(u) for u in args.head.split(",") if u)
         got = (toolkit(args.data, args.labels_per_class, seed, args.steps, out, args.teacher, args.align,
-                       args.readout, head, args.weak, semi=which == "scratch-semi")
+                       args.readout, head, args.weak, semi=which == "scratch-semi", strong=args.strong,
+                       threshold=args.threshold, weight=args.weight)
                if which in ("scratch-semi", "scratch") else
                plain_keras(args.data, args.labels_per_class, seed, args.steps) if which == "plain Keras FixMatch"
                else simple_keras(args.data, args.labels_per_class, seed, args.steps))
@@ -285,7 +307,8 @@ def main() -> None:
                                        str(args.labels_per_class), "--steps", str(args.steps),
                                        "--teacher", args.teacher, "--align" if args.align else "--no-align",
                                        "--readout", args.readout, "--head", args.head, "--weak", args.weak,
-                                       "--worker",
+                                       "--strong", args.strong, "--threshold", str(args.threshold),
+                                       "--weight", str(args.weight), "--worker",
                                        json.dumps([which, seed, out])], capture_output=True, text=True)
                 found = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
                 if not found:
@@ -293,7 +316,8 @@ def main() -> None:
                 runs[which].append(json.loads(found[0][7:]))
     print(f"{args.data}, {args.labels_per_class} labels/class, {args.steps} steps, seeds {seeds}, "
           f"scratch-semi --teacher {args.teacher} {'--align' if args.align else '--no-align'} "
-          f"--readout {args.readout} --head {args.head or 'linear'} --weak {args.weak}\n")
+          f"--readout {args.readout} --head {args.head or 'linear'} --weak {args.weak} --strong {args.strong} "
+          f"--threshold {args.threshold} --weight {args.weight}\n")
     print("| learner | pool accuracy % (mean ± std) | per seed | test % | per seed | final mask rate | s/run |")
     print("|---|---:|---|---:|---|---:|---:|")
     for which, got in runs.items():
