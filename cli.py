@@ -143,7 +143,7 @@ def _run(pipeline, cls, params: dict):
     for prefix in ("transfer-decoded-", "transfer-worker-"):  # left by a process killed outright (SIGKILL)
         stopping.remove_stale(prefix)
     try:
-        cfg = cls(**params)
+        cfg = config.make(cls, **params)
         with stopping.handled():  # SIGINT, SIGTERM, SIGHUP: one line, staging kept, exit 128 + signal
             return pipeline.run(cfg, log=Console())
     except stopping.Stopped as exc:
@@ -242,18 +242,21 @@ def _param(f: dataclasses.Field, hint):
     return lambda fn: old(option(fn))  # the name before a rename, read for one release (config.renamed)
 
 
-def options(cls, config: bool = True):
-    """Decorator: a command's arguments and options, made from `cls`'s fields: the arguments and
-    required options first, then the fields `cls` declares in their order, then inherited ones."""
-    hints, own = typing.get_type_hints(cls), list(vars(cls).get("__annotations__", {}))
-    fields = [f for f in dataclasses.fields(cls) if f.metadata.get("help")]
+def options(cls, toml: bool = True):
+    """Decorator: a command's arguments and options, made from `cls`'s fields (a section's in its
+    place): the arguments and required options first, then the fields `cls` declares in their
+    order, then inherited ones."""
+    own = list(vars(cls).get("__annotations__", {}))
+    place = {name: own.index(where or f.name) if (where or f.name) in own else len(own)
+             for name, (f, _, where) in config.settable(cls).items()}
+    fields = config.option_fields(cls)
     first = lambda f: f.metadata.get("argument") or f.metadata.get("required")  # noqa: E731
-    fields.sort(key=lambda f: (0 if first(f) else 1 if f.name in own else 2, own.index(f.name) if f.name in own else 0))
+    fields.sort(key=lambda fh: (0 if first(fh[0]) else 1 if place[fh[0].name] < len(own) else 2, place[fh[0].name]))
 
     def decorate(fn):
-        for f in reversed(fields):
-            fn = _param(f, hints[f.name])(fn)
-        return config_option(cls)(fn) if config else fn
+        for f, hint in reversed(fields):
+            fn = _param(f, hint)(fn)
+        return config_option(cls)(fn) if toml else fn
 
     return decorate
 
@@ -274,7 +277,7 @@ def _command(name: str, cls) -> click.Command:
             _tensorflow()
         _run(importlib.import_module(f"pipelines.{name.replace('-', '_')}"), cls, params)
 
-    made = options(cls, config=cls is not config.ExperimentConfig)(command)
+    made = options(cls, toml=cls is not config.ExperimentConfig)(command)
     return click.command(name, cls=OneLineCommand, help=cls.__doc__)(made)
 
 

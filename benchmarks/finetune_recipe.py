@@ -104,7 +104,7 @@ def main():
 
     from pipelines import fine_tune, pretrain
     from transfer import data, splits
-    from transfer.config import FineTuneConfig, PretrainConfig
+    from transfer.config import FineTuneConfig, PretrainConfig, make
 
     size = IMAGE_SIZE[args.data]
     names = ["scratch", *(s for s in args.settings.split(",") if s != "scratch")]
@@ -132,7 +132,7 @@ def main():
                     if name == "plain-keras":
                         model = plain_keras(encoder, found, chosen, seed, size)
                     else:
-                        fine_tune.run(FineTuneConfig(data=args.data, labels_per_class=b, seed=seed, image_size=size,
+                        fine_tune.run(make(FineTuneConfig, data=args.data, labels_per_class=b, seed=seed, image_size=size,
                                                      out=out, results=os.path.join(tmp, "r.csv"),
                                                      **{"encoder": encoder, **SETTINGS[name]}), log=lambda m: None)
                         model = load_classifier(out)

@@ -42,10 +42,10 @@ def worker(setting: str, budget: int, seed: int, encoder: str, out: str) -> dict
 
     from pipelines import fine_tune
     from transfer import artifacts, builtins, data
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     fields = {"unlabeled": "digits", **SETTINGS[setting]}
-    cfg = FineTuneConfig(data="digits", image_size=16, encoder=encoder, freeze="none", labels_per_class=budget,
+    cfg = make(FineTuneConfig, data="digits", image_size=16, encoder=encoder, freeze="none", labels_per_class=budget,
                          seed=seed, out=out, results=str(Path(out).parent / "rows.csv"), **fields)
     row = fine_tune.run(cfg, log=lambda message: None)
     digits = builtins.load("digits", 16, None, True, split="all")

@@ -52,13 +52,13 @@ def worker(data: str, setting: str, labels: int, seed: int, encoder: str, steps:
 
     from pipelines import fine_tune
     from transfer import artifacts, budget, splits, stream
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     size = IMAGE_SIZE[data]
     fields = {"unlabeled": data, "steps": steps, **settings(labels)[setting]}
     if encoder == "random":
         fields.update(freeze="none", image_size=size)
-    cfg = FineTuneConfig(data=data, encoder=encoder, labels=labels, selection="random", seed=seed, out=out,
+    cfg = make(FineTuneConfig, data=data, encoder=encoder, labels=labels, selection="random", seed=seed, out=out,
                          results=str(Path(out).parent / "rows.csv"), **fields)
     row = fine_tune.run(cfg, log=lambda message: None)
     found = splits.open_labeled(data, None, cfg.test_fraction, size, None, log=lambda m: None)

@@ -42,11 +42,11 @@ def config(args, steps: int, seed: int, out: str):
     """The fine-tune of one cell: what `transfer experiment` runs for `<objective>-semi` on the
     encoder's typiclust choice, at `steps`."""
     from transfer import artifacts, methods
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     objective = artifacts.read_manifest(args.encoder, "encoder")["objective"]
     method = methods.parse(f"{objective}-semi")
-    return FineTuneConfig(data=args.data, image_size=IMAGE_SIZE[args.data], labels=args.labels,
+    return make(FineTuneConfig, data=args.data, image_size=IMAGE_SIZE[args.data], labels=args.labels,
                           selection="typiclust", select_encoder=args.encoder, seed=seed, steps=steps, out=out,
                           results=str(Path(out).parent / "rows.csv"), **method.fields(args.encoder, args.data))
 

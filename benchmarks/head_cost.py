@@ -29,9 +29,9 @@ LABELS_PER_CLASS = 100  # x 10 classes = 1,000 labeled images
 def worker(mode: str, epochs: int, image_size: int, out_dir: str) -> dict:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     from pipelines import fine_tune
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
-    cfg = FineTuneConfig(data="digits", encoder="random", arch="vgg", freeze="all", unfreeze_top=0,
+    cfg = make(FineTuneConfig, data="digits", encoder="random", arch="vgg", freeze="all", unfreeze_top=0,
                          head=(128,), labels_per_class=LABELS_PER_CLASS, epochs=epochs, image_size=image_size,
                          seed=0, out=os.path.join(out_dir, f"{mode}-{epochs}"),
                          results=os.path.join(out_dir, "results.csv"))

@@ -55,13 +55,13 @@ def worker(pipeline: str, args, seed: int, out: str) -> dict:
     """One fine-tune, as `transfer experiment` runs the pipeline's cell: its row's times."""
     from pipelines import fine_tune
     from transfer import artifacts, methods
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     name, how, features, steps = PIPELINES[pipeline]
     steps = steps or args.steps
     objective = artifacts.read_manifest(args.encoder, "encoder")["objective"]
     method = methods.parse(name.replace("OBJECTIVE", objective))
-    cfg = FineTuneConfig(data=args.data, image_size=args.image_size, labels=args.labels, selection=how,
+    cfg = make(FineTuneConfig, data=args.data, image_size=args.image_size, labels=args.labels, selection=how,
                          select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
                          **({"steps": steps} if steps else {}), **method.fields(args.encoder, args.data))
     row = fine_tune.run(cfg, log=lambda message: None)

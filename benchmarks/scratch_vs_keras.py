@@ -27,7 +27,7 @@ from keras import layers  # noqa: E402
 
 from pipelines import fine_tune  # noqa: E402
 from transfer import augment, splits, training  # noqa: E402
-from transfer.config import FineTuneConfig  # noqa: E402
+from transfer.config import FineTuneConfig, make  # noqa: E402
 
 
 def plain_keras_cnn(shape, classes: int) -> keras.Model:
@@ -75,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for budget in budgets:
             for seed in seeds:
-                cfg = FineTuneConfig(data=args.data, image_size=args.image_size, encoder="random", freeze="none",
+                cfg = make(FineTuneConfig, data=args.data, image_size=args.image_size, encoder="random", freeze="none",
                                      labels_per_class=budget, seed=seed, out=f"{tmp}/s{budget}-{seed}",
                                      results=f"{tmp}/r.csv")
                 for method, fn in (("plain Keras CNN", lambda: run_plain(cfg, args.plain_epochs)),

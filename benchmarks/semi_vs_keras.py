@@ -87,7 +87,7 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
     from pipelines import fine_tune
     from transfer import artifacts, augment
     from transfer import semi as fixmatch
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     if weak == "translate":  # FixMatch's published weak view: a shift up to 12.5% (reflected), no intensity change
         class TranslateWeak(fixmatch.FixMatch):
@@ -107,7 +107,7 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
 
         augment.strong = strong_view
 
-    cfg = FineTuneConfig(data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
+    cfg = make(FineTuneConfig, data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
                          unlabeled=data if semi else None, steps=steps, image_size=IMAGE_SIZE[data], out=out,
                          results=out + ".csv", teacher=teacher, align=align, readout=readout, head=head,
                          threshold=threshold, unlabeled_weight=weight)

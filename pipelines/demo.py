@@ -10,7 +10,7 @@ import keras
 
 from pipelines import compare, fine_tune, pretrain
 from transfer import methods
-from transfer.config import CompareConfig, DemoConfig, FineTuneConfig, PretrainConfig
+from transfer.config import CompareConfig, DemoConfig, FineTuneConfig, PretrainConfig, make
 from transfer.progress import Progress
 
 BASELINES = ("scratch",)  # beside the pretrained encoder's default recipe: the baseline a competent user runs
@@ -48,7 +48,7 @@ def run(cfg: DemoConfig, log=print):
                 done += 1
                 keras.backend.clear_session()  # fit in a loop leaks graph state otherwise
                 row = fine_tune.run(
-                    FineTuneConfig(data="digits", labels_per_class=budget, seed=seed, arch=cfg.arch,
+                    make(FineTuneConfig, data="digits", labels_per_class=budget, seed=seed, arch=cfg.arch,
                                    image_size=cfg.image_size, results=str(table_path),
                                    **_given(epochs=cfg.fine_tune_epochs), **settings,
                                    out=str(out / "fine-tune" / f"{budget}-{seed}-{short}")),

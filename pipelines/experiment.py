@@ -45,7 +45,7 @@ import keras
 
 from pipelines import compare, fine_tune, pretrain
 from transfer import artifacts, backbones, builtins, methods, outputs, results, selection, stopping
-from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
+from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section, in_sections, make, settable,
                              check_type, read_toml)
 from transfer.errors import TransferError
 from transfer.objectives import OBJECTIVES
@@ -76,8 +76,9 @@ def _beside(value, base: Path):
 
 def _section(spec: dict, key: str, cls, path) -> dict:
     """The [key] section's options (the top-level `tensorboard` for every run, unless it names its own)."""
-    section = {**({"tensorboard": spec["tensorboard"]} if "tensorboard" in spec else {}), **spec.get(key, {})}
-    allowed = {f.name for f in dataclasses.fields(cls)}
+    section = {**({"tensorboard": spec["tensorboard"]} if "tensorboard" in spec else {}),
+               **in_sections(spec.get(key, {}), cls)}
+    allowed = set(settable(cls))
     unknown = sorted(set(section) - allowed)
     if unknown:
         raise TransferError(f"{path}: unknown [{key}] option(s) {unknown}")
@@ -137,7 +138,7 @@ def _check_values(path, spec: dict, pre: dict, fin: dict) -> None:
         fin = {**fin, **methods.parse(backbone).settings}
     for key, cls, fields in (("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)):
         try:
-            cls(**fields)
+            make(cls, **fields)
         except TransferError as exc:
             raise TransferError(f"{path} [{key}]: {exc}") from None
 
@@ -260,7 +261,7 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
         own = fin if budget.get("selection") == "probcover" else {k: v for k, v in fin.items() if k != "purity"}
         if not backbones.is_backbone(method.settings.get("encoder")):  # weights = "imagenet" is the backbones'
             own = {k: v for k, v in own.items() if k != "weights"}
-        fcfg = FineTuneConfig(**{**own, **budget, "seed": int(seed), "results": results_path,
+        fcfg = make(FineTuneConfig, **{**own, **budget, "seed": int(seed), "results": results_path,
                                  "experiment": spec["name"], "overwrite": True,
                                  **method.fields(encoders[method.objective] if method.objective else None,
                                                 fin.get("unlabeled"))})

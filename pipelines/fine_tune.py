@@ -279,6 +279,6 @@ def _open_pool(cfg: FineTuneConfig, image_size: int, channels: int, test: stream
     leaked = int(np.isin(source.ids, test.ids).sum())
     if leaked:
         log(f"warning: {leaked} of {len(test)} test images are in the unlabeled pool {cfg.unlabeled}")
-    passes = cfg.steps * cfg.mu * cfg.batch_size / max(len(source), 1)
+    passes = cfg.fixmatch.steps * cfg.fixmatch.mu * cfg.batch_size / max(len(source), 1)
     decoded, index = stream.decode_once(source, np.arange(len(source)), image_size, passes, log)
     return stream.ImageSet(run.temporary(decoded), index, image_size), leaked

@@ -222,11 +222,11 @@ def test_bad_budget_grids_are_refused(tmp_path, bad, message):
 
 def test_a_budgets_name_says_probcovers_purity_when_it_is_not_the_default():
     from pipelines.fine_tune import budget_name
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
-    assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover")) == \
+    assert budget_name(make(FineTuneConfig, data="digits", labels=6, selection="probcover")) == \
         "6 in all (probcover on pixels)"
-    assert budget_name(FineTuneConfig(data="digits", labels=6, selection="probcover", purity=0.6)) == \
+    assert budget_name(make(FineTuneConfig, data="digits", labels=6, selection="probcover", purity=0.6)) == \
         "6 in all (probcover at purity 0.6 on pixels)"
 
 

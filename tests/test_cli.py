@@ -746,7 +746,7 @@ def test_the_default_fine_tune_trains_at_least_500_steps_on_a_few_labels():
     """No --epochs: 100 passes over the labeled images, more when they would make fewer than 500
     steps; the epochs resolved are noted for the row (a given --epochs is kept as is)."""
     from pipelines import fine_tune
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     class FakeRun:
         noted = {}
@@ -754,15 +754,15 @@ def test_the_default_fine_tune_trains_at_least_500_steps_on_a_few_labels():
         def note(self, **fields):
             self.noted = fields
 
-    cfg = FineTuneConfig(data="digits", labels_per_class=2)
+    cfg = make(FineTuneConfig, data="digits", labels_per_class=2)
     # labeled images -> steps a pass of 32 -> epochs
     for n, epochs in ((1, 500), (20, 500), (32, 500), (33, 250), (40, 250), (100, 125), (160, 100), (5_000, 100)):
         run = FakeRun()
         got = fine_tune._resolve_epochs(cfg, n, run)
         assert got.epochs == epochs and run.noted == {"epochs": epochs}
         assert epochs * -(-n // 32) >= 500
-    assert fine_tune._resolve_epochs(FineTuneConfig(data="d", batch_size=8), 16, FakeRun()).epochs == 250
-    given = FineTuneConfig(data="d", epochs=3)
+    assert fine_tune._resolve_epochs(make(FineTuneConfig, data="d", batch_size=8), 16, FakeRun()).epochs == 250
+    given = make(FineTuneConfig, data="d", epochs=3)
     assert fine_tune._resolve_epochs(given, 20, FakeRun()) is given
 
 
@@ -815,8 +815,6 @@ def test_every_option_is_made_from_its_config_field():
     """The CLI is made from the config dataclasses: each command's parameters are exactly its
     config's fields that carry help (plus --config), each shown by --help with that help, a
     choice's values and a field's default as the option's; nothing is declared twice."""
-    import dataclasses
-
     import click
     from click.testing import CliRunner
 
@@ -825,7 +823,7 @@ def test_every_option_is_made_from_its_config_field():
 
     for name, cls in cli.COMMANDS.items():
         command = main.commands[name]
-        fields = {f.name: f for f in dataclasses.fields(cls) if f.metadata.get("help")}
+        fields = {f.name: f for f, _ in cli.config.option_fields(cls)}
         params = {p.name: p for p in command.params if not getattr(p, "hidden", False) and p.name != "config"}
         assert set(params) == set(fields), name
         assert command.help == cls.__doc__
@@ -838,5 +836,5 @@ def test_every_option_is_made_from_its_config_field():
                 assert list(param.type.choices) == list(field.metadata["choices"])
         hidden = {p.name for p in command.params if getattr(p, "hidden", False)}
         assert hidden == {f"was_{f.metadata['was']}" for f in fields.values() if "was" in f.metadata}
-    cfg = cli.config.FineTuneConfig(data="digits")  # a field's default is the option's
-    assert main.commands["fine-tune"].make_context("fine-tune", ["--data", "digits"]).params["mu"] == cfg.mu
+    cfg = cli.config.make(cli.config.FineTuneConfig, data="digits")  # a field's default is the option's
+    assert main.commands["fine-tune"].make_context("fine-tune", ["--data", "digits"]).params["mu"] == cfg.fixmatch.mu

@@ -186,10 +186,10 @@ def test_select_and_a_fine_tunes_selection_choose_through_the_head_by_default(ws
 
 def test_a_budgets_name_says_the_selections_readout_when_it_is_not_the_encoders_default(ws):
     from pipelines.fine_tune import budget_name
-    from transfer.config import FineTuneConfig
+    from transfer.config import FineTuneConfig, make
 
     def name(encoder, readout):
-        return budget_name(FineTuneConfig(data="digits", labels=6, selection="kcenter",
+        return budget_name(make(FineTuneConfig, data="digits", labels=6, selection="kcenter",
                                           select_encoder=str(ws / encoder), select_readout=readout))
 
     assert name("contrastive", None) == name("contrastive", "auto") == name("contrastive", "projector") == \

@@ -74,6 +74,72 @@ def option(default=None, help: str = "", **how) -> dataclasses.Field:
     return dataclasses.field(default=default, metadata={"help": help, **how})
 
 
+def section(cls) -> dataclasses.Field:
+    """A group of options kept together as a config of its own (`cfg.<name>.<field>`, e.g.
+    `cfg.fixmatch.threshold`). Wherever options are read by name (the command line, --config
+    files, experiment sections) its fields are options of the command like any other (flat:
+    --threshold); `make` gathers them into the section, which validates itself. --help lists them
+    where the section is declared."""
+    return dataclasses.field(default_factory=cls, metadata={"section": cls})
+
+
+def sections(cls) -> dict[str, type]:
+    """{section name: its config class} of `cls`."""
+    return {f.name: f.metadata["section"] for f in dataclasses.fields(cls) if "section" in f.metadata}
+
+
+def settable(cls) -> dict[str, tuple[dataclasses.Field, object, str | None]]:
+    """Every field of `cls` settable by name, a section's fields in its place: {name: (field, its type,
+    the section holding it or None)}, in declaration order. Names are unique across sections."""
+    import typing
+
+    hints, out = typing.get_type_hints(cls), {}
+    for f in dataclasses.fields(cls):
+        inner = f.metadata.get("section")
+        if inner is None:
+            out[f.name] = (f, hints[f.name], None)
+            continue
+        for name, (g, hint, _) in settable(inner).items():
+            if name in out or name in {x.name for x in dataclasses.fields(cls)}:
+                raise TypeError(f"{cls.__name__}: section {f.name} repeats the option name {name}")
+            out[name] = (g, hint, f.name)
+    return out
+
+
+def option_fields(cls) -> list[tuple[dataclasses.Field, object]]:
+    """The (field, type) of every option of `cls` (the fields with help), sections' fields in place."""
+    return [(f, hint) for f, hint, _ in settable(cls).values() if f.metadata.get("help")]
+
+
+def make(cls, **options):
+    """A `cls` from options by their flat names (as `settable` names them): each section's
+    fields gathered into that section (a section may also be given whole, by its own name).
+
+    Raises:
+        TypeError: a name that is no field of `cls` or of its sections.
+        TransferError: a value a config refuses.
+    """
+    holder = {name: where for name, (_, _, where) in settable(cls).items() if where is not None}
+    top, grouped = {}, {}
+    for key, value in options.items():
+        if key in holder:
+            grouped.setdefault(holder[key], {})[key] = value
+        else:
+            top[key] = value
+    for name, values in grouped.items():
+        top[name] = dataclasses.replace(top.get(name) or sections(cls)[name](), **values)
+    return cls(**top)
+
+
+def flat(cfg) -> dict:
+    """A config's fields by their flat names (`make`'s inverse): sections' fields in place."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        out.update(flat(value) if "section" in f.metadata else {f.name: value})
+    return out
+
+
 SAME_PATH = "(an interrupted run of the same configuration still resumes)"
 STRATEGY_HELP = ("tf.distribute strategy: one device, mirrored (this machine's GPUs), multiworker (machines listed in "
                  "TF_CONFIG; only worker 0 writes), auto (multiworker if TF_CONFIG lists several workers, mirrored if "
@@ -215,6 +281,37 @@ class PretrainConfig(RunConfig):
 
 
 @dataclass(frozen=True)
+class FixMatchConfig:
+    """FixMatch's settings (fine-tune --unlabeled; transfer.semi): `FineTuneConfig.fixmatch`."""
+
+    mu: int = option(7, "With --unlabeled: unlabeled images per labeled image in a step.")
+    threshold: float = option(0.95, "With --unlabeled: confidence above which a prediction becomes a pseudo-label.")
+    unlabeled_weight: float = option(1.0, "With --unlabeled: weight of the unlabeled loss.")
+    steps: int = option(2000, "With --unlabeled: training steps.")
+    semi_learning_rate: float = option(0.03, "With --unlabeled: FixMatch's learning rate (SGD with Nesterov momentum "
+                                       "and weight decay, FixMatch's cosine, the weights' moving average kept, as the "
+                                       "reference trains).")
+    teacher: str = option("batch", "With --unlabeled: where pseudo-labels come from: inference (the network in "
+                          "inference mode, BatchNorm's moving statistics, no backward pass for them: cheaper) or batch "
+                          "(the reference: the weak views in the trained pass with the labeled and strong ones).",
+                          choices=("inference", "batch"))
+    align: bool = option(True, "With --unlabeled: distribution alignment (the default; --no-align: FixMatch as "
+                         "published): the teacher's probabilities are divided by their running mean over the pool "
+                         "and renormalized, so that pseudo-labels stay spread evenly over the labeled classes "
+                         "(against confirmation bias at 1-4 labels per class).", flag=True)
+
+    def __post_init__(self):
+        for name in ("mu", "steps"):
+            _positive(name, getattr(self, name))
+        if not 0.0 < self.threshold <= 1.0:
+            raise TransferError(f"threshold must be in (0, 1]. Received: threshold={self.threshold}")
+        if self.unlabeled_weight < 0:
+            raise TransferError(f"unlabeled_weight must be >= 0. Received: unlabeled_weight={self.unlabeled_weight}")
+        _rate("semi_learning_rate", self.semi_learning_rate)
+        _choice("teacher", self.teacher, ("inference", "batch"))
+
+
+@dataclass(frozen=True)
 class FineTuneConfig(RunConfig):
     """Fit a dense head on an encoder for a labeled task; log one row.
 
@@ -279,25 +376,10 @@ class FineTuneConfig(RunConfig):
                           "label-preserving (small shifts, rotations, zooms, contrast, brightness; no flips), "
                           "orientation-free (also flips and any rotation: textures, tiles, micrographs) or none. "
                           "Never in the saved model.", choices=AUGMENT_POLICIES)
-    # FixMatch (transfer.semi)
     unlabeled: str | None = option(None, "Unlabeled images (directory, CSV, prepared directory or built-in) to learn "
                                    "from too: semi-supervised fine-tuning by FixMatch, streamed. Method names get "
                                    "'-semi'.")
-    mu: int = option(7, "With --unlabeled: unlabeled images per labeled image in a step.")
-    threshold: float = option(0.95, "With --unlabeled: confidence above which a prediction becomes a pseudo-label.")
-    unlabeled_weight: float = option(1.0, "With --unlabeled: weight of the unlabeled loss.")
-    steps: int = option(2000, "With --unlabeled: training steps.")
-    semi_learning_rate: float = option(0.03, "With --unlabeled: FixMatch's learning rate (SGD with Nesterov momentum "
-                                       "and weight decay, FixMatch's cosine, the weights' moving average kept, as the "
-                                       "reference trains).")
-    teacher: str = option("batch", "With --unlabeled: where pseudo-labels come from: inference (the network in "
-                          "inference mode, BatchNorm's moving statistics, no backward pass for them: cheaper) or batch "
-                          "(the reference: the weak views in the trained pass with the labeled and strong ones).",
-                          choices=("inference", "batch"))
-    align: bool = option(True, "With --unlabeled: distribution alignment (the default; --no-align: FixMatch as "
-                         "published): the teacher's probabilities are divided by their running mean over the pool "
-                         "and renormalized, so that pseudo-labels stay spread evenly over the labeled classes "
-                         "(against confirmation bias at 1-4 labels per class).", flag=True)
+    fixmatch: FixMatchConfig = section(FixMatchConfig)
     # RunConfig's fields as fine-tune reads them
     data: str = option("", "Labeled images: class subfolders, path,label CSV or built-in.", required=True)
     image_size: int = option(32, "With --encoder random or keras:NAME only.")
@@ -307,12 +389,6 @@ class FineTuneConfig(RunConfig):
     def __post_init__(self):
         super().__post_init__()
         _choice("augment", self.augment, AUGMENT_POLICIES)
-        for name in ("mu", "steps"):
-            _positive(name, getattr(self, name))
-        if not 0.0 < self.threshold <= 1.0:
-            raise TransferError(f"threshold must be in (0, 1]. Received: threshold={self.threshold}")
-        if self.unlabeled_weight < 0:
-            raise TransferError(f"unlabeled_weight must be >= 0. Received: unlabeled_weight={self.unlabeled_weight}")
         if self.unlabeled and self.encoder == "pixels":
             raise TransferError("--unlabeled needs an encoder to train (not --encoder pixels)")
         if self.labels is not None and self.labels_per_class is not None:
@@ -338,8 +414,6 @@ class FineTuneConfig(RunConfig):
             raise TransferError(f"test_fraction must be between 0 and 1. Received: test_fraction={self.test_fraction}")
         _rate("learning_rate", self.learning_rate)
         _rate("fine_tune_learning_rate", self.fine_tune_learning_rate)
-        _rate("semi_learning_rate", self.semi_learning_rate)
-        _choice("teacher", self.teacher, ("inference", "batch"))
         for u in self.head:
             _positive("head units", u)
 
@@ -672,10 +746,6 @@ class ExperimentConfig:
     dry_run: bool = option(False, "List what would run; train nothing.")
 
 
-def field_defaults(cls) -> dict:
-    return {f.name: f.default for f in dataclasses.fields(cls)}
-
-
 def read_toml(path: str | Path, what: str = "config file") -> dict:
     """Parse a TOML file; a missing file or invalid TOML is a TransferError."""
     try:
@@ -690,7 +760,7 @@ def read_toml(path: str | Path, what: str = "config file") -> dict:
 def renamed(cls, given: dict, warn) -> dict:
     """`given` options (field names) with a renamed field's old name (its `was`) replaced by its
     name; each old name used is said once through `warn`. Old names are read for one release."""
-    old = {f.metadata["was"]: f.name for f in dataclasses.fields(cls) if "was" in f.metadata}
+    old = {f.metadata["was"]: f.name for f, _ in option_fields(cls) if "was" in f.metadata}
     for key in given.keys() & old.keys():
         warn(f"--{key.replace('_', '-')} is now --{old[key].replace('_', '-')} (the old name goes after this "
              "release)")
@@ -698,14 +768,15 @@ def renamed(cls, given: dict, warn) -> dict:
 
 
 def load_toml(path: str | Path, cls, warn=lambda message: None) -> dict:
-    """Read a TOML config file of `cls`'s options into {field name: value}; keys may use - or _,
-    and a renamed option's old name (`renamed`).
+    """Read a TOML config file of `cls`'s options into {option name: value}; keys may use - or _,
+    and a renamed option's old name (`renamed`); a section's options may sit in a table of its
+    name (`[fixmatch]`) or at the top level.
 
     Raises:
         TransferError: unreadable file, invalid TOML, or a key that names no option.
     """
-    allowed = {f.name for f in dataclasses.fields(cls)}
-    raw = renamed(cls, {key.replace("-", "_"): value for key, value in read_toml(path).items()}, warn)
+    allowed = {f.name for f, _ in option_fields(cls)}
+    raw = renamed(cls, in_sections(read_toml(path), cls), warn)
     out = {}
     for name, value in raw.items():  # names with underscores already (`renamed` was given them so)
         if name not in allowed:
@@ -766,10 +837,21 @@ def _describe_type(hint) -> str:
     return " or ".join(parts)
 
 
-def check_section(section: dict, cls, where: str) -> None:
-    """Every key of a TOML section against `cls`'s field types (dataclass fields)."""
-    import typing
+def in_sections(table: dict, cls) -> dict:
+    """A TOML table of `cls`'s options by flat name (- or _), a section's table (e.g. `[fixmatch]`)
+    read as its options."""
+    out = {}
+    for key, value in table.items():
+        key = key.replace("-", "_")
+        if isinstance(value, dict) and key in sections(cls):
+            out.update(in_sections(value, sections(cls)[key]))
+        else:
+            out[key] = value
+    return out
 
-    hints = typing.get_type_hints(cls)
+
+def check_section(section: dict, cls, where: str) -> None:
+    """Every key of a TOML section (flat names) against the types of `cls`'s fields and sections'."""
+    hints = {name: hint for name, (_, hint, _) in settable(cls).items()}
     for key, value in section.items():
         check_type(value, hints[key], key, where)

@@ -14,6 +14,7 @@ protocol: `fit(classifier, phase) -> metrics`.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,31 +313,30 @@ class FixMatchTrainer:
 
     def fit(self, classifier, phase: str) -> dict:
         work, cfg, train, pool = self.work, self.work.cfg, self.work.images.train, self.work.images.pool
-        per_epoch = min(semi.STEPS_PER_EPOCH, cfg.steps)
+        fm = cfg.fixmatch
+        per_epoch = min(semi.STEPS_PER_EPOCH, fm.steps)
         batch = cfg.batch_size
-        ds = semi.batches(stream.ImageSet.of(train), pool, batch, cfg.mu, cfg.seed, per_epoch)
+        ds = semi.batches(stream.ImageSet.of(train), pool, batch, fm.mu, cfg.seed, per_epoch)
         policy = cfg.augment if cfg.augment != "none" else "label-preserving"
         target = None
-        if cfg.align:  # uniform over the classes that have a label
+        if fm.align:  # uniform over the classes that have a label
             target = np.zeros(len(train.class_names), "float32")
             target[np.unique(train.labels)] = 1.0
-        model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), cfg.threshold,
-                              cfg.unlabeled_weight, align=target, teacher=cfg.teacher)
-        model.compile(optimizer=semi.optimizer(cfg.semi_learning_rate, cfg.steps))
+        model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), fm.threshold,
+                              fm.unlabeled_weight, align=target, teacher=fm.teacher)
+        model.compile(optimizer=semi.optimizer(fm.semi_learning_rate, fm.steps))
         model.build(classifier.input.shape)  # built, so that a backup can be restored into it
         model.optimizer.build(classifier.trainable_variables)  # now: slots made in the step's first trace retrace it
         distribute.prepare_model(model, (_example_batch(classifier, labels=True), _example_batch(classifier)))
-        epochs = -(-cfg.steps // per_epoch)
-        work.log(f"semi-supervised (FixMatch): {cfg.steps} steps of {batch} labeled (drawn from {len(train)}) + "
-                 f"{cfg.mu * batch} unlabeled images (from {len(pool)}), threshold {cfg.threshold}"
-                 + (", pseudo-labels aligned to a uniform class distribution" if cfg.align else ""))
+        epochs = -(-fm.steps // per_epoch)
+        work.log(f"semi-supervised (FixMatch): {fm.steps} steps of {batch} labeled (drawn from {len(train)}) + "
+                 f"{fm.mu * batch} unlabeled images (from {len(pool)}), threshold {fm.threshold}"
+                 + (", pseudo-labels aligned to a uniform class distribution" if fm.align else ""))
         start = time.perf_counter()
         history = training.fit(model, training.Batches(ds, per_epoch), epochs, work.keep("semi"))
         steps_run = per_epoch * len(history.history.get("loss", []))
-        work.pace.add(steps_run * batch * (1 + 2 * cfg.mu), time.perf_counter() - start)
+        work.pace.add(steps_run * batch * (1 + 2 * fm.mu), time.perf_counter() - start)
         report_skipped(pool.failed, work.log, "while streaming the unlabeled pool")
         mask = history.history.get("mask_rate") or [float("nan")]
-        return {"mu": cfg.mu, "threshold": cfg.threshold, "unlabeled_weight": cfg.unlabeled_weight, "align": cfg.align,
-                "teacher": cfg.teacher, "semi_learning_rate": cfg.semi_learning_rate,
-                "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
+        return {**dataclasses.asdict(fm), "steps": epochs * per_epoch, "mask_rate": round(float(mask[-1]), 4),
                 "n_unlabeled": len(pool), "test_in_unlabeled": work.images.pool_leaked}
