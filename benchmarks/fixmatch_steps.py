@@ -77,7 +77,7 @@ def worker(args, steps: int, seed: int, out: str) -> dict:
         row = fine_tune.run(cfg, log=lambda message: None)
     size = IMAGE_SIZE[args.data]
     found = splits.open_labeled(args.data, None, cfg.test_fraction, size, None, log=lambda m: None)
-    net = budget.feature_model(args.encoder, cfg.select_readout or "auto")[0]
+    net = budget.feature_model(args.encoder, cfg.budget.select_readout or "auto")[0]
     chosen = budget.choose("typiclust", found.source, found.pool, args.labels, seed, net, size)  # as fine-tune does
     scored = np.setdiff1d(found.pool, chosen)
     model, _ = artifacts.load_model_run(out, "classifier")

@@ -48,15 +48,15 @@ def recomputed(cfg) -> dict:
 
     ds = stream.open_source(cfg.data, True, cfg.image_size)
     pool, test_idx = data.split_test(ds.labels, ds.ids, cfg.test_fraction)
-    train = stream.load(ds, data.sample_per_class(ds.labels, pool, cfg.labels_per_class, cfg.seed, ds.class_names),
+    train = stream.load(ds, data.sample_per_class(ds.labels, pool, cfg.budget.labels_per_class, cfg.seed, ds.class_names),
                         cfg.image_size)
     test = stream.load(ds, test_idx, cfg.image_size)
     training.set_seed(cfg.seed)
     encoder = models.build_encoder(train.images.shape[1:], preset_blocks(cfg.arch), cfg.arch)
     models.freeze(encoder)
-    features = models.build_features(encoder, cfg.readout, frozen=True)
+    features = models.build_features(encoder, cfg.classifier.readout, frozen=True)
     mean, var = heads.standardization(features.predict(train.images, verbose=0))  # same head input as cached
-    head = models.build_head(features.output.shape[1], len(ds.class_names), cfg.head, cfg.dropout, mean, var)
+    head = models.build_head(features.output.shape[1], len(ds.class_names), cfg.classifier.head, cfg.classifier.dropout, mean, var)
     classifier = models.build_classifier(features, head)
     classifier.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     classifier.optimizer.learning_rate = cfg.learning_rate

@@ -47,7 +47,7 @@ def plain_keras_cnn(shape, classes: int) -> keras.Model:
 def run_plain(cfg: FineTuneConfig, epochs: int) -> tuple[float, float]:
     start = time.perf_counter()
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, cfg.image_size, cfg.channels, log=lambda m: None)
-    train = found.labeled(cfg.labels_per_class, cfg.seed, cfg.image_size, log=lambda m: None)
+    train = found.labeled(cfg.budget.labels_per_class, cfg.seed, cfg.image_size, log=lambda m: None)
     training.set_seed(cfg.seed)
     model = plain_keras_cnn(train.images.shape[1:], len(train.class_names))
     model.compile(optimizer="adam", loss="sparse_categorical_crossentropy", metrics=["accuracy"])

@@ -179,7 +179,7 @@ def run(cfg: ExperimentConfig, log=print):
     encoders = {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(
         [*(m.objective for _, m in plan if m.objective), *(o for o in by_selection if o not in (None, "pixels"))])}
     jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
-    used = {path for _, _, fcfg in todo for path in (fcfg.encoder, fcfg.select_encoder)}
+    used = {path for _, _, fcfg in todo for path in (fcfg.encoder, fcfg.budget.select_encoder)}
     for objective, out in encoders.items():  # pretrained only when a fine-tune left to run needs it
         _pretrained(objective, Path(out), out in used, pre, results_path, name, cfg.dry_run, log)
     log(f"{jobs - len(todo)} of {jobs} fine-tunes already in {results_path}; {len(todo)} to run")

@@ -51,8 +51,8 @@ def _resolve_encoder(cfg: FineTuneConfig) -> Start:
                      backbone=backbones.name_of(cfg.encoder),
                      build=lambda size, channels: backbones.build(cfg.encoder, cfg.weights, size, channels))
     run = artifacts.open_run(cfg.encoder, "encoder")
-    projector = run.projector() if cfg.readout in ("auto", "projector") else None
-    if cfg.readout == "projector" and projector is None:
+    projector = run.projector() if cfg.classifier.readout in ("auto", "projector") else None
+    if cfg.classifier.readout == "projector" and projector is None:
         raise TransferError(f"--readout projector: {cfg.encoder} has no projection head (only the two-view objectives "
                             f"{', '.join(TWO_VIEW)} save one; encoders pretrained by older versions lack it); "
                             "choose another readout")
@@ -66,8 +66,8 @@ def _load_splits(cfg: FineTuneConfig, image_size: int, channels: int | None, run
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, image_size, channels, run.log)
     run.note(duplicates_dropped=found.duplicates_dropped)
     # The labeled budget is decoded into memory (few labels is the point); the test split streams.
-    if cfg.labels is None:
-        train = found.labeled(cfg.labels_per_class, cfg.seed, image_size, run.log)
+    if cfg.budget.labels is None:
+        train = found.labeled(cfg.budget.labels_per_class, cfg.seed, image_size, run.log)
     else:
         train = found.at(_choose_labels(cfg, found, image_size, run), image_size, run.log)
     _classes_labeled(train, run)
@@ -93,19 +93,19 @@ def _classes_labeled(train, run: Run) -> None:
 def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, run: Run) -> np.ndarray:
     """The --labels images of the pool, chosen by --selection (on --select-encoder's features,
     whose readout the row records as select_readout)."""
-    how = cfg.selection or "random"
+    how = cfg.budget.selection or "random"
     net, name = None, None
     if how in selection.BY_FEATURES:
         name = _select_encoder(cfg)
-        net, size, _, _, readout = budget.feature_model(name, cfg.select_readout or "auto")
+        net, size, _, _, readout = budget.feature_model(name, cfg.budget.select_readout or "auto")
         if size is not None and size != image_size:
             raise TransferError(f"--select-encoder {name} takes {size}x{size} images; this fine-tune uses "
                                 f"{image_size}x{image_size}")
         run.note(select_readout=readout)
         name += f" ({readout})" if readout else ""
-    chosen = budget.choose(how, found.source, found.pool, cfg.labels, cfg.seed, net, image_size, cfg.purity)
+    chosen = budget.choose(how, found.source, found.pool, cfg.budget.labels, cfg.seed, net, image_size, cfg.budget.purity)
     present = len(np.unique(found.source.labels[chosen]))
-    run.log(f"{cfg.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
+    run.log(f"{cfg.budget.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
             + f": {present} of {len(found.source.class_names)} classes have at least one")
     return chosen
 
@@ -149,10 +149,10 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         arch=manifest["arch"]["preset"] if manifest else (start.backbone or cfg.arch) if trained else None,
         image_size=image_size, channels=channels, freeze=cfg.freeze if trained else None,
         readout=done.readout.name if trained else None, readout_choice=done.readout.choice if trained else None,
-        adapt_bn=cfg.adapt_bn if trained else None,
-        head=(",".join(map(str, cfg.head)) or "linear") if trained else None,
+        adapt_bn=cfg.classifier.adapt_bn if trained else None,
+        head=(",".join(map(str, cfg.classifier.head)) or "linear") if trained else None,
         unfreeze_top=cfg.unfreeze_top if trained and cfg.freeze == "all" else None,
-        augment=cfg.augment if trained and (cfg.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
+        augment=cfg.augment if trained and (cfg.classifier.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
         else "none", unlabeled=cfg.unlabeled,
         n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked, **_budget_fields(cfg, train),
         **_skipped_counts(source, test.listing, pool), **metrics, **done.pace.row())
@@ -193,14 +193,14 @@ def label_budget(cfg: FineTuneConfig, pending: dict[str, str] | None = None) -> 
     choices through different readouts are different budgets). `pending` maps encoder
     directories not pretrained yet to the objective they will be (an experiment's plan), so a
     budget is named as it will be once they exist."""
-    if cfg.labels is None:
-        return {"labels_per_class": cfg.labels_per_class or "all"}
-    how = cfg.selection or "random"
-    fields = {"labels_per_class": None, "labels": cfg.labels, "selection": how,
-              "purity": cfg.purity if how == "probcover" else None}
+    if cfg.budget.labels is None:
+        return {"labels_per_class": cfg.budget.labels_per_class or "all"}
+    how = cfg.budget.selection or "random"
+    fields = {"labels_per_class": None, "labels": cfg.budget.labels, "selection": how,
+              "purity": cfg.budget.purity if how == "probcover" else None}
     if how in selection.BY_FEATURES:
         fields["select_features"], fields["select_features_readout"] = _features(
-            _select_encoder(cfg), cfg.select_readout, pending)
+            _select_encoder(cfg), cfg.budget.select_readout, pending)
     return fields
 
 
@@ -226,7 +226,7 @@ def _features(encoder: str, readout: str | None = None, pending: dict[str, str] 
 def _select_encoder(cfg: FineTuneConfig) -> str:
     """The features a selection by features chooses by: --select-encoder, else a pretrained --encoder, else pixels."""
     pretrained_run = cfg.encoder not in ("random", "pixels") and not backbones.is_backbone(cfg.encoder)
-    return cfg.select_encoder or (cfg.encoder if pretrained_run else "pixels")
+    return cfg.budget.select_encoder or (cfg.encoder if pretrained_run else "pixels")
 
 
 def _started_from(cfg: FineTuneConfig, start: Start, objective: str | None, channels: int) -> dict:
@@ -251,7 +251,7 @@ def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:
     """The row's label budget (`label_budget`), the encoder a selection was given, the classes it covers."""
-    return {**label_budget(cfg), "select_encoder": cfg.select_encoder, "labeled_classes": len(np.unique(train.labels))}
+    return {**label_budget(cfg), "select_encoder": cfg.budget.select_encoder, "labeled_classes": len(np.unique(train.labels))}
 
 
 def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:

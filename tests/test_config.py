@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from transfer import config
-from transfer.config import FineTuneConfig, FixMatchConfig, make
+from transfer.config import BudgetConfig, ClassifierConfig, FineTuneConfig, FixMatchConfig, make
 from transfer.errors import TransferError
 
 
@@ -19,6 +19,10 @@ def test_make_gathers_a_sections_options_and_flat_inverts_it():
     given = make(FineTuneConfig, data="digits", fixmatch=FixMatchConfig(mu=3), steps=50)  # whole, then by name
     assert (given.fixmatch.mu, given.fixmatch.steps) == (3, 50)
     assert make(FineTuneConfig, data="digits") == FineTuneConfig(data="digits")  # every default is the field's
+    cfg = make(FineTuneConfig, data="digits", labels=6, selection="probcover", purity=0.6, head=(64,), dropout=0.1)
+    assert cfg.budget == BudgetConfig(labels=6, selection="probcover", purity=0.6)
+    assert cfg.classifier == ClassifierConfig(head=(64,), dropout=0.1)
+    assert set(config.sections(FineTuneConfig)) == {"budget", "classifier", "fixmatch"}
 
 
 def test_a_section_checks_its_own_values_and_unknown_names_are_refused():
@@ -26,6 +30,10 @@ def test_a_section_checks_its_own_values_and_unknown_names_are_refused():
         make(FineTuneConfig, data="digits", threshold=1.5)
     with pytest.raises(TransferError, match="teacher must be one of"):
         FixMatchConfig(teacher="oracle")
+    with pytest.raises(TransferError, match="give --labels N"):
+        make(FineTuneConfig, data="digits", selection="kcenter")
+    with pytest.raises(TransferError, match="projector reads a pretrained encoder's projection head"):
+        make(FineTuneConfig, data="digits", readout="projector")  # a section's value checked against the config's
     with pytest.raises(TypeError):
         make(FineTuneConfig, data="digits", thresold=0.9)
 

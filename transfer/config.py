@@ -281,6 +281,68 @@ class PretrainConfig(RunConfig):
 
 
 @dataclass(frozen=True)
+class ClassifierConfig:
+    """What the classifier reads from the encoder and the head it puts on top (transfer.finetuning):
+    `FineTuneConfig.classifier`."""
+
+    readout: str = option("auto", "Features fed to the head: avg (global average pool of the last block), multi "
+                          "(average pool of every block), stats (per-channel mean and mean square of every block: "
+                          "orderless, for textures), flatten, projector (avg through the projection head a two-view "
+                          "objective saved beside the encoder), or auto: projector when the encoder has a head, else "
+                          "the one of avg/multi/stats whose linear probe cross-validates best on the labeled images "
+                          "(avg for scratch).", choices=READOUTS)
+    adapt_bn: bool = option(False, "Re-estimate the encoder's BatchNorm statistics on the target images first (AdaBN; "
+                            "the labeled images and up to 2,048 of --unlabeled): for labeled data unlike the "
+                            "pretraining data.")
+    head: tuple[int, ...] = option((), "linear: a softmax layer on standardized features, solved exactly (L-BFGS, "
+                                   "L2) when the encoder is frozen; or hidden units, e.g. 128 or 256,64, trained by "
+                                   "Adam for --epochs.", reader="head", shown="linear")
+    dropout: float = option(0.3, "Dropout in a head with hidden layers.")
+
+    def __post_init__(self):
+        _choice("readout", self.readout, READOUTS)
+        if not 0.0 <= self.dropout < 1.0:
+            raise TransferError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
+        for u in self.head:
+            _positive("head units", u)
+
+
+@dataclass(frozen=True)
+class BudgetConfig:
+    """Which labeled images fine-tune learns from (transfer.budget): `FineTuneConfig.budget`."""
+
+    labels_per_class: int | None = option(None, "Labeled training images per class, or 'all' (a stratified draw: "
+                                          "the oracle a user with an unlabeled pool cannot make; see --labels).",
+                                          reader="budget")
+    labels: int | None = option(None, "A total label budget instead: N images of the pool, chosen by --selection (a "
+                                "class may get none).")  # transfer.budget
+    selection: str | None = option(None, "How the --labels images are chosen: random (default: a blind draw, as "
+                                   "users label), stratified (N / classes of each: the oracle), typiclust, probcover "
+                                   "or kcenter (by features, before any label: see transfer select).",
+                                   choices=BUDGET_SELECTIONS)
+    select_encoder: str | None = option(None, "Features for --selection typiclust|probcover|kcenter: a pretrain run "
+                                        "directory, or pixels (default: --encoder when it is pretrained, else "
+                                        "pixels).")
+    select_readout: str | None = option(None, "The select encoder's readout for --selection (default auto: through "
+                                        "its projection head when it has one, as transfer select; avg: the global "
+                                        "average pool of its last block).", choices=READOUTS)
+    purity: float | None = option(None, "--selection " + PURITY_HELP)  # None: transfer.selection.PURITY
+
+    def __post_init__(self):
+        if self.labels is not None and self.labels_per_class is not None:
+            raise TransferError("give --labels (a total) or --labels-per-class, not both")
+        if self.selection is not None and self.labels is None:
+            raise TransferError("--selection chooses the --labels images; give --labels N")
+        if self.selection is not None:
+            _choice("selection", self.selection, BUDGET_SELECTIONS)
+        if self.select_encoder and self.selection not in BY_FEATURES:
+            raise TransferError(f"--select-encoder serves --selection {', '.join(BY_FEATURES)}")
+        _purity(self.purity, self.selection, "--selection")
+        for name in ("labels_per_class", "labels"):
+            _positive(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
 class FixMatchConfig:
     """FixMatch's settings (fine-tune --unlabeled; transfer.semi): `FineTuneConfig.fixmatch`."""
 
@@ -331,38 +393,11 @@ class FineTuneConfig(RunConfig):
                          "fit on its frozen features first; with --encoder random: from scratch); all: train only "
                          "the head on the frozen encoder (and --unfreeze-top K blocks after it).",
                          choices=("all", "none"))  # measured best on digits
-    labels_per_class: int | None = option(None, "Labeled training images per class, or 'all' (a stratified draw: "
-                                          "the oracle a user with an unlabeled pool cannot make; see --labels).",
-                                          reader="budget")
-    labels: int | None = option(None, "A total label budget instead: N images of the pool, chosen by --selection (a "
-                                "class may get none).")  # transfer.budget
-    selection: str | None = option(None, "How the --labels images are chosen: random (default: a blind draw, as "
-                                   "users label), stratified (N / classes of each: the oracle), typiclust, probcover "
-                                   "or kcenter (by features, before any label: see transfer select).",
-                                   choices=BUDGET_SELECTIONS)
-    select_encoder: str | None = option(None, "Features for --selection typiclust|probcover|kcenter: a pretrain run "
-                                        "directory, or pixels (default: --encoder when it is pretrained, else "
-                                        "pixels).")
-    select_readout: str | None = option(None, "The select encoder's readout for --selection (default auto: through "
-                                        "its projection head when it has one, as transfer select; avg: the global "
-                                        "average pool of its last block).", choices=READOUTS)
-    purity: float | None = option(None, "--selection " + PURITY_HELP)  # None: transfer.selection.PURITY
+    budget: BudgetConfig = section(BudgetConfig)
     test_data: str | None = option(None, "Separate labeled test set (default: a fixed split of --data).")
     test_fraction: float = option(DEFAULT_TEST_FRACTION, "Fraction of each class held out for testing; the split "
                                   "depends only on image content.")
-    readout: str = option("auto", "Features fed to the head: avg (global average pool of the last block), multi "
-                          "(average pool of every block), stats (per-channel mean and mean square of every block: "
-                          "orderless, for textures), flatten, projector (avg through the projection head a two-view "
-                          "objective saved beside the encoder), or auto: projector when the encoder has a head, else "
-                          "the one of avg/multi/stats whose linear probe cross-validates best on the labeled images "
-                          "(avg for scratch).", choices=READOUTS)
-    adapt_bn: bool = option(False, "Re-estimate the encoder's BatchNorm statistics on the target images first (AdaBN; "
-                            "the labeled images and up to 2,048 of --unlabeled): for labeled data unlike the "
-                            "pretraining data.")
-    head: tuple[int, ...] = option((), "linear: a softmax layer on standardized features, solved exactly (L-BFGS, "
-                                   "L2) when the encoder is frozen; or hidden units, e.g. 128 or 256,64, trained by "
-                                   "Adam for --epochs.", reader="head", shown="linear")
-    dropout: float = option(0.3, "Dropout in a head with hidden layers.")
+    classifier: ClassifierConfig = section(ClassifierConfig)
     unfreeze_top: int = option(1, "With --freeze all: after the head is fit, train the top K conv blocks further "
                                "(BatchNorm stays frozen) at --fine-tune-learning-rate for --fine-tune-epochs.")
     fine_tune_learning_rate: float = option(1e-4, "Learning rate while the top blocks are unfrozen.")
@@ -391,31 +426,19 @@ class FineTuneConfig(RunConfig):
         _choice("augment", self.augment, AUGMENT_POLICIES)
         if self.unlabeled and self.encoder == "pixels":
             raise TransferError("--unlabeled needs an encoder to train (not --encoder pixels)")
-        if self.labels is not None and self.labels_per_class is not None:
-            raise TransferError("give --labels (a total) or --labels-per-class, not both")
-        if self.selection is not None and self.labels is None:
-            raise TransferError("--selection chooses the --labels images; give --labels N")
-        if self.selection is not None:
-            _choice("selection", self.selection, BUDGET_SELECTIONS)
-        if self.select_encoder and self.selection not in BY_FEATURES:
-            raise TransferError(f"--select-encoder serves --selection {', '.join(BY_FEATURES)}")
-        if self.select_readout is not None:  # unused by other selections (an experiment's grid mixes them)
-            _readout(self.select_readout, self.select_encoder or self.encoder, "select-readout")
-        _purity(self.purity, self.selection, "--selection")
-        for name in ("labels_per_class", "labels", "epochs", "batch_size", "fine_tune_epochs"):
+        b = self.budget
+        if b.select_readout is not None:  # unused by other selections (an experiment's grid mixes them)
+            _readout(b.select_readout, b.select_encoder or self.encoder, "select-readout")
+        for name in ("epochs", "batch_size", "fine_tune_epochs"):
             _positive(name, getattr(self, name))
         _positive("unfreeze_top", self.unfreeze_top, minimum=0)
         _choice("freeze", self.freeze, ("all", "none"))
-        _readout(self.readout, self.encoder)
+        _readout(self.classifier.readout, self.encoder)
         _weights(self.encoder, self.weights)
-        if not 0.0 <= self.dropout < 1.0:
-            raise TransferError(f"dropout must be in [0, 1). Received: dropout={self.dropout}")
         if not 0.0 < self.test_fraction < 1.0:
             raise TransferError(f"test_fraction must be between 0 and 1. Received: test_fraction={self.test_fraction}")
         _rate("learning_rate", self.learning_rate)
         _rate("fine_tune_learning_rate", self.fine_tune_learning_rate)
-        for u in self.head:
-            _positive("head units", u)
 
 
 @dataclass(frozen=True)

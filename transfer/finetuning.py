@@ -101,7 +101,7 @@ def fine_tune(cfg: FineTuneConfig, images: Images, keep: Keep, log=print, encode
     if encoder is None:
         classifier, metrics = _fit_pixels(work)
         return Result(classifier, metrics, None, work.pace)
-    if cfg.adapt_bn:
+    if cfg.classifier.adapt_bn:
         _adapt_batchnorm(work, encoder)
     readout = _readout(work, encoder, pretrained, projector)
     trainer = FixMatchTrainer(work) if images.pool is not None else SupervisedTrainer(work)
@@ -126,8 +126,8 @@ def _readout(work: Work, encoder, pretrained: bool, projector) -> Readout:
     one, else the candidate whose linear probe has the best cross-validated accuracy on the
     labeled images (scratch reads out by average pooling, its features being not yet learned)."""
     cfg, train = work.cfg, work.images.train
-    if cfg.readout != "auto":
-        return Readout(cfg.readout)
+    if cfg.classifier.readout != "auto":
+        return Readout(cfg.classifier.readout)
     if cfg.freeze == "none" and not pretrained:
         return Readout("avg", "default")
     if projector is not None:  # a cross-validated choice from 2 labels a class missed it on 2 draws of 5
@@ -204,7 +204,7 @@ def _fit_end_to_end(work: Work, encoder, pretrained: bool, projector, readout: R
         models.unfreeze(encoder)
     features = models.build_features(encoder, readout.name, False, projector)
     if head is None:
-        head = models.build_head(features.output.shape[1], len(train.class_names), cfg.head, cfg.dropout)
+        head = models.build_head(features.output.shape[1], len(train.class_names), cfg.classifier.head, cfg.classifier.dropout)
     classifier = models.build_classifier(features, head)
     metrics.update(trainer.fit(classifier, "train"))
     if work.images.pool is None:  # FixMatch's thousands of steps leave settled statistics
@@ -224,8 +224,8 @@ def _fit_head(work: Work, features, readout: Readout, history: str = "history.cs
     cached = readout.probes.get(readout.name)  # the readout's features and probe, when "auto" computed them
     f_train = cached[0] if cached else features.predict(train.images, batch_size=256, verbose=0)
     mean, var = heads.standardization(f_train)
-    head = models.build_head(f_train.shape[1], n_classes, cfg.head, cfg.dropout, mean, var)
-    if not cfg.head:
+    head = models.build_head(f_train.shape[1], n_classes, cfg.classifier.head, cfg.classifier.dropout, mean, var)
+    if not cfg.classifier.head:
         weights, bias, c, _ = cached[1] if cached else _probe(f_train, train.labels, n_classes)
         head.get_layer("head_out").set_weights([weights, bias])
         _compile(head, cfg.learning_rate)
