@@ -13,7 +13,9 @@ same options as keywords) and returning what the command records:
 
 Bad input raises `transfer.TransferError` (what the CLI prints as its one `Error:` line).
 Importing this package loads neither TensorFlow nor the pipelines: each function does, when
-called. The config classes (`transfer.PretrainConfig`, ...) are `transfer.config`'s.
+called. The config classes (`transfer.PretrainConfig`, ...) are `transfer.config`'s; options
+given as keywords are the CLI's, flat (`threshold=0.9`), and land in their config's section
+(`FineTuneConfig.fixmatch.threshold`).
 """
 
 from __future__ import annotations
@@ -21,9 +23,11 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 __all__ = ["pretrain", "fine_tune", "select", "evaluate", "compare", "TransferError", "PretrainConfig",
-           "FineTuneConfig", "SelectConfig", "EvaluateConfig", "CompareConfig"]
+           "FineTuneConfig", "BudgetConfig", "ClassifierConfig", "FixMatchConfig", "SelectConfig", "EvaluateConfig",
+           "CompareConfig"]
 
-_CONFIGS = {"PretrainConfig", "FineTuneConfig", "SelectConfig", "EvaluateConfig", "CompareConfig"}
+_CONFIGS = {"PretrainConfig", "FineTuneConfig", "BudgetConfig", "ClassifierConfig", "FixMatchConfig", "SelectConfig",
+            "EvaluateConfig", "CompareConfig"}
 
 
 def __getattr__(name: str):  # PEP 562: the config classes and the error, loaded when first asked for
@@ -48,7 +52,7 @@ def _call(command: str, config_class: str, config, options: dict, log, tensorflo
     cls = getattr(configs, config_class)
     if config is not None and options:
         raise TransferError(f"{command}: give a {config_class} or options, not both")
-    cfg = config if config is not None else cls(**configs.renamed(cls, options, _deprecated))
+    cfg = config if config is not None else configs.make(cls, **configs.renamed(cls, options, _deprecated))
     if not isinstance(cfg, cls):
         raise TransferError(f"{command}: expected a {config_class}, got {type(cfg).__name__}")
     if tensorflow:
