@@ -5,14 +5,14 @@ rule (BOM, CRLF, paths relative to the CSV); only regular files are opened (docs
 import hashlib
 import json
 import os
-import subprocess
+import signal
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import cli_command, invoke, make_labeled_dir
+from conftest import invoke, make_labeled_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -106,13 +106,20 @@ def test_overwrite_replaces_only_what_the_tool_made(classifier, tmp_path):
 def test_a_named_pipe_among_the_images_is_skipped_and_counted_not_waited_on(tmp_path):
     pool = make_labeled_dir(tmp_path / "pool", per_class=4, classes=("h", "v"), size=8)
     os.mkfifo(pool / "h" / "pipe.png")
-    done = subprocess.run(cli_command("select", "--data", pool, "--encoder", "pixels", "--image-size", "8",
-                                      "--labels", "3", "--out", tmp_path / "pick.csv", "--results",
-                                      tmp_path / "r.csv", "--no-sheet"),
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    said = done.stdout + done.stderr
-    assert "skipped 1 unreadable file(s); first:" in said and "pipe.png: not a regular file" in said
+
+    def waited(signum, frame):  # opening the pipe for reading would block for ever: fail instead
+        raise TimeoutError("select waited on a named pipe")
+
+    before = signal.signal(signal.SIGALRM, waited)
+    signal.alarm(60)
+    try:
+        result = invoke("select", "--data", pool, "--encoder", "pixels", "--image-size", "8", "--labels", "3",
+                        "--out", tmp_path / "pick.csv", "--results", tmp_path / "r.csv", "--no-sheet")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, before)
+    assert result.exit_code == 0, result.output
+    assert "skipped 1 unreadable file(s); first:" in result.output and "pipe.png: not a regular file" in result.output
     assert pd.read_csv(tmp_path / "r.csv").iloc[-1]["skipped_files"] == 1
 
 
