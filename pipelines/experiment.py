@@ -14,6 +14,8 @@
     data = "digits"
     [fine_tune]     # FineTuneConfig options for every fine-tune
     data = "digits"
+    [fine_tune.fixmatch]   # a section's options may sit in its own table (or in [fine_tune])
+    steps = 1000
 
 A selection (for `budgets`) is `random` (a blind draw), `stratified` (N / classes of each),
 or `typiclust` / `probcover` / `kcenter`: on each method's own encoder (pixels for the baselines), or with a
