@@ -697,7 +697,7 @@ def test_images_per_second_counts_what_each_mode_trained_on(workspace, mode):
     expected = {"linear-head": n, "unfreeze": n + 3 * n, "fixmatch": n + 4 * 8 * (1 + 2 * 2), "scratch": 5 * n}[mode]
     assert row["images_trained"] == expected
     assert 0 < row["train_seconds"] <= row["seconds"] and row["cpu_seconds"] > 0
-    assert row["images_per_second"] == pytest.approx(expected / row["train_seconds"], rel=0.01)
+    assert row["images_per_second"] == pytest.approx(expected / row["train_seconds"], rel=0.01, abs=0.05)  # 0.1 rounded
 
 
 def test_every_fine_tune_writes_its_confusion_matrix_and_most_confident_mistakes(workspace, tmp_path):
