@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -11,8 +10,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from transfer import (architectures, artifacts, board, data, distribute, outputs, results, stopping, training,
-                      visualize)
+from transfer import (architectures, artifacts, board, config, data, distribute, outputs, results, stopping,
+                      training, visualize)
 from transfer.errors import TrainingDiverged, TransferError
 from transfer.listing import report_skipped  # noqa: F401 (the pipelines' one line for skipped files)
 
@@ -194,9 +193,10 @@ def _earlier_attempts(staging: Path) -> dict:
 
 
 def config_dict(cfg) -> dict:
-    """The run's configuration as saved in config.json (and matched to resume a run), with the
-    fingerprint of the code that runs it."""
-    d = {"command": type(cfg).__name__, **dataclasses.asdict(cfg)}
+    """The run's configuration as saved in config.json (and matched to resume a run): its options
+    by their names (a section's flat, as the command line names them), with the fingerprint of
+    the code that runs it."""
+    d = {"command": type(cfg).__name__, **config.flat(cfg)}
     d.pop("overwrite", None)
     return {**d, "code": artifacts.code_fingerprint()}
 

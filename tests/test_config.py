@@ -23,6 +23,10 @@ def test_make_gathers_a_sections_options_and_flat_inverts_it():
     assert cfg.budget == BudgetConfig(labels=6, selection="probcover", purity=0.6)
     assert cfg.classifier == ClassifierConfig(head=(64,), dropout=0.1)
     assert set(config.sections(FineTuneConfig)) == {"budget", "classifier", "fixmatch"}
+    from pipelines.common import config_dict  # config.json names the options as the command line does
+
+    saved = config_dict(cfg)
+    assert saved["labels"] == 6 and saved["head"] == (64,) and not {"budget", "classifier", "fixmatch"} & set(saved)
 
 
 def test_a_section_checks_its_own_values_and_unknown_names_are_refused():
