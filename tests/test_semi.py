@@ -194,8 +194,17 @@ def test_augment_policies_keep_shape_and_range_and_none_is_none():
         assert y.shape == x.shape and not np.allclose(y, x)
     flips = {type(l).__name__ for l in augment.build("orientation-free").layers}
     assert "RandomFlip" in flips and "RandomFlip" not in {type(l).__name__ for l in augment.build("label-preserving").layers}
-    strong = augment.strong("label-preserving")
-    assert "RandomErasing" in {type(l).__name__ for l in strong.layers}  # the cutout
+    strong = {type(l).__name__ for l in augment.strong("label-preserving").layers}
+    assert {"RandomErasing", "RandomContrast", "RandomBrightness", "RandomShear", "RandomAffine"} <= strong
+    geometry = augment.strong("label-preserving", "geometry")  # --strong-view geometry: no grey-level change
+    assert {type(l).__name__ for l in geometry.layers} == strong - {"RandomContrast", "RandomBrightness"}
+    flat = np.full((64, 12, 12, 1), 0.3, "float32")
+
+    def grey_kept(view):  # the centre of a flat image stays its grey, or the cutout's 0.5
+        centre = np.array(view(flat, training=True))[:, 5:7, 5:7]
+        return (np.isclose(centre, 0.3) | np.isclose(centre, 0.5)).all()
+
+    assert grey_kept(geometry) and not grey_kept(augment.strong("label-preserving"))
 
 
 def test_affine_warp_turns_shifts_and_zooms_exactly():
@@ -276,12 +285,13 @@ def test_scratch_semi_writes_the_row_it_claims(folders, tmp_path, monkeypatch):
     monkeypatch.setattr(semi.FixMatch, "train_step", lambda model, data: traces.append(1) or step(model, data))
     result = invoke("fine-tune", "--data", folders / "labeled", "--encoder", "random", "--freeze", "none",
                     "--unlabeled", folders / "pool", "--steps", "6", "--mu", "2", "--threshold", "0.5",
-                    "--labels-per-class", "3", "--out", out, "--results", results, *TINY)
+                    "--strong-view", "geometry", "--labels-per-class", "3", "--out", out, "--results", results, *TINY)
     assert result.exit_code == 0, result.output
     row = _row(results, out)
     assert row["method"] == "scratch-semi" and row["unlabeled"] == str(folders / "pool")
     assert row["mu"] == 2 and row["threshold"] == 0.5 and row["steps"] == 6 and row["n_unlabeled"] == 36
     assert row["teacher"] == "batch" and row["semi_learning_rate"] == 0.03 and row["align"]
+    assert row["strong_view"] == "geometry"
     assert 0 <= row["mask_rate"] <= 1 and row["test_in_unlabeled"] == 0 and row["seconds"] > 0
     history = pd.read_csv(out / "history-semi.csv")
     assert len(history) == 1 and {"mask_rate", "labeled_loss", "unlabeled_loss"} <= set(history.columns)

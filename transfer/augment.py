@@ -99,10 +99,17 @@ def build(policy: str, strength: float = 1.0, name: str = "augment") -> keras.Se
     return keras.Sequential(stack, name=name)
 
 
-def strong(policy: str, name: str = "strong_augment") -> keras.Sequential:
+STRONG_VIEWS = vocabulary.STRONG_VIEWS  # fine-tune --strong-view
+
+
+def strong(policy: str, view: str = "full", name: str = "strong_augment") -> keras.Sequential:
     """FixMatch's strong view: twice the geometry and intensity ranges of `policy`, a
-    shear, and a cutout (one erased rectangle, as in Sohn et al. 2020)."""
+    shear, and a cutout (one erased rectangle, as in Sohn et al. 2020); `view` "geometry"
+    leaves out the contrast and brightness changes."""
     base = build("label-preserving" if policy == "none" else policy, strength=2.0, name=name)
+    if view == "geometry":
+        base = keras.Sequential([layer for layer in base.layers
+                                 if not isinstance(layer, (layers.RandomContrast, layers.RandomBrightness))], name=name)
     base.add(layers.RandomShear(0.15, 0.15, fill_mode="constant" if policy != "orientation-free" else "reflect"))
     base.add(layers.RandomErasing(factor=1.0, scale=(0.05, 0.25), fill_value=0.5, value_range=(0.0, 1.0)))
     return base

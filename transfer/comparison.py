@@ -172,7 +172,7 @@ def repeated_seeds(df: pd.DataFrame, by: list[str]) -> list[str]:
 # the columns of a run's settings that tell apart runs of one summary group (the experiment first)
 SETTINGS = ("experiment", "encoder", "select_encoder", "select_readout", "readout", "freeze", "unfreeze_top", "head",
             "epochs", "steps", "learning_rate", "semi_learning_rate", "batch_size", "image_size", "augment", "mu",
-            "threshold", "unlabeled_weight", "align", "teacher", "adapt_bn", "unlabeled", "test_data")
+            "threshold", "unlabeled_weight", "align", "teacher", "strong_view", "adapt_bn", "unlabeled", "test_data")
 
 
 def _apart(group: pd.DataFrame, by: list[str]) -> str:

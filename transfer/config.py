@@ -16,7 +16,7 @@ from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
                                  PRECISIONS, PRESETS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS,
-                                 CLASSIFIER_SELECTIONS)
+                                 CLASSIFIER_SELECTIONS, STRONG_VIEWS)
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -361,6 +361,10 @@ class FixMatchConfig:
                          "published): the teacher's probabilities are divided by their running mean over the pool "
                          "and renormalized, so that pseudo-labels stay spread evenly over the labeled classes "
                          "(against confirmation bias at 1-4 labels per class).", flag=True)
+    strong_view: str = option("full", "With --unlabeled: FixMatch's strong view: full (twice --augment's geometry "
+                              "and intensity ranges, a shear and a cutout) or geometry (the same without its "
+                              "brightness and contrast changes: for images whose grey level tells classes apart).",
+                              choices=STRONG_VIEWS)
 
     def __post_init__(self):
         for name in ("mu", "steps"):
@@ -371,6 +375,7 @@ class FixMatchConfig:
             raise TransferError(f"unlabeled_weight must be >= 0. Received: unlabeled_weight={self.unlabeled_weight}")
         _rate("semi_learning_rate", self.semi_learning_rate)
         _choice("teacher", self.teacher, ("inference", "batch"))
+        _choice("strong_view", self.strong_view, STRONG_VIEWS)
 
 
 @dataclass(frozen=True)

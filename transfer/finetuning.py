@@ -322,8 +322,8 @@ class FixMatchTrainer:
         if fm.align:  # uniform over the classes that have a label
             target = np.zeros(len(train.class_names), "float32")
             target[np.unique(train.labels)] = 1.0
-        model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy), fm.threshold,
-                              fm.unlabeled_weight, align=target, teacher=fm.teacher)
+        model = semi.FixMatch(classifier, augment.build(policy), augment.strong(policy, fm.strong_view),
+                              fm.threshold, fm.unlabeled_weight, align=target, teacher=fm.teacher)
         model.compile(optimizer=semi.optimizer(fm.semi_learning_rate, fm.steps))
         model.build(classifier.input.shape)  # built, so that a backup can be restored into it
         model.optimizer.build(classifier.trainable_variables)  # now: slots made in the step's first trace retrace it

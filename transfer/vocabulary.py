@@ -8,6 +8,7 @@ READOUTS = ("auto", "avg", "multi", "stats", "flatten", "projector")
 READOUT_CANDIDATES = ("avg", "multi", "stats")  # what "auto" chooses from, by cross-validation
 PRESETS = ("lenet5", "resnet", "small", "vgg")  # transfer.architectures.PRESETS
 AUGMENT_POLICIES = ("label-preserving", "orientation-free", "none")  # `--augment`; see transfer.augment
+STRONG_VIEWS = ("full", "geometry")  # `--strong-view`: FixMatch's strong view; see transfer.augment.strong
 STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # tf.distribute; see transfer.distribute
 PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy (variables stay float32)
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}  # ours -> Keras's
