@@ -25,9 +25,9 @@ A fourth, `scratch`, is the toolkit's supervised augmented scratch (`fine-tune -
 `--readout`, `--head`, `--weak`, `--strong`, `--threshold` and `--weight` are levers of the
 toolkit's learners (#46): the readout and a hidden head (fine-tune's options), FixMatch's weak view
 (a shift alone, as published, instead of the augmentation policy), its strong view (without its
-contrast and brightness changes, or without its cutout), its confidence threshold and the
-unlabeled loss's weight (0: FixMatch's optimizer, views and schedule with the labeled loss
-alone, which tells the pseudo-labels' share from the training's).
+contrast and brightness changes: fine-tune --strong-view geometry; or without its cutout), its
+confidence threshold and the unlabeled loss's weight (0: FixMatch's optimizer, views and schedule
+with the labeled loss alone, which tells the pseudo-labels' share from the training's).
 
 All learn from the same labeled draw (`labels_per_class` of every class, the toolkit's
 draw for that seed), the FixMatch learners from the whole pool (the images outside the test
@@ -96,21 +96,18 @@ def toolkit(data: str, per_class: int, seed: int, steps: int, out: str, teacher:
                 super().__init__(classifier, shift, strong_view, *args, **kwargs)
 
         fixmatch.FixMatch = TranslateWeak  # this worker process runs one fine-tune
-    if strong != "policy":  # the strong view without its intensity changes, or without its cutout
-        policy_strong = augment.strong
+    if strong == "no-cutout":  # the strong view without its cutout
+        full = augment.strong
 
-        def strong_view(policy, name="strong_augment"):
-            view = policy_strong(policy, name)
-            drop = ((layers.RandomContrast, layers.RandomBrightness) if strong == "geometry"
-                    else (layers.RandomErasing,))
-            return keras.Sequential([lay for lay in view.layers if not isinstance(lay, drop)], name=name)
+        def without_cutout(policy, view="full", name="strong_augment"):
+            kept = [lay for lay in full(policy, view, name).layers if not isinstance(lay, layers.RandomErasing)]
+            return keras.Sequential(kept, name=name)
 
-        augment.strong = strong_view
-
+        augment.strong = without_cutout
     cfg = make(FineTuneConfig, data=data, encoder="random", freeze="none", labels_per_class=per_class, seed=seed,
-                         unlabeled=data if semi else None, steps=steps, image_size=IMAGE_SIZE[data], out=out,
-                         results=out + ".csv", teacher=teacher, align=align, readout=readout, head=head,
-                         threshold=threshold, unlabeled_weight=weight)
+               unlabeled=data if semi else None, steps=steps, image_size=IMAGE_SIZE[data], out=out,
+               results=out + ".csv", teacher=teacher, align=align, readout=readout, head=head, threshold=threshold,
+               unlabeled_weight=weight, strong_view="geometry" if strong == "geometry" else "full")
     start = time.perf_counter()
     row = fine_tune.run(cfg, log=lambda m: None)
     seconds = time.perf_counter() - start
@@ -279,8 +276,8 @@ def main() -> None:
                         help="scratch-semi's weak view: the --augment policy (the toolkit's) or a shift alone "
                         "(FixMatch's published weak view, without flips)")
     parser.add_argument("--strong", default="policy", choices=["policy", "geometry", "no-cutout"],
-                        help="scratch-semi's strong view: the toolkit's, or without its contrast and brightness "
-                        "changes (geometry), or without its cutout")
+                        help="scratch-semi's strong view: the toolkit's default, or without its contrast and "
+                        "brightness changes (fine-tune --strong-view geometry), or without its cutout")
     parser.add_argument("--threshold", type=float, default=0.95, help="scratch-semi's threshold (fine-tune --threshold)")
     parser.add_argument("--weight", type=float, default=1.0,
                         help="scratch-semi's unlabeled loss weight (fine-tune --unlabeled-weight; 0: the labeled loss alone)")
