@@ -3,13 +3,6 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("KERAS_BACKEND", "tensorflow")
-if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1")) > 1:
-    # Test processes share the cores (a process per core, `pytest_xdist_auto_num_workers`): one
-    # thread each for TensorFlow's ops and OpenMP (scikit-learn's k-means), as their pools spin
-    # waiting for threads the other processes hold. The README's suite on 2 cores: 552 s against
-    # 622 s with each pool as wide as the machine (9% less CPU time; one run each).
-    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 from pathlib import Path  # noqa: E402
 
