@@ -132,9 +132,9 @@ def main():
                     if name == "plain-keras":
                         model = plain_keras(encoder, found, chosen, seed, size)
                     else:
-                        fine_tune.run(make(FineTuneConfig, data=args.data, labels_per_class=b, seed=seed, image_size=size,
-                                                     out=out, results=os.path.join(tmp, "r.csv"),
-                                                     **{"encoder": encoder, **SETTINGS[name]}), log=lambda m: None)
+                        fine_tune.run(make(FineTuneConfig, data=args.data, labels_per_class=b, seed=seed,
+                                           image_size=size, out=out, results=os.path.join(tmp, "r.csv"),
+                                           **{"encoder": encoder, **SETTINGS[name]}), log=lambda m: None)
                         model = load_classifier(out)
                     seconds[name].append(time.perf_counter() - start)
                     got[(name, b)].append(100 * pool_accuracy(model, found, rest, size))

@@ -46,7 +46,7 @@ def worker(setting: str, budget: int, seed: int, encoder: str, out: str) -> dict
 
     fields = {"unlabeled": "digits", **SETTINGS[setting]}
     cfg = make(FineTuneConfig, data="digits", image_size=16, encoder=encoder, freeze="none", labels_per_class=budget,
-                         seed=seed, out=out, results=str(Path(out).parent / "rows.csv"), **fields)
+               seed=seed, out=out, results=str(Path(out).parent / "rows.csv"), **fields)
     row = fine_tune.run(cfg, log=lambda message: None)
     digits = builtins.load("digits", 16, None, True, split="all")
     pool, _ = data.split_test(digits.labels, digits.ids, cfg.test_fraction)  # as fine-tune splits it

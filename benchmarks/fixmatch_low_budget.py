@@ -59,7 +59,7 @@ def worker(data: str, setting: str, labels: int, seed: int, encoder: str, steps:
     if encoder == "random":
         fields.update(freeze="none", image_size=size)
     cfg = make(FineTuneConfig, data=data, encoder=encoder, labels=labels, selection="random", seed=seed, out=out,
-                         results=str(Path(out).parent / "rows.csv"), **fields)
+               results=str(Path(out).parent / "rows.csv"), **fields)
     row = fine_tune.run(cfg, log=lambda message: None)
     found = splits.open_labeled(data, None, cfg.test_fraction, size, None, log=lambda m: None)
     chosen = budget.choose("random", found.source, found.pool, labels, seed, None, size)  # as fine-tune draws

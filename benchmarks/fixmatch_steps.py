@@ -47,8 +47,8 @@ def config(args, steps: int, seed: int, out: str):
     objective = artifacts.read_manifest(args.encoder, "encoder")["objective"]
     method = methods.parse(f"{objective}-semi")
     return make(FineTuneConfig, data=args.data, image_size=IMAGE_SIZE[args.data], labels=args.labels,
-                          selection="typiclust", select_encoder=args.encoder, seed=seed, steps=steps, out=out,
-                          results=str(Path(out).parent / "rows.csv"), **method.fields(args.encoder, args.data))
+                selection="typiclust", select_encoder=args.encoder, seed=seed, steps=steps, out=out,
+                results=str(Path(out).parent / "rows.csv"), **method.fields(args.encoder, args.data))
 
 
 def finished(cfg, out: Path) -> dict | None:

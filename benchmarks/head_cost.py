@@ -32,9 +32,9 @@ def worker(mode: str, epochs: int, image_size: int, out_dir: str) -> dict:
     from transfer.config import FineTuneConfig, make
 
     cfg = make(FineTuneConfig, data="digits", encoder="random", arch="vgg", freeze="all", unfreeze_top=0,
-                         head=(128,), labels_per_class=LABELS_PER_CLASS, epochs=epochs, image_size=image_size,
-                         seed=0, out=os.path.join(out_dir, f"{mode}-{epochs}"),
-                         results=os.path.join(out_dir, "results.csv"))
+               head=(128,), labels_per_class=LABELS_PER_CLASS, epochs=epochs, image_size=image_size,
+               seed=0, out=os.path.join(out_dir, f"{mode}-{epochs}"),
+               results=os.path.join(out_dir, "results.csv"))
     if mode == "cached":
         row = fine_tune.run(cfg, log=lambda m: None)
         return {"test_accuracy": row["test_accuracy"]}
@@ -48,7 +48,8 @@ def recomputed(cfg) -> dict:
 
     ds = stream.open_source(cfg.data, True, cfg.image_size)
     pool, test_idx = data.split_test(ds.labels, ds.ids, cfg.test_fraction)
-    train = stream.load(ds, data.sample_per_class(ds.labels, pool, cfg.budget.labels_per_class, cfg.seed, ds.class_names),
+    train = stream.load(ds, data.sample_per_class(ds.labels, pool, cfg.budget.labels_per_class, cfg.seed,
+                                                  ds.class_names),
                         cfg.image_size)
     test = stream.load(ds, test_idx, cfg.image_size)
     training.set_seed(cfg.seed)
@@ -56,7 +57,8 @@ def recomputed(cfg) -> dict:
     models.freeze(encoder)
     features = models.build_features(encoder, cfg.classifier.readout, frozen=True)
     mean, var = heads.standardization(features.predict(train.images, verbose=0))  # same head input as cached
-    head = models.build_head(features.output.shape[1], len(ds.class_names), cfg.classifier.head, cfg.classifier.dropout, mean, var)
+    head = models.build_head(features.output.shape[1], len(ds.class_names), cfg.classifier.head,
+                             cfg.classifier.dropout, mean, var)
     classifier = models.build_classifier(features, head)
     classifier.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
     classifier.optimizer.learning_rate = cfg.learning_rate

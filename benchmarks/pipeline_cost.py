@@ -62,8 +62,8 @@ def worker(pipeline: str, args, seed: int, out: str) -> dict:
     objective = artifacts.read_manifest(args.encoder, "encoder")["objective"]
     method = methods.parse(name.replace("OBJECTIVE", objective))
     cfg = make(FineTuneConfig, data=args.data, image_size=args.image_size, labels=args.labels, selection=how,
-                         select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
-                         **({"steps": steps} if steps else {}), **method.fields(args.encoder, args.data))
+               select_encoder=features, seed=seed, out=out, results=str(Path(out).parent / "rows.csv"),
+               **({"steps": steps} if steps else {}), **method.fields(args.encoder, args.data))
     row = fine_tune.run(cfg, log=lambda message: None)
     return {"seconds": float(row["seconds"]), "train_seconds": float(row.get("train_seconds") or 0.0),
             "cpu_seconds": float(row["cpu_seconds"])}

@@ -76,8 +76,8 @@ def main() -> None:
         for budget in budgets:
             for seed in seeds:
                 cfg = make(FineTuneConfig, data=args.data, image_size=args.image_size, encoder="random", freeze="none",
-                                     labels_per_class=budget, seed=seed, out=f"{tmp}/s{budget}-{seed}",
-                                     results=f"{tmp}/r.csv")
+                           labels_per_class=budget, seed=seed, out=f"{tmp}/s{budget}-{seed}",
+                           results=f"{tmp}/r.csv")
                 for method, fn in (("plain Keras CNN", lambda: run_plain(cfg, args.plain_epochs)),
                                    ("transfer scratch", lambda: run_toolkit(cfg))):
                     keras.backend.clear_session()

@@ -278,9 +278,11 @@ def main() -> None:
     parser.add_argument("--strong", default="policy", choices=["policy", "geometry", "no-cutout"],
                         help="scratch-semi's strong view: the toolkit's default, or without its contrast and "
                         "brightness changes (fine-tune --strong-view geometry), or without its cutout")
-    parser.add_argument("--threshold", type=float, default=0.95, help="scratch-semi's threshold (fine-tune --threshold)")
+    parser.add_argument("--threshold", type=float, default=0.95,
+                        help="scratch-semi's threshold (fine-tune --threshold)")
     parser.add_argument("--weight", type=float, default=1.0,
-                        help="scratch-semi's unlabeled loss weight (fine-tune --unlabeled-weight; 0: the labeled loss alone)")
+                        help="scratch-semi's unlabeled loss weight (fine-tune --unlabeled-weight; 0: the labeled "
+                        "loss alone)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

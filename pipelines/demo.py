@@ -49,9 +49,9 @@ def run(cfg: DemoConfig, log=print):
                 keras.backend.clear_session()  # fit in a loop leaks graph state otherwise
                 row = fine_tune.run(
                     make(FineTuneConfig, data="digits", labels_per_class=budget, seed=seed, arch=cfg.arch,
-                                   image_size=cfg.image_size, results=str(table_path),
-                                   **_given(epochs=cfg.fine_tune_epochs), **settings,
-                                   out=str(out / "fine-tune" / f"{budget}-{seed}-{short}")),
+                         image_size=cfg.image_size, results=str(table_path),
+                         **_given(epochs=cfg.fine_tune_epochs), **settings,
+                         out=str(out / "fine-tune" / f"{budget}-{seed}-{short}")),
                     log=lambda _msg: None,
                 )
                 progress.update(done, note=f" {row['method']:<21} labels/class={budget:<3} seed={seed} "

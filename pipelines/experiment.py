@@ -47,8 +47,8 @@ import keras
 
 from pipelines import compare, fine_tune, pretrain
 from transfer import artifacts, backbones, builtins, methods, outputs, results, selection, stopping
-from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section, in_sections, make, settable,
-                             check_type, read_toml)
+from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
+                             check_type, in_sections, make, read_toml, settable)
 from transfer.errors import TransferError
 from transfer.objectives import OBJECTIVES
 from transfer.progress import Progress
@@ -263,10 +263,9 @@ def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path:
         own = fin if budget.get("selection") == "probcover" else {k: v for k, v in fin.items() if k != "purity"}
         if not backbones.is_backbone(method.settings.get("encoder")):  # weights = "imagenet" is the backbones'
             own = {k: v for k, v in own.items() if k != "weights"}
-        fcfg = make(FineTuneConfig, **{**own, **budget, "seed": int(seed), "results": results_path,
-                                 "experiment": spec["name"], "overwrite": True,
-                                 **method.fields(encoders[method.objective] if method.objective else None,
-                                                fin.get("unlabeled"))})
+        fcfg = make(FineTuneConfig, **{
+            **own, **budget, "seed": int(seed), "results": results_path, "experiment": spec["name"], "overwrite": True,
+            **method.fields(encoders[method.objective] if method.objective else None, fin.get("unlabeled"))})
         objective = method.objective or (backbones.objective(fcfg.weights) if backbones.is_backbone(fcfg.encoder)
                                          else None)  # a backbone's row is named by its weights, as fine-tune names it
         label = methods.name(objective, fcfg.encoder, fcfg.freeze, fcfg.unfreeze_top, method.semi)

@@ -103,7 +103,8 @@ def _choose_labels(cfg: FineTuneConfig, found: splits.Splits, image_size: int, r
                                 f"{image_size}x{image_size}")
         run.note(select_readout=readout)
         name += f" ({readout})" if readout else ""
-    chosen = budget.choose(how, found.source, found.pool, cfg.budget.labels, cfg.seed, net, image_size, cfg.budget.purity)
+    chosen = budget.choose(how, found.source, found.pool, cfg.budget.labels, cfg.seed, net, image_size,
+                           cfg.budget.purity)
     present = len(np.unique(found.source.labels[chosen]))
     run.log(f"{cfg.budget.labels} labels in all, chosen by {how}" + (f" on {name}" if name else "")
             + f": {present} of {len(found.source.class_names)} classes have at least one")
@@ -152,7 +153,8 @@ def run(cfg: FineTuneConfig, log=print) -> dict:
         adapt_bn=cfg.classifier.adapt_bn if trained else None,
         head=(",".join(map(str, cfg.classifier.head)) or "linear") if trained else None,
         unfreeze_top=cfg.unfreeze_top if trained and cfg.freeze == "all" else None,
-        augment=cfg.augment if trained and (cfg.classifier.head or cfg.freeze == "none" or cfg.unfreeze_top or cfg.unlabeled)
+        augment=cfg.augment if trained and (cfg.classifier.head or cfg.freeze == "none" or cfg.unfreeze_top
+                                            or cfg.unlabeled)
         else "none", unlabeled=cfg.unlabeled,
         n_train=len(train), batch_size=cfg.batch_size, test_in_pretraining=leaked, **_budget_fields(cfg, train),
         **_skipped_counts(source, test.listing, pool), **metrics, **done.pace.row())
@@ -251,7 +253,8 @@ def _leaked(cfg: FineTuneConfig, manifest, test: stream.ImageSet, log) -> int | 
 
 def _budget_fields(cfg: FineTuneConfig, train) -> dict:
     """The row's label budget (`label_budget`), the encoder a selection was given, the classes it covers."""
-    return {**label_budget(cfg), "select_encoder": cfg.budget.select_encoder, "labeled_classes": len(np.unique(train.labels))}
+    return {**label_budget(cfg), "select_encoder": cfg.budget.select_encoder,
+            "labeled_classes": len(np.unique(train.labels))}
 
 
 def _skipped_counts(source, test_source, pool: stream.ImageSet | None) -> dict:

@@ -190,7 +190,7 @@ def test_a_budgets_name_says_the_selections_readout_when_it_is_not_the_encoders_
 
     def name(encoder, readout):
         return budget_name(make(FineTuneConfig, data="digits", labels=6, selection="kcenter",
-                                          select_encoder=str(ws / encoder), select_readout=readout))
+                                select_encoder=str(ws / encoder), select_readout=readout))
 
     assert name("contrastive", None) == name("contrastive", "auto") == name("contrastive", "projector") == \
         "6 in all (kcenter on contrastive)"

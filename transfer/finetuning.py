@@ -204,7 +204,8 @@ def _fit_end_to_end(work: Work, encoder, pretrained: bool, projector, readout: R
         models.unfreeze(encoder)
     features = models.build_features(encoder, readout.name, False, projector)
     if head is None:
-        head = models.build_head(features.output.shape[1], len(train.class_names), cfg.classifier.head, cfg.classifier.dropout)
+        head = models.build_head(features.output.shape[1], len(train.class_names), cfg.classifier.head,
+                                 cfg.classifier.dropout)
     classifier = models.build_classifier(features, head)
     metrics.update(trainer.fit(classifier, "train"))
     if work.images.pool is None:  # FixMatch's thousands of steps leave settled statistics
