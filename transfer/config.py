@@ -364,7 +364,7 @@ class FixMatchConfig:
     strong_view: str = option("full", "With --unlabeled: FixMatch's strong view: full (twice --augment's geometry "
                               "and intensity ranges, a shear and a cutout) or geometry (the same without its "
                               "brightness and contrast changes: for texture-like images, patches or tiles of larger "
-                              "photographs whose grey level names the class; on centred objects it cost ~5 points).",
+                              "photographs whose grey level names the class; on centred objects it cost 3-5 points).",
                               choices=STRONG_VIEWS)
 
     def __post_init__(self):
