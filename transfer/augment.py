@@ -80,8 +80,10 @@ def affine(images, angle, scale, shift, fill_mode: str = "constant"):
     return ops.image.affine_transform(images, transform, interpolation="bilinear", fill_mode=fill_mode)
 
 
-def build(policy: str, strength: float = 1.0, name: str = "augment") -> keras.Sequential | None:
-    """The augmentation of `policy` (None for "none"); `strength` scales every range."""
+def build(policy: str, strength: float = 1.0, name: str = "augment",
+          intensity: bool = True) -> keras.Sequential | None:
+    """The augmentation of `policy` (None for "none"); `strength` scales every range; without
+    `intensity`, no contrast and brightness changes (the geometry alone)."""
     if policy == "none":
         return None
     s = strength
@@ -91,25 +93,18 @@ def build(policy: str, strength: float = 1.0, name: str = "augment") -> keras.Se
         rotation, fill = 0.5, "reflect"
     else:
         rotation, fill = 0.04 * s, "constant"
-    stack += [
-        RandomAffine(rotation, 0.1 * s, (-0.1 * s, 0.1 * s), fill_mode=fill),
-        layers.RandomContrast(min(0.3 * s, 0.9)),
-        layers.RandomBrightness(0.1 * s, value_range=(0.0, 1.0)),
-    ]
+    stack.append(RandomAffine(rotation, 0.1 * s, (-0.1 * s, 0.1 * s), fill_mode=fill))
+    if intensity:
+        stack += [layers.RandomContrast(min(0.3 * s, 0.9)), layers.RandomBrightness(0.1 * s, value_range=(0.0, 1.0))]
     return keras.Sequential(stack, name=name)
-
-
-STRONG_VIEWS = vocabulary.STRONG_VIEWS  # fine-tune --strong-view
 
 
 def strong(policy: str, view: str = "full", name: str = "strong_augment") -> keras.Sequential:
     """FixMatch's strong view: twice the geometry and intensity ranges of `policy`, a
     shear, and a cutout (one erased rectangle, as in Sohn et al. 2020); `view` "geometry"
-    leaves out the contrast and brightness changes."""
-    base = build("label-preserving" if policy == "none" else policy, strength=2.0, name=name)
-    if view == "geometry":
-        base = keras.Sequential([layer for layer in base.layers
-                                 if not isinstance(layer, (layers.RandomContrast, layers.RandomBrightness))], name=name)
+    leaves out the contrast and brightness changes (fine-tune --strong-view)."""
+    base = build("label-preserving" if policy == "none" else policy, strength=2.0, name=name,
+                 intensity=view != "geometry")
     base.add(layers.RandomShear(0.15, 0.15, fill_mode="constant" if policy != "orientation-free" else "reflect"))
     base.add(layers.RandomErasing(factor=1.0, scale=(0.05, 0.25), fill_value=0.5, value_range=(0.0, 1.0)))
     return base

@@ -93,14 +93,15 @@ def settable(cls) -> dict[str, tuple[dataclasses.Field, object, str | None]]:
     the section holding it or None)}, in declaration order. Names are unique across sections."""
     import typing
 
-    hints, out = typing.get_type_hints(cls), {}
-    for f in dataclasses.fields(cls):
+    hints, fields, out = typing.get_type_hints(cls), dataclasses.fields(cls), {}
+    own = {f.name for f in fields}
+    for f in fields:
         inner = f.metadata.get("section")
         if inner is None:
             out[f.name] = (f, hints[f.name], None)
             continue
         for name, (g, hint, _) in settable(inner).items():
-            if name in out or name in {x.name for x in dataclasses.fields(cls)}:
+            if name in out or name in own:
                 raise TypeError(f"{cls.__name__}: section {f.name} repeats the option name {name}")
             out[name] = (g, hint, f.name)
     return out
