@@ -64,6 +64,9 @@ def run(cfg: PretrainConfig, log=print) -> dict:
                                                      "fingerprint": source.fingerprint(), "skipped": source.unreadable()})
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))
     _log_metrics(report.metrics, out, log)
+    if watch is not None:
+        log(probe.verdict(watch, f"{cfg.init}, {backbones.origin(cfg.weights)} weights" if cfg.init
+                          else "random weights"))
     return row
 
 
@@ -116,10 +119,11 @@ def _resolve_epochs(cfg: PretrainConfig, n_train: int, run: Run) -> PretrainConf
 
 
 def _report(objective, model, train, val_images, watch):
-    """The objective's report, with the online probe's last k-NN accuracy when it watched."""
+    """The objective's report, with the online probe's k-NN accuracies when it watched: the
+    last epoch's, the encoder's before pretraining, the raw pixels'."""
     report = objective.report(model, train, val_images)
     if watch is not None:
-        report.metrics["probe_knn"] = watch.last
+        report.metrics.update(probe_knn=watch.last, probe_knn_start=watch.start, probe_knn_pixels=watch.pixels)
     return report
 
 
@@ -154,7 +158,8 @@ def _online_probe(cfg, encoder, channels: int, log):
                                                         labeled.class_names), cfg.image_size)
     watch = probe.OnlineProbe(encoder, chosen.images, chosen.labels, n_classes, cfg.epochs, cfg.seed)
     log(f"online probe: k-NN accuracy on {len(chosen)} labeled images of {cfg.probe_data} (half reference, half "
-        f"scored; outside its test split) every {watch.every} epoch(s), column probe_knn")
+        f"scored; outside its test split) every {watch.every} epoch(s), column probe_knn; before pretraining "
+        f"{100 * watch.start:.1f}%, raw pixels {100 * watch.pixels:.1f}%")
     return watch
 
 
@@ -184,7 +189,7 @@ def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seco
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
             "batch_size": cfg.batch_size, "skipped_files": source.unreadable(),
             **{k: metrics.get(k) for k in ("recon_mse", "baseline_zeros_mse", "baseline_mean_mse", "probe_knn",
-                                           "view_agreement")},
+                                           "probe_knn_start", "probe_knn_pixels", "view_agreement")},
             "images_per_second": round(images_per_second, 1), "images_trained": trained,
             "train_seconds": round(fit_seconds, 3), "train_flops_per_image": flops,
             "gflops_per_second": float(f"{flops * images_per_second / 1e9:.3g}") if flops else None}

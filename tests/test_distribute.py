@@ -77,8 +77,13 @@ def images(tmp_path):
 
 @pytest.mark.slow
 def test_two_workers_pretrain_together_and_only_the_chief_writes(tmp_path, images):
+    labeled = tmp_path / "labeled"
+    rng = np.random.default_rng(1)
+    for c in "hv":
+        for i in range(8):
+            write_image(labeled / c / f"{i}.png", stripes(c, 12, rng))
     args = [*PRETRAIN, "--data", images, "--out", tmp_path / "enc", "--epochs", "3",
-            "--results", tmp_path / "results.csv"]
+            "--results", tmp_path / "results.csv", "--probe-data", labeled]
     procs = start_workers(tmp_path, args)
     codes = [p.wait(timeout=300) for p in procs]
     logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
@@ -87,14 +92,13 @@ def test_two_workers_pretrain_together_and_only_the_chief_writes(tmp_path, image
     assert len(rows) == 1 and rows.iloc[0]["workers"] == 2 and rows.iloc[0]["replicas"] == 2
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith("enc")) == ["enc"]
     assert "the chief writes" in logs[1]
-    # Both workers applied the same all-reduced updates: their logged losses agree.
+    # Both workers applied the same all-reduced updates: their logged losses (and online probes:
+    # before pretraining, every epoch) agree; the chief states the probe's verdict.
     losses = [[line for line in log.splitlines() if "epoch 3/3" in line][0].split("(")[0] for log in logs]
-    assert losses[0] == losses[1]
-    labeled = tmp_path / "labeled"
-    rng = np.random.default_rng(1)
-    for c in "hv":
-        for i in range(8):
-            write_image(labeled / c / f"{i}.png", stripes(c, 12, rng))
+    assert losses[0] == losses[1] and "probe_knn=" in losses[0]
+    starts = [[line for line in log.splitlines() if line.startswith("online probe:")] for log in logs]
+    assert starts[0] == starts[1] and len(starts[0]) == 1
+    assert 0 <= rows.iloc[0]["probe_knn_start"] <= 1 and "% before pretraining (random weights)" in logs[0]
     ft = CliRunner().invoke(main, ["fine-tune", "--data", str(labeled), "--encoder", str(tmp_path / "enc"),
                                    "--results", str(tmp_path / "results.csv"), "--out", str(tmp_path / "ft")],
                             catch_exceptions=False)

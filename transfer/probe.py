@@ -9,6 +9,11 @@ accuracy goes into the epoch's logs (`probe_knn`: the history, the progress line
 the results row). It only watches: nothing is trained on the labels, and the
 labeled images are drawn from outside the labeled source's test split, so the
 test split a later fine-tune reports on is never looked at.
+
+Before the first epoch it also scores the encoder as pretraining found it (random weights,
+or a backbone's own) and the raw pixels, on the same images, so the run ends with a plain
+verdict (`verdict`): whether the pretrained features separate the probe's classes better
+than the encoder they started from, by a paired 95% interval over the scored images.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer.evaluation import knn_accuracy  # the same k-NN as `transfer evaluate`
+from transfer.evaluation import knn_predict  # the same k-NN as `transfer evaluate`
 
 
 def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -33,7 +38,8 @@ def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]
 
 class OnlineProbe(keras.callbacks.Callback):
     """Adds `probe_knn` to the logs of every `every`-th epoch and the last (NaN in the others,
-    so the history's column exists from the first row)."""
+    so the history's column exists from the first row). Built before training, it scores the
+    encoder as it is then (`start`) and the raw pixels (`pixels`) on the same images."""
 
     def __init__(self, encoder: keras.Model, images: np.ndarray, labels: np.ndarray, n_classes: int, epochs: int,
                  seed: int = 0, every: int | None = None):
@@ -41,8 +47,19 @@ class OnlineProbe(keras.callbacks.Callback):
         self.encoder, self.images, self.labels, self.n_classes = encoder, images, labels, n_classes
         self.reference, self.scored = split_halves(labels, seed)
         self.epochs, self.every = epochs, every or max(1, epochs // 20)
-        self.last = float("nan")
         self._pooled = None
+        self.pixels_correct = self._correct(images.reshape(len(images), -1))
+        self.start_correct = self._correct(self.features(images))  # before any epoch: what pretraining starts from
+        self.last_correct = None
+        self.last = float("nan")
+
+    @property
+    def start(self) -> float:
+        return float(self.start_correct.mean())
+
+    @property
+    def pixels(self) -> float:
+        return float(self.pixels_correct.mean())
 
     def features(self, images: np.ndarray) -> np.ndarray:
         if self._pooled is None:
@@ -51,6 +68,11 @@ class OnlineProbe(keras.callbacks.Callback):
         return np.concatenate([np.asarray(self._pooled(tf.constant(images[i : i + 256])))
                                for i in range(0, len(images), 256)])
 
+    def _correct(self, f: np.ndarray) -> np.ndarray:
+        """Whether the k-NN vote of the reference half labels each scored image right."""
+        predicted = knn_predict(f[self.reference], self.labels[self.reference], f[self.scored], self.n_classes)
+        return predicted == self.labels[self.scored]
+
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
             return
@@ -58,7 +80,30 @@ class OnlineProbe(keras.callbacks.Callback):
         if n % self.every and n != self.epochs and epoch != 0:
             logs["probe_knn"] = float("nan")
             return
-        f = self.features(self.images)
-        self.last = knn_accuracy(f[self.reference], self.labels[self.reference], f[self.scored],
-                                 self.labels[self.scored], self.n_classes)
+        self.last_correct = self._correct(self.features(self.images))
+        self.last = float(self.last_correct.mean())
         logs["probe_knn"] = self.last
+
+
+def paired_difference(after: np.ndarray, before: np.ndarray) -> tuple[float, float, float]:
+    """(mean, low, high): the difference of two 0/1 correctness vectors on the same images, in
+    points, with its 95% normal interval (the paired difference's standard error)."""
+    d = np.asarray(after, float) - np.asarray(before, float)
+    mean = 100 * float(d.mean())
+    half = 100 * 1.96 * float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else float("inf")
+    return mean, mean - half, mean + half
+
+
+def verdict(watch: OnlineProbe, started_from: str) -> str:
+    """One plain line: did pretraining beat the encoder it started from (`started_from`: "random
+    weights", or a backbone's) on the probe's images? A "warning:" line when the paired 95%
+    interval does not lie above zero."""
+    after = watch.last_correct if watch.last_correct is not None else watch.start_correct
+    mean, low, high = paired_difference(after, watch.start_correct)
+    scores = (f"k-NN {100 * after.mean():.1f}% on the probe's {len(after)} scored images, "
+              f"{100 * watch.start:.1f}% before pretraining ({started_from}), {100 * watch.pixels:.1f}% on raw pixels")
+    interval = f"{mean:+.1f} points [95% CI {low:+.1f}, {high:+.1f}]"
+    if low > 0:
+        return f"probe: pretraining learned features its start lacked: {scores}; {interval}"
+    return (f"warning: the pretrained features tell the probe's classes apart no better than the encoder before "
+            f"pretraining: {scores}; {interval}")
