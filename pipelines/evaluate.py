@@ -27,21 +27,21 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     if encoder is None:
         encoder = backbones.build(cfg.encoder, cfg.weights, size, channels)
     n_classes = len(found.source.class_names)
-    candidates = [("pixels", None, "pixels")]
+    candidates = [("pixels", "pixels", None, "pixels")]  # (role, method, model, readout)
     if cfg.baselines:
         training.set_seed(cfg.seed)
-        candidates += [("random", _random(manifest, size, channels), r)
+        candidates += [("random", "random", _random(manifest, size, channels), r)
                        for r in cfg.readouts if r != "projector"]  # it has no head
     projector = run.projector() if "projector" in cfg.readouts and not backbones.is_backbone(cfg.encoder) else None
     if "projector" in cfg.readouts and projector is None and cfg.readouts != EvaluateConfig.readouts:
         raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
-    candidates += [(manifest["objective"], encoder, r) for r in cfg.readouts
+    candidates += [("encoder", manifest["objective"], encoder, r) for r in cfg.readouts
                    if r != "projector" or projector is not None]
     log(f"evaluating {cfg.encoder} on {cfg.data}: {len(found.pool)} pool images (every label for k-NN and the "
         f"probe, {'/'.join(map(str, evaluation.BUDGETS))} per class for the few-label scores, {cfg.draws} draws), "
         f"{len(found.test_index)} test images")
-    rows, reference = [], None
-    for method, model, readout in candidates:
+    rows, reference, correct = [], None, {}
+    for role, method, model, readout in candidates:
         clock = results.Stopwatch()
         net = None if model is None else models.build_features(model, readout, True, projector)
         pool_f, pool_y, _ = features.compute(net, found.pool_set(size))
@@ -50,15 +50,39 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
             raise TransferError(f"{cfg.data}: no readable images to evaluate on")
         got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed)
         got["rankme"] = evaluation.rankme(pool_f)  # label-free: the features' effective rank
+        correct[role, readout] = evaluation.knn_predict(pool_f, pool_y, test_f, n_classes) == test_y
         reference = reference or got
+        random = correct.get(("random", readout)) if role == "encoder" else None
         rows.append(_row(cfg, manifest, method, readout, got, reference, len(pool_f), len(test_f), pool_f.shape[1],
-                         clock.read()))
+                         clock.read(), None if random is None else float(random.mean())))
     report_skipped(found.source.failed + (found.test_source.failed if found.test_source is not found.source else []),
                    log, "while decoding")
     for row in rows:
         results.append_row(cfg.results, row)
     log(table(rows))
+    for line in verdicts(correct, manifest["objective"]):
+        log(line)
     return rows
+
+
+def verdicts(correct: dict, objective: str) -> list[str]:
+    """One line per readout scored for both the encoder and the random encoder: are the encoder's
+    features better than a random encoder's of the same architecture at 20-NN on the test
+    images (a paired 95% interval above zero), or, in a warning, not?"""
+    lines = []
+    for (role, readout), mine in correct.items():
+        random = correct.get(("random", readout))
+        if role != "encoder" or random is None:
+            continue
+        mean, low, high = evaluation.paired_difference(mine, random)
+        scores = (f"20-NN {100 * mine.mean():.1f}% against {100 * random.mean():.1f}% for a random encoder of the "
+                  f"same architecture on {len(mine)} test images; {mean:+.1f} points [95% CI {low:+.1f}, {high:+.1f}]")
+        if low > 0:
+            lines.append(f"{objective} features ({readout} readout) are better than a random encoder's: {scores}")
+        else:
+            lines.append(f"warning: {objective} features ({readout} readout) are no better than a random encoder's: "
+                         f"{scores}")
+    return lines
 
 
 def _random(manifest: dict, size: int, channels: int):
@@ -71,13 +95,17 @@ def _random(manifest: dict, size: int, channels: int):
     return models.build_encoder((size, size, channels), blocks, manifest["arch"]["preset"])
 
 
-def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, elapsed) -> dict:
+def _row(cfg, manifest, method, readout, got, reference, n_pool, n_test, dim, elapsed, random_knn) -> dict:
+    """The row; `random_knn`: the random encoder's k-NN accuracy with the same readout (the
+    encoder's rows: its error as a ratio of that one's, `knn_error_vs_random`)."""
     return results.row("evaluate", cfg, test_data=cfg.test_data, encoder=cfg.encoder, objective=manifest["objective"],
                        method=method, arch=manifest["arch"]["preset"], readout=None if method == "pixels" else readout,
                        n_train=n_pool, n_test=n_test, feature_dim=dim,
                        **{f"{k}_accuracy" if k in ("knn", "probe") else k: round(v, 5) for k, v in got.items()},
                        knn_error_vs_pixels=round(evaluation.error_ratio(got["knn"], reference["knn"]), 4),
                        probe_error_vs_pixels=round(evaluation.error_ratio(got["probe"], reference["probe"]), 4),
+                       knn_error_vs_random=None if random_knn is None else round(
+                           evaluation.error_ratio(got["knn"], random_knn), 4),
                        **elapsed)
 
 

@@ -68,8 +68,33 @@ def test_evaluate_writes_a_row_per_features_and_readout(tmp_path):
         assert r.knn_error_vs_pixels == pytest.approx((1 - r.knn_accuracy) / max(1 - pixels["knn_accuracy"], 1e-9),
                                                       abs=1e-3)
     assert "k-NN err vs pixels" in result.output and "1-NN@4" in result.output
+    # the encoder's rows against the random encoder's of the same readout: the ratio, and a verdict line each
+    assert rows["knn_error_vs_random"].isna().tolist() == [True, True, True, False, False]
+    for readout in ("avg", "stats"):
+        mine, random = (rows.set_index(["method", "readout"]).loc[(m, readout)] for m in ("autoencoder", "random"))
+        assert mine["knn_error_vs_random"] == pytest.approx(
+            (1 - mine["knn_accuracy"]) / max(1 - random["knn_accuracy"], 1e-9), abs=1e-3)
+        line = next(l for l in result.output.splitlines() if f"autoencoder features ({readout} readout)" in l)
+        assert (f"20-NN {100 * mine['knn_accuracy']:.1f}% against {100 * random['knn_accuracy']:.1f}% for a random "
+                "encoder of the same architecture on 9 test images") in line
+        assert line.startswith(("autoencoder features", "warning: autoencoder features"))
     bad = runner.invoke(main, ["evaluate", "--encoder", str(tmp_path / "nope"), "--data", str(labeled)])
     assert bad.exit_code == 2 and "not found" in bad.output
+
+
+def test_the_verdict_against_a_random_encoder_needs_a_paired_interval_above_zero():
+    from pipelines.evaluate import verdicts
+
+    right, wrong = np.ones(20, bool), np.zeros(20, bool)
+    half = np.r_[np.ones(10), np.zeros(10)].astype(bool)
+    lines = verdicts({("pixels", "pixels"): half, ("random", "avg"): wrong, ("encoder", "avg"): right,
+                      ("encoder", "projector"): right, ("random", "stats"): half, ("encoder", "stats"): half},
+                     "contrastive")
+    assert lines == [  # the projector has no random counterpart: no line
+        "contrastive features (avg readout) are better than a random encoder's: 20-NN 100.0% against 0.0% for a "
+        "random encoder of the same architecture on 20 test images; +100.0 points [95% CI +100.0, +100.0]",
+        "warning: contrastive features (stats readout) are no better than a random encoder's: 20-NN 50.0% against "
+        "50.0% for a random encoder of the same architecture on 20 test images; +0.0 points [95% CI +0.0, +0.0]"]
 
 
 def test_rankme_is_the_exponential_of_the_entropy_of_the_normalized_singular_values():

@@ -87,7 +87,7 @@ def test_the_probe_scores_the_encoder_before_pretraining_and_the_pixels_on_the_s
 def test_the_verdict_needs_a_paired_interval_above_zero():
     """+1 on 12 of 20 images and 0 on the rest: 60 points, interval above zero; the same
     images right before and after: no better, said in a warning line; worse: also no better."""
-    mean, low, high = probe.paired_difference(np.r_[np.ones(12), np.zeros(8)], np.zeros(20))
+    mean, low, high = evaluation.paired_difference(np.r_[np.ones(12), np.zeros(8)], np.zeros(20))
     d = np.r_[np.ones(12), np.zeros(8)]
     half = 100 * 1.96 * d.std(ddof=1) / np.sqrt(20)
     assert mean == pytest.approx(60) and (low, high) == pytest.approx((60 - half, 60 + half)) and low > 0

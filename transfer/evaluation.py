@@ -129,6 +129,15 @@ def rankme(f: np.ndarray, samples: int = RANKME_SAMPLES, seed: int = 0) -> float
     return float(np.exp(-(p * np.log(p)).sum()))
 
 
+def paired_difference(after: np.ndarray, before: np.ndarray) -> tuple[float, float, float]:
+    """(mean, low, high): the difference of two 0/1 correctness vectors on the same images, in
+    points, with its 95% normal interval (the paired difference's standard error)."""
+    d = np.asarray(after, float) - np.asarray(before, float)
+    mean = 100 * float(d.mean())
+    half = 100 * 1.96 * float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else float("inf")
+    return mean, mean - half, mean + half
+
+
 def error_ratio(accuracy: float, reference: float) -> float:
     """(1 - accuracy) / (1 - reference): below 1, fewer errors than the reference (raw pixels)."""
     return (1.0 - accuracy) / max(1.0 - reference, 1e-9)

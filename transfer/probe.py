@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer.evaluation import knn_predict  # the same k-NN as `transfer evaluate`
+from transfer.evaluation import knn_predict, paired_difference  # the same k-NN as `transfer evaluate`
 
 
 def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -83,15 +83,6 @@ class OnlineProbe(keras.callbacks.Callback):
         self.last_correct = self._correct(self.features(self.images))
         self.last = float(self.last_correct.mean())
         logs["probe_knn"] = self.last
-
-
-def paired_difference(after: np.ndarray, before: np.ndarray) -> tuple[float, float, float]:
-    """(mean, low, high): the difference of two 0/1 correctness vectors on the same images, in
-    points, with its 95% normal interval (the paired difference's standard error)."""
-    d = np.asarray(after, float) - np.asarray(before, float)
-    mean = 100 * float(d.mean())
-    half = 100 * 1.96 * float(d.std(ddof=1)) / np.sqrt(len(d)) if len(d) > 1 else float("inf")
-    return mean, mean - half, mean + half
 
 
 def verdict(watch: OnlineProbe, started_from: str) -> str:
