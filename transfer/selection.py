@@ -80,16 +80,8 @@ def typicality(features: np.ndarray, k: int) -> np.ndarray:
     return 1.0 / (distances[:, 1:].mean(axis=1) + 1e-5)  # column 0: the row itself
 
 
-KMEANS_FLOAT64_BYTES = 2**29  # features up to this size in float64 are clustered in float64
-
-
 def clusters(features: np.ndarray, n: int, seed: int) -> np.ndarray:
-    """Cluster index of each row: k-means into n clusters (mini-batch beyond FULL_KMEANS). In
-    float64 up to KMEANS_FLOAT64_BYTES: scikit-learn computes a float32 input's k-means++
-    distances in float64 chunks it converts one by one, which made the k-means++ start 3/4 of
-    typiclust's time on animals; given float64 it chose the same clusters in 0.5-0.65x the time."""
-    if features.size * 8 <= KMEANS_FLOAT64_BYTES:
-        features = np.asarray(features, np.float64)
+    """Cluster index of each row: k-means into n clusters (mini-batch beyond FULL_KMEANS)."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # convergence notes on duplicated points
         if n <= FULL_KMEANS:
