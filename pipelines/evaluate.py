@@ -18,25 +18,16 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     if backbones.is_backbone(cfg.encoder):  # built once the data's channels are known
         encoder, manifest = None, {"objective": backbones.objective(cfg.weights) or "random",
                                    "arch": {"preset": backbones.name_of(cfg.encoder), "init": cfg.encoder}}
-        size, channels = cfg.image_size, None
+        size, channels, opened = cfg.image_size, None, None
     else:
-        run = artifacts.open_run(cfg.encoder, "encoder")
-        encoder, manifest, size, channels = run.model, run.manifest, run.image_size, run.channels
+        opened = artifacts.open_run(cfg.encoder, "encoder")
+        encoder, manifest, size, channels = opened.model, opened.manifest, opened.image_size, opened.channels
     found = splits.open_labeled(cfg.data, cfg.test_data, cfg.test_fraction, size, channels, log)
     channels = found.source.channels
     if encoder is None:
         encoder = backbones.build(cfg.encoder, cfg.weights, size, channels)
     n_classes = len(found.source.class_names)
-    candidates = [("pixels", "pixels", None, "pixels")]  # (role, method, model, readout)
-    if cfg.baselines:
-        training.set_seed(cfg.seed)
-        candidates += [("random", "random", _random(manifest, size, channels), r)
-                       for r in cfg.readouts if r != "projector"]  # it has no head
-    projector = run.projector() if "projector" in cfg.readouts and not backbones.is_backbone(cfg.encoder) else None
-    if "projector" in cfg.readouts and projector is None and cfg.readouts != EvaluateConfig.readouts:
-        raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
-    candidates += [("encoder", manifest["objective"], encoder, r) for r in cfg.readouts
-                   if r != "projector" or projector is not None]
+    candidates, projector = _candidates(cfg, opened, manifest, encoder, size, channels)
     log(f"evaluating {cfg.encoder} on {cfg.data}: {len(found.pool)} pool images (every label for k-NN and the "
         f"probe, {'/'.join(map(str, evaluation.BUDGETS))} per class for the few-label scores, {cfg.draws} draws), "
         f"{len(found.test_index)} test images")
@@ -48,9 +39,10 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
         test_f, test_y, _ = features.compute(net, found.test_set(size))
         if len(pool_f) == 0 or len(test_f) == 0:
             raise TransferError(f"{cfg.data}: no readable images to evaluate on")
-        got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed)
+        correct[role, readout] = evaluation.knn_hits(pool_f, pool_y, test_f, test_y, n_classes)
+        got = evaluation.scores(pool_f, pool_y, test_f, test_y, n_classes, draws=cfg.draws, seed=cfg.seed,
+                                hits=correct[role, readout])
         got["rankme"] = evaluation.rankme(pool_f)  # label-free: the features' effective rank
-        correct[role, readout] = evaluation.knn_predict(pool_f, pool_y, test_f, n_classes) == test_y
         reference = reference or got
         random = correct.get(("random", readout)) if role == "encoder" else None
         rows.append(_row(cfg, manifest, method, readout, got, reference, len(pool_f), len(test_f), pool_f.shape[1],
@@ -63,6 +55,24 @@ def run(cfg: EvaluateConfig, log=print) -> list[dict]:
     for line in verdicts(correct, manifest["objective"]):
         log(line)
     return rows
+
+
+def _candidates(cfg: EvaluateConfig, opened, manifest: dict, encoder, size: int, channels: int):
+    """([(role, method, model, readout)] to score: pixels, the random encoder of each readout
+    (not the projector: it has no head), the encoder of each readout; the projection head of
+    the `opened` run when the projector readout is asked, else None). `opened`: None for a
+    keras:NAME backbone."""
+    candidates = [("pixels", "pixels", None, "pixels")]
+    if cfg.baselines:
+        training.set_seed(cfg.seed)
+        candidates += [("random", "random", _random(manifest, size, channels), r)
+                       for r in cfg.readouts if r != "projector"]
+    projector = opened.projector() if "projector" in cfg.readouts and opened is not None else None
+    if "projector" in cfg.readouts and projector is None and cfg.readouts != EvaluateConfig.readouts:
+        raise TransferError(f"readout projector: {cfg.encoder} has no projection head (a two-view objective's)")
+    candidates += [("encoder", manifest["objective"], encoder, r) for r in cfg.readouts
+                   if r != "projector" or projector is not None]
+    return candidates, projector
 
 
 def verdicts(correct: dict, objective: str) -> list[str]:

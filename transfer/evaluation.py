@@ -50,9 +50,15 @@ def knn_predict(train_f: np.ndarray, train_y: np.ndarray, query_f: np.ndarray, n
     return out
 
 
+def knn_hits(train_f, train_y, test_f, test_y, n_classes: int, k: int = K,
+             temperature: float = TEMPERATURE) -> np.ndarray:
+    """Whether the weighted k-NN vote labels each test row right (for paired comparisons)."""
+    return knn_predict(train_f, train_y, test_f, n_classes, k, temperature) == test_y
+
+
 def knn_accuracy(train_f, train_y, test_f, test_y, n_classes: int, k: int = K,
                  temperature: float = TEMPERATURE) -> float:
-    return float(np.mean(knn_predict(train_f, train_y, test_f, n_classes, k, temperature) == test_y))
+    return float(np.mean(knn_hits(train_f, train_y, test_f, test_y, n_classes, k, temperature)))
 
 
 def nearest_accuracy(train_f, train_y, test_f, test_y) -> float:
@@ -92,10 +98,13 @@ def draw_per_class(labels: np.ndarray, per_class: int, rng: np.random.Generator)
 
 
 def scores(pool_f, pool_y, test_f, test_y, n_classes: int, budgets=BUDGETS, draws: int = DRAWS,
-           seed: int = 0, probe: bool = True) -> dict:
+           seed: int = 0, probe: bool = True, hits: np.ndarray | None = None) -> dict:
     """Every score of the evaluation, as {name: value}: `knn` and `probe` (every pool label),
-    and for each budget B `nn1_B` / `probe_B` (mean over the draws) with `_std` beside."""
-    out = {"knn": knn_accuracy(pool_f, pool_y, test_f, test_y, n_classes)}
+    and for each budget B `nn1_B` / `probe_B` (mean over the draws) with `_std` beside.
+    `hits`: the k-NN's `knn_hits` when the caller has them already."""
+    if hits is None:
+        hits = knn_hits(pool_f, pool_y, test_f, test_y, n_classes)
+    out = {"knn": float(np.mean(hits))}
     if probe:
         out["probe"] = probe_accuracy(pool_f, pool_y, test_f, test_y, n_classes, seed)
     for budget in budgets:

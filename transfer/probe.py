@@ -22,7 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from transfer.evaluation import knn_predict, paired_difference  # the same k-NN as `transfer evaluate`
+from transfer.evaluation import knn_hits, paired_difference  # the same k-NN as `transfer evaluate`
 
 
 def split_halves(labels: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,8 +70,8 @@ class OnlineProbe(keras.callbacks.Callback):
 
     def _correct(self, f: np.ndarray) -> np.ndarray:
         """Whether the k-NN vote of the reference half labels each scored image right."""
-        predicted = knn_predict(f[self.reference], self.labels[self.reference], f[self.scored], self.n_classes)
-        return predicted == self.labels[self.scored]
+        return knn_hits(f[self.reference], self.labels[self.reference], f[self.scored], self.labels[self.scored],
+                        self.n_classes)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is None:
