@@ -66,6 +66,8 @@ SETTINGS = {  # name: PretrainConfig fields over the defaults
     "jitter-0.3": {"jitter": 0.3},
     "jitter-0.3-no-blur": {"jitter": 0.3, "blur": 0.0},
     "jitter-0": {"jitter": 0.0},
+    "kmeans": {"start": "kmeans", "epochs": 0},  # k-means filters alone, no objective trained
+    "start-kmeans": {"start": "kmeans"},  # the default objective from k-means filters
 }
 READOUTS = ("avg", "multi", "flatten")
 

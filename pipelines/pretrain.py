@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.common import Run, encoder_blocks, holdout_split, report_skipped, save_preview
-from transfer import artifacts, backbones, board, data, models, objectives, probe, stream, training, visualize
+from transfer import artifacts, backbones, board, data, kmeans, models, objectives, probe, stream, training, visualize
 from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
 
@@ -28,7 +28,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     arch = backbones.name_of(cfg.init) if cfg.init else cfg.arch
     learning_rate = cfg.learning_rate or objective.LEARNING_RATE
     with Run("pretrain", cfg, cfg.out, log) as run:
-        run.note(objective=cfg.objective, method=cfg.objective, arch=arch, epochs=cfg.epochs,
+        run.note(objective=_trained(cfg), method=_trained(cfg), arch=arch, epochs=cfg.epochs, start=cfg.start,
                  learning_rate=learning_rate, weights=backbones.origin(cfg.weights))
         source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
         report_skipped(source.skipped, log)
@@ -36,29 +36,23 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         cfg = _resolve_epochs(cfg, len(train_idx), run)
         val_images = stream.load(source, val_idx, cfg.image_size).images
         train = _train_images(cfg, source, train_idx, run)
-        log(f"pretraining {cfg.objective} on {len(train_idx)} images ({train.listing.store.held}; {len(val_idx)} "
+        log(f"pretraining {_trained(cfg)} on {len(train_idx)} images ({train.listing.store.held}; {len(val_idx)} "
             f"held out), {'x'.join(map(str, train.shape))}, arch {_described(cfg, arch)}, "
             f"{run.strategy.num_replicas_in_sync} replica(s)")
         with run.distributed():
             training.set_seed(cfg.seed)
             encoder, blocks = _encoder(cfg, train.shape, blocks)
-            batch = min(cfg.batch_size, len(train))
-            options = _options(cfg, learning_rate, batch, cfg.epochs * -(-len(train) // batch))
-            model = objective.build(encoder, blocks, train.shape, options)
-            watch = _online_probe(cfg, encoder, source.channels, log)
+            watch = _online_probe(cfg, encoder, source.channels, log)  # before --start: its start is the random one
             fit_start = time.perf_counter()
-            batches, steps = train.train_batches(options.batch_size, cfg.seed)
-            history = training.fit(model, training.Batches(batches, steps), cfg.epochs, run.keep("pretrain"),
-                                   callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])],
-                                   validation_data=stream.ImageSet.of_arrays(val_images).eval_batches(options.batch_size)
-                                   if objective.VALIDATES and len(val_images) > 1 else None)
-            fit_seconds, trained = time.perf_counter() - fit_start, _images_trained(history, steps, batch, len(train))
+            _start(cfg, encoder, train, log)
+            model, trained = _fit(cfg, objective, encoder, blocks, train, val_images, learning_rate, run, watch)
+            fit_seconds = time.perf_counter() - fit_start
             report = _report(objective, model, train, val_images, watch)
         _log_problems(source, report, log)
         if run.worker_done(""):
             return {}
         projector = _write_extras(cfg, run, encoder, model, source, val_images, report)
-        out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=cfg.objective,
+        out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=_trained(cfg), start=cfg.start,
                        projector=projector, **_architecture(cfg, arch, blocks, source.channels),
                        metrics=report.metrics, data={"source": cfg.data, "images": len(source),
                                                      "fingerprint": source.fingerprint(), "skipped": source.unreadable()})
@@ -68,6 +62,39 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         log(probe.verdict(watch, f"{cfg.init}, {backbones.origin(cfg.weights)} weights" if cfg.init
                           else "random weights"))
     return row
+
+
+def _trained(cfg: PretrainConfig) -> str:
+    """What made the encoder, as the manifest and the row name it: the objective, or "kmeans"
+    when no objective trains (--start kmeans --epochs 0)."""
+    return "kmeans" if cfg.epochs == 0 else cfg.objective
+
+
+def _start(cfg: PretrainConfig, encoder, train: stream.ImageSet, log) -> None:
+    """--start kmeans: every conv layer's filters from k-means on patches of up to kmeans.IMAGES
+    training images drawn by the seed (the same on every worker)."""
+    if cfg.start != "kmeans":
+        return
+    chosen = np.random.default_rng(cfg.seed).choice(len(train), min(len(train), kmeans.IMAGES), replace=False)
+    images = stream.ImageSet(train.listing, train.positions[np.sort(chosen)], train.image_size).load().images
+    kmeans.start(encoder, images, cfg.seed, log)
+
+
+def _fit(cfg: PretrainConfig, objective, encoder, blocks, train: stream.ImageSet, val_images, learning_rate: float,
+         run: Run, watch):
+    """(the objective's model, images trained on in this process) after cfg.epochs epochs; (None, 0)
+    with --epochs 0, the encoder then as --start left it."""
+    if cfg.epochs == 0:
+        return None, 0
+    batch = min(cfg.batch_size, len(train))
+    options = _options(cfg, learning_rate, batch, cfg.epochs * -(-len(train) // batch))
+    model = objective.build(encoder, blocks, train.shape, options)
+    batches, steps = train.train_batches(options.batch_size, cfg.seed)
+    history = training.fit(model, training.Batches(batches, steps), cfg.epochs, run.keep("pretrain"),
+                           callbacks=[*objective.callbacks(model, run.staging), *([watch] if watch else [])],
+                           validation_data=stream.ImageSet.of_arrays(val_images).eval_batches(options.batch_size)
+                           if objective.VALIDATES and len(val_images) > 1 else None)
+    return model, _images_trained(history, steps, batch, len(train))
 
 
 def _described(cfg: PretrainConfig, arch: str) -> str:
@@ -121,8 +148,10 @@ def _resolve_epochs(cfg: PretrainConfig, n_train: int, run: Run) -> PretrainConf
 def _report(objective, model, train, val_images, watch):
     """The objective's report, with the online probe's k-NN accuracies when it watched: the
     last epoch's, the encoder's before pretraining, the raw pixels'."""
-    report = objective.report(model, train, val_images)
+    report = objective.report(model, train, val_images) if model is not None else objectives.Report({})
     if watch is not None:
+        if model is None:  # no epoch ran: the probe scores the encoder as --start left it
+            watch.score()
         report.metrics.update(probe_knn=watch.last, probe_knn_start=watch.start, probe_knn_pixels=watch.pixels)
     return report
 
@@ -184,7 +213,7 @@ def _write_extras(cfg, run: Run, encoder, model, source, val_images, report) -> 
 
 
 def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seconds: float) -> dict:
-    images_per_second = trained / fit_seconds
+    images_per_second = trained / fit_seconds if fit_seconds else 0.0
     flops = metrics.get("train_flops_per_image")
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
             "batch_size": cfg.batch_size, "skipped_files": source.unreadable(),
@@ -200,4 +229,4 @@ def _log_metrics(m: dict, out, log) -> None:
         log(f"reconstruction MSE {m['recon_mse']:.5f} (all-zeros {m['baseline_zeros_mse']:.5f}, "
             f"mean image {m['baseline_mean_mse']:.5f}) -> {Path(out)}")
     else:
-        log(", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)) + f" -> {Path(out)}")
+        log(", ".join([f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)] or ["encoder"]) + f" -> {Path(out)}")

@@ -34,8 +34,9 @@ FORMAT_VERSION = 1
 # The manifest schema: what every run directory's manifest.json holds, beside the common fields.
 MANIFEST_FIELDS = {
     # projector: {"file", "sha256"} of the two-view objectives' projection head, saved beside the
-    # encoder (the `projector` readout), or None
-    "encoder": {"arch", "objective", "data", "metrics", "projector"},
+    # encoder (the `projector` readout), or None; start: the weights the objective started from,
+    # "random" or "kmeans" (`pretrain --start`; absent from manifests written before it: random)
+    "encoder": {"arch", "objective", "start", "data", "metrics", "projector"},
     "classifier": {"class_names", "encoder", "method", "freeze", "readout", "data", "metrics"},
 }
 

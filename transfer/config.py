@@ -16,7 +16,7 @@ from transfer.data import DEFAULT_TEST_FRACTION
 from transfer.errors import TransferError
 from transfer.vocabulary import (AUGMENT_POLICIES, BUDGET_SELECTIONS, BY_FEATURES, EXPORT_FORMATS, OBJECTIVES,
                                  PRECISIONS, PRESETS, READOUTS, SELECTIONS, STRATEGIES, TWO_VIEW, BUILTINS,
-                                 CLASSIFIER_SELECTIONS, STRONG_VIEWS)
+                                 CLASSIFIER_SELECTIONS, STARTS, STRONG_VIEWS)
 
 
 def _positive(name: str, value, minimum=1) -> None:
@@ -225,9 +225,13 @@ class PretrainConfig(RunConfig):
     data: str = option("", "Unlabeled images: directory, CSV manifest or built-in name.", required=True)
     out: str | None = option(None, "Run directory to create.", required=True, path="dir")
     objective: str = option("contrastive", "Pretraining objective.", choices=OBJECTIVES)
+    start: str = option("random", "The encoder's weights before the objective trains: random (He initialization) or "
+                        "kmeans (every conv layer's filters from k-means on whitened patches of its input, bottom "
+                        "to top, Coates & Ng 2011: seconds, no labels; --epochs 0 keeps them as they are).",
+                        choices=STARTS)
     epochs: int | None = option(None, "Passes over the unlabeled images (default: 300, or as many as train on "
                                 "500,000 images in all when the pool is larger than about 1,700: a bounded default "
-                                "cost).")
+                                "cost; 0 with --start kmeans: no objective trained).")
     batch_size: int = option(256, "Images per step (contrastive: also the number of negatives each image is "
                              "contrasted with).")
     learning_rate: float | None = option(None, "Adam's learning rate (default: the objective's own: 1e-3, gan 2e-4).")
@@ -262,8 +266,15 @@ class PretrainConfig(RunConfig):
             raise TransferError(f"--init names a keras.applications backbone, keras:NAME. Received: --init {self.init}")
         _weights(self.init or "its own architecture", self.weights)
         _choice("objective", self.objective, OBJECTIVES)
-        for name in ("epochs", "batch_size"):
-            _positive(name, getattr(self, name))
+        _choice("start", self.start, STARTS)
+        if self.start == "kmeans" and self.init is not None:
+            raise TransferError(f"--start kmeans sets the filters of an --arch encoder; --init {self.init} starts from "
+                                "the backbone's own weights. Use one or the other")
+        if self.epochs == 0 and self.start != "kmeans":
+            raise TransferError("--epochs 0 trains nothing: it keeps the --start kmeans encoder as it is, and needs "
+                                "--start kmeans")
+        _positive("epochs", self.epochs, minimum=0)
+        _positive("batch_size", self.batch_size)
         _rate("learning_rate", self.learning_rate)
         _rate("temperature", self.temperature)
         for name, value in (("crop", self.crop), ("blur", self.blur), ("jitter", self.jitter)):

@@ -80,9 +80,13 @@ class OnlineProbe(keras.callbacks.Callback):
         if n % self.every and n != self.epochs and epoch != 0:
             logs["probe_knn"] = float("nan")
             return
+        logs["probe_knn"] = self.score()
+
+    def score(self) -> float:
+        """The k-NN accuracy of the encoder as it is now (`last`, `last_correct`)."""
         self.last_correct = self._correct(self.features(self.images))
         self.last = float(self.last_correct.mean())
-        logs["probe_knn"] = self.last
+        return self.last
 
 
 def verdict(watch: OnlineProbe, started_from: str) -> str:
