@@ -285,8 +285,17 @@ def objectives_on_two_workers(tmp_path_factory):
     pair of processes: (the folder of their encoders `OBJECTIVE/` and rows `r.csv`, the chief's log)."""
     root = tmp_path_factory.mktemp("mw-objectives")
     images = _images(root / "imgs")
+    rng = np.random.default_rng(1)
+    for c in "hv":
+        for i in range(8):
+            write_image(root / "labeled" / c / f"{i}.png", stripes(c, 12, rng))
     log = run_in_sequence(root, [[*PRETRAIN, "--objective", objective, "--data", images, "--out", root / objective,
-                                  "--epochs", "2", "--results", root / "r.csv"] for objective in OTHER_OBJECTIVES])
+                                  "--epochs", "2", "--results", root / "r.csv"] for objective in OTHER_OBJECTIVES]
+                          # --start kmeans: each worker sets the filters itself; the probe (on each worker's
+                          # own weights) shows whether they agree
+                          + [[*PRETRAIN, "--objective", "contrastive", "--start", "kmeans", "--data", images,
+                              "--out", root / "from-kmeans", "--epochs", "2", "--results", root / "kmeans.csv",
+                              "--probe-data", root / "labeled"]])
     return root, log
 
 
@@ -299,6 +308,29 @@ def test_every_objective_pretrains_on_two_workers(objectives_on_two_workers, obj
     row = rows.set_index("objective").loc[objective]
     assert row["workers"] == 2 and row["replicas"] == 2 and row["run_dir"] == str(root / objective)
     assert (root / objective / "encoder.keras").is_file() and "Error" not in log
+
+
+@pytest.mark.slow
+def test_the_kmeans_start_gives_both_workers_the_same_filters(objectives_on_two_workers):
+    root, _ = objectives_on_two_workers
+    logs = [(root / f"worker{i}.log").read_text().split("--start kmeans")[-1] for i in range(2)]
+    epochs = [[line.split("(")[0] for line in log.splitlines() if "epoch 2/2" in line] for log in logs]
+    assert epochs[0] == epochs[1] and len(epochs[0]) == 1 and "probe_knn=" in epochs[0][0]
+    assert all("k-means start: layer 2/2" in log for log in logs)
+    row = pd.read_csv(root / "kmeans.csv").iloc[0]
+    assert row["start"] == "kmeans" and row["workers"] == 2 and (root / "from-kmeans" / "encoder.keras").is_file()
+
+
+@pytest.mark.slow
+def test_the_kmeans_start_and_the_kmeans_encoder_mirrored(tmp_path, images):
+    for epochs in ("1", "0"):
+        result = CliRunner().invoke(main, [*PRETRAIN[:-1], "mirrored", "--start", "kmeans", "--data", str(images),
+                                           "--epochs", epochs, "--out", str(tmp_path / f"enc{epochs}"),
+                                           "--results", str(tmp_path / "r.csv")], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+    rows = pd.read_csv(tmp_path / "r.csv")
+    assert list(rows["objective"]) == ["autoencoder", "kmeans"] and set(rows["strategy"]) == {"mirrored"}
+    assert list(rows["start"]) == ["kmeans", "kmeans"]
 
 
 @pytest.fixture(scope="module")
