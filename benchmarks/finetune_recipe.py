@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-IMAGE_SIZE = {"digits": 16, "animals": 28}
+IMAGE_SIZE = {"digits": 16, "animals": 28, "fills": 28, "patches": 28}
 SETTINGS = {  # name: FineTuneConfig fields over the defaults (the pretrained encoder's unless said)
     "scratch": {"encoder": "random"},
     "defaults": {},

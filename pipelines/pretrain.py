@@ -28,7 +28,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     arch = backbones.name_of(cfg.init) if cfg.init else cfg.arch
     learning_rate = cfg.learning_rate or objective.LEARNING_RATE
     with Run("pretrain", cfg, cfg.out, log) as run:
-        run.note(objective=_trained(cfg), method=_trained(cfg), arch=arch, epochs=cfg.epochs, start=cfg.start,
+        run.note(objective=_trained(cfg), method=_trained(cfg), arch=arch, epochs=cfg.epochs, start=cfg.init or cfg.start,
                  learning_rate=learning_rate, weights=backbones.origin(cfg.weights))
         source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
         report_skipped(source.skipped, log)
@@ -52,7 +52,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         if run.worker_done(""):
             return {}
         projector = _write_extras(cfg, run, encoder, model, source, val_images, report)
-        out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=_trained(cfg), start=cfg.start,
+        out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=_trained(cfg), start=cfg.init or cfg.start,
                        projector=projector, **_architecture(cfg, arch, blocks, source.channels),
                        metrics=report.metrics, data={"source": cfg.data, "images": len(source),
                                                      "fingerprint": source.fingerprint(), "skipped": source.unreadable()})

@@ -239,6 +239,7 @@ def test_pretraining_continues_from_a_backbone_and_is_an_ordinary_encoder(tmp_pa
     assert row["arch"] == "mobilenetv3small" and row["weights"] == weights_file.name and row["objective"] == objective
     manifest = json.loads((tmp_path / "enc" / "manifest.json").read_text())
     assert manifest["arch"]["init"] == "keras:MobileNetV3Small" and "in_model" in manifest["preprocessing"]
+    assert manifest["start"] == "keras:MobileNetV3Small"  # what the objective started from
     import keras
 
     encoder = keras.models.load_model(tmp_path / "enc" / "encoder.keras", safe_mode=True, compile=False)

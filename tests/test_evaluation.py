@@ -59,7 +59,8 @@ def test_evaluate_writes_a_row_per_features_and_readout(tmp_path):
     df = pd.read_csv(tmp_path / "r.csv")
     rows = df[df["command"] == "evaluate"]
     assert [(m, r if r == r else "") for m, r in zip(rows["method"], rows["readout"])] == [
-        ("pixels", ""), ("random", "avg"), ("random", "stats"), ("autoencoder", "avg"), ("autoencoder", "stats")]
+        ("pixels", ""), ("random", "avg"), ("random", "stats"), ("kmeans-filters", "avg"), ("kmeans-filters", "stats"),
+        ("autoencoder", "avg"), ("autoencoder", "stats")]
     pixels = rows.iloc[0]
     assert pixels["feature_dim"] == 64 and pixels["knn_error_vs_pixels"] == 1.0
     assert (rows["n_test"] == 9).all() and (rows["n_train"] == 33).all()  # 3 of each 14 held out by content
@@ -68,16 +69,21 @@ def test_evaluate_writes_a_row_per_features_and_readout(tmp_path):
         assert r.knn_error_vs_pixels == pytest.approx((1 - r.knn_accuracy) / max(1 - pixels["knn_accuracy"], 1e-9),
                                                       abs=1e-3)
     assert "k-NN err vs pixels" in result.output and "1-NN@4" in result.output
-    # the encoder's rows against the random encoder's of the same readout: the ratio, and a verdict line each
-    assert rows["knn_error_vs_random"].isna().tolist() == [True, True, True, False, False]
-    for readout in ("avg", "stats"):
-        mine, random = (rows.set_index(["method", "readout"]).loc[(m, readout)] for m in ("autoencoder", "random"))
-        assert mine["knn_error_vs_random"] == pytest.approx(
-            (1 - mine["knn_accuracy"]) / max(1 - random["knn_accuracy"], 1e-9), abs=1e-3)
-        line = next(l for l in result.output.splitlines() if f"autoencoder features ({readout} readout)" in l)
-        assert (f"20-NN {100 * mine['knn_accuracy']:.1f}% against {100 * random['knn_accuracy']:.1f}% for a random "
-                "encoder of the same architecture on 9 test images") in line
-        assert line.startswith(("autoencoder features", "warning: autoencoder features"))
+    # the encoder's rows against the random encoder's and the k-means filters' of the same readout: the
+    # ratio, and a verdict line each
+    for baseline, method, whose, what in [
+            ("random", "random", "a random encoder's", "a random encoder of the same architecture"),
+            ("kmeans", "kmeans-filters", "k-means filters'", "the same architecture with k-means filters")]:
+        assert rows[f"knn_error_vs_{baseline}"].isna().tolist() == [True] * 5 + [False] * 2
+        for readout in ("avg", "stats"):
+            mine, other = (rows.set_index(["method", "readout"]).loc[(m, readout)] for m in ("autoencoder", method))
+            assert mine[f"knn_error_vs_{baseline}"] == pytest.approx(
+                (1 - mine["knn_accuracy"]) / max(1 - other["knn_accuracy"], 1e-9), abs=1e-3)
+            line = next(l for l in result.output.splitlines()
+                        if f"autoencoder features ({readout} readout)" in l and whose in l)
+            assert (f"20-NN {100 * mine['knn_accuracy']:.1f}% against {100 * other['knn_accuracy']:.1f}% for {what}"
+                    ) in line and "on 9 test images" in line
+            assert line.startswith(("autoencoder features", "warning: autoencoder features"))
     bad = runner.invoke(main, ["evaluate", "--encoder", str(tmp_path / "nope"), "--data", str(labeled)])
     assert bad.exit_code == 2 and "not found" in bad.output
 
@@ -87,12 +93,15 @@ def test_the_verdict_against_a_random_encoder_needs_a_paired_interval_above_zero
 
     right, wrong = np.ones(20, bool), np.zeros(20, bool)
     half = np.r_[np.ones(10), np.zeros(10)].astype(bool)
-    lines = verdicts({("pixels", "pixels"): half, ("random", "avg"): wrong, ("encoder", "avg"): right,
-                      ("encoder", "projector"): right, ("random", "stats"): half, ("encoder", "stats"): half},
-                     "contrastive")
-    assert lines == [  # the projector has no random counterpart: no line
+    lines = verdicts({("pixels", "pixels"): half, ("random", "avg"): wrong, ("kmeans", "avg"): right,
+                      ("encoder", "avg"): right, ("encoder", "projector"): right, ("random", "stats"): half,
+                      ("encoder", "stats"): half}, "contrastive")
+    assert lines == [  # the projector has no random or k-means counterpart, nor stats a k-means one: no line
         "contrastive features (avg readout) are better than a random encoder's: 20-NN 100.0% against 0.0% for a "
         "random encoder of the same architecture on 20 test images; +100.0 points [95% CI +100.0, +100.0]",
+        "warning: contrastive features (avg readout) are no better than k-means filters': 20-NN 100.0% against "
+        "100.0% for the same architecture with k-means filters (seconds, no labels) on 20 test images; +0.0 points "
+        "[95% CI +0.0, +0.0]",
         "warning: contrastive features (stats readout) are no better than a random encoder's: 20-NN 50.0% against "
         "50.0% for a random encoder of the same architecture on 20 test images; +0.0 points [95% CI +0.0, +0.0]"]
 

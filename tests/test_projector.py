@@ -122,7 +122,7 @@ def test_evaluate_select_and_embed_read_through_the_head(ws, tmp_path):
     assert result.exit_code == 0, result.output
     rows = pd.read_csv(tmp_path / "r.csv")
     assert [(m, r if r == r else "") for m, r in zip(rows["method"], rows["readout"])] == [
-        ("pixels", ""), *[(m, r) for m in ("random", "contrastive") for r in ("avg", "multi", "stats")],
+        ("pixels", ""), *[(m, r) for m in ("random", "kmeans-filters", "contrastive") for r in ("avg", "multi", "stats")],
         ("contrastive", "projector")]
     assert rows.iloc[-1]["feature_dim"] == 5
     result = invoke("select", "--data", ws / "labeled", "--encoder", ws / "contrastive", "--readout", "projector",

@@ -35,7 +35,8 @@ FORMAT_VERSION = 1
 MANIFEST_FIELDS = {
     # projector: {"file", "sha256"} of the two-view objectives' projection head, saved beside the
     # encoder (the `projector` readout), or None; start: the weights the objective started from,
-    # "random" or "kmeans" (`pretrain --start`; absent from manifests written before it: random)
+    # "random", "kmeans" (`pretrain --start`) or the --init backbone (absent from manifests
+    # written before it: random or the backbone)
     "encoder": {"arch", "objective", "start", "data", "metrics", "projector"},
     "classifier": {"class_names", "encoder", "method", "freeze", "readout", "data", "metrics"},
 }

@@ -481,8 +481,10 @@ class EvaluateConfig:
     readouts: tuple[str, ...] = option(("avg", "multi", "stats", "projector"), "Readouts of the encoders to score "
                                        "(comma-separated: avg, multi, stats, flatten, projector; the default scores "
                                        "the projector when the encoder has a projection head).")
-    baselines: bool = option(True, "Also score a random encoder of the same architecture (raw pixels are always "
-                             "scored).", flag=True)
+    baselines: bool = option(True, "Also score a random encoder of the same architecture and, for an --arch "
+                             "encoder, the same architecture with k-means filters fitted on the pool's images in "
+                             "seconds (pretrain --start kmeans; no label read). Raw pixels are always scored.",
+                             flag=True)
     draws: int = option(5, "Random draws of the few labels per class.")
     seed: int = option(0, "Seed of the draws and of the random encoder.")
     results: str = option(RESULTS, "Results table to append the rows to.", path="file")
