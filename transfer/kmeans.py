@@ -86,14 +86,15 @@ def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> 
     sample = images[np.sort(rng.choice(len(images), min(len(images), IMAGES), replace=False))]
     convs = [layer for layer in encoder.layers if isinstance(layer, keras.layers.Conv2D)]
     for i, conv in enumerate(convs, start=1):
-        x = keras.Model(encoder.input, conv.input).predict(sample, batch_size=256, verbose=0)
+        x = np.asarray(keras.Model(encoder.input, conv.input).predict(sample, batch_size=256, verbose=0), np.float32)
         size = conv.kernel_size[0]
-        chosen = filters(patches(np.asarray(x), size, PATCHES, rng), conv.filters, seed)
+        chosen = filters(patches(x, size, PATCHES, rng), conv.filters, seed)
         weights = conv.get_weights()
         kernel = weights[0].copy()
         kernel[..., : len(chosen)] = chosen.T.reshape(size, size, kernel.shape[2], len(chosen))
         conv.set_weights([kernel, *[np.zeros_like(b) for b in weights[1:]]])
-        out = np.asarray(keras.Model(encoder.input, conv.output).predict(sample, batch_size=256, verbose=0))
+        out = np.asarray(keras.Model(encoder.input, conv.output).predict(sample, batch_size=256, verbose=0),
+                         np.float32)  # bfloat16 maps under mixed precision: statistics in float32
         mean, variance = out.mean(axis=(0, 1, 2)), out.var(axis=(0, 1, 2))
         norm = _normalizer(encoder, conv)
         if norm is not None:
