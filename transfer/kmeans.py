@@ -9,8 +9,9 @@ clustering for unsupervised learning"), every conv layer of an encoder gets filt
 For each conv layer, in the order the image meets them:
 
 1. its input (the image, or the maps of the layers below, already set) on a sample of images;
-2. `PATCHES` random kernel-sized patches of it, flattened; the patches keep their mean and
-   contrast (no per-patch normalization: where grey level names the class, the filters see it);
+2. `PATCHES` random kernel-sized patches of it (no more than it has), flattened; the patches
+   keep their mean and contrast (no per-patch normalization: where grey level names the
+   class, the filters see it);
 3. ZCA whitening, with the eigenvalues floored at `WHITENING` times their mean;
 4. spherical k-means (unit-length patches and centroids; scikit-learn's KMeans) with as many
    centroids as the layer has filters;
@@ -98,7 +99,8 @@ def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> 
     for i, conv in enumerate(convs, start=1):
         x = np.asarray(keras.Model(encoder.input, conv.input).predict(sample, batch_size=256, verbose=0), np.float32)
         size = conv.kernel_size[0]
-        chosen = filters(patches(x, size, PATCHES, rng), conv.filters, seed)
+        count = min(PATCHES, len(x) * (x.shape[1] - size + 1) * (x.shape[2] - size + 1))  # no more than there are
+        chosen = filters(patches(x, size, count, rng), conv.filters, seed)
         weights = conv.get_weights()
         kernel = weights[0].copy()
         kernel[..., : len(chosen)] = chosen.T.reshape(size, size, kernel.shape[2], len(chosen))
@@ -116,6 +118,6 @@ def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> 
             conv.set_weights([(kernel * scale).astype(np.float32),
                               *([(-mean * scale).astype(np.float32)] if len(weights) > 1 else [])])
         if log:
-            log(f"k-means start: layer {i}/{len(convs)} {conv.name}, {len(chosen)} filters from {PATCHES:,} "
+            log(f"k-means start: layer {i}/{len(convs)} {conv.name}, {len(chosen)} filters from {count:,} "
                 f"{size}x{size} patches")
     return len(convs)
