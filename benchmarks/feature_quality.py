@@ -67,7 +67,8 @@ SETTINGS = {  # name: PretrainConfig fields over the defaults
     "jitter-0.3-no-blur": {"jitter": 0.3, "blur": 0.0},
     "jitter-0": {"jitter": 0.0},
     "kmeans": {"start": "kmeans", "epochs": 0},  # k-means filters alone, no objective trained
-    "start-kmeans": {"start": "kmeans"},  # the default objective from k-means filters
+    "start-kmeans": {"start": "kmeans"},  # the default objective from k-means filters (the default since it was measured)
+    "start-random": {"start": "random"},  # the default objective from random weights (the default before)
 }
 READOUTS = ("avg", "multi", "flatten")
 

@@ -7,7 +7,8 @@ from __future__ import annotations
 import numpy as np
 
 from pipelines.common import report_skipped
-from transfer import artifacts, backbones, evaluation, features, kmeans, models, outputs, results, splits, stream, training
+from transfer import (artifacts, backbones, evaluation, features, kmeans, models, outputs, results, splits, stream,
+                      training)
 from transfer.architectures import Block
 from transfer.config import EvaluateConfig
 from transfer.errors import TransferError

@@ -28,7 +28,7 @@ def run(cfg: PretrainConfig, log=print) -> dict:
     arch = backbones.name_of(cfg.init) if cfg.init else cfg.arch
     learning_rate = cfg.learning_rate or objective.LEARNING_RATE
     with Run("pretrain", cfg, cfg.out, log) as run:
-        run.note(objective=_trained(cfg), method=_trained(cfg), arch=arch, epochs=cfg.epochs, start=cfg.init or cfg.start,
+        run.note(objective=_trained(cfg), method=_trained(cfg), arch=arch, epochs=cfg.epochs, start=cfg.starts_from(),
                  learning_rate=learning_rate, weights=backbones.origin(cfg.weights))
         source = stream.open_source(cfg.data, False, cfg.image_size, cfg.channels)
         report_skipped(source.skipped, log)
@@ -52,8 +52,8 @@ def run(cfg: PretrainConfig, log=print) -> dict:
         if run.worker_done(""):
             return {}
         projector = _write_extras(cfg, run, encoder, model, source, val_images, report)
-        out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=_trained(cfg), start=cfg.init or cfg.start,
-                       projector=projector, **_architecture(cfg, arch, blocks, source.channels),
+        out = run.save(encoder, "encoder", cfg.image_size, source.channels, objective=_trained(cfg),
+                       start=cfg.starts_from(), projector=projector, **_architecture(cfg, arch, blocks, source.channels),
                        metrics=report.metrics, data={"source": cfg.data, "images": len(source),
                                                      "fingerprint": source.fingerprint(), "skipped": source.unreadable()})
     row = run.record(**_row_fields(cfg, report.metrics, source, len(train_idx), trained, fit_seconds))
@@ -71,9 +71,10 @@ def _trained(cfg: PretrainConfig) -> str:
 
 
 def _start(cfg: PretrainConfig, encoder, train: stream.ImageSet, log) -> None:
-    """--start kmeans: every conv layer's filters from k-means on patches of up to kmeans.IMAGES
-    training images drawn by the seed (the same on every worker)."""
-    if cfg.start != "kmeans":
+    """The kmeans start (--start, or the two-view objectives' default): every conv layer's filters
+    from k-means on patches of up to kmeans.IMAGES training images drawn by the seed (the same
+    on every worker)."""
+    if cfg.starts_from() != "kmeans":
         return
     chosen = np.random.default_rng(cfg.seed).choice(len(train), min(len(train), kmeans.IMAGES), replace=False)
     images = stream.ImageSet(train.listing, train.positions[np.sort(chosen)], train.image_size).load().images

@@ -174,7 +174,8 @@ def test_a_resumed_runs_row_counts_every_process_that_worked_on_it_and_their_tim
     with Run("pretrain", cfg, cfg.out, logged.append) as run:
         time.sleep(0.5)
         enc = models.build_encoder((8, 8, 1), preset_blocks("small", (4, 8)))
-        out = run.save(enc, "encoder", 8, 1, arch={}, data={}, metrics={}, objective="autoencoder", projector=None)
+        out = run.save(enc, "encoder", 8, 1, arch={}, data={}, metrics={}, objective="autoencoder", start="random",
+                       projector=None)
         row = run.record()
     assert sum("resuming the interrupted run" in line for line in logged) == 2
     assert row["attempts"] == 3  # the first, the one killed, this one

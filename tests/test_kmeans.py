@@ -132,9 +132,24 @@ def test_the_objective_trains_from_the_kmeans_filters(tmp_path, monkeypatch):
     assert row["objective"] == "byol" and row["start"] == "kmeans" and row["images_trained"] > 0
 
 
+def test_the_two_view_objectives_start_from_kmeans_filters_by_default():
+    from transfer.config import PretrainConfig
+
+    def start(**options):
+        return PretrainConfig(data="d", out="o", **options).starts_from()
+
+    assert [start(objective=o) for o in ("contrastive", "vicreg", "byol")] == ["kmeans"] * 3
+    assert [start(objective=o) for o in ("autoencoder", "denoising", "masked", "gan")] == ["random"] * 4
+    assert start(start="random") == "random" and start(objective="gan", start="kmeans") == "kmeans"
+    assert start(init="keras:MobileNetV3Small", weights="none") == "keras:MobileNetV3Small"
+    assert start(epochs=0) == "kmeans"  # the default objective's start, kept as it is
+
+
 @pytest.mark.parametrize("args, message", [
     (["--start", "kmeans", "--init", "keras:MobileNetV3Small", "--weights", "none"], "Use one or the other"),
-    (["--epochs", "0"], "--epochs 0 trains nothing"),
+    (["--start", "random", "--init", "keras:MobileNetV3Small", "--weights", "none"], "Use one or the other"),
+    (["--objective", "autoencoder", "--epochs", "0"], "--epochs 0 trains nothing"),
+    (["--start", "random", "--epochs", "0"], "--epochs 0 trains nothing"),
     (["--start", "kmeans", "--epochs", "-1"], "epochs must be >= 0"),
     (["--start", "pca"], "Invalid value for '--start'"),
 ])

@@ -225,10 +225,12 @@ class PretrainConfig(RunConfig):
     data: str = option("", "Unlabeled images: directory, CSV manifest or built-in name.", required=True)
     out: str | None = option(None, "Run directory to create.", required=True, path="dir")
     objective: str = option("contrastive", "Pretraining objective.", choices=OBJECTIVES)
-    start: str = option("random", "The encoder's weights before the objective trains: random (He initialization) or "
-                        "kmeans (every conv layer's filters from k-means on whitened patches of its input, bottom "
-                        "to top, Coates & Ng 2011: seconds, no labels; --epochs 0 keeps them as they are).",
-                        choices=STARTS)
+    start: str | None = option(None, "The encoder's weights before the objective trains: random (He initialization) "
+                               "or kmeans (every conv layer's filters from k-means on whitened patches of its input, "
+                               "bottom to top, Coates & Ng 2011: seconds, no labels; --epochs 0 keeps them as they "
+                               "are). Default: kmeans for the two-view objectives (contrastive, vicreg, byol), where "
+                               "it was measured; random for the others; --init starts from the backbone's weights.",
+                               choices=STARTS)
     epochs: int | None = option(None, "Passes over the unlabeled images (default: 300, or as many as train on "
                                 "500,000 images in all when the pool is larger than about 1,700: a bounded default "
                                 "cost; 0 with --start kmeans: no objective trained).")
@@ -266,11 +268,12 @@ class PretrainConfig(RunConfig):
             raise TransferError(f"--init names a keras.applications backbone, keras:NAME. Received: --init {self.init}")
         _weights(self.init or "its own architecture", self.weights)
         _choice("objective", self.objective, OBJECTIVES)
-        _choice("start", self.start, STARTS)
-        if self.start == "kmeans" and self.init is not None:
-            raise TransferError(f"--start kmeans sets the filters of an --arch encoder; --init {self.init} starts from "
-                                "the backbone's own weights. Use one or the other")
-        if self.epochs == 0 and self.start != "kmeans":
+        if self.start is not None:
+            _choice("start", self.start, STARTS)
+        if self.start is not None and self.init is not None:
+            raise TransferError(f"--start {self.start} sets the weights of an --arch encoder; --init {self.init} starts "
+                                "from the backbone's own weights. Use one or the other")
+        if self.epochs == 0 and self.starts_from() != "kmeans":
             raise TransferError("--epochs 0 trains nothing: it keeps the --start kmeans encoder as it is, and needs "
                                 "--start kmeans")
         _positive("epochs", self.epochs, minimum=0)
@@ -290,6 +293,11 @@ class PretrainConfig(RunConfig):
         if self.objective != "contrastive" and self.temperature is not None:
             raise TransferError(f"--temperature is the contrastive objective's option (NT-Xent's softmax); "
                                 f"objective {self.objective} has no temperature")
+
+    def starts_from(self) -> str:
+        """The weights the objective trains from: --init's backbone, or --start, or its default
+        (kmeans for the two-view objectives, random for the others)."""
+        return self.init or self.start or ("kmeans" if self.objective in TWO_VIEW else "random")
 
 
 @dataclass(frozen=True)
