@@ -316,7 +316,7 @@ def test_the_kmeans_start_gives_both_workers_the_same_filters(objectives_on_two_
     logs = [(root / f"worker{i}.log").read_text().split("--start kmeans")[-1] for i in range(2)]
     epochs = [[line.split("(")[0] for line in log.splitlines() if "epoch 2/2" in line] for log in logs]
     assert epochs[0] == epochs[1] and len(epochs[0]) == 1 and "probe_knn=" in epochs[0][0]
-    assert all("k-means start: layer 2/2" in log for log in logs)
+    assert all("k-means start: the filters of 2 conv layers (4, 8)" in log for log in logs)
     row = pd.read_csv(root / "kmeans.csv").iloc[0]
     assert row["start"] == "kmeans" and row["workers"] == 2 and (root / "from-kmeans" / "encoder.keras").is_file()
 

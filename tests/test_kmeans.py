@@ -94,7 +94,7 @@ def _pretrain(tmp_path, *args):
 def test_epochs_0_saves_the_kmeans_encoder_and_its_row(tmp_path):
     result = _pretrain(tmp_path, "--start", "kmeans", "--epochs", "0", "--probe-data", tmp_path / "d")
     assert result.exit_code == 0, result.output
-    assert "k-means start: layer 2/2 block2_conv1, 8 filters" in result.output
+    assert "k-means start: the filters of 2 conv layers (4, 8) from patches of 32 images" in result.output
     manifest = json.loads((tmp_path / "enc" / "manifest.json").read_text())
     assert manifest["objective"] == "kmeans" and manifest["start"] == "kmeans" and manifest["projector"] is None
     row = pd.read_csv(tmp_path / "r.csv").iloc[0]

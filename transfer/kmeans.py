@@ -96,7 +96,10 @@ def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> 
     rng = np.random.default_rng(seed)
     sample = images[np.sort(rng.choice(len(images), min(len(images), IMAGES), replace=False))]
     convs = [layer for layer in encoder.layers if isinstance(layer, keras.layers.Conv2D)]
-    for i, conv in enumerate(convs, start=1):
+    if log:
+        log(f"k-means start: the filters of {len(convs)} conv layers ({', '.join(str(c.filters) for c in convs)}) "
+            f"from patches of {len(sample):,} images, bottom to top")
+    for conv in convs:
         x = np.asarray(keras.Model(encoder.input, conv.input).predict(sample, batch_size=256, verbose=0), np.float32)
         size = conv.kernel_size[0]
         count = min(PATCHES, len(x) * (x.shape[1] - size + 1) * (x.shape[2] - size + 1))  # no more than there are
@@ -117,7 +120,4 @@ def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> 
             scale = 1.0 / np.sqrt(variance + VARIANCE_FLOOR)
             conv.set_weights([(kernel * scale).astype(np.float32),
                               *([(-mean * scale).astype(np.float32)] if len(weights) > 1 else [])])
-        if log:
-            log(f"k-means start: layer {i}/{len(convs)} {conv.name}, {len(chosen)} filters from {count:,} "
-                f"{size}x{size} patches")
     return len(convs)
