@@ -4,11 +4,8 @@ readout)."""
 
 from __future__ import annotations
 
-import numpy as np
-
 from pipelines.common import report_skipped
-from transfer import (artifacts, backbones, evaluation, features, kmeans, models, outputs, results, splits, stream,
-                      training)
+from transfer import artifacts, backbones, evaluation, features, kmeans, models, outputs, results, splits, training
 from transfer.architectures import Block
 from transfer.config import EvaluateConfig
 from transfer.errors import TransferError
@@ -122,8 +119,7 @@ def _kmeans(manifest: dict, size: int, found, seed: int):
     """The encoder's architecture with k-means filters (`transfer.kmeans`) fitted on up to
     kmeans.IMAGES of the pool's images (never the test split's; no label read)."""
     encoder = _random(manifest, size, found.source.channels)
-    chosen = np.random.default_rng(seed).choice(found.pool, min(len(found.pool), kmeans.IMAGES), replace=False)
-    kmeans.start(encoder, stream.ImageSet(found.source, np.sort(chosen), size).load().images, seed)
+    kmeans.start(encoder, kmeans.sample(found.pool_set(size), seed), seed)
     return encoder
 
 

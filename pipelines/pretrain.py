@@ -74,11 +74,8 @@ def _start(cfg: PretrainConfig, encoder, train: stream.ImageSet, log) -> None:
     """The kmeans start (--start, or the two-view objectives' default): every conv layer's filters
     from k-means on patches of up to kmeans.IMAGES training images drawn by the seed (the same
     on every worker)."""
-    if cfg.starts_from() != "kmeans":
-        return
-    chosen = np.random.default_rng(cfg.seed).choice(len(train), min(len(train), kmeans.IMAGES), replace=False)
-    images = stream.ImageSet(train.listing, train.positions[np.sort(chosen)], train.image_size).load().images
-    kmeans.start(encoder, images, cfg.seed, log)
+    if cfg.starts_from() == "kmeans":
+        kmeans.start(encoder, kmeans.sample(train, cfg.seed), cfg.seed, log)
 
 
 def _fit(cfg: PretrainConfig, objective, encoder, blocks, train: stream.ImageSet, val_images, learning_rate: float,
@@ -214,7 +211,7 @@ def _write_extras(cfg, run: Run, encoder, model, source, val_images, report) -> 
 
 
 def _row_fields(cfg, metrics: dict, source, n_train: int, trained: int, fit_seconds: float) -> dict:
-    images_per_second = trained / fit_seconds if fit_seconds else 0.0
+    images_per_second = trained / fit_seconds
     flops = metrics.get("train_flops_per_image")
     return {"image_size": cfg.image_size, "channels": source.channels, "n_train": n_train,
             "batch_size": cfg.batch_size, "skipped_files": source.unreadable(),

@@ -32,6 +32,8 @@ import keras
 import numpy as np
 from sklearn.cluster import KMeans
 
+from transfer import stream
+
 IMAGES = 3000  # images sampled to fit every layer's filters
 PATCHES = 40_000  # patches per layer
 WHITENING = 0.1  # the eigenvalue floor, as a fraction of the mean eigenvalue
@@ -89,6 +91,18 @@ def _normalizer(encoder: keras.Model, conv) -> keras.layers.Layer | None:
     return None
 
 
+def sample(images: stream.ImageSet, seed: int) -> np.ndarray:
+    """Up to IMAGES of `images`, drawn by the seed (the same on every worker) and decoded: what
+    `start` fits the filters on, without reading the rest."""
+    chosen = np.random.default_rng(seed).choice(len(images), min(len(images), IMAGES), replace=False)
+    return stream.ImageSet(images.listing, images.positions[np.sort(chosen)], images.image_size).load().images
+
+
+def _maps(layer, x: np.ndarray, batch: int = 256) -> np.ndarray:
+    """layer(x) in batches, in float32 (bfloat16 maps under mixed precision: statistics in float32)."""
+    return np.concatenate([np.asarray(layer(x[i:i + batch]), np.float32) for i in range(0, len(x), batch)])
+
+
 def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> int:
     """Set every Conv2D of `encoder` (an --arch encoder taking images in [0, 1]) from k-means on
     patches of its input, bottom to top, on up to IMAGES of `images`; returns how many layers
@@ -108,8 +122,7 @@ def start(encoder: keras.Model, images: np.ndarray, seed: int = 0, log=None) -> 
         kernel = weights[0].copy()
         kernel[..., : len(chosen)] = chosen.T.reshape(size, size, kernel.shape[2], len(chosen))
         conv.set_weights([kernel, *[np.zeros_like(b) for b in weights[1:]]])
-        out = np.asarray(keras.Model(encoder.input, conv.output).predict(sample, batch_size=256, verbose=0),
-                         np.float32)  # bfloat16 maps under mixed precision: statistics in float32
+        out = _maps(conv, x)  # the layer's own maps from its input, not the whole encoder again
         mean, variance = out.mean(axis=(0, 1, 2)), out.var(axis=(0, 1, 2))
         norm = _normalizer(encoder, conv)
         if norm is not None:
