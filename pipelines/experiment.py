@@ -50,8 +50,8 @@ from transfer import artifacts, backbones, builtins, methods, outputs, results, 
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
                              check_type, in_sections, make, read_toml, settable)
 from transfer.errors import TransferError
-from transfer.objectives import OBJECTIVES
 from transfer.progress import Progress
+from transfer.vocabulary import KMEANS, MADE_BY
 
 KEYS = {"name", "description", "results", "runs", "tensorboard", "seeds", "labels_per_class", "budgets", "selections",
         "methods", "pretrain", "fine_tune"}
@@ -138,7 +138,10 @@ def _check_values(path, spec: dict, pre: dict, fin: dict) -> None:
             raise TransferError(f"{path} [fine_tune]: weights is the ImageNet backbones' (keras-<name>-... methods); "
                                 "name one in 'methods', or remove it")
         fin = {**fin, **methods.parse(backbone).settings}
-    for key, cls, fields in (("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)):
+    checks = [("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)]
+    if KMEANS in _encoders(spec, Path(".")):  # its encoder is pretrained from the same section
+        checks.append(("pretrain", PretrainConfig, _pretrain_fields(KMEANS, pre, "check")))
+    for key, cls, fields in checks:
         try:
             make(cls, **fields)
         except TransferError as exc:
@@ -150,10 +153,10 @@ def _selection(how: str, path) -> tuple[str, str | None]:
     base, _, on = how.partition("-")
     if base in ("random", "stratified") and not on:
         return base, None
-    if base in selection.BY_FEATURES and (not on or on == "pixels" or on in OBJECTIVES):
+    if base in selection.BY_FEATURES and (not on or on == "pixels" or on in MADE_BY):
         return base, on or None
     raise TransferError(f"{path}: unknown selection {how!r}: random, stratified, {', '.join(selection.BY_FEATURES)} "
-                        f"(optionally -pixels or -<objective>, e.g. typiclust-contrastive)")
+                        f"(optionally -pixels, -{KMEANS} or -<objective>, e.g. typiclust-contrastive)")
 
 
 def _done(results_path: str, name: str) -> set[tuple[str, str, int]]:
@@ -177,9 +180,7 @@ def run(cfg: ExperimentConfig, log=print):
     _check_values(cfg.file, spec, pre, fin)
     outputs.check(results.target(results_path), "results", create=not cfg.dry_run)
     results.check_table(results_path, f"{cfg.file}: results")
-    by_selection = [_selection(h, cfg.file)[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
-    encoders = {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(
-        [*(m.objective for _, m in plan if m.objective), *(o for o in by_selection if o not in (None, "pixels"))])}
+    encoders = _encoders(spec, runs)
     jobs, todo = _fine_tunes(spec, plan, fin, encoders, runs, results_path)
     used = {path for _, _, fcfg in todo for path in (fcfg.encoder, fcfg.budget.select_encoder)}
     for objective, out in encoders.items():  # pretrained only when a fine-tune left to run needs it
@@ -200,6 +201,22 @@ def run(cfg: ExperimentConfig, log=print):
         return None
     # this experiment's rows only: one table may hold others' (or this grid's earlier rows kept under another name)
     return compare.run(CompareConfig(results=results_path, where=f"experiment == {name!r}"), log=log)
+
+
+def _encoders(spec: dict, runs: Path) -> dict[str, str]:
+    """{objective (or kmeans): its encoder's run directory} for every encoder the grid's methods
+    fine-tune or its selections choose with."""
+    plan = [methods.parse(m) for m in spec["methods"]]
+    by_selection = [_selection(h, "")[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
+    return {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(
+        [*(m.objective for m in plan if m.objective), *(o for o in by_selection if o not in (None, "pixels"))])}
+
+
+def _pretrain_fields(objective: str, pre: dict, out: str) -> dict:
+    """The PretrainConfig fields of `objective`'s encoder: the [pretrain] section with that
+    objective, or for kmeans its start alone (no objective trained, --epochs 0)."""
+    made = {"start": KMEANS, "epochs": 0} if objective == KMEANS else {"objective": objective}
+    return {**pre, **made, "out": out}
 
 
 class Skipped(dict):
@@ -240,7 +257,7 @@ def _pretrained(objective: str, out: Path, needed: bool, pre: dict, results_path
             log(f"pretraining {objective} -> {out}")
             if not dry_run:
                 keras.backend.clear_session()
-                pretrain.run(PretrainConfig(**{**pre, "objective": objective, "out": str(out),
+                pretrain.run(PretrainConfig(**{**_pretrain_fields(objective, pre, str(out)),
                                                "results": results_path, "experiment": name}),
                              log=lambda m: log("  " + m))
 

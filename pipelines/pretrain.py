@@ -12,6 +12,7 @@ from pipelines.common import Run, encoder_blocks, holdout_split, report_skipped,
 from transfer import artifacts, backbones, board, data, kmeans, models, objectives, probe, stream, training, visualize
 from transfer.config import DEFAULT_TEST_FRACTION, PretrainConfig
 from transfer.errors import TransferError
+from transfer.vocabulary import KMEANS
 
 PROBE_IMAGES = 1000  # labeled images the online probe watches, at most
 PROJECTOR_FILE = "projector.keras"  # the two-view objectives' projection head, beside encoder.keras
@@ -67,14 +68,14 @@ def run(cfg: PretrainConfig, log=print) -> dict:
 def _trained(cfg: PretrainConfig) -> str:
     """What made the encoder, as the manifest and the row name it: the objective, or "kmeans"
     when no objective trains (--start kmeans --epochs 0)."""
-    return "kmeans" if cfg.epochs == 0 else cfg.objective
+    return KMEANS if cfg.epochs == 0 else cfg.objective
 
 
 def _start(cfg: PretrainConfig, encoder, train: stream.ImageSet, log) -> None:
     """The kmeans start (--start, or the two-view objectives' default): every conv layer's filters
     from k-means on patches of up to kmeans.IMAGES training images drawn by the seed (the same
     on every worker)."""
-    if cfg.starts_from() == "kmeans":
+    if cfg.starts_from() == KMEANS:
         kmeans.start(encoder, kmeans.sample(train, cfg.seed), cfg.seed, log)
 
 

@@ -158,3 +158,40 @@ def test_bad_start_options_are_refused_before_anything_runs(tmp_path, args, mess
                                        *args])
     assert result.exit_code == 2 and message in result.output, result.output
     assert not (tmp_path / "enc").exists()
+
+
+@pytest.mark.slow
+def test_an_experiment_names_kmeans_as_a_method_and_chooses_with_its_encoder(tmp_path):
+    """`kmeans` stands where an objective would: its encoder is pretrained by k-means alone, even
+    when [pretrain] pins start = "random" and epochs for the objectives, and it both fine-tunes
+    and chooses a total budget's images."""
+    make_labeled_dir(tmp_path / "d", per_class=12, classes=("h", "v", "d"), size=12)
+    (tmp_path / "grid.toml").write_text(
+        f'name = "g"\nresults = "{tmp_path / "r.csv"}"\nruns = "{tmp_path / "runs"}"\nseeds = [0]\nbudgets = [6]\n'
+        'selections = ["typiclust-kmeans"]\nmethods = ["kmeans-frozen"]\n'
+        f'[pretrain]\ndata = "{tmp_path / "d"}"\nimage_size = 12\nfilters = [4, 8]\nstart = "random"\nepochs = 5\n'
+        f'[fine_tune]\ndata = "{tmp_path / "d"}"\nimage_size = 12\nepochs = 2\nbatch_size = 8\n')
+    result = CliRunner().invoke(main, ["experiment", str(tmp_path / "grid.toml")], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    assert "k-means start: the filters of 2 conv layers (4, 8)" in result.output
+    rows = pd.read_csv(tmp_path / "r.csv")
+    pretrained = rows[rows["command"] == "pretrain"].iloc[0]
+    assert pretrained["objective"] == "kmeans" and pretrained["start"] == "kmeans" and pretrained["epochs"] == 0
+    tuned = rows[rows["command"] == "fine-tune"].iloc[0]
+    assert tuned["method"] == "kmeans-frozen" and tuned["selection"] == "typiclust" and tuned["n_train"] == 6
+    assert tuned["select_encoder"] == str(tmp_path / "runs" / "pretrain-kmeans")
+    assert tuned["encoder"] == str(tmp_path / "runs" / "pretrain-kmeans")
+
+
+def test_an_experiment_refuses_a_kmeans_method_its_pretrain_section_cannot_make(tmp_path):
+    (tmp_path / "grid.toml").write_text(
+        'name = "g"\nseeds = [0]\nlabels_per_class = [1]\nmethods = ["kmeans"]\n'
+        '[pretrain]\ndata = "digits"\ninit = "keras:MobileNetV3Small"\nweights = "none"\n[fine_tune]\ndata = "digits"\n')
+    result = CliRunner().invoke(main, ["experiment", str(tmp_path / "grid.toml")])
+    assert result.exit_code == 2 and "Use one or the other" in result.output, result.output
+    assert not (tmp_path / "runs").exists()
+    from transfer import methods
+
+    with pytest.raises(Exception, match=r"kmeans \(k-means filters alone\)"):
+        methods.parse("kmeansx")
+    assert methods.parse("kmeans-top1").objective == "kmeans" and not methods.is_baseline("kmeans-finetuned")

@@ -9,6 +9,8 @@ A method names what produced a fine-tune row, and compare groups by it:
   pretrained with that objective, frozen under the head, with its top K blocks
   trained after the head, or trained whole;
 - `<objective>` alone (in experiment files): the default fine-tune recipe;
+- `kmeans` in place of an objective (`kmeans`, `kmeans-frozen`, ...): an encoder whose filters
+  were set by k-means alone (`pretrain --start kmeans --epochs 0`), run the same ways;
 - `keras-<backbone>-frozen`, `-top1`, `-finetuned` (e.g. `keras-mobilenetv3small-frozen`): an
   ImageNet backbone of keras.applications (`--encoder keras:NAME`) with its weights, run the
   same ways, and `keras-<backbone>-random-...` with random weights (`--weights none`): the
@@ -24,7 +26,7 @@ from dataclasses import dataclass, field
 
 from transfer import backbones
 from transfer.errors import TransferError
-from transfer.vocabulary import OBJECTIVES
+from transfer.vocabulary import KMEANS, MADE_BY, OBJECTIVES
 
 _TOP = re.compile(r"^(?P<base>.+)-top(?P<k>\d+)$")
 BASELINES = {
@@ -78,9 +80,10 @@ def parse(name: str) -> Method:
         if key in backbones.BACKBONES:
             return Method(None, {"encoder": backbones.PREFIX + key, **({"weights": "none"} if random else {}),
                                  **settings})
-    if base not in OBJECTIVES:
+    if base not in MADE_BY:
         raise TransferError(f"unknown method '{name}'. Use a baseline ({', '.join(BASELINES)}, random-top<K>), "
-                            f"an objective ({', '.join(OBJECTIVES)}) or <objective>-frozen|-top<K>|-finetuned, "
+                            f"an objective ({', '.join(OBJECTIVES)}) or {KMEANS} (k-means filters alone), "
+                            "or either with -frozen|-top<K>|-finetuned, "
                             "each but pixels-logreg optionally with -semi")
     return Method(base, settings)
 

@@ -13,7 +13,9 @@ STRATEGIES = ("auto", "one", "mirrored", "multiworker")  # tf.distribute; see tr
 PRECISIONS = ("float32", "mixed")  # mixed: Keras's mixed_bfloat16 policy (variables stay float32)
 EXPORT_FORMATS = {"savedmodel": "tf_saved_model", "onnx": "onnx", "litert": "litert"}  # ours -> Keras's
 OBJECTIVES = ("contrastive", "autoencoder", "denoising", "masked", "gan", "vicreg", "byol")  # the CLI's order
-STARTS = ("random", "kmeans")  # `pretrain --start`: the encoder's weights before the objective; see transfer.kmeans
+KMEANS = "kmeans"  # what made an encoder of k-means filters alone (pretrain --start kmeans --epochs 0): its objective
+MADE_BY = (*OBJECTIVES, KMEANS)  # what the `objective` of a manifest and a row can name; experiment files' methods too
+STARTS = ("random", KMEANS)  # `pretrain --start`: the encoder's weights before the objective; see transfer.kmeans
 TWO_VIEW = ("contrastive", "vicreg", "byol")  # the objectives that learn from two random views of each image
 SELECTIONS = ("typiclust", "probcover", "kcenter", "random")  # `select --strategy`; see transfer.selection
 BY_FEATURES = tuple(s for s in SELECTIONS if s != "random")
