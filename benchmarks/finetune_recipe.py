@@ -12,7 +12,7 @@ for that seed) and is scored on the pool images outside the draw. The table give
 spread over seeds and the paired difference from scratch with its 95% interval (t over seeds).
 
     python benchmarks/finetune_recipe.py [--data animals] [--labels-per-class 2,4] [--seeds 0,1,2,3,4]
-        [--settings defaults,lr-3e-4,...] [--encoder RUN | --keep DIR]
+        [--settings defaults,lr-3e-4,fixmatch,scratch-semi,...] [--encoder RUN | --keep DIR] [--steps N]
 """
 
 from __future__ import annotations
@@ -49,7 +49,15 @@ SETTINGS = {  # name: FineTuneConfig fields over the defaults (the pretrained en
     "lr-3e-3": {"learning_rate": 3e-3},
     "scratch-lr-3e-3": {"encoder": "random", "learning_rate": 3e-3},
     "scratch-epochs-300": {"encoder": "random", "epochs": 300},
+    "fixmatch": {"unlabeled": "DATA"},  # FixMatch from the encoder on the data set's pool (`--unlabeled`)
+    "scratch-semi": {"encoder": "random", "unlabeled": "DATA"},  # FixMatch from random weights
 }
+
+
+def fields(name: str, data: str, steps: int | None) -> dict:
+    """A setting's FineTuneConfig fields, its pool named (`DATA`) and FixMatch's steps (--steps) set."""
+    got = {k: data if v == "DATA" else v for k, v in SETTINGS[name].items()}
+    return {**got, **({"steps": steps} if steps and "unlabeled" in got else {})}
 
 
 def pool_accuracy(model, found, rest: np.ndarray, size: int) -> float:
@@ -98,6 +106,8 @@ def main():
     parser.add_argument("--settings", default="defaults")
     parser.add_argument("--encoder", help="a pretrain run to fine-tune (default: pretrain one here)")
     parser.add_argument("--keep", help="where to keep the encoder pretrained here")
+    parser.add_argument("--steps", type=int, help="FixMatch's steps in the fixmatch and scratch-semi settings "
+                        "(default: fine-tune's)")
     args = parser.parse_args()
 
     import keras
@@ -134,7 +144,8 @@ def main():
                     else:
                         fine_tune.run(make(FineTuneConfig, data=args.data, labels_per_class=b, seed=seed,
                                            image_size=size, out=out, results=os.path.join(tmp, "r.csv"),
-                                           **{"encoder": encoder, **SETTINGS[name]}), log=lambda m: None)
+                                           **{"encoder": encoder, **fields(name, args.data, args.steps)}),
+                                      log=lambda m: None)
                         model = load_classifier(out)
                     seconds[name].append(time.perf_counter() - start)
                     got[(name, b)].append(100 * pool_accuracy(model, found, rest, size))

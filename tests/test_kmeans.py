@@ -185,6 +185,8 @@ def test_an_experiment_names_kmeans_as_a_method_and_chooses_with_its_encoder(tmp
     result = CliRunner().invoke(main, ["experiment", str(tmp_path / "grid.toml")], catch_exceptions=False)
     assert result.exit_code == 0, result.output
     assert "k-means start: the filters of 2 conv layers (4, 8)" in result.output
+    cost = next(line for line in result.output.splitlines() if line.startswith("pretraining kmeans on "))
+    assert cost.endswith("s, reused by every fine-tune of its encoder"), cost  # no images/s: it trains on none
     rows = pd.read_csv(tmp_path / "r.csv")
     pretrained = rows[rows["command"] == "pretrain"].iloc[0]
     assert pretrained["objective"] == "kmeans" and pretrained["start"] == "kmeans" and pretrained["epochs"] == 0

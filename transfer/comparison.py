@@ -448,8 +448,9 @@ def pretraining_cost(df: pd.DataFrame) -> list[str]:
     if "command" not in df:
         return []
     done = df[(df["command"] == "pretrain") & (df["status"].fillna("ok") == "ok")]
-    return [f"pretraining {r.objective} on {r.data}: {r.seconds:.0f}s ({r.images_per_second:.0f} images/s), "
-            f"reused by every fine-tune of its encoder" for r in done.itertuples()]
+    return [f"pretraining {r.objective} on {r.data}: {r.seconds:.0f}s"
+            + (f" ({r.images_per_second:.0f} images/s)" if r.images_per_second > 0 else "")  # k-means trains none
+            + ", reused by every fine-tune of its encoder" for r in done.itertuples()]
 
 
 def feature_quality(df: pd.DataFrame) -> list[str]:
