@@ -54,7 +54,8 @@ def run(cfg: CompareConfig, log=print) -> pd.DataFrame:
         if "vs_best_baseline" in table:
             log(comparison.NOTE)
         detail = sentences if cfg.verbose else []
-        for line in detail + comparison.pretraining_cost(everything) + comparison.feature_quality(everything):
+        used = comparison.pretrainings(everything, df)
+        for line in detail + comparison.pretraining_cost(used) + comparison.feature_quality(everything):
             log(_wrapped(line))
         if sentences and not cfg.verbose:
             n = len(sentences)
@@ -119,6 +120,6 @@ def write_html(cfg: CompareConfig, table, df, everything, headline, sentences, w
         summary = comparison.rendered(comparison.select(table, cfg), cfg.metric).to_html(index=False)
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}", summary, sentences, png,
                            comparison.costs(df, everything).to_html(index=False, na_rep=""),
-                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(everything)],
+                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(comparison.pretrainings(everything, df))],
                            headline=headline, provenance=provenance(cfg))
     outputs.write_text(cfg.html, text)

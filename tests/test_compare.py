@@ -476,3 +476,25 @@ def test_the_headline_comes_first_and_the_sentences_behind_verbose(tmp_path):
     verbose = invoke(tmp_path / "r.csv", tmp_path / "s.csv").stdout
     assert "digits, 5 labels/class: pretraining paid." in verbose and "digits, 2 labels/class: pretraining did NOT" in verbose
 
+
+
+def test_the_cost_lines_name_the_pretrainings_of_the_fine_tunes_compared(tmp_path):
+    """A table may hold several experiments' encoders: the cost lines follow --where to the
+    encoders the compared fine-tunes learned from or chose their labels with."""
+    table = write_table(tmp_path / "r.csv", {"scratch": SCRATCH, "contrastive-finetuned": PRETRAINED})
+    df = pd.read_csv(table).assign(experiment="a", encoder=None, select_encoder=None)
+    df.loc[df["method"] == "contrastive-finetuned", "encoder"] = "runs/a/pretrain-contrastive"
+    other = df.assign(experiment="b", encoder=df["encoder"].str.replace("/a/", "/b/"))
+    other.loc[other["method"] == "scratch", "select_encoder"] = "runs/b/pretrain-kmeans"
+    pre = pd.DataFrame([{"command": "pretrain", "status": "ok", "data": "digits", "objective": o,
+                         "run_dir": f"runs/{e}/pretrain-{o}", "seconds": s, "images_per_second": ips}
+                        for e, o, s, ips in [("a", "contrastive", 120.0, 3000.0), ("b", "contrastive", 300.0, 1500.0),
+                                             ("b", "kmeans", 9.0, 0.0)]])
+    pd.concat([df, other, pre], ignore_index=True).to_csv(table, index=False)
+    costs = [line for line in invoke(table, "--where", "experiment == 'a'").output.splitlines()
+             if line.startswith("pretraining ")]
+    assert costs == ["pretraining contrastive on digits: 120s (3000 images/s), reused by every fine-tune of its encoder"]
+    costs = [line for line in invoke(table, "--where", "experiment == 'b'").output.splitlines()
+             if line.startswith("pretraining ")]
+    assert costs == ["pretraining contrastive on digits: 300s (1500 images/s), reused by every fine-tune of its encoder",
+                     "pretraining kmeans on digits: 9s, reused by every fine-tune of its encoder"]

@@ -443,11 +443,19 @@ def plot(df: pd.DataFrame, metric: str, path: str) -> None:
     plt.close(fig)
 
 
-def pretraining_cost(df: pd.DataFrame) -> list[str]:
-    """One line per finished pretraining: the one-off cost every fine-tune of its encoder reuses."""
-    if "command" not in df:
-        return []
-    done = df[(df["command"] == "pretrain") & (df["status"].fillna("ok") == "ok")]
+def pretrainings(everything: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
+    """The finished pretrain rows of `everything` whose encoder a fine-tune of `df` learned from
+    or chose its labels with (the rows --where kept): their cost is part of what is compared."""
+    if not {"command", "run_dir"} <= set(everything.columns):
+        return everything.iloc[:0]
+    used = {str(p) for c in ("encoder", "select_encoder") if c in df for p in df[c].dropna()}
+    return everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")
+                      & everything["run_dir"].astype(str).isin(used)]
+
+
+def pretraining_cost(done: pd.DataFrame) -> list[str]:
+    """One line per pretraining (rows of `pretrainings`): the one-off cost every fine-tune of its
+    encoder reuses."""
     return [f"pretraining {r.objective} on {r.data}: {r.seconds:.0f}s"
             + (f" ({r.images_per_second:.0f} images/s)" if r.images_per_second > 0 else "")  # k-means trains none
             + ", reused by every fine-tune of its encoder" for r in done.itertuples()]
@@ -489,10 +497,8 @@ def costs(df: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
     keys = [c for c in ("data", "method") if c in df]
     fine = df.groupby(keys, dropna=False)[list(have)].mean().round(1).reset_index().rename(columns=have)
     fine.insert(0, "what", "fine-tune")
-    if not {"command", "objective"} <= set(everything.columns):
-        return fine
-    pre = everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")]
-    if pre.empty:
+    pre = pretrainings(everything, df)
+    if pre.empty or "objective" not in pre:
         return fine
     pre = pre.assign(method="pretrain " + pre["objective"].astype(str))[[*keys, *have]].rename(columns=have)
     return pd.concat([fine, pre.assign(what="pretrain (once per encoder)").round(1)], ignore_index=True)
