@@ -498,3 +498,22 @@ def test_the_cost_lines_name_the_pretrainings_of_the_fine_tunes_compared(tmp_pat
              if line.startswith("pretraining ")]
     assert costs == ["pretraining contrastive on digits: 300s (1500 images/s), reused by every fine-tune of its encoder",
                      "pretraining kmeans on digits: 9s, reused by every fine-tune of its encoder"]
+
+
+def test_a_directory_pretrained_again_counts_the_pretraining_each_fine_tune_found_there(tmp_path):
+    """A grid re-run into the same runs directory pretrains the same path again: the earlier
+    rows' cost line is the earlier pretraining's, the re-run's the new one's."""
+    table = write_table(tmp_path / "r.csv", {"contrastive-finetuned": PRETRAINED})
+    df = pd.read_csv(table).assign(encoder="runs/d/pretrain-contrastive")
+    first = df.assign(experiment="before", timestamp="2026-12-01T10:00:00+00:00")
+    again = df.assign(experiment="now", timestamp="2026-12-07T10:00:00+00:00")
+    pre = pd.DataFrame([{"command": "pretrain", "status": "ok", "data": "digits", "objective": "contrastive",
+                         "run_dir": "runs/d/pretrain-contrastive", "seconds": s, "images_per_second": 1000.0,
+                         "timestamp": t} for s, t in [(300.0, "2026-12-01T09:00:00+00:00"),
+                                                      (126.0, "2026-12-07T09:00:00+00:00")]])
+    pd.concat([first, again, pre], ignore_index=True).to_csv(table, index=False)
+    for name, seconds in (("before", "300s"), ("now", "126s")):
+        costs = [line for line in invoke(table, "--where", f"experiment == '{name}'").output.splitlines()
+                 if line.startswith("pretraining ")]
+        assert costs == [f"pretraining contrastive on digits: {seconds} (1000 images/s), reused by every fine-tune "
+                         "of its encoder"], (name, costs)

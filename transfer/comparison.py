@@ -445,12 +445,28 @@ def plot(df: pd.DataFrame, metric: str, path: str) -> None:
 
 def pretrainings(everything: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     """The finished pretrain rows of `everything` whose encoder a fine-tune of `df` learned from
-    or chose its labels with (the rows --where kept): their cost is part of what is compared."""
+    or chose its labels with (the rows --where kept): their cost is part of what is compared.
+    A directory pretrained again (a grid re-run into the same runs directory) counts the
+    pretraining each fine-tune found there: the last one before it, by timestamp."""
     if not {"command", "run_dir"} <= set(everything.columns):
         return everything.iloc[:0]
-    used = {str(p) for c in ("encoder", "select_encoder") if c in df for p in df[c].dropna()}
-    return everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")
-                      & everything["run_dir"].astype(str).isin(used)]
+    pre = everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")]
+    pre = pre.assign(_dir=pre["run_dir"].astype(str))
+    uses = pd.concat([df[[c, *(["timestamp"] if "timestamp" in df else [])]].rename(columns={c: "_dir"})
+                      for c in ("encoder", "select_encoder") if c in df]) if len(df) else pd.DataFrame()
+    if uses.empty or "_dir" not in uses:
+        return pre.iloc[:0].drop(columns="_dir")
+    uses = uses.dropna(subset=["_dir"]).astype({"_dir": str})
+    if "timestamp" not in uses or "timestamp" not in pre or pre["timestamp"].isna().any():
+        return pre[pre["_dir"].isin(set(uses["_dir"]))].drop(columns="_dir")
+    found = set()
+    for folder, used in uses.groupby("_dir"):
+        made = pre[pre["_dir"] == folder].sort_values("timestamp")
+        for when in used["timestamp"].dropna().astype(str):
+            before = made[made["timestamp"].astype(str) <= when]
+            if len(before):
+                found.add(before.index[-1])
+    return pre.loc[sorted(found)].drop(columns="_dir")
 
 
 def pretraining_cost(done: pd.DataFrame) -> list[str]:
