@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import time
@@ -48,7 +49,7 @@ import keras
 from pipelines import compare, fine_tune, pretrain
 from transfer import artifacts, backbones, builtins, methods, outputs, results, selection, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
-                             check_type, in_sections, make, read_toml, settable)
+                             check_type, flat, in_sections, make, read_toml, settable)
 from transfer.errors import TransferError
 from transfer.progress import Progress
 from transfer.vocabulary import KMEANS, MADE_BY
@@ -219,6 +220,26 @@ def _pretrain_fields(objective: str, pre: dict, out: str) -> dict:
     return {**pre, **made, "out": out}
 
 
+# The settings that make no difference to the encoder a pretraining leaves (where it writes, how
+# it is watched, how the work is spread); every other field of PretrainConfig does.
+_NOT_THE_ENCODER = {"out", "results", "experiment", "strategy", "tensorboard", "plots", "probe_data"}
+
+
+def _differences(out: Path, manifest: dict, cfg: PretrainConfig) -> list[str]:
+    """The settings (`name=value` as the reused encoder had them) in which the encoder at `out`
+    differs from what `cfg` would pretrain; a setting its config.json does not hold is not
+    compared, but for its start (a manifest without one started from random weights)."""
+    try:
+        saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    wanted = json.loads(json.dumps(flat(cfg), default=str))  # as config.json holds them (tuples as lists)
+    differ = [f"{k}={saved[k]}" for k in wanted if k not in _NOT_THE_ENCODER and k in saved and k != "start"
+              and saved[k] != wanted[k]]
+    started = manifest.get("start", "random")
+    return differ + ([f"start={started}"] if started != cfg.starts_from() else [])
+
+
 class Skipped(dict):
     """No row: another process ran (or is running) this fine-tune."""
 
@@ -250,16 +271,22 @@ def _pretrained(objective: str, out: Path, needed: bool, pre: dict, results_path
     with contextlib.ExitStack() as held:
         if not dry_run:  # another experiment pretraining the same encoder: wait for it, then reuse
             held.enter_context(artifacts.run_lock(out, wait=True, on_wait=lambda m: log("  " + m)))
+        fields = _pretrain_fields(objective, pre, str(out))
         try:
-            artifacts.read_manifest(out, "encoder")
-            log(f"reusing the {objective} encoder in {out}")
+            manifest = artifacts.read_manifest(out, "encoder")
         except TransferError:
             log(f"pretraining {objective} -> {out}")
             if not dry_run:
                 keras.backend.clear_session()
-                pretrain.run(PretrainConfig(**{**_pretrain_fields(objective, pre, str(out)),
-                                               "results": results_path, "experiment": name}),
+                pretrain.run(PretrainConfig(**{**fields, "results": results_path, "experiment": name}),
                              log=lambda m: log("  " + m))
+            return
+        log(f"reusing the {objective} encoder in {out}")
+        differ = _differences(out, manifest, make(PretrainConfig, **fields))
+        if differ:
+            log(f"  warning: it was pretrained with {', '.join(differ)}, not as this file's [pretrain] says: the rows "
+                f"learned from it are that encoder's (remove {out}, or name another runs directory, to pretrain it "
+                "again)")
 
 
 def _fine_tunes(spec, plan, fin: dict, encoders: dict, runs: Path, results_path: str):

@@ -194,6 +194,14 @@ def test_an_experiment_names_kmeans_as_a_method_and_chooses_with_its_encoder(tmp
     assert tuned["method"] == "kmeans-frozen" and tuned["selection"] == "typiclust" and tuned["n_train"] == 6
     assert tuned["select_encoder"] == str(tmp_path / "runs" / "pretrain-kmeans")
     assert tuned["encoder"] == str(tmp_path / "runs" / "pretrain-kmeans")
+    # run again, the encoder is reused as it is; a [pretrain] section it was not made by is said
+    again = CliRunner().invoke(main, ["experiment", str(tmp_path / "grid.toml"), "--dry-run"])
+    assert "reusing the kmeans encoder" in again.output and "warning" not in again.output, again.output
+    spec = (tmp_path / "grid.toml").read_text()
+    (tmp_path / "grid.toml").write_text(spec.replace('epochs = 5\n', 'epochs = 5\nseed = 1\n'))
+    changed = CliRunner().invoke(main, ["experiment", str(tmp_path / "grid.toml"), "--dry-run"])
+    assert changed.exit_code == 0, changed.output
+    assert "warning: it was pretrained with seed=0, not as this file's [pretrain] says" in changed.output
 
 
 def test_an_experiment_refuses_a_kmeans_method_its_pretrain_section_cannot_make(tmp_path):
