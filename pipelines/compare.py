@@ -118,8 +118,9 @@ def write_html(cfg: CompareConfig, table, df, everything, headline, sentences, w
         if not cfg.plot:
             comparison.plot(df, cfg.metric, png)
         summary = comparison.rendered(comparison.select(table, cfg), cfg.metric).to_html(index=False)
+        used = comparison.pretrainings(everything, df)
         text = report.page(f"transfer compare: {', '.join(cfg.tables or (cfg.results,))}", summary, sentences, png,
-                           comparison.costs(df, everything).to_html(index=False, na_rep=""),
-                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(comparison.pretrainings(everything, df))],
+                           comparison.costs(df, used).to_html(index=False, na_rep=""),
+                           [comparison.NOTE, *warnings, *comparison.pretraining_cost(used)],
                            headline=headline, provenance=provenance(cfg))
     outputs.write_text(cfg.html, text)

@@ -47,9 +47,10 @@ from pathlib import Path
 import keras
 
 from pipelines import compare, fine_tune, pretrain
+from pipelines.common import config_dict
 from transfer import artifacts, backbones, builtins, methods, outputs, results, selection, stopping
 from transfer.config import (CompareConfig, ExperimentConfig, FineTuneConfig, PretrainConfig, check_section,
-                             check_type, flat, in_sections, make, read_toml, settable)
+                             check_type, in_sections, make, read_toml, settable)
 from transfer.errors import TransferError
 from transfer.progress import Progress
 from transfer.vocabulary import KMEANS, MADE_BY
@@ -140,7 +141,7 @@ def _check_values(path, spec: dict, pre: dict, fin: dict) -> None:
                                 "name one in 'methods', or remove it")
         fin = {**fin, **methods.parse(backbone).settings}
     checks = [("pretrain", PretrainConfig, {**pre, "out": "check"}), ("fine_tune", FineTuneConfig, fin)]
-    if KMEANS in _encoders(spec, Path(".")):  # its encoder is pretrained from the same section
+    if KMEANS in _objectives(spec):  # its encoder is pretrained from the same section
         checks.append(("pretrain", PretrainConfig, _pretrain_fields(KMEANS, pre, "check")))
     for key, cls, fields in checks:
         try:
@@ -204,13 +205,18 @@ def run(cfg: ExperimentConfig, log=print):
     return compare.run(CompareConfig(results=results_path, where=f"experiment == {name!r}"), log=log)
 
 
-def _encoders(spec: dict, runs: Path) -> dict[str, str]:
-    """{objective (or kmeans): its encoder's run directory} for every encoder the grid's methods
-    fine-tune or its selections choose with."""
+def _objectives(spec: dict) -> list[str]:
+    """The objectives (or kmeans) of every encoder the grid's methods fine-tune or its selections
+    choose with, each once."""
     plan = [methods.parse(m) for m in spec["methods"]]
     by_selection = [_selection(h, "")[1] for h in spec.get("selections", [])] if spec.get("budgets") else []
-    return {objective: str(runs / f"pretrain-{objective}") for objective in dict.fromkeys(
-        [*(m.objective for m in plan if m.objective), *(o for o in by_selection if o not in (None, "pixels"))])}
+    return list(dict.fromkeys([*(m.objective for m in plan if m.objective),
+                               *(o for o in by_selection if o not in (None, "pixels"))]))
+
+
+def _encoders(spec: dict, runs: Path) -> dict[str, str]:
+    """{objective (or kmeans): its encoder's run directory} (`_objectives`)."""
+    return {objective: str(runs / f"pretrain-{objective}") for objective in _objectives(spec)}
 
 
 def _pretrain_fields(objective: str, pre: dict, out: str) -> dict:
@@ -220,9 +226,10 @@ def _pretrain_fields(objective: str, pre: dict, out: str) -> dict:
     return {**pre, **made, "out": out}
 
 
-# The settings that make no difference to the encoder a pretraining leaves (where it writes, how
-# it is watched, how the work is spread); every other field of PretrainConfig does.
-_NOT_THE_ENCODER = {"out", "results", "experiment", "strategy", "tensorboard", "plots", "probe_data"}
+# The entries of config.json that make no difference to the encoder a pretraining leaves (where it
+# writes, how it is watched, how the work is spread, which code ran it); every option else does.
+_NOT_THE_ENCODER = {"out", "results", "experiment", "strategy", "tensorboard", "plots", "probe_data", "code",
+                    "command"}
 
 
 def _differences(out: Path, manifest: dict, cfg: PretrainConfig) -> list[str]:
@@ -233,7 +240,7 @@ def _differences(out: Path, manifest: dict, cfg: PretrainConfig) -> list[str]:
         saved = json.loads((out / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return []
-    wanted = json.loads(json.dumps(flat(cfg), default=str))  # as config.json holds them (tuples as lists)
+    wanted = json.loads(json.dumps(config_dict(cfg), default=outputs.json_default))  # as config.json holds it
     differ = [f"{k}={saved[k]}" for k in wanted if k not in _NOT_THE_ENCODER and k in saved and k != "start"
               and saved[k] != wanted[k]]
     started = manifest.get("start", "random")

@@ -451,22 +451,22 @@ def pretrainings(everything: pd.DataFrame, df: pd.DataFrame) -> pd.DataFrame:
     if not {"command", "run_dir"} <= set(everything.columns):
         return everything.iloc[:0]
     pre = everything[(everything["command"] == "pretrain") & (everything["status"].fillna("ok") == "ok")]
-    pre = pre.assign(_dir=pre["run_dir"].astype(str))
-    uses = pd.concat([df[[c, *(["timestamp"] if "timestamp" in df else [])]].rename(columns={c: "_dir"})
-                      for c in ("encoder", "select_encoder") if c in df]) if len(df) else pd.DataFrame()
-    if uses.empty or "_dir" not in uses:
-        return pre.iloc[:0].drop(columns="_dir")
-    uses = uses.dropna(subset=["_dir"]).astype({"_dir": str})
-    if "timestamp" not in uses or "timestamp" not in pre or pre["timestamp"].isna().any():
-        return pre[pre["_dir"].isin(set(uses["_dir"]))].drop(columns="_dir")
-    found = set()
-    for folder, used in uses.groupby("_dir"):
-        made = pre[pre["_dir"] == folder].sort_values("timestamp")
-        for when in used["timestamp"].dropna().astype(str):
-            before = made[made["timestamp"].astype(str) <= when]
-            if len(before):
-                found.add(before.index[-1])
-    return pre.loc[sorted(found)].drop(columns="_dir")
+    used = [pd.DataFrame({"_dir": df[c], "_when": _when(df)}) for c in ("encoder", "select_encoder") if c in df]
+    uses = pd.concat(used, ignore_index=True).dropna(subset=["_dir"]).astype({"_dir": str}) if used else None
+    if uses is None or uses.empty or pre.empty:
+        return pre.iloc[:0]
+    pre = pre.assign(_dir=pre["run_dir"].astype(str), _when=_when(pre), _row=pre.index)
+    if pre["_when"].isna().any() or uses["_when"].isna().all():  # no times to tell pretrainings apart
+        return pre[pre["_dir"].isin(set(uses["_dir"]))].drop(columns=["_dir", "_when", "_row"])
+    found = pd.merge_asof(uses.dropna(subset=["_when"]).sort_values("_when"),
+                          pre[["_dir", "_when", "_row"]].sort_values("_when"), on="_when", by="_dir")
+    return pre[pre["_row"].isin(found["_row"].dropna())].drop(columns=["_dir", "_when", "_row"])
+
+
+def _when(df: pd.DataFrame) -> pd.Series:
+    """The rows' timestamps as times (NaT where a row has none)."""
+    return pd.to_datetime(df["timestamp"] if "timestamp" in df else pd.Series(None, index=df.index, dtype=object),
+                          utc=True, errors="coerce").astype("datetime64[ns, UTC]")  # one unit: merge_asof compares them
 
 
 def pretraining_cost(done: pd.DataFrame) -> list[str]:
@@ -505,15 +505,14 @@ NOTE = ("* the 95% confidence interval of the difference from the best baseline 
         "pretraining; paired t over the seeds both share, Welch when unpaired) excludes zero")
 
 
-def costs(df: pd.DataFrame, everything: pd.DataFrame) -> pd.DataFrame:
-    """What each method cost per run (fine-tune) and what each pretraining cost once."""
+def costs(df: pd.DataFrame, pre: pd.DataFrame) -> pd.DataFrame:
+    """What each method cost per run (fine-tune) and what each pretraining (`pretrainings`) cost once."""
     wanted = {"seconds": "s/run", "cpu_seconds": "CPU s/run", "images_per_second": "images/s",
               "peak_memory_mb": "peak MiB"}
     have = {k: v for k, v in wanted.items() if k in df and df[k].notna().any()}  # CPU time: rows since it was kept
     keys = [c for c in ("data", "method") if c in df]
     fine = df.groupby(keys, dropna=False)[list(have)].mean().round(1).reset_index().rename(columns=have)
     fine.insert(0, "what", "fine-tune")
-    pre = pretrainings(everything, df)
     if pre.empty or "objective" not in pre:
         return fine
     pre = pre.assign(method="pretrain " + pre["objective"].astype(str))[[*keys, *have]].rename(columns=have)
